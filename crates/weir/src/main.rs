@@ -1,0 +1,42 @@
+//! `weir`: one binary, one subcommand per job. Each subcommand lives in its own crate; this
+//! file only parses the command line and hands over (the `anyhow` edge of the program).
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "The production serving stack for Python WSGI apps: front door + supervised worker pool",
+    long_about = None
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve a WSGI app on supervised workers (or front an external upstream).
+    Serve(weir_front::cli::ServeArgs),
+    /// Open-loop HTTP load generator with latency percentiles.
+    Load(weir_load::LoadCommand),
+    /// Database-side tools: guard (kill long queries), audit (indexes), slap (load).
+    Db(weir_db::DbCommand),
+    /// One worker process (started by `weir serve`; not for direct use).
+    #[command(hide = true)]
+    Worker(weir_worker::WorkerOptions),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => weir_front::cli::main(args),
+        Command::Load(cmd) => weir_load::main(cmd),
+        Command::Db(cmd) => weir_db::main(cmd),
+        Command::Worker(opts) => weir_worker::main(opts),
+    }
+}
