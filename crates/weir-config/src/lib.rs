@@ -1,1 +1,371 @@
-//! stub
+//! `weir.toml`: one serde tree, units that read the way NGINX and uWSGI users write them,
+//! and validation that names the key and the reason.
+//!
+//! # Layout
+//! - [`units`]: [`Duration`](units::Seconds)-like values ("250ms", "30s", a bare number of
+//!   seconds as uWSGI's `harakiri = 30`), sizes ("16KiB", "16k", "200M"), listen addresses
+//!   (`HOST:PORT` or `unix:PATH`).
+//! - this file: the sections (`[server]`, `[app]`, `[queue]`), [`Config::load`],
+//!   [`Config::validate`].
+//!
+//! Every section is `#[serde(default, deny_unknown_fields)]`: a missing key takes its
+//! default, an unknown one is an error that names it (the shape of pingora's
+//! `ServerConf`). The binary merges command-line flags over the file, then calls
+//! [`Config::validate`]; a [`ConfigError`] maps to exit status 2.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod units;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+pub use units::{ListenAddr, Seconds, Size};
+
+/// A configuration that cannot be used. Its message names the key and says what to do.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or has an unknown key or a value of the wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (it names the key and the line).
+        message: String,
+    },
+    /// A value is out of range or contradicts another.
+    #[error("invalid config: {key}: {reason}")]
+    Invalid {
+        /// The key, as `section.key` (e.g. `app.workers`).
+        key: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// Shorthand for [`ConfigError::Invalid`].
+    pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The whole `weir.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listeners and the whole-request settings.
+    pub server: ServerConfig,
+    /// The managed WSGI app and its worker pool.
+    pub app: AppConfig,
+    /// The dispatch queue in front of the workers.
+    pub queue: QueueConfig,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// HTTP/1.1 listeners (`HOST:PORT` or `unix:PATH`). Default `127.0.0.1:8000` when no
+    /// listener of any kind is configured.
+    pub listen: Vec<ListenAddr>,
+    /// uwsgi-protocol listeners, for a real NGINX's `uwsgi_pass` (the uWSGI `socket` option).
+    pub uwsgi_listen: Vec<ListenAddr>,
+    /// listen(2) backlog for every listener (NGINX's `listen ... backlog=`).
+    pub backlog: u32,
+    /// Threads of the master's event loop; 1 runs everything on one thread (the lowest
+    /// CPU per request when Python workers need the other cores).
+    pub threads: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: Vec::new(),
+            uwsgi_listen: Vec::new(),
+            backlog: 1024,
+            threads: 1,
+        }
+    }
+}
+
+/// `[app]`: the WSGI app weir runs on its own workers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppConfig {
+    /// `MODULE:CALLABLE` (uWSGI's `module`); CALLABLE defaults to `application`.
+    pub module: Option<String>,
+    /// Directory to change into and import from (uWSGI's `chdir`).
+    pub chdir: Option<PathBuf>,
+    /// A virtualenv whose site-packages hold the app's dependencies (uWSGI's `virtualenv`).
+    pub virtualenv: Option<PathBuf>,
+    /// Number of worker processes (uWSGI's `processes`).
+    pub workers: usize,
+    /// A request running longer than this is ended by killing its worker; the client gets
+    /// 504 `harakiri`. Unset: no limit.
+    pub harakiri: Option<Seconds>,
+    /// Recycle a worker after this many requests (0: never).
+    pub max_requests: u64,
+    /// Add up to this many requests, at random per worker, to `max_requests`, so workers
+    /// do not all recycle at once (Gunicorn's `max_requests_jitter`).
+    pub max_requests_jitter: u64,
+    /// Recycle a worker, between requests, once its resident memory is over this.
+    pub reload_on_rss: Option<Size>,
+    /// How long in-flight requests may take to finish on SIGTERM/SIGINT and SIGHUP.
+    pub graceful_timeout: Seconds,
+    /// How long a new worker may take to import the app and say it is ready.
+    pub startup_timeout: Seconds,
+    /// `module:function` run in a worker for `/readyz` (e.g. a database ping).
+    pub ready_check: Option<String>,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            module: None,
+            chdir: None,
+            virtualenv: None,
+            workers: 2,
+            harakiri: None,
+            max_requests: 0,
+            max_requests_jitter: 0,
+            reload_on_rss: None,
+            graceful_timeout: Seconds::from_secs(30),
+            startup_timeout: Seconds::from_secs(60),
+            ready_check: None,
+        }
+    }
+}
+
+/// `[queue]`: requests waiting for an idle worker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Most requests waiting at once; the next one gets 503 `queue-full` at once.
+    /// Default: 64 per worker, so a burst far above capacity is answered fast instead of
+    /// piling up in a kernel queue.
+    pub max_size: Option<usize>,
+    /// Longest wait for a worker; then 503 `queue-timeout`.
+    pub timeout: Seconds,
+    /// Retry-After (seconds) sent with queue rejections.
+    pub retry_after: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            max_size: None,
+            timeout: Seconds::from_secs(10),
+            retry_after: 1,
+        }
+    }
+}
+
+impl QueueConfig {
+    /// The effective queue bound for `workers` workers.
+    pub fn effective_max_size(&self, workers: usize) -> usize {
+        self.max_size.unwrap_or(64 * workers.max(1))
+    }
+}
+
+impl Config {
+    /// Reads and parses a file (no validation: flags are merged first).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses TOML text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " | "),
+        })
+    }
+
+    /// Fills defaults that depend on other keys (the default listener).
+    pub fn apply_defaults(&mut self) {
+        if self.server.listen.is_empty() && self.server.uwsgi_listen.is_empty() {
+            self.server
+                .listen
+                .push(ListenAddr::Tcp("127.0.0.1:8000".into()));
+        }
+    }
+
+    /// Checks ranges and cross-key rules. The first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let app = &self.app;
+        match &app.module {
+            None => {
+                return Err(ConfigError::invalid(
+                    "app.module",
+                    "no WSGI app given: pass --app MODULE:CALLABLE or set [app] module",
+                ))
+            }
+            Some(m) => validate_app_spec(m)?,
+        }
+        if app.workers == 0 || app.workers > 1024 {
+            return Err(ConfigError::invalid(
+                "app.workers",
+                format!("{} is out of range: use 1 to 1024", app.workers),
+            ));
+        }
+        if let Some(h) = app.harakiri {
+            if h.is_zero() {
+                return Err(ConfigError::invalid(
+                    "app.harakiri",
+                    "must be more than 0 (leave it unset for no limit)",
+                ));
+            }
+        }
+        if let Some(dir) = &app.chdir {
+            if !dir.is_dir() {
+                return Err(ConfigError::invalid(
+                    "app.chdir",
+                    format!("{} is not a directory", dir.display()),
+                ));
+            }
+        }
+        if let Some(dir) = &app.virtualenv {
+            if !dir.join("lib").is_dir() {
+                return Err(ConfigError::invalid(
+                    "app.virtualenv",
+                    format!("{} has no lib/ folder: is it a virtualenv?", dir.display()),
+                ));
+            }
+        }
+        if let Some(check) = &app.ready_check {
+            if !check.contains(':') {
+                return Err(ConfigError::invalid(
+                    "app.ready_check",
+                    format!("{check:?} is not module:function"),
+                ));
+            }
+        }
+        if app.startup_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "app.startup_timeout",
+                "must be more than 0",
+            ));
+        }
+        if self.server.threads == 0 || self.server.threads > 64 {
+            return Err(ConfigError::invalid(
+                "server.threads",
+                format!("{} is out of range: use 1 to 64", self.server.threads),
+            ));
+        }
+        if self.server.backlog == 0 {
+            return Err(ConfigError::invalid(
+                "server.backlog",
+                "must be more than 0",
+            ));
+        }
+        if self.queue.max_size == Some(0) {
+            return Err(ConfigError::invalid(
+                "queue.max_size",
+                "0 would refuse every request that finds no idle worker; use at least 1",
+            ));
+        }
+        if self.queue.timeout.is_zero() {
+            return Err(ConfigError::invalid("queue.timeout", "must be more than 0"));
+        }
+        Ok(())
+    }
+}
+
+fn validate_app_spec(spec: &str) -> Result<(), ConfigError> {
+    let (module, callable) = spec.split_once(':').unwrap_or((spec, "application"));
+    let ident = |s: &str| {
+        !s.is_empty()
+            && s.split('.').all(|part| {
+                let mut c = part.chars();
+                matches!(c.next(), Some(ch) if ch == '_' || ch.is_alphabetic())
+                    && c.all(|ch| ch == '_' || ch.is_alphanumeric())
+            })
+    };
+    if !ident(module) || !ident(callable) {
+        return Err(ConfigError::invalid(
+            "app.module",
+            format!("{spec:?} is not MODULE:CALLABLE (e.g. app:app or mypkg.wsgi:application)"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, Path::new("weir.toml"))
+    }
+
+    #[test]
+    fn defaults_and_full_file() {
+        let mut c = parse(
+            r#"
+            [server]
+            listen = ["127.0.0.1:9000", "unix:/tmp/w.sock"]
+            uwsgi_listen = ["unix:/tmp/u.sock"]
+            [app]
+            module = "app:app"
+            workers = 4
+            harakiri = 30
+            max_requests = 1000
+            max_requests_jitter = 50
+            reload_on_rss = "200MiB"
+            graceful_timeout = "5s"
+            [queue]
+            max_size = 10
+            timeout = "250ms"
+            "#,
+        )
+        .unwrap();
+        c.apply_defaults();
+        c.validate().unwrap();
+        assert_eq!(c.server.listen.len(), 2);
+        assert_eq!(c.app.harakiri.unwrap().as_duration().as_secs(), 30);
+        assert_eq!(c.app.reload_on_rss.unwrap().bytes(), 200 << 20);
+        assert_eq!(c.queue.timeout.as_duration().as_millis(), 250);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("[app]\nworkerz = 3\n").unwrap_err().to_string();
+        assert!(e.contains("workerz"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = parse("[app]\nharakiri = \"fast\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("harakiri"), "{e}");
+        let mut c = parse("[app]\nmodule = \"app:app\"\nworkers = 0\n").unwrap();
+        c.apply_defaults();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("app.workers"));
+        let mut c = parse("[app]\nmodule = \"not a module\"\n").unwrap();
+        c.apply_defaults();
+        assert!(c.validate().unwrap_err().to_string().contains("app.module"));
+    }
+}

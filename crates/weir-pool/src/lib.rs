@@ -1,1 +1,32 @@
-//! stub
+//! The supervised worker pool: the part of weir that uWSGI or Gunicorn plays.
+//!
+//! # Layout
+//! - [`supervisor`]: starts the pool, reloads it (new generation ready before the old one
+//!   leaves) and stops it.
+//! - `slot`: one task per worker slot: spawns the `weir worker` process, waits for its
+//!   READY, respawns it (with backoff) when it dies, retires or kills it on request.
+//! - [`pool`]: the idle workers and the bounded queue of requests waiting for one
+//!   ([`Pool::acquire`]); a [`Lease`] returns its worker when dropped.
+//! - `exchange`: one request on one worker: writes the uwsgi packet and body, reads the
+//!   response head and body frames, enforces harakiri.
+//! - [`body`]: the response body handed to the listeners.
+//! - [`error`]: [`DispatchError`], every way a dispatch ends without the app's answer.
+//!
+//! The master dispatches only to idle workers, so it always knows who is busy and since
+//! when: a request never waits in a kernel queue behind a slow one.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod body;
+pub mod error;
+mod exchange;
+pub mod pool;
+mod slot;
+pub mod supervisor;
+
+pub use body::{BodyError, ResponseBody};
+pub use error::DispatchError;
+pub use exchange::{RequestBody, WorkerRequest};
+pub use pool::{Lease, Pool, PoolStats};
+pub use slot::RestartReason;
+pub use supervisor::{PoolConfig, Supervisor, SupervisorError, WorkerCommand};

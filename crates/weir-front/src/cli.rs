@@ -1,0 +1,156 @@
+//! `weir serve`: flags, each with its key in `weir.toml`; flags win over the file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use weir_config::units::{parse_duration, parse_size};
+use weir_config::{Config, ConfigError, ListenAddr, Seconds, Size};
+
+/// Exit status for bad configuration (as DESIGN.md's conventions say).
+pub const EXIT_CONFIG: u8 = 2;
+
+/// `weir serve` arguments. Every flag has a `weir.toml` key, named in its help.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// The WSGI app as MODULE:CALLABLE (CALLABLE defaults to `application`). [app] module
+    #[arg(long, value_name = "MODULE:CALLABLE")]
+    pub app: Option<String>,
+    /// Change into DIR and import the app from it. [app] chdir
+    #[arg(long, value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+    /// A virtualenv whose site-packages hold the app's dependencies. [app] virtualenv
+    #[arg(long, value_name = "DIR")]
+    pub virtualenv: Option<PathBuf>,
+    /// Number of worker processes (default 2). [app] workers
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// HTTP/1.1 listener, HOST:PORT or unix:PATH; repeat for more (default 127.0.0.1:8000).
+    /// [server] listen
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<ListenAddr>,
+    /// uwsgi-protocol listener for a real NGINX's `uwsgi_pass`, HOST:PORT or unix:PATH;
+    /// repeat for more. [server] uwsgi_listen
+    #[arg(long, value_name = "ADDR")]
+    pub uwsgi_listen: Vec<ListenAddr>,
+    /// Kill a worker whose request runs longer (seconds, or "30s"); the client gets 504.
+    /// [app] harakiri
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub harakiri: Option<Seconds>,
+    /// Recycle a worker after N requests. [app] max_requests
+    #[arg(long, value_name = "N")]
+    pub max_requests: Option<u64>,
+    /// Up to N extra requests per worker before recycling. [app] max_requests_jitter
+    #[arg(long, value_name = "N")]
+    pub max_requests_jitter: Option<u64>,
+    /// Recycle a worker, between requests, above this resident memory ("200MiB").
+    /// [app] reload_on_rss
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub reload_on_rss: Option<Size>,
+    /// How long in-flight requests may take to finish on stop or reload.
+    /// [app] graceful_timeout
+    #[arg(long, value_name = "DURATION", value_parser = parse_seconds)]
+    pub graceful_timeout: Option<Seconds>,
+    /// Event-loop threads of the master (default 1). [server] threads
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Read settings from this weir.toml; flags override it.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration and exit (0 when valid, 2 otherwise).
+    #[arg(long)]
+    pub check: bool,
+}
+
+fn parse_seconds(s: &str) -> Result<Seconds, String> {
+    parse_duration(s).map(Seconds::from_duration)
+}
+
+fn parse_size_arg(s: &str) -> Result<Size, String> {
+    parse_size(s).map(Size::from_bytes)
+}
+
+impl ServeArgs {
+    /// The file (if any), flags merged over it, defaults filled in, validated.
+    pub fn to_config(&self) -> Result<Config, ConfigError> {
+        let mut c = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        let a = &mut c.app;
+        set(&mut a.module, self.app.clone());
+        set(&mut a.chdir, self.chdir.clone());
+        set(&mut a.virtualenv, self.virtualenv.clone());
+        set(&mut a.harakiri, self.harakiri);
+        set(&mut a.reload_on_rss, self.reload_on_rss);
+        if let Some(v) = self.workers {
+            a.workers = v;
+        }
+        if let Some(v) = self.max_requests {
+            a.max_requests = v;
+        }
+        if let Some(v) = self.max_requests_jitter {
+            a.max_requests_jitter = v;
+        }
+        if let Some(v) = self.graceful_timeout {
+            a.graceful_timeout = v;
+        }
+        if let Some(v) = self.threads {
+            c.server.threads = v;
+        }
+        if !self.listen.is_empty() {
+            c.server.listen = self.listen.clone();
+        }
+        if !self.uwsgi_listen.is_empty() {
+            c.server.uwsgi_listen = self.uwsgi_listen.clone();
+        }
+        c.apply_defaults();
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn set<T>(slot: &mut Option<T>, flag: Option<T>) {
+    if flag.is_some() {
+        *slot = flag;
+    }
+}
+
+/// Runs `weir serve`: exit 0 after a clean stop, 1 when serving failed, 2 for bad config.
+pub fn main(args: ServeArgs) -> ExitCode {
+    let config = match args.to_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("weir: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.check {
+        println!("weir: configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    crate::server::init_logging();
+    let runtime = if config.server.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.server.threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("weir: cannot start the event loop: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::server::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weir: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! An HTTP request as the uwsgi vars a worker turns into its WSGI environ (what NGINX's
+//! `uwsgi_params` sends, plus weir's own `WEIR_*` vars).
+//!
+//! Percent-decoding is written here (a dozen lines) because PATH_INFO must be decoded to
+//! raw bytes, `%2F` included, exactly as NGINX and uWSGI do; URL crates normalise paths.
+
+use std::net::SocketAddr;
+
+use http::request::Parts;
+use http::Version;
+use weir_uwsgi::packet::{Builder, EncodeError, MODIFIER_WSGI};
+
+/// Where a connection came from and arrived.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Client address (None on a Unix socket).
+    pub peer: Option<SocketAddr>,
+    /// Local address (None on a Unix socket).
+    pub local: Option<SocketAddr>,
+}
+
+/// Decodes `%XX` escapes into raw bytes; a malformed escape is kept as it is (as NGINX
+/// does for PATH_INFO).
+pub fn percent_decode(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' && i + 2 < s.len() {
+            if let (Some(h), Some(l)) = (hex(s[i + 1]), hex(s[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(s[i]);
+        i += 1;
+    }
+    out
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// What the handler knows about the body when it builds the packet.
+#[derive(Debug, Clone, Copy)]
+pub enum BodyLength {
+    /// No body.
+    None,
+    /// This many bytes (CONTENT_LENGTH).
+    Known(u64),
+    /// Unknown (chunked, streamed in frames).
+    Chunked,
+}
+
+/// Builds the packet for a request into `out`.
+pub fn encode(
+    out: &mut Vec<u8>,
+    parts: &Parts,
+    conn: &ConnInfo,
+    body: BodyLength,
+    request_id: &str,
+    deadline_unix: Option<f64>,
+) -> Result<(), EncodeError> {
+    let mut p = Builder::new(out, MODIFIER_WSGI, 0);
+    let uri = &parts.uri;
+    let path = uri.path();
+    p.var(b"REQUEST_METHOD", parts.method.as_str().as_bytes())?;
+    p.var(
+        b"REQUEST_URI",
+        uri.path_and_query()
+            .map_or(path, |pq| pq.as_str())
+            .as_bytes(),
+    )?;
+    p.var(b"PATH_INFO", &percent_decode(path.as_bytes()))?;
+    p.var(b"SCRIPT_NAME", b"")?;
+    p.var(b"QUERY_STRING", uri.query().unwrap_or("").as_bytes())?;
+    p.var(
+        b"SERVER_PROTOCOL",
+        match parts.version {
+            Version::HTTP_10 => b"HTTP/1.0",
+            _ => b"HTTP/1.1",
+        },
+    )?;
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .map(|h| h.as_bytes())
+        .filter(|h| !h.is_empty());
+    let (name, port) = server_name_port(host, conn.local);
+    p.var(b"SERVER_NAME", name.as_bytes())?;
+    p.var(b"SERVER_PORT", port.as_bytes())?;
+    match conn.peer {
+        Some(peer) => {
+            p.var(b"REMOTE_ADDR", peer.ip().to_string().as_bytes())?;
+            p.var(b"REMOTE_PORT", peer.port().to_string().as_bytes())?;
+        }
+        None => {
+            p.var(b"REMOTE_ADDR", b"unix:")?;
+        }
+    }
+    p.var(b"UWSGI_SCHEME", b"http")?;
+    if let Some(ct) = parts.headers.get(http::header::CONTENT_TYPE) {
+        p.var(b"CONTENT_TYPE", ct.as_bytes())?;
+    }
+    match body {
+        BodyLength::None => {}
+        BodyLength::Known(n) => {
+            p.var(b"CONTENT_LENGTH", n.to_string().as_bytes())?;
+        }
+        BodyLength::Chunked => {
+            p.var(b"WEIR_BODY", b"chunked")?;
+        }
+    }
+    let mut key = Vec::with_capacity(64);
+    let mut joined = Vec::new();
+    for name in parts.headers.keys() {
+        let n = name.as_str();
+        // Content-* travel as CGI vars; framing headers describe the hop, not the
+        // request; names with '_' are dropped as NGINX does (underscores_in_headers off),
+        // so `X_Forwarded_For` cannot pose as `X-Forwarded-For`.
+        if matches!(
+            n,
+            "content-type" | "content-length" | "transfer-encoding" | "connection" | "te"
+        ) || n.contains('_')
+        {
+            continue;
+        }
+        key.clear();
+        key.extend_from_slice(b"HTTP_");
+        key.extend(n.bytes().map(|b| {
+            if b == b'-' {
+                b'_'
+            } else {
+                b.to_ascii_uppercase()
+            }
+        }));
+        let mut values = parts.headers.get_all(name).iter();
+        let first = values.next().map_or(&b""[..], |v| v.as_bytes());
+        match values.next() {
+            None => {
+                p.var(&key, first)?;
+            }
+            Some(second) => {
+                let sep: &[u8] = if n == "cookie" { b"; " } else { b", " };
+                joined.clear();
+                joined.extend_from_slice(first);
+                for v in std::iter::once(second).chain(values) {
+                    joined.extend_from_slice(sep);
+                    joined.extend_from_slice(v.as_bytes());
+                }
+                p.var(&key, &joined)?;
+            }
+        }
+    }
+    p.var(b"WEIR_REQUEST_ID", request_id.as_bytes())?;
+    if let Some(d) = deadline_unix {
+        p.var(b"WEIR_DEADLINE", format!("{d:.6}").as_bytes())?;
+    }
+    p.finish()
+}
+
+fn server_name_port(host: Option<&[u8]>, local: Option<SocketAddr>) -> (String, String) {
+    let default_port = local.map_or_else(|| "80".to_owned(), |a| a.port().to_string());
+    match host.and_then(|h| std::str::from_utf8(h).ok()) {
+        Some(h) => {
+            // [v6]:port, host:port, or a bare host.
+            if let Some(rest) = h.strip_prefix('[') {
+                if let Some((ip, port)) = rest.split_once(']') {
+                    let port = port.strip_prefix(':').unwrap_or("");
+                    let port = if port.is_empty() {
+                        default_port
+                    } else {
+                        port.to_owned()
+                    };
+                    return (ip.to_owned(), port);
+                }
+            }
+            match h.rsplit_once(':') {
+                Some((name, port))
+                    if port.bytes().all(|b| b.is_ascii_digit()) && !port.is_empty() =>
+                {
+                    (name.to_owned(), port.to_owned())
+                }
+                _ => (h.to_owned(), default_port),
+            }
+        }
+        None => (
+            local.map_or_else(|| "localhost".to_owned(), |a| a.ip().to_string()),
+            default_port,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode() {
+        assert_eq!(percent_decode(b"/a%20b%2Fc"), b"/a b/c");
+        assert_eq!(percent_decode(b"/%zz%4"), b"/%zz%4");
+        assert_eq!(percent_decode(b"/caf%C3%A9"), "/café".as_bytes());
+        assert_eq!(percent_decode(b"%41"), b"A");
+    }
+
+    #[test]
+    fn host_split() {
+        assert_eq!(
+            server_name_port(Some(b"example.com:8080"), None),
+            ("example.com".into(), "8080".into())
+        );
+        assert_eq!(
+            server_name_port(Some(b"[::1]:9"), None),
+            ("::1".into(), "9".into())
+        );
+        assert_eq!(
+            server_name_port(Some(b"example.com"), None),
+            ("example.com".into(), "80".into())
+        );
+    }
+
+    #[test]
+    fn joins_repeated_headers_and_drops_underscored_names() {
+        let req = http::Request::builder()
+            .uri("/p%20q?x=%20")
+            .header("x-a", "1")
+            .header("x-a", "2")
+            .header("x_forwarded_for", "6.6.6.6")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let mut out = Vec::new();
+        let conn = ConnInfo {
+            peer: None,
+            local: None,
+        };
+        encode(&mut out, &parts, &conn, BodyLength::None, "rid", None).unwrap();
+        let (p, _) = weir_uwsgi::packet::decode(&out).unwrap();
+        assert_eq!(p.get(b"HTTP_X_A"), Some(&b"1, 2"[..]));
+        assert_eq!(p.get(b"HTTP_COOKIE"), Some(&b"a=1; b=2"[..]));
+        assert_eq!(p.get(b"HTTP_X_FORWARDED_FOR"), None);
+        assert_eq!(p.get(b"PATH_INFO"), Some(&b"/p q"[..]));
+        assert_eq!(p.get(b"QUERY_STRING"), Some(&b"x=%20"[..]));
+        assert_eq!(p.get(b"WEIR_REQUEST_ID"), Some(&b"rid"[..]));
+    }
+}

@@ -1,0 +1,136 @@
+//! The error contract: every answer weir makes itself, rather than the app, comes from
+//! [`Rejection::respond`], with its status, `x-weir-error: <class>`, Retry-After where a
+//! retry can help, `X-Request-ID`, and a body: JSON when the client accepts JSON, a short
+//! text otherwise.
+
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::{Response, StatusCode};
+use weir_pool::{DispatchError, ResponseBody};
+
+/// A request ended by weir.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// The status.
+    pub status: StatusCode,
+    /// The attribution class.
+    pub class: &'static str,
+    /// Seconds for Retry-After.
+    pub retry_after: Option<u64>,
+    /// One sentence for the text body.
+    pub message: String,
+}
+
+impl Rejection {
+    /// A rejection.
+    pub fn new(status: StatusCode, class: &'static str, message: impl Into<String>) -> Self {
+        Rejection {
+            status,
+            class,
+            retry_after: None,
+            message: message.into(),
+        }
+    }
+
+    /// The one mapping from a dispatch failure to what the client sees.
+    pub fn from_dispatch(e: &DispatchError, retry_after: u64) -> Self {
+        let status = match e {
+            DispatchError::QueueFull { .. }
+            | DispatchError::QueueTimeout(_)
+            | DispatchError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            DispatchError::Harakiri(_) | DispatchError::DeadlineExceeded => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            DispatchError::WorkerDied | DispatchError::Protocol(_) => StatusCode::BAD_GATEWAY,
+            DispatchError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        };
+        let retry = matches!(status, StatusCode::SERVICE_UNAVAILABLE).then_some(retry_after);
+        Rejection {
+            status,
+            class: e.class(),
+            retry_after: retry,
+            message: e.to_string(),
+        }
+    }
+
+    /// The response.
+    pub fn respond(&self, request_id: &str, wants_json: bool) -> Response<ResponseBody> {
+        let (ctype, body) = if wants_json {
+            (
+                "application/json",
+                format!(
+                    "{{\"error\":\"{}\",\"status\":{},\"request_id\":\"{}\",\"message\":{}}}\n",
+                    self.class,
+                    self.status.as_u16(),
+                    request_id,
+                    json_string(&self.message)
+                ),
+            )
+        } else {
+            (
+                "text/plain; charset=utf-8",
+                format!(
+                    "{} {}: {} (request {})\n",
+                    self.status.as_u16(),
+                    self.class,
+                    self.message,
+                    request_id
+                ),
+            )
+        };
+        let mut r = Response::new(ResponseBody::full(body));
+        *r.status_mut() = self.status;
+        let h = r.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+        h.insert("x-weir-error", HeaderValue::from_static(self.class));
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            h.insert("x-request-id", v);
+        }
+        if let Some(s) = self.retry_after {
+            h.insert(RETRY_AFTER, HeaderValue::from(s));
+        }
+        r
+    }
+}
+
+/// Does an Accept header ask for JSON (and not prefer HTML)?
+pub fn wants_json(accept: Option<&[u8]>) -> bool {
+    accept.is_some_and(|a| {
+        let a = String::from_utf8_lossy(a);
+        a.contains("application/json") || (a.contains("+json") && !a.contains("text/html"))
+    })
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_and_renders() {
+        let r = Rejection::from_dispatch(&DispatchError::QueueFull { max: 3 }, 2);
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        let resp = r.respond("abc", true);
+        assert_eq!(resp.headers()["x-weir-error"], "queue-full");
+        assert_eq!(resp.headers()["retry-after"], "2");
+        let r = Rejection::from_dispatch(&DispatchError::WorkerDied, 1);
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+        assert!(r.retry_after.is_none());
+        assert!(wants_json(Some(b"application/json")));
+        assert!(!wants_json(Some(b"text/html,*/*")));
+        assert_eq!(json_string("a\"b\n"), "\"a\\\"b\\u000a\"");
+    }
+}

@@ -1,0 +1,255 @@
+//! Start-up, signals and shutdown, in this order:
+//! 1. bind every listener (a bind error stops weir before any worker starts);
+//! 2. start the pool (requests queue until workers are ready);
+//! 3. serve; SIGHUP reloads the workers; SIGTERM/SIGINT drains:
+//! 4. stop accepting, let each connection finish its current request, stop the pool
+//!    (busy workers finish, up to `graceful_timeout`), remove Unix socket files, exit 0.
+//!
+//! One drain signal (a `watch`) reaches every accept loop and connection; a clone of an
+//! `mpsc::Sender` held by each connection tells when the last one is gone (the
+//! mini-redis shutdown pattern).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+use weir_config::Config;
+use weir_pool::{PoolConfig, Supervisor, SupervisorError};
+
+use crate::environ::ConnInfo;
+use crate::http::Front;
+use crate::listener::{BindError, Listener};
+
+/// Why `weir serve` stopped with an error.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The app cannot be started.
+    #[error(transparent)]
+    Pool(#[from] SupervisorError),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// weir cannot find its own executable to start workers.
+    #[error("cannot find weir's own executable to start workers: {0}")]
+    Exe(std::io::Error),
+}
+
+/// Logs go to stderr; `WEIR_LOG` (tracing's env-filter syntax) sets the level.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second init (tests) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// The pool settings from the config.
+pub fn pool_config(config: &Config) -> Result<PoolConfig, ServeError> {
+    let app = &config.app;
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--app".into(),
+        app.module.clone().unwrap_or_default().into(),
+    ];
+    if let Some(d) = &app.chdir {
+        args.push("--chdir".into());
+        args.push(d.clone().into());
+    }
+    if let Some(d) = &app.virtualenv {
+        args.push("--virtualenv".into());
+        args.push(d.clone().into());
+    }
+    if let Some(c) = &app.ready_check {
+        args.push("--ready-check".into());
+        args.push(c.into());
+    }
+    Ok(PoolConfig {
+        exe: std::env::current_exe().map_err(ServeError::Exe)?,
+        worker_args: args,
+        workers: app.workers,
+        max_requests: app.max_requests,
+        max_requests_jitter: app.max_requests_jitter,
+        reload_on_rss: app.reload_on_rss.map(|s| s.bytes()),
+        graceful_timeout: app.graceful_timeout.as_duration(),
+        startup_timeout: app.startup_timeout.as_duration(),
+        max_queue: config.queue.effective_max_size(app.workers),
+        queue_timeout: config.queue.timeout.as_duration(),
+    })
+}
+
+/// Runs the server until SIGTERM/SIGINT (Ok) or a fatal error.
+pub async fn run(config: Config) -> Result<(), ServeError> {
+    let backlog = config.server.backlog;
+    let mut http_listeners = Vec::new();
+    for a in &config.server.listen {
+        http_listeners.push(Listener::bind(a, backlog)?);
+    }
+    let mut uwsgi_listeners = Vec::new();
+    for a in &config.server.uwsgi_listen {
+        uwsgi_listeners.push(Listener::bind(a, backlog)?);
+    }
+    let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
+
+    let supervisor = Arc::new(Supervisor::start(pool_config(&config)?));
+    let front = Arc::new(Front {
+        pool: supervisor.pool(),
+        harakiri: config.app.harakiri.map(|h| h.as_duration()),
+        retry_after: config.queue.retry_after,
+    });
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let (conns_tx, mut conns_rx) = mpsc::channel::<()>(1);
+    let mut names = Vec::new();
+    for l in http_listeners {
+        names.push(format!("http://{}", l.describe()));
+        tokio::spawn(accept_loop(
+            l,
+            Kind::Http,
+            front.clone(),
+            drain_rx.clone(),
+            conns_tx.clone(),
+        ));
+    }
+    for l in uwsgi_listeners {
+        names.push(format!("uwsgi://{}", l.describe()));
+        tokio::spawn(accept_loop(
+            l,
+            Kind::Uwsgi,
+            front.clone(),
+            drain_rx.clone(),
+            conns_tx.clone(),
+        ));
+    }
+    info!(
+        app = config.app.module.as_deref().unwrap_or(""),
+        workers = config.app.workers,
+        "weir serving on {}",
+        names.join(", ")
+    );
+
+    let outcome = loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: draining"); break Ok(()) }
+            _ = int.recv() => { info!("SIGINT: draining"); break Ok(()) }
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading workers");
+                let s = supervisor.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = s.reload().await {
+                        error!("{e}");
+                    }
+                });
+            }
+            e = supervisor.fatal() => { error!("{e}"); break Err(ServeError::Pool(e)) }
+        }
+    };
+
+    // Drain: stop accepting, finish what is in flight.
+    let _ = drain_tx.send(true);
+    let grace = config.app.graceful_timeout.as_duration();
+    let pool_done = supervisor.shutdown();
+    drop(conns_tx);
+    let conns_done = async {
+        // recv() returns None once every connection's sender is dropped.
+        let _ = conns_rx.recv().await;
+    };
+    let all = async { tokio::join!(pool_done, conns_done) };
+    if tokio::time::timeout(grace + Duration::from_secs(2), all)
+        .await
+        .is_err()
+    {
+        warn!("connections still open after {grace:?}; closing them");
+    }
+    info!("weir stopped");
+    outcome
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Http,
+    Uwsgi,
+}
+
+async fn accept_loop(
+    listener: Listener,
+    kind: Kind,
+    front: Arc<Front>,
+    mut drain: watch::Receiver<bool>,
+    conns: mpsc::Sender<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = drain.wait_for(|d| *d) => None,
+            a = accept(&listener) => Some(a),
+        };
+        let Some(accepted) = accepted else { break };
+        let (io, info) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off a little instead of spinning.
+                warn!("accept on {} failed: {e}", listener.describe());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let front = front.clone();
+        let drain = drain.clone();
+        let guard = conns.clone();
+        tokio::spawn(async move {
+            match (kind, io) {
+                (Kind::Http, Io::Tcp(s)) => {
+                    crate::http::serve_connection(s, info, front, drain).await
+                }
+                (Kind::Http, Io::Unix(s)) => {
+                    crate::http::serve_connection(s, info, front, drain).await
+                }
+                (Kind::Uwsgi, Io::Tcp(s)) => crate::uwsgi::serve_connection(s, front).await,
+                (Kind::Uwsgi, Io::Unix(s)) => crate::uwsgi::serve_connection(s, front).await,
+            }
+            drop(guard);
+        });
+    }
+    listener.cleanup();
+}
+
+enum Io {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(l: &Listener) -> std::io::Result<(Io, ConnInfo)> {
+    match l {
+        Listener::Tcp(t) => {
+            let (s, peer) = t.accept().await?;
+            // Small responses go out at once rather than waiting for Nagle.
+            let _ = s.set_nodelay(true);
+            let local = s.local_addr().ok();
+            Ok((
+                Io::Tcp(s),
+                ConnInfo {
+                    peer: Some(peer),
+                    local,
+                },
+            ))
+        }
+        Listener::Unix(u, _) => {
+            let (s, _) = u.accept().await?;
+            Ok((
+                Io::Unix(s),
+                ConnInfo {
+                    peer: None,
+                    local: None,
+                },
+            ))
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The uwsgi-protocol listener: a real NGINX `uwsgi_pass`es here as it would to uWSGI.
+//! One request per connection (NGINX does not keep uwsgi connections alive); the
+//! response is a plain HTTP/1.1 head and the body, ended by closing the connection.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::{Response, StatusCode};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::{debug, warn};
+use weir_pool::{RequestBody, ResponseBody, WorkerRequest};
+use weir_uwsgi::packet::{self, Builder, DecodeError, MODIFIER_WSGI};
+
+use crate::http::Front;
+use crate::rejection::{wants_json, Rejection};
+use crate::request_id;
+
+/// The largest request body accepted on the uwsgi listener (NGINX has already applied
+/// its own client_max_body_size and buffered the body).
+pub const MAX_BODY: u64 = 64 << 20;
+
+/// Serves one uwsgi connection.
+pub async fn serve_connection<S>(mut io: S, front: Arc<Front>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut buf = BytesMut::with_capacity(4096);
+    let used = loop {
+        match packet::decode(&buf) {
+            Ok((_, used)) => break used,
+            Err(DecodeError::Incomplete { needed }) => {
+                buf.reserve(needed.saturating_sub(buf.len()).max(1024));
+                match io.read_buf(&mut buf).await {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) => {
+                        debug!("uwsgi read: {e}");
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                warn!("closing uwsgi connection: {e}");
+                let r = Rejection::new(StatusCode::BAD_REQUEST, "bad-request", e.to_string());
+                write_response(&mut io, r.respond(&request_id::make(), false)).await;
+                return;
+            }
+        }
+    };
+    let mut head = buf.split_to(used);
+    let (pkt, _) = packet::decode(&head).expect("decoded above from the same bytes");
+    let json = wants_json(pkt.get(b"HTTP_ACCEPT"));
+    let rid = pkt
+        .get(b"HTTP_X_REQUEST_ID")
+        .filter(|id| request_id::is_well_formed(id))
+        .map(|id| String::from_utf8_lossy(id).into_owned())
+        .unwrap_or_else(request_id::make);
+    let length: u64 = pkt
+        .get(b"CONTENT_LENGTH")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    if pkt.modifier1 != MODIFIER_WSGI || length > MAX_BODY {
+        let r = if length > MAX_BODY {
+            Rejection::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                format!("request body over {MAX_BODY} bytes"),
+            )
+        } else {
+            Rejection::new(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                format!("uwsgi modifier1 {} is not WSGI (0)", pkt.modifier1),
+            )
+        };
+        write_response(&mut io, r.respond(&rid, json)).await;
+        return;
+    }
+    // Re-encode: the vars NGINX sent, minus any WEIR_* a client could have smuggled in
+    // through uwsgi_param, plus the request id.
+    let mut out = Vec::with_capacity(head.len() + 64);
+    let mut b = Builder::new(&mut out, MODIFIER_WSGI, 0);
+    let mut result = Ok(());
+    for (k, v) in pkt.vars() {
+        if !k.starts_with(b"WEIR_") {
+            if let Err(e) = b.var(k, v) {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    let result = result
+        .and_then(|_| b.var(b"WEIR_REQUEST_ID", rid.as_bytes()).map(|_| ()))
+        .and_then(|_| b.finish());
+    if let Err(e) = result {
+        let r = Rejection::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "header-too-large",
+            e.to_string(),
+        );
+        write_response(&mut io, r.respond(&rid, json)).await;
+        return;
+    }
+    head.clear();
+    // The body: what came with the packet, then the rest.
+    let mut body = buf;
+    while (body.len() as u64) < length {
+        body.reserve((length as usize - body.len()).min(1 << 20));
+        match io.read_buf(&mut body).await {
+            Ok(0) | Err(_) => return, // NGINX gave up; nobody to answer.
+            Ok(_) => {}
+        }
+    }
+    body.truncate(length as usize);
+    let body = if length == 0 {
+        RequestBody::Empty
+    } else {
+        RequestBody::Full(body.freeze())
+    };
+    let req = WorkerRequest {
+        packet: out,
+        body,
+        harakiri: front.harakiri,
+        deadline: None,
+    };
+    let resp = match front.pool.dispatch(req).await {
+        Ok(mut r) => {
+            if let Ok(v) = http::HeaderValue::from_str(&rid) {
+                r.headers_mut().insert("x-request-id", v);
+            }
+            r
+        }
+        Err(e) => Rejection::from_dispatch(&e, front.retry_after).respond(&rid, json),
+    };
+    write_response(&mut io, resp).await;
+}
+
+/// Writes a response as uWSGI does: status line, headers, blank line, body; the end of
+/// the body is the end of the connection. A failing body cuts the connection.
+async fn write_response<S: AsyncWrite + Unpin>(io: &mut S, resp: Response<ResponseBody>) {
+    let (parts, mut body) = resp.into_parts();
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if let ResponseBody::Full(Some(b)) = &body {
+        out.extend_from_slice(b);
+        let _ = io.write_all(&out).await;
+        let _ = io.shutdown().await;
+        return;
+    }
+    if io.write_all(&out).await.is_err() {
+        return;
+    }
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Ok(data) = f.into_data() {
+                    let data: Bytes = data;
+                    if io.write_all(&data).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            // Cut: NGINX sees a short body and logs "upstream prematurely closed".
+            Err(_) => return,
+        }
+    }
+    let _ = io.shutdown().await;
+}

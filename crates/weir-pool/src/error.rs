@@ -1,0 +1,54 @@
+//! Every way a dispatch can end without the app's own answer. The listeners turn these
+//! into statuses with one function (the error contract of DESIGN.md).
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// Why a request got no answer from the app.
+#[derive(Debug, Error)]
+pub enum DispatchError {
+    /// The wait queue is at its bound.
+    #[error("all workers are busy and {max} requests already wait")]
+    QueueFull {
+        /// The bound.
+        max: usize,
+    },
+    /// No worker became free within the queue timeout.
+    #[error("no worker became free within {0:?}")]
+    QueueTimeout(Duration),
+    /// The request ran past harakiri; its worker was killed.
+    #[error("the request ran longer than harakiri ({0:?}); its worker was killed")]
+    Harakiri(Duration),
+    /// The worker exited (crash, os._exit, OOM killer) before the response was complete.
+    #[error("the worker died while serving the request")]
+    WorkerDied,
+    /// The worker broke the protocol (a bug in weir or memory corruption in the app).
+    #[error("the worker sent a malformed response: {0}")]
+    Protocol(String),
+    /// The request cannot be expressed as a uwsgi packet (headers over 64 KiB).
+    #[error("request headers too large for a worker packet: {0}")]
+    HeadersTooLarge(#[from] weir_uwsgi::packet::EncodeError),
+    /// The pool is stopping and accepts no new work.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// The request's deadline passed before a worker could start it.
+    #[error("the request's deadline passed before a worker was free")]
+    DeadlineExceeded,
+}
+
+impl DispatchError {
+    /// The attribution class (`x-weir-error`, access log, metric label).
+    pub fn class(&self) -> &'static str {
+        match self {
+            DispatchError::QueueFull { .. } => "queue-full",
+            DispatchError::QueueTimeout(_) => "queue-timeout",
+            DispatchError::Harakiri(_) => "harakiri",
+            DispatchError::WorkerDied => "worker-died",
+            DispatchError::Protocol(_) => "worker-protocol",
+            DispatchError::HeadersTooLarge(_) => "header-too-large",
+            DispatchError::ShuttingDown => "shutting-down",
+            DispatchError::DeadlineExceeded => "deadline",
+        }
+    }
+}

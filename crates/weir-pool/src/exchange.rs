@@ -1,0 +1,386 @@
+//! One request on one worker. Runs in its own task that owns the [`Lease`], so the worker
+//! always ends at a request boundary (or is killed) whatever the client does.
+//!
+//! The request body is written while the response is read: a worker may answer before it
+//! has read its input (and drains it afterwards), so writing first could deadlock on a
+//! full socket buffer.
+
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
+use http_body::Body;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use weir_uwsgi::frame::{self, Prefix};
+use weir_uwsgi::head;
+
+use crate::body::{BodyError, ResponseBody};
+use crate::error::DispatchError;
+use crate::pool::Lease;
+use crate::slot::RestartReason;
+
+/// A streamed request body.
+pub type BodyStream =
+    Pin<Box<dyn Body<Data = Bytes, Error = Box<dyn std::error::Error + Send + Sync>> + Send>>;
+
+/// The body of a request, as the listener has it.
+pub enum RequestBody {
+    /// No body.
+    Empty,
+    /// The whole body, already read (its length is the packet's CONTENT_LENGTH).
+    Full(Bytes),
+    /// A body still arriving. `framed` when its length is unknown (chunked): it is sent
+    /// in frames and the packet says `WEIR_BODY=chunked`; otherwise raw, CONTENT_LENGTH
+    /// bytes.
+    Stream {
+        /// The source.
+        body: BodyStream,
+        /// Whether to frame it.
+        framed: bool,
+    },
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestBody::Empty => f.write_str("Empty"),
+            RequestBody::Full(b) => write!(f, "Full({} bytes)", b.len()),
+            RequestBody::Stream { framed, .. } => write!(f, "Stream {{ framed: {framed} }}"),
+        }
+    }
+}
+
+/// One request for a worker.
+#[derive(Debug)]
+pub struct WorkerRequest {
+    /// The encoded uwsgi packet (vars).
+    pub packet: Vec<u8>,
+    /// Its body.
+    pub body: RequestBody,
+    /// Kill the worker if the request runs longer.
+    pub harakiri: Option<Duration>,
+    /// Not started after this instant.
+    pub deadline: Option<Instant>,
+}
+
+/// How an exchange ended early.
+enum Ended {
+    Harakiri(Duration),
+    Died,
+    Protocol(String),
+    /// The client's request body failed mid-way: the worker waits for bytes that will
+    /// never come.
+    ClientBody,
+}
+
+type HeadReply = oneshot::Sender<Result<Response<ResponseBody>, DispatchError>>;
+
+/// Where the answer goes: first the head (with the body or a body channel), then, when
+/// streaming, chunks.
+struct Reply {
+    head: Option<HeadReply>,
+    chunks: Option<mpsc::Sender<Result<Bytes, BodyError>>>,
+}
+
+impl Reply {
+    /// Tells the caller how the exchange failed: an error status before the head, a cut
+    /// body after it.
+    fn fail(&mut self, end: &Ended) {
+        if let Some(tx) = self.head.take() {
+            let err = match end {
+                Ended::Harakiri(d) => DispatchError::Harakiri(*d),
+                Ended::Died | Ended::ClientBody => DispatchError::WorkerDied,
+                Ended::Protocol(m) => DispatchError::Protocol(m.clone()),
+            };
+            // The client may be gone; nobody to tell then.
+            let _ = tx.send(Err(err));
+        }
+        // After the head: dropping the chunk sender without the end marker makes the
+        // body fail, so the client's connection is cut rather than ended as if whole.
+        self.chunks = None;
+    }
+}
+
+pub(crate) async fn run(mut lease: Lease, req: WorkerRequest, reply: HeadReply) {
+    let mut out = Reply {
+        head: Some(reply),
+        chunks: None,
+    };
+    let harakiri = req.harakiri;
+    let result = {
+        let fut = exchange(&mut lease, req, &mut out);
+        match harakiri {
+            Some(limit) => tokio::time::timeout(limit, fut)
+                .await
+                .unwrap_or(Err(Ended::Harakiri(limit))),
+            None => fut.await,
+        }
+    };
+    if let Err(end) = result {
+        let reason = match end {
+            Ended::Harakiri(_) => RestartReason::Harakiri,
+            Ended::Died => RestartReason::Crash,
+            Ended::Protocol(_) => RestartReason::Protocol,
+            Ended::ClientBody => RestartReason::ClientAbort,
+        };
+        if let Ended::Protocol(m) = &end {
+            tracing::error!(pid = lease.pid(), "worker protocol error: {m}");
+        }
+        lease.poison(reason);
+        // Kill first (dropping the lease), then tell the client, so a 504 never waits
+        // on a slow reader.
+        drop(lease);
+        out.fail(&end);
+    }
+}
+
+async fn exchange(lease: &mut Lease, req: WorkerRequest, out: &mut Reply) -> Result<(), Ended> {
+    let worker = lease.worker();
+    worker.served += 1;
+    let (mut rd, mut wr) = worker.stream.split();
+    let rbuf = &mut worker.rbuf;
+    let WorkerRequest {
+        mut packet, body, ..
+    } = req;
+    match body {
+        RequestBody::Empty => {
+            wr.write_all(&packet).await.map_err(|_| Ended::Died)?;
+            read_response(&mut rd, rbuf, out).await
+        }
+        RequestBody::Full(b) if b.len() <= 64 * 1024 => {
+            packet.extend_from_slice(&b);
+            wr.write_all(&packet).await.map_err(|_| Ended::Died)?;
+            read_response(&mut rd, rbuf, out).await
+        }
+        body => {
+            let (w, r) = tokio::join!(
+                write_body(&mut wr, packet, body),
+                read_response(&mut rd, rbuf, out)
+            );
+            r.and(w)
+        }
+    }
+}
+
+async fn write_body(
+    wr: &mut WriteHalf<'_>,
+    packet: Vec<u8>,
+    body: RequestBody,
+) -> Result<(), Ended> {
+    wr.write_all(&packet).await.map_err(|_| Ended::Died)?;
+    match body {
+        RequestBody::Empty => Ok(()),
+        RequestBody::Full(b) => wr.write_all(&b).await.map_err(|_| Ended::Died),
+        RequestBody::Stream { mut body, framed } => {
+            while let Some(f) = body.frame().await {
+                let f = f.map_err(|_| Ended::ClientBody)?;
+                let Ok(data) = f.into_data() else { continue };
+                if data.is_empty() {
+                    continue;
+                }
+                if framed {
+                    for chunk in data.chunks(frame::MAX_FRAME_LEN) {
+                        wr.write_all(&frame::data_prefix(chunk.len()))
+                            .await
+                            .map_err(|_| Ended::Died)?;
+                        wr.write_all(chunk).await.map_err(|_| Ended::Died)?;
+                    }
+                } else {
+                    wr.write_all(&data).await.map_err(|_| Ended::Died)?;
+                }
+            }
+            if framed {
+                wr.write_all(&frame::END).await.map_err(|_| Ended::Died)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Reads more bytes into `rbuf`; EOF means the worker died.
+async fn fill(rd: &mut ReadHalf<'_>, rbuf: &mut bytes::BytesMut, want: usize) -> Result<(), Ended> {
+    if rbuf.capacity() - rbuf.len() < want {
+        rbuf.reserve(want.max(8 * 1024));
+    }
+    match rd.read_buf(rbuf).await {
+        Ok(0) | Err(_) => Err(Ended::Died),
+        Ok(_) => Ok(()),
+    }
+}
+
+const MAX_HEAD: usize = 64 * 1024;
+/// Hop-by-hop headers an app must not set (PEP 3333); the listener frames the body.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+async fn read_response(
+    rd: &mut ReadHalf<'_>,
+    rbuf: &mut bytes::BytesMut,
+    out: &mut Reply,
+) -> Result<(), Ended> {
+    let head_len = loop {
+        if let Some(n) = head::find_end(rbuf) {
+            break n;
+        }
+        if rbuf.len() > MAX_HEAD {
+            return Err(Ended::Protocol(format!(
+                "response head over {MAX_HEAD} bytes"
+            )));
+        }
+        fill(rd, rbuf, 4096).await?;
+    };
+    let mut response = parse_head(&rbuf[..head_len]).map_err(Ended::Protocol)?;
+    rbuf.advance(head_len);
+
+    // Fast path: the whole body is already buffered (one frame and END, as the worker
+    // writes a small response in one go).
+    let mut chunks: Vec<Bytes> = Vec::new();
+    loop {
+        match frame::decode_prefix(rbuf) {
+            Ok(Prefix::End) => {
+                rbuf.advance(frame::PREFIX_LEN);
+                let body = match chunks.len() {
+                    0 => ResponseBody::Empty,
+                    1 => ResponseBody::full(chunks.pop().expect("length checked")),
+                    _ => ResponseBody::full(chunks.concat()),
+                };
+                *response.body_mut() = body;
+                if let Some(tx) = out.head.take() {
+                    // A client gone is fine: the worker is back at a boundary anyway.
+                    let _ = tx.send(Ok(response));
+                }
+                return Ok(());
+            }
+            Ok(Prefix::Data(n)) if rbuf.len() >= frame::PREFIX_LEN + n => {
+                rbuf.advance(frame::PREFIX_LEN);
+                chunks.push(rbuf.split_to(n).freeze());
+            }
+            Ok(Prefix::Abort) => {
+                // The app failed before sending any byte of body but after the head.
+                rbuf.advance(frame::PREFIX_LEN);
+                let (tx, rx) = mpsc::channel(1);
+                *response.body_mut() = ResponseBody::Stream(rx);
+                for c in chunks {
+                    let _ = tx.try_send(Ok(c));
+                }
+                if let Some(h) = out.head.take() {
+                    let _ = h.send(Ok(response));
+                }
+                let _ = tx.send(Err(BodyError::AppAborted)).await;
+                return Ok(());
+            }
+            Err(frame::FrameError::TooLong { len }) => {
+                return Err(Ended::Protocol(format!("body frame of {len} bytes")))
+            }
+            // Incomplete, or a data frame not all here: stream from now on.
+            _ => break,
+        }
+    }
+
+    let (tx, rx) = mpsc::channel(16);
+    *response.body_mut() = ResponseBody::Stream(rx);
+    let mut sink = Some(tx);
+    if let Some(h) = out.head.take() {
+        if h.send(Ok(response)).is_err() {
+            sink = None;
+        }
+    }
+    for c in chunks {
+        send_chunk(&mut sink, Ok(c)).await;
+    }
+    loop {
+        let prefix = loop {
+            match frame::decode_prefix(rbuf) {
+                Ok(p) => break p,
+                Err(frame::FrameError::Incomplete { needed }) => fill(rd, rbuf, needed).await?,
+                Err(frame::FrameError::TooLong { len }) => {
+                    return Err(Ended::Protocol(format!("body frame of {len} bytes")))
+                }
+            }
+        };
+        rbuf.advance(frame::PREFIX_LEN);
+        match prefix {
+            Prefix::End => {
+                out.chunks = None;
+                send_chunk(&mut sink, Ok(Bytes::new())).await;
+                return Ok(());
+            }
+            Prefix::Abort => {
+                send_chunk(&mut sink, Err(BodyError::AppAborted)).await;
+                return Ok(());
+            }
+            Prefix::Data(n) => {
+                while rbuf.len() < n {
+                    let need = n - rbuf.len();
+                    fill(rd, rbuf, need).await?;
+                }
+                let data = rbuf.split_to(n).freeze();
+                // Keep the sender reachable for `Reply::fail` if the worker dies next.
+                out.chunks = sink.clone();
+                send_chunk(&mut sink, Ok(data)).await;
+            }
+        }
+    }
+}
+
+/// Sends a chunk to the client's body; once the client is gone, chunks are dropped and
+/// the worker's answer is read to its end so the worker stays usable.
+async fn send_chunk(
+    sink: &mut Option<mpsc::Sender<Result<Bytes, BodyError>>>,
+    chunk: Result<Bytes, BodyError>,
+) {
+    if let Some(tx) = sink {
+        if tx.send(chunk).await.is_err() {
+            *sink = None;
+        }
+    }
+}
+
+fn parse_head(raw: &[u8]) -> Result<Response<ResponseBody>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let mut big;
+    let parsed = match parsed.parse(raw) {
+        Ok(_) => parsed,
+        Err(httparse::Error::TooManyHeaders) => {
+            big = vec![httparse::EMPTY_HEADER; 1024];
+            let mut p = httparse::Response::new(&mut big);
+            p.parse(raw)
+                .map_err(|e| format!("bad response head: {e}"))?;
+            return build(p);
+        }
+        Err(e) => return Err(format!("bad response head: {e}")),
+    };
+    build(parsed)
+}
+
+fn build(parsed: httparse::Response<'_, '_>) -> Result<Response<ResponseBody>, String> {
+    let code = parsed.code.ok_or("response head without a status")?;
+    let status = StatusCode::from_u16(code).map_err(|_| format!("bad status {code}"))?;
+    let mut response = Response::new(ResponseBody::Empty);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.reserve(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        if HOP_BY_HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
+            continue;
+        }
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| format!("bad header name {:?}", h.name))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| format!("bad value for header {}", h.name))?;
+        headers.append(name, value);
+    }
+    Ok(response)
+}

@@ -1,0 +1,324 @@
+//! The idle workers and the queue of requests waiting for one.
+//!
+//! A request takes an idle worker at once if there is one; otherwise it joins a bounded
+//! FIFO queue (full: [`DispatchError::QueueFull`] at once) and waits up to the queue
+//! timeout or its own deadline, whichever is sooner. A waiter whose client went away is
+//! simply dropped: the worker handed to it comes back through [`Lease`]'s `Drop`, so a
+//! cancelled request can never lose a worker. Written by hand rather than with a
+//! semaphore because a worker is a value (its socket), not a count, and because the
+//! queue's depth and each wait must be visible.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::error::DispatchError;
+use crate::exchange::{self, WorkerRequest};
+use crate::slot::{RestartReason, Worker};
+use crate::ResponseBody;
+
+/// Counters and gauges of the pool, for metrics and `/readyz`.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Workers ready to take a request.
+    pub idle: AtomicUsize,
+    /// Workers serving a request.
+    pub busy: AtomicUsize,
+    /// Requests waiting in the queue now.
+    pub queued: AtomicUsize,
+    /// Worker restarts, by [`RestartReason`] (index = `reason as usize`).
+    pub restarts: [AtomicU64; RestartReason::COUNT],
+}
+
+/// The shared pool handle (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct Pool {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    state: Mutex<State>,
+    max_queue: usize,
+    queue_timeout: Duration,
+    reload_on_rss: Option<u64>,
+    /// Workers of an older generation retire when they come back.
+    generation: AtomicU64,
+    shutting_down: AtomicBool,
+    pub(crate) stats: PoolStats,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    idle: Vec<Worker>,
+    waiters: VecDeque<oneshot::Sender<Lease>>,
+    /// Generations abandoned by a failed reload.
+    cancelled: Vec<u64>,
+}
+
+impl Pool {
+    pub(crate) fn new(
+        max_queue: usize,
+        queue_timeout: Duration,
+        reload_on_rss: Option<u64>,
+    ) -> Pool {
+        Pool {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                max_queue,
+                queue_timeout,
+                reload_on_rss,
+                generation: AtomicU64::new(0),
+                shutting_down: AtomicBool::new(false),
+                stats: PoolStats::default(),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock would be a bug in a few lines of list code;
+        // the state stays consistent, so keep going rather than poison every request.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pool's counters.
+    pub fn stats(&self) -> &PoolStats {
+        &self.inner.stats
+    }
+
+    /// Sends one request to a worker: waits for an idle one (bounded), then runs the
+    /// exchange in its own task, so the worker is always brought back to a clean state
+    /// even if the caller (the client's connection) goes away.
+    pub async fn dispatch(
+        &self,
+        req: WorkerRequest,
+    ) -> Result<http::Response<ResponseBody>, DispatchError> {
+        let lease = self.acquire(req.deadline).await?;
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(exchange::run(lease, req, tx));
+        rx.await.unwrap_or(Err(DispatchError::WorkerDied))
+    }
+
+    /// Takes an idle worker, waiting in the queue if none is.
+    pub async fn acquire(&self, deadline: Option<Instant>) -> Result<Lease, DispatchError> {
+        if self.inner.shutting_down.load(Ordering::Relaxed) {
+            return Err(DispatchError::ShuttingDown);
+        }
+        let now = Instant::now();
+        let (wait, by_deadline) = match deadline {
+            Some(d) if d <= now => return Err(DispatchError::DeadlineExceeded),
+            Some(d) if d - now < self.inner.queue_timeout => (d - now, true),
+            _ => (self.inner.queue_timeout, false),
+        };
+        let rx = {
+            let mut st = self.state();
+            if let Some(worker) = st.idle.pop() {
+                self.inner.stats.idle.fetch_sub(1, Ordering::Relaxed);
+                self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
+                return Ok(Lease::new(worker, self.clone()));
+            }
+            if st.waiters.len() >= self.inner.max_queue {
+                st.waiters.retain(|w| !w.is_closed());
+                if st.waiters.len() >= self.inner.max_queue {
+                    return Err(DispatchError::QueueFull {
+                        max: self.inner.max_queue,
+                    });
+                }
+            }
+            let (tx, rx) = oneshot::channel();
+            st.waiters.push_back(tx);
+            self.inner
+                .stats
+                .queued
+                .store(st.waiters.len(), Ordering::Relaxed);
+            rx
+        };
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(lease)) => Ok(lease),
+            Ok(Err(_)) => Err(DispatchError::ShuttingDown),
+            Err(_) if by_deadline => Err(DispatchError::DeadlineExceeded),
+            Err(_) => Err(DispatchError::QueueTimeout(wait)),
+        }
+    }
+
+    /// A worker is ready (new, or back from a request).
+    pub(crate) fn put_idle(&self, worker: Worker) {
+        let mut worker = worker;
+        let mut st = self.state();
+        if self.retiring(&st, worker.generation) {
+            drop(st);
+            worker.retire(RestartReason::Reload);
+            return;
+        }
+        while let Some(waiter) = st.waiters.pop_front() {
+            self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
+            match waiter.send(Lease::new(worker, self.clone())) {
+                Ok(()) => {
+                    self.inner
+                        .stats
+                        .queued
+                        .store(st.waiters.len(), Ordering::Relaxed);
+                    return;
+                }
+                Err(mut lease) => {
+                    // That client went away while queued: try the next one.
+                    self.inner.stats.busy.fetch_sub(1, Ordering::Relaxed);
+                    worker = lease.take();
+                }
+            }
+        }
+        self.inner.stats.queued.store(0, Ordering::Relaxed);
+        st.idle.push(worker);
+        self.inner.stats.idle.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn retiring(&self, st: &State, generation: u64) -> bool {
+        self.inner.shutting_down.load(Ordering::Relaxed)
+            || generation < self.inner.generation.load(Ordering::Relaxed)
+            || st.cancelled.contains(&generation)
+    }
+
+    /// A worker is back from a clean request: recycle it or make it idle again.
+    fn release(&self, worker: Worker) {
+        self.inner.stats.busy.fetch_sub(1, Ordering::Relaxed);
+        if worker.recycle_after != 0 && worker.served >= worker.recycle_after {
+            worker.retire(RestartReason::MaxRequests);
+            return;
+        }
+        if let Some(limit) = self.inner.reload_on_rss {
+            if worker.rss_bytes().is_some_and(|rss| rss > limit) {
+                worker.retire(RestartReason::Rss);
+                return;
+            }
+        }
+        self.put_idle(worker);
+    }
+
+    /// Removes an idle worker that died (its pid), so no request is sent to it.
+    pub(crate) fn remove_idle(&self, pid: u32) -> bool {
+        let mut st = self.state();
+        if let Some(i) = st.idle.iter().position(|w| w.pid == pid) {
+            st.idle.swap_remove(i);
+            self.inner.stats.idle.fetch_sub(1, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Makes `generation` the one that serves; idle workers of older ones retire now,
+    /// busy ones when their request ends.
+    pub(crate) fn switch_generation(&self, generation: u64) {
+        self.inner.generation.store(generation, Ordering::Relaxed);
+        self.retire_idle(|w| w.generation < generation, RestartReason::Reload);
+    }
+
+    /// Abandons a generation whose reload failed.
+    pub(crate) fn cancel_generation(&self, generation: u64) {
+        self.state().cancelled.push(generation);
+        self.retire_idle(|w| w.generation == generation, RestartReason::Reload);
+    }
+
+    pub(crate) fn current_generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_cancelled(&self, generation: u64) -> bool {
+        self.state().cancelled.contains(&generation)
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// Stops taking work: queued requests get [`DispatchError::ShuttingDown`], idle
+    /// workers retire, busy ones retire when done.
+    pub(crate) fn begin_shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::Relaxed);
+        self.state().waiters.clear();
+        self.inner.stats.queued.store(0, Ordering::Relaxed);
+        self.retire_idle(|_| true, RestartReason::Shutdown);
+    }
+
+    fn retire_idle(&self, which: impl Fn(&Worker) -> bool, reason: RestartReason) {
+        let leaving: Vec<Worker> = {
+            let mut st = self.state();
+            let (leaving, staying) = std::mem::take(&mut st.idle).into_iter().partition(&which);
+            st.idle = staying;
+            self.inner
+                .stats
+                .idle
+                .store(st.idle.len(), Ordering::Relaxed);
+            leaving
+        };
+        for w in leaving {
+            w.retire(reason);
+        }
+    }
+
+    pub(crate) fn count_restart(&self, reason: RestartReason) {
+        self.inner.stats.restarts[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// An idle worker taken for one request. Dropping a clean lease returns the worker to
+/// the pool; dropping one marked dirty (mid-request) kills the worker, since its socket
+/// is no longer at a request boundary.
+#[derive(Debug)]
+pub struct Lease {
+    worker: Option<Worker>,
+    pool: Pool,
+    dirty: Option<RestartReason>,
+    /// When the lease was handed out (for the time-in-worker figure).
+    pub started: Instant,
+}
+
+impl Lease {
+    fn new(worker: Worker, pool: Pool) -> Lease {
+        Lease {
+            worker: Some(worker),
+            pool,
+            dirty: None,
+            started: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> Worker {
+        self.worker
+            .take()
+            .expect("a lease holds its worker until dropped or taken once")
+    }
+
+    pub(crate) fn worker(&mut self) -> &mut Worker {
+        self.worker
+            .as_mut()
+            .expect("a lease holds its worker until dropped")
+    }
+
+    /// Marks the worker as not reusable: it will be killed when the lease drops.
+    pub(crate) fn poison(&mut self, reason: RestartReason) {
+        self.dirty = Some(reason);
+    }
+
+    /// The worker's process id.
+    pub fn pid(&mut self) -> u32 {
+        self.worker().pid
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            match self.dirty {
+                Some(reason) => {
+                    self.pool.inner.stats.busy.fetch_sub(1, Ordering::Relaxed);
+                    worker.kill(reason);
+                }
+                None => self.pool.release(worker),
+            }
+        }
+    }
+}

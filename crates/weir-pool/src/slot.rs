@@ -1,0 +1,334 @@
+//! One task per worker slot: it spawns the `weir worker` process with the master<->worker
+//! socket as its standard input, waits for READY, hands the worker to the pool, and then
+//! waits for the process to exit or for a retire/kill command; then it starts the next
+//! one (after a backoff when the last one failed), unless its generation is over.
+
+use std::os::fd::OwnedFd;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::pool::Pool;
+use crate::supervisor::{PoolConfig, SupervisorError};
+
+/// Why a worker was replaced (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartReason {
+    /// It exited or was killed by something other than weir.
+    Crash,
+    /// A request ran past harakiri.
+    Harakiri,
+    /// `max_requests` reached.
+    MaxRequests,
+    /// `reload_on_rss` exceeded.
+    Rss,
+    /// A reload (SIGHUP) replaced it.
+    Reload,
+    /// The server is stopping.
+    Shutdown,
+    /// Its request body could not be delivered (the client went away mid-upload).
+    ClientAbort,
+    /// It broke the worker protocol.
+    Protocol,
+}
+
+impl RestartReason {
+    /// Number of reasons.
+    pub const COUNT: usize = 8;
+    /// All reasons, in index order.
+    pub const ALL: [RestartReason; Self::COUNT] = [
+        RestartReason::Crash,
+        RestartReason::Harakiri,
+        RestartReason::MaxRequests,
+        RestartReason::Rss,
+        RestartReason::Reload,
+        RestartReason::Shutdown,
+        RestartReason::ClientAbort,
+        RestartReason::Protocol,
+    ];
+
+    /// The label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartReason::Crash => "crash",
+            RestartReason::Harakiri => "harakiri",
+            RestartReason::MaxRequests => "max-requests",
+            RestartReason::Rss => "rss",
+            RestartReason::Reload => "reload",
+            RestartReason::Shutdown => "shutdown",
+            RestartReason::ClientAbort => "client-abort",
+            RestartReason::Protocol => "protocol",
+        }
+    }
+}
+
+/// What a lease holder tells the slot that owns the worker's process.
+#[derive(Debug)]
+pub(crate) enum SlotCommand {
+    /// Let the worker leave cleanly: its socket is closed, it exits 0.
+    Retire(Worker, RestartReason),
+    /// Kill it now (harakiri, broken protocol).
+    Kill(RestartReason),
+}
+
+/// A ready worker process, as the master sees it: its socket and its bookkeeping.
+#[derive(Debug)]
+pub struct Worker {
+    /// Slot number (shown in logs and by `weir worker --id`).
+    pub slot: usize,
+    pub(crate) generation: u64,
+    pub(crate) pid: u32,
+    pub(crate) stream: UnixStream,
+    pub(crate) rbuf: BytesMut,
+    pub(crate) served: u64,
+    pub(crate) recycle_after: u64,
+    control: mpsc::UnboundedSender<SlotCommand>,
+}
+
+impl Worker {
+    /// Hands the worker back to its slot to leave cleanly.
+    pub(crate) fn retire(self, reason: RestartReason) {
+        let control = self.control.clone();
+        // The slot is gone only when the server stops; dropping the worker then closes
+        // its socket, which ends it just the same.
+        let _ = control.send(SlotCommand::Retire(self, reason));
+    }
+
+    /// Asks its slot to kill it.
+    pub(crate) fn kill(self, reason: RestartReason) {
+        // As in retire: a gone slot has already reaped the process.
+        let _ = self.control.send(SlotCommand::Kill(reason));
+    }
+
+    /// Resident memory from /proc (Linux), for `reload_on_rss`.
+    pub(crate) fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    }
+}
+
+/// What every slot shares.
+#[derive(Debug)]
+pub(crate) struct SlotContext {
+    pub(crate) pool: Pool,
+    pub(crate) config: PoolConfig,
+    /// Import failures that should stop weir (the app cannot start at all).
+    pub(crate) fatal: mpsc::UnboundedSender<SupervisorError>,
+}
+
+/// How a started worker turned out.
+enum Start {
+    Ready(Child, UnixStream, Duration),
+    ImportFailed(ExitStatus),
+    Failed(String),
+}
+
+/// Exit status a worker uses when the app failed to import (weir-worker's contract).
+const EXIT_IMPORT_FAILED: i32 = 3;
+/// Consecutive import failures of one slot after which weir gives up.
+const MAX_IMPORT_FAILURES: u32 = 3;
+
+pub(crate) async fn run(
+    ctx: Arc<SlotContext>,
+    slot: usize,
+    generation: u64,
+    mut ready: Option<oneshot::Sender<Result<(), String>>>,
+) {
+    let mut failures: u32 = 0;
+    let mut import_failures: u32 = 0;
+    loop {
+        if over(&ctx, generation) {
+            return;
+        }
+        let start = spawn(&ctx, slot).await;
+        let (mut child, stream, took) = match start {
+            Start::Ready(child, stream, took) => (child, stream, took),
+            Start::ImportFailed(status) => {
+                import_failures += 1;
+                let msg = format!(
+                    "worker {slot} could not import the app ({status}); its traceback is above"
+                );
+                warn!(slot, attempt = import_failures, "{msg}");
+                if let Some(tx) = ready.take() {
+                    // A reload waits on this; if it stopped waiting there is no one to tell.
+                    let _ = tx.send(Err(msg));
+                    return;
+                }
+                if import_failures >= MAX_IMPORT_FAILURES {
+                    // The supervisor ends weir with this; if it is already gone, so are we.
+                    let _ = ctx.fatal.send(SupervisorError::AppImport(msg));
+                    return;
+                }
+                backoff(failures + import_failures).await;
+                continue;
+            }
+            Start::Failed(msg) => {
+                failures += 1;
+                warn!(slot, "worker {slot} failed to start: {msg}");
+                if let Some(tx) = ready.take() {
+                    // As above.
+                    let _ = tx.send(Err(msg));
+                    return;
+                }
+                backoff(failures).await;
+                continue;
+            }
+        };
+        import_failures = 0;
+        let pid = child.id().unwrap_or(0);
+        info!(
+            slot,
+            pid,
+            generation,
+            ms = took.as_millis() as u64,
+            "worker ready"
+        );
+        let (control, mut commands) = mpsc::unbounded_channel();
+        let recycle_after = ctx.config.recycle_after();
+        ctx.pool.put_idle(Worker {
+            slot,
+            generation,
+            pid,
+            stream,
+            rbuf: BytesMut::with_capacity(8 * 1024),
+            served: 0,
+            recycle_after,
+            control,
+        });
+        if let Some(tx) = ready.take() {
+            // The reload may have given up waiting (timeout): nothing to tell then.
+            let _ = tx.send(Ok(()));
+        }
+        let lived = Instant::now();
+        tokio::select! {
+            status = child.wait() => {
+                let removed = ctx.pool.remove_idle(pid);
+                if over(&ctx, generation) {
+                    return;
+                }
+                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                warn!(slot, pid, idle = removed, "worker {slot} (pid {pid}) exited on its own: {status}; starting a new one");
+                ctx.pool.count_restart(RestartReason::Crash);
+                if lived.elapsed() < Duration::from_secs(1) {
+                    failures += 1;
+                    backoff(failures).await;
+                } else {
+                    failures = 0;
+                }
+            }
+            Some(cmd) = commands.recv() => {
+                failures = 0;
+                match cmd {
+                    SlotCommand::Kill(reason) => {
+                        // start_kill fails only if it has exited already: fine either way.
+                        let _ = child.start_kill();
+                        let _ = child.wait().await;
+                        info!(slot, pid, reason = reason.as_str(), "worker killed");
+                        ctx.pool.count_restart(reason);
+                    }
+                    SlotCommand::Retire(worker, reason) => {
+                        drop(worker);
+                        let grace = ctx.config.graceful_timeout;
+                        if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                            warn!(slot, pid, "worker did not leave within {grace:?}; killing it");
+                            let _ = child.start_kill();
+                            let _ = child.wait().await;
+                        }
+                        info!(slot, pid, reason = reason.as_str(), "worker retired");
+                        ctx.pool.count_restart(reason);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn over(ctx: &SlotContext, generation: u64) -> bool {
+    ctx.pool.is_shutting_down()
+        || generation < ctx.pool.current_generation()
+        || ctx.pool.is_cancelled(generation)
+}
+
+async fn backoff(failures: u32) {
+    let ms = 100u64.saturating_mul(1 << failures.min(6)).min(5_000);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+async fn spawn(ctx: &SlotContext, slot: usize) -> Start {
+    let started = Instant::now();
+    let (ours, theirs) = match std::os::unix::net::UnixStream::pair() {
+        Ok(p) => p,
+        Err(e) => return Start::Failed(format!("socketpair: {e}")),
+    };
+    let ours = match ours
+        .set_nonblocking(true)
+        .and_then(|()| UnixStream::from_std(ours))
+    {
+        Ok(s) => s,
+        Err(e) => return Start::Failed(format!("socket setup: {e}")),
+    };
+    let mut cmd = Command::new(&ctx.config.exe);
+    cmd.arg("worker")
+        .args(&ctx.config.worker_args)
+        .arg("--id")
+        .arg(slot.to_string())
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return Start::Failed(format!(
+                "cannot run {} worker: {e}",
+                ctx.config.exe.display()
+            ))
+        }
+    };
+    drop(cmd);
+    let mut stream = ours;
+    let mut hello = [0u8; weir_uwsgi::packet::HEADER_LEN];
+    let ready = tokio::time::timeout(ctx.config.startup_timeout, async {
+        tokio::select! {
+            r = stream.read_exact(&mut hello) => Ok(r),
+            s = child.wait() => Err(s),
+        }
+    })
+    .await;
+    match ready {
+        Ok(Ok(Ok(_))) if hello[0] == weir_uwsgi::packet::MODIFIER_READY => {
+            Start::Ready(child, stream, started.elapsed())
+        }
+        Ok(Ok(Ok(_))) => {
+            let _ = child.start_kill();
+            Start::Failed(format!("worker sent {hello:?} instead of READY"))
+        }
+        Ok(Ok(Err(e))) => {
+            // The socket closed: the process is exiting; its status says why.
+            match child.wait().await {
+                Ok(s) if s.code() == Some(EXIT_IMPORT_FAILED) => Start::ImportFailed(s),
+                Ok(s) => Start::Failed(format!("worker exited before it was ready ({s})")),
+                Err(_) => Start::Failed(format!("worker socket: {e}")),
+            }
+        }
+        Ok(Err(status)) => match status {
+            Ok(s) if s.code() == Some(EXIT_IMPORT_FAILED) => Start::ImportFailed(s),
+            Ok(s) => Start::Failed(format!("worker exited before it was ready ({s})")),
+            Err(e) => Start::Failed(format!("waiting for worker: {e}")),
+        },
+        Err(_) => {
+            let _ = child.start_kill();
+            Start::Failed(format!(
+                "worker was not ready within startup_timeout ({:?})",
+                ctx.config.startup_timeout
+            ))
+        }
+    }
+}

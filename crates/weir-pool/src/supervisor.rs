@@ -1,0 +1,196 @@
+//! Starting, reloading and stopping the pool.
+//!
+//! A reload starts a whole new generation of workers while the old one keeps serving,
+//! waits until every new worker has said READY, and only then lets the old ones go (idle
+//! ones at once, busy ones when their request ends). A new generation that cannot import
+//! the app is abandoned and the old one keeps serving: a bad deploy does not take the
+//! site down.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::pool::Pool;
+use crate::slot::{self, SlotContext};
+
+/// The `weir worker` command a slot runs.
+#[derive(Debug, Clone)]
+pub struct WorkerCommand {
+    /// The weir executable.
+    pub exe: PathBuf,
+    /// Arguments after `worker` (`--app ...`), without `--id`.
+    pub args: Vec<OsString>,
+}
+
+/// How the pool runs.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// The executable.
+    pub exe: PathBuf,
+    /// Worker arguments after `worker`.
+    pub worker_args: Vec<OsString>,
+    /// Number of workers.
+    pub workers: usize,
+    /// Recycle after this many requests (0: never).
+    pub max_requests: u64,
+    /// Random extra requests per worker.
+    pub max_requests_jitter: u64,
+    /// Recycle above this RSS.
+    pub reload_on_rss: Option<u64>,
+    /// How long a leaving worker may take.
+    pub graceful_timeout: Duration,
+    /// How long a new worker may take to be ready.
+    pub startup_timeout: Duration,
+    /// Bound of the wait queue.
+    pub max_queue: usize,
+    /// Longest wait in the queue.
+    pub queue_timeout: Duration,
+}
+
+impl PoolConfig {
+    /// `max_requests` plus this worker's share of jitter.
+    pub(crate) fn recycle_after(&self) -> u64 {
+        if self.max_requests == 0 {
+            return 0;
+        }
+        if self.max_requests_jitter == 0 {
+            return self.max_requests;
+        }
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(SEQ.fetch_add(1, Ordering::Relaxed));
+        self.max_requests + h.finish() % (self.max_requests_jitter + 1)
+    }
+}
+
+/// Why the pool cannot go on.
+#[derive(Debug, Error, Clone)]
+pub enum SupervisorError {
+    /// The app fails to import again and again.
+    #[error("the app cannot be imported: {0}")]
+    AppImport(String),
+    /// A reload could not bring up the new workers; the old ones keep serving.
+    #[error("reload failed, the running workers keep serving: {0}")]
+    ReloadFailed(String),
+}
+
+/// Owns the slot tasks.
+#[derive(Debug)]
+pub struct Supervisor {
+    ctx: Arc<SlotContext>,
+    slots: Mutex<JoinSet<()>>,
+    fatal: Mutex<mpsc::UnboundedReceiver<SupervisorError>>,
+    reloading: Mutex<()>,
+}
+
+impl Supervisor {
+    /// Starts `config.workers` slots. Returns at once: requests wait in the queue until
+    /// workers are ready.
+    pub fn start(config: PoolConfig) -> Supervisor {
+        let pool = Pool::new(config.max_queue, config.queue_timeout, config.reload_on_rss);
+        let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
+        let ctx = Arc::new(SlotContext {
+            pool,
+            config,
+            fatal: fatal_tx,
+        });
+        let mut slots = JoinSet::new();
+        for i in 0..ctx.config.workers {
+            slots.spawn(slot::run(ctx.clone(), i, 0, None));
+        }
+        Supervisor {
+            ctx,
+            slots: Mutex::new(slots),
+            fatal: Mutex::new(fatal_rx),
+            reloading: Mutex::new(()),
+        }
+    }
+
+    /// The pool to dispatch to.
+    pub fn pool(&self) -> Pool {
+        self.ctx.pool.clone()
+    }
+
+    /// Resolves when the app cannot be started at all (weir should exit non-zero).
+    pub async fn fatal(&self) -> SupervisorError {
+        match self.fatal.lock().await.recv().await {
+            Some(e) => e,
+            // Never: the context holds a sender for as long as self lives.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Graceful reload: a new generation, ready before the old one leaves.
+    pub async fn reload(&self) -> Result<(), SupervisorError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let pool = &self.ctx.pool;
+        let generation = pool.current_generation() + 1;
+        let started = Instant::now();
+        info!(
+            generation,
+            "reload: starting {} new workers", self.ctx.config.workers
+        );
+        let mut waits = Vec::new();
+        {
+            let mut slots = self.slots.lock().await;
+            for i in 0..self.ctx.config.workers {
+                let (tx, rx) = oneshot::channel();
+                slots.spawn(slot::run(self.ctx.clone(), i, generation, Some(tx)));
+                waits.push(rx);
+            }
+        }
+        let limit = self.ctx.config.startup_timeout;
+        let all_ready = tokio::time::timeout(limit, async {
+            for rx in waits {
+                match rx.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(msg)) => return Err(msg),
+                    Err(_) => return Err("a new worker's slot ended".to_owned()),
+                }
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("new workers were not ready within {limit:?}")));
+        match all_ready {
+            Ok(()) => {
+                pool.switch_generation(generation);
+                info!(
+                    generation,
+                    ms = started.elapsed().as_millis() as u64,
+                    "reload: new workers ready, old ones leaving"
+                );
+                Ok(())
+            }
+            Err(msg) => {
+                pool.cancel_generation(generation);
+                warn!(generation, "reload failed, old workers keep serving: {msg}");
+                Err(SupervisorError::ReloadFailed(msg))
+            }
+        }
+    }
+
+    /// Stops: no new work, idle workers leave now, busy ones when done (each slot kills
+    /// its worker after `graceful_timeout`). Returns when every slot has ended.
+    pub async fn shutdown(&self) {
+        self.ctx.pool.begin_shutdown();
+        let mut slots = self.slots.lock().await;
+        let grace = self.ctx.config.graceful_timeout + Duration::from_secs(1);
+        if tokio::time::timeout(grace, async { while slots.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            warn!("workers still running after {grace:?}; killing them");
+            slots.abort_all();
+            while slots.join_next().await.is_some() {}
+        }
+    }
+}
