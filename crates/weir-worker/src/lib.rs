@@ -1,9 +1,44 @@
-//! A weir worker process (stub: the real one is being written).
+//! A weir worker process: embeds CPython (PyO3), imports a WSGI app once, and serves the
+//! master's requests one at a time over the Unix stream socket that is its standard input.
+//!
+//! # Life
+//! 1. Takes the socket from fd 0 (then points fd 0 at /dev/null, so app code reading stdin
+//!    cannot touch the protocol), asks for SIGKILL when the parent dies, ignores SIGINT.
+//! 2. Honours `--virtualenv` (its site-packages go first on `sys.path`) and `--chdir`
+//!    (chdir, and the directory goes first on `sys.path`; without it the current directory
+//!    does), imports `--app MODULE[:CALLABLE]` and `--ready-check MODULE:FUNCTION`.
+//!    On failure: the traceback on stderr, exit [`EXIT_IMPORT_FAILED`].
+//! 3. Writes a READY control packet, logs one line, and serves (see `serve`):
+//!    EOF at a packet boundary is a clean exit (0); a socket error, EOF inside a packet or
+//!    body, or broken body framing exits [`EXIT_FATAL`].
+#![deny(unsafe_code)]
+
+mod conn;
+mod environ;
+mod serve;
+#[allow(unsafe_code)]
+mod sys;
+mod wsgi;
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Write as _};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use pyo3::prelude::*;
+use pyo3::types::PyModule;
 
 /// Exit status of a worker whose app failed to import (the master stops respawning).
 pub const EXIT_IMPORT_FAILED: u8 = 3;
+/// Exit status after a socket error or a broken body framing (the master respawns).
+pub const EXIT_FATAL: u8 = 1;
+/// Exit status when standard input is not a socket (started by hand, not by the master).
+pub const EXIT_USAGE: u8 = 2;
 
 /// How the master starts a worker: `weir worker --app M:C [--chdir D] [--virtualenv D] --id N`.
 /// The master<->worker socket is the worker's standard input.
@@ -26,7 +61,145 @@ pub struct WorkerOptions {
     pub ready_check: Option<String>,
 }
 
+/// Writes one log line to stderr in a single write.
+pub(crate) fn log_line(line: std::fmt::Arguments<'_>) {
+    let mut s = line.to_string();
+    s.push('\n');
+    let _ = io::stderr().lock().write_all(s.as_bytes());
+}
+
+/// Takes the master socket from fd 0 and points fd 0 at /dev/null.
+fn take_socket() -> io::Result<UnixStream> {
+    let fd = io::stdin().as_fd().try_clone_to_owned()?;
+    let sock = UnixStream::from(fd);
+    sock.local_addr().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "standard input is not a Unix socket ({e}); workers are started by `weir serve`"
+            ),
+        )
+    })?;
+    let null = File::open("/dev/null")?;
+    sys::dup2(null.as_fd(), 0)?;
+    Ok(sock)
+}
+
 /// Runs the worker until the master closes the socket.
-pub fn main(_opts: WorkerOptions) -> ExitCode {
-    ExitCode::from(1)
+pub fn main(opts: WorkerOptions) -> ExitCode {
+    let id = opts.id;
+    let sock = match take_socket() {
+        Ok(s) => s,
+        Err(e) => {
+            log_line(format_args!("weir worker {id}: {e}"));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if let Err(e) = sys::set_parent_death_signal() {
+        log_line(format_args!(
+            "weir worker {id}: PR_SET_PDEATHSIG failed: {e}"
+        ));
+    }
+    if let Err(e) = sys::ignore_sigint() {
+        log_line(format_args!(
+            "weir worker {id}: ignoring SIGINT failed: {e}"
+        ));
+    }
+    Python::attach(|py| run(py, &opts, sock))
+}
+
+/// The loaded app and the startup helpers.
+struct Loaded {
+    app: Py<PyAny>,
+    ready_check: Option<Py<PyAny>>,
+    format_exc: Py<PyAny>,
+}
+
+/// Formats a Python exception with its traceback (falls back to its message).
+pub(crate) fn format_err(py: Python<'_>, format_exc: &Py<PyAny>, err: &PyErr) -> String {
+    let tb = err
+        .traceback(py)
+        .map(|t| t.into_any())
+        .unwrap_or_else(|| py.None().into_bound(py));
+    format_exc
+        .bind(py)
+        .call1((err.get_type(py), err.value(py), tb))
+        .and_then(|s| s.extract::<String>())
+        .unwrap_or_else(|_| err.to_string())
+}
+
+fn load(py: Python<'_>, opts: &WorkerOptions) -> Result<Loaded, String> {
+    let code = CString::new(include_str!("boot.py")).expect("no NUL in boot.py");
+    let boot = PyModule::from_code(py, &code, c"weir_boot.py", c"_weir_boot")
+        .map_err(|e| format!("startup helpers failed: {e}"))?;
+    let format_exc = boot
+        .getattr("format_exc")
+        .map_err(|e| e.to_string())?
+        .unbind();
+    let fmt = |e: PyErr| format_err(py, &format_exc, &e);
+    if let Some(venv) = &opts.virtualenv {
+        boot.call_method1("activate", (venv,)).map_err(fmt)?;
+    }
+    let first = match &opts.chdir {
+        Some(dir) => {
+            std::env::set_current_dir(dir)
+                .map_err(|e| format!("cannot chdir to {}: {e}", dir.display()))?;
+            std::env::current_dir().unwrap_or_else(|_| dir.clone())
+        }
+        None => std::env::current_dir().map_err(|e| format!("no current directory: {e}"))?,
+    };
+    boot.call_method1("put_first", (first,)).map_err(fmt)?;
+    let app = boot
+        .call_method1("load", (&opts.app, "application"))
+        .map_err(fmt)?
+        .unbind();
+    let ready_check = match &opts.ready_check {
+        Some(spec) => Some(
+            boot.call_method1("load", (spec, py.None()))
+                .map_err(|e| format!("ready check {spec}: {}", fmt(e)))?
+                .unbind(),
+        ),
+        None => None,
+    };
+    Ok(Loaded {
+        app,
+        ready_check,
+        format_exc,
+    })
+}
+
+fn run(py: Python<'_>, opts: &WorkerOptions, sock: UnixStream) -> ExitCode {
+    let id = opts.id;
+    let t0 = Instant::now();
+    let loaded = match load(py, opts) {
+        Ok(l) => l,
+        Err(msg) => {
+            log_line(format_args!(
+                "weir worker {id}: cannot import app {}:\n{msg}",
+                opts.app
+            ));
+            return ExitCode::from(EXIT_IMPORT_FAILED);
+        }
+    };
+    let imported_ms = t0.elapsed().as_millis();
+    let shared = Arc::new(wsgi::Shared::new(conn::Conn::new(sock)));
+    let mut worker = match serve::Worker::new(py, id, loaded, shared) {
+        Ok(w) => w,
+        Err(e) => {
+            log_line(format_args!("weir worker {id}: setup failed: {e}"));
+            return ExitCode::from(EXIT_FATAL);
+        }
+    };
+    let mut ready = Vec::new();
+    weir_uwsgi::packet::encode_control(&mut ready, weir_uwsgi::packet::MODIFIER_READY);
+    if let Err(e) = worker.send_raw(py, &ready) {
+        log_line(format_args!("weir worker {id}: cannot send READY: {e}"));
+        return ExitCode::from(EXIT_FATAL);
+    }
+    log_line(format_args!(
+        "weir worker {id}: pid {} ready, app {} imported in {imported_ms} ms",
+        std::process::id(),
+        opts.app
+    ));
+    worker.serve(py)
 }

@@ -1,0 +1,359 @@
+//! The request loop: packet in, environ, app call, framed response out, body drained.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyAssertionError, PyTypeError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use weir_uwsgi::packet::{self, DecodeError};
+
+use crate::conn::{Fatal, Finished};
+use crate::environ::{self, Strings};
+use crate::wsgi::{self, Errors, FileWrapper, Input, LogCtx, Shared, StartResponse};
+use crate::{format_err, log_line, Loaded, EXIT_FATAL};
+
+/// Everything the loop keeps between requests.
+pub struct Worker {
+    id: u32,
+    app: Py<PyAny>,
+    ready_check: Option<Py<PyAny>>,
+    format_exc: Py<PyAny>,
+    template: Py<PyDict>,
+    shared: Arc<Shared>,
+    log: Arc<LogCtx>,
+    strings: Strings,
+    rid: String,
+}
+
+/// Why a request's response could not be completed normally.
+enum Failure {
+    /// The app raised (or broke a WSGI rule): 500 or ABORT.
+    App(PyErr),
+    /// The socket broke: the worker exits after close().
+    Io(std::io::Error),
+}
+
+impl From<PyErr> for Failure {
+    fn from(e: PyErr) -> Self {
+        Failure::App(e)
+    }
+}
+
+impl Worker {
+    pub(crate) fn new(
+        py: Python<'_>,
+        id: u32,
+        loaded: Loaded,
+        shared: Arc<Shared>,
+    ) -> PyResult<Self> {
+        let log = Arc::new(LogCtx::new(id));
+        let errors = Bound::new(py, Errors::new(log.clone()))?;
+        let fw = py.get_type::<FileWrapper>();
+        let template = environ::template(py, errors.into_any(), fw.into_any())?.unbind();
+        Ok(Worker {
+            id,
+            app: loaded.app,
+            ready_check: loaded.ready_check,
+            format_exc: loaded.format_exc,
+            template,
+            shared,
+            log,
+            strings: Strings::new(),
+            rid: String::new(),
+        })
+    }
+
+    pub(crate) fn send_raw(&self, py: Python<'_>, bytes: &[u8]) -> std::io::Result<()> {
+        self.shared.lock(py).send(py, &[bytes])
+    }
+
+    fn fatal(&self, what: &Fatal) -> ExitCode {
+        log_line(format_args!("weir worker {}: exiting: {what}", self.id));
+        ExitCode::from(EXIT_FATAL)
+    }
+
+    /// Serves until EOF (exit 0) or a fatal error (exit 1).
+    pub(crate) fn serve(&mut self, py: Python<'_>) -> ExitCode {
+        loop {
+            match self.one(py) {
+                Ok(true) => {}
+                Ok(false) => return ExitCode::SUCCESS,
+                Err(f) => return self.fatal(&f),
+            }
+        }
+    }
+
+    /// One packet. `Ok(false)`: clean EOF.
+    fn one(&mut self, py: Python<'_>) -> Result<bool, Fatal> {
+        let shared = self.shared.clone();
+        let mut c = shared.lock(py);
+        let Some(total) = c.next_packet(py)? else {
+            return Ok(false);
+        };
+        let decoded = packet::decode(c.packet_bytes(total));
+        let (modifier1, modifier2) = match &decoded {
+            Ok((p, _)) => (p.modifier1, p.modifier2),
+            Err(_) => (0, 0),
+        };
+        match decoded {
+            Err(DecodeError::Incomplete { .. }) => {
+                unreachable!("next_packet buffers whole packets")
+            }
+            Err(e) => {
+                c.consume(total);
+                c.begin(crate::conn::Body::End, false);
+                log_line(format_args!("weir worker {}: bad request: {e}", self.id));
+                bad_request(py, &mut c)?;
+                return Ok(true);
+            }
+            Ok(_) if modifier1 == packet::MODIFIER_READY_CHECK => {
+                c.consume(total);
+                c.begin(crate::conn::Body::End, false);
+                drop(c);
+                let (status, body) = self.ready_check(py);
+                let mut c = shared.lock(py);
+                c.simple_response(py, status, None, &body)
+                    .map_err(Fatal::Io)?;
+                return Ok(true);
+            }
+            Ok(_) if modifier1 != packet::MODIFIER_WSGI => {
+                c.consume(total);
+                c.begin(crate::conn::Body::End, false);
+                log_line(format_args!(
+                    "weir worker {}: bad request: unknown modifier1 {modifier1} (modifier2 {modifier2})",
+                    self.id
+                ));
+                bad_request(py, &mut c)?;
+                return Ok(true);
+            }
+            Ok((p, _)) => {
+                let environ = match self.template.bind(py).copy() {
+                    Ok(e) => e,
+                    Err(e) => return Err(Fatal::Desync(format!("environ copy failed: {e}"))),
+                };
+                let info = environ::fill(py, &mut self.strings, &environ, &p, &mut self.rid);
+                c.consume(total);
+                let info = match info {
+                    Ok(i) => i,
+                    Err(e) => {
+                        // Only a MemoryError can get here; the body framing is unknown.
+                        return Err(Fatal::Desync(format!("building environ failed: {e}")));
+                    }
+                };
+                let body = match info.body {
+                    Ok(b) => b,
+                    Err(why) => {
+                        c.begin(crate::conn::Body::End, info.head_request);
+                        log_line(format_args!(
+                            "weir worker {} request {}: bad request: {why}",
+                            self.id, self.rid
+                        ));
+                        bad_request(py, &mut c)?;
+                        return Ok(true);
+                    }
+                };
+                c.begin(body, info.head_request);
+                let seq = c.seq;
+                drop(c);
+                self.log.begin(&self.rid);
+                self.request(py, environ, seq)?;
+            }
+        }
+        Ok(true)
+    }
+
+    fn log_exception(&self, py: Python<'_>, what: &str, err: &PyErr) {
+        let text = format_err(py, &self.format_exc, err);
+        log_line(format_args!(
+            "weir worker {} request {}: exception {what}:\n{text}",
+            self.id, self.rid
+        ));
+    }
+
+    /// Runs the app for one request and answers it.
+    fn request(
+        &mut self,
+        py: Python<'_>,
+        environ: Bound<'_, PyDict>,
+        seq: u64,
+    ) -> Result<(), Fatal> {
+        let shared = &self.shared;
+        let setup = (|| -> PyResult<_> {
+            environ.set_item(
+                intern!(py, "wsgi.input"),
+                Bound::new(py, Input::new(shared.clone(), seq))?,
+            )?;
+            let sr = Bound::new(py, StartResponse::new(shared.clone(), seq))?;
+            Ok(sr)
+        })();
+        let result = setup.and_then(|sr| self.app.bind(py).call1((environ, sr)));
+        let outcome = match &result {
+            Ok(res) => self.send_body(py, res),
+            Err(e) => Err(Failure::App(e.clone_ref(py))),
+        };
+        // Answer before close() and logging: the client should not wait for either.
+        let mut app_error = None;
+        let mut io_error = None;
+        match outcome {
+            Ok(()) => {}
+            Err(Failure::Io(e)) => io_error = Some(e),
+            Err(Failure::App(err)) => {
+                let mut c = shared.lock(py);
+                let r = if !c.resp.head_sent {
+                    c.simple_response(
+                        py,
+                        "500 Internal Server Error",
+                        Some("app-exception"),
+                        "Internal Server Error",
+                    )
+                } else {
+                    c.abort(py)
+                };
+                drop(c);
+                if let Err(e) = r {
+                    io_error = Some(e);
+                }
+                app_error = Some(err);
+            }
+        }
+        if let Ok(res) = &result {
+            if let Err(e) = close_result(py, res) {
+                self.log_exception(py, "in the response's close()", &e);
+            }
+        }
+        drop(result);
+        if let Some(err) = app_error {
+            self.log_exception(py, "in the app", &err);
+        }
+        let mut c = shared.lock(py);
+        if c.resp.overflow {
+            log_line(format_args!(
+                "weir worker {} request {}: the app sent more than its Content-Length ({}); the rest was dropped",
+                self.id,
+                self.rid,
+                c.resp.content_length.unwrap_or(0)
+            ));
+        }
+        if let Some(e) = io_error.or_else(|| c.broken.take()) {
+            return Err(Fatal::Io(e));
+        }
+        c.drain_body(py)?;
+        c.shrink();
+        Ok(())
+    }
+
+    /// Iterates the app's result and writes the body.
+    fn send_body(&self, py: Python<'_>, res: &Bound<'_, PyAny>) -> Result<(), Failure> {
+        if let Ok(list) = res.cast::<PyList>() {
+            // A list/tuple is complete already: coalesce it into as few writes as possible.
+            for item in list.iter() {
+                if !self.chunk(py, &item, false)? {
+                    break;
+                }
+            }
+        } else if let Ok(tuple) = res.cast::<PyTuple>() {
+            for item in tuple.iter() {
+                if !self.chunk(py, &item, false)? {
+                    break;
+                }
+            }
+        } else {
+            // Anything else may be a generator: each chunk goes out as it comes.
+            for item in res.try_iter()? {
+                if !self.chunk(py, &item?, true)? {
+                    break;
+                }
+            }
+        }
+        let mut c = self.shared.lock(py);
+        if !c.resp.started {
+            return Err(Failure::App(PyAssertionError::new_err(
+                "the app returned without calling start_response",
+            )));
+        }
+        match c.finish(py).map_err(Failure::Io)? {
+            Finished::Ok => Ok(()),
+            Finished::ShortBeforeHead { declared, sent }
+            | Finished::ShortAborted { declared, sent } => {
+                Err(Failure::App(PyAssertionError::new_err(format!(
+                    "the app sent {sent} body bytes but its Content-Length is {declared}"
+                ))))
+            }
+        }
+    }
+
+    /// One body chunk; `Ok(false)` when no more body is wanted.
+    fn chunk(&self, py: Python<'_>, item: &Bound<'_, PyAny>, flush: bool) -> Result<bool, Failure> {
+        let bytes = item.cast::<PyBytes>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "the response iterable yielded {}, not bytes",
+                wsgi::type_name(item)
+            ))
+        })?;
+        let data = bytes.as_bytes();
+        let mut c = self.shared.lock(py);
+        if !data.is_empty() && !c.resp.started {
+            return Err(Failure::App(PyAssertionError::new_err(
+                "the response iterable yielded data before start_response was called",
+            )));
+        }
+        c.body_chunk(py, data, flush).map_err(Failure::Io)
+    }
+
+    /// Runs the ready check: (status line, body).
+    fn ready_check(&mut self, py: Python<'_>) -> (&'static str, String) {
+        const OK: &str = "200 OK";
+        const UNAVAILABLE: &str = "503 Service Unavailable";
+        let Some(check) = &self.ready_check else {
+            return (OK, "ok".into());
+        };
+        match check.bind(py).call0() {
+            Ok(v) if v.is_none() => (OK, "ok".into()),
+            Ok(v) => match v.is_truthy() {
+                Ok(true) => (OK, "ok".into()),
+                Ok(false) => (UNAVAILABLE, "ready check returned a false value".into()),
+                Err(e) => (
+                    UNAVAILABLE,
+                    format!("ready check result: {}", short(&e.to_string())),
+                ),
+            },
+            Err(e) => {
+                self.rid.clear();
+                self.rid.push_str("ready-check");
+                self.log_exception(py, "in the ready check", &e);
+                (
+                    UNAVAILABLE,
+                    format!("ready check raised {}", short(&e.to_string())),
+                )
+            }
+        }
+    }
+}
+
+/// First line of a message, at most 200 bytes.
+fn short(msg: &str) -> String {
+    let line = msg.lines().next().unwrap_or("");
+    let mut end = line.len().min(200);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    line[..end].to_string()
+}
+
+fn bad_request(py: Python<'_>, c: &mut crate::conn::Conn) -> Result<(), Fatal> {
+    c.simple_response(py, "400 Bad Request", Some("bad-request"), "Bad Request")
+        .map_err(Fatal::Io)
+}
+
+/// Calls `close()` on the app's result if it has one (PEP 3333: always).
+fn close_result(py: Python<'_>, res: &Bound<'_, PyAny>) -> PyResult<()> {
+    if res.is_exact_instance_of::<PyList>() || res.is_exact_instance_of::<PyTuple>() {
+        return Ok(());
+    }
+    if let Some(close) = res.getattr_opt(intern!(py, "close"))? {
+        close.call0()?;
+    }
+    Ok(())
+}
