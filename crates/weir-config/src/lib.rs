@@ -73,6 +73,33 @@ pub struct Config {
     pub app: AppConfig,
     /// The dispatch queue in front of the workers.
     pub queue: QueueConfig,
+    /// Per path-prefix overrides (`[[route]]`).
+    pub route: Vec<RouteConfig>,
+    /// The admin listener (`/metrics`, `/livez`, `/readyz`).
+    pub admin: AdminConfig,
+}
+
+/// `[[route]]`: overrides for requests whose path starts with `path`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Path prefix ("/reports"); the longest matching prefix wins.
+    pub path: String,
+    /// At most this many workers busy on this route at once; the rest wait in the queue.
+    pub max_concurrency: Option<usize>,
+    /// Deadline for the whole request on this route (overrides `server.request_timeout`).
+    pub request_timeout: Option<Seconds>,
+    /// Harakiri on this route (overrides `app.harakiri`).
+    pub harakiri: Option<Seconds>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where the admin endpoints listen. Off when unset; give it a loopback address or a
+    /// Unix socket: it is never served on the public listeners.
+    pub listen: Option<ListenAddr>,
 }
 
 /// `[server]`.
@@ -89,6 +116,26 @@ pub struct ServerConfig {
     /// Threads of the master's event loop; 1 runs everything on one thread (the lowest
     /// CPU per request when Python workers need the other cores).
     pub threads: usize,
+    /// Deadline for a whole request, from its arrival. Its remaining budget reaches the
+    /// app as `environ["weir.deadline"]`; a request past it is not started (504
+    /// `deadline`). Unset: no deadline.
+    pub request_timeout: Option<Seconds>,
+    /// Largest request head (request line and headers); larger: 431 (NGINX's
+    /// `large_client_header_buffers`).
+    pub max_header_size: Size,
+    /// Largest request body; larger: 413 (NGINX's `client_max_body_size`).
+    pub max_body_size: Size,
+    /// How long a client may take to send its request head (NGINX's
+    /// `client_header_timeout`): slow clients cannot hold connections (slowloris).
+    pub client_header_timeout: Seconds,
+    /// How long a client may take to send a buffered request body
+    /// (`client_body_timeout`); then 408.
+    pub client_body_timeout: Seconds,
+    /// Peers whose X-Forwarded-For, X-Forwarded-Proto and X-Request-ID are believed
+    /// (addresses or CIDR ranges, as NGINX's `set_real_ip_from`).
+    pub trusted_proxies: Vec<String>,
+    /// Access log: "stdout", "stderr", "off", or a file path. One JSON line per request.
+    pub access_log: String,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +145,13 @@ impl Default for ServerConfig {
             uwsgi_listen: Vec::new(),
             backlog: 1024,
             threads: 1,
+            request_timeout: None,
+            max_header_size: Size::from_bytes(32 * 1024),
+            max_body_size: Size::from_bytes(10 << 20),
+            client_header_timeout: Seconds::from_secs(10),
+            client_body_timeout: Seconds::from_secs(30),
+            trusted_proxies: Vec::new(),
+            access_log: "stdout".to_owned(),
         }
     }
 }
@@ -285,8 +339,113 @@ impl Config {
         if self.queue.timeout.is_zero() {
             return Err(ConfigError::invalid("queue.timeout", "must be more than 0"));
         }
+        let srv = &self.server;
+        if srv.max_header_size.bytes() < 1024 {
+            return Err(ConfigError::invalid(
+                "server.max_header_size",
+                "must be at least 1KiB",
+            ));
+        }
+        for p in &srv.trusted_proxies {
+            units::parse_cidr(p).map_err(|e| ConfigError::invalid("server.trusted_proxies", e))?;
+        }
+        if let Some(t) = srv.request_timeout {
+            if t.is_zero() {
+                return Err(ConfigError::invalid(
+                    "server.request_timeout",
+                    "must be more than 0 (leave it unset for none)",
+                ));
+            }
+        }
+        check_chain(
+            "app.harakiri",
+            app.harakiri,
+            "server.request_timeout",
+            srv.request_timeout,
+        )?;
+        let mut seen = std::collections::HashSet::new();
+        for (i, r) in self.route.iter().enumerate() {
+            let key = |k: &str| format!("route[{i}].{k}");
+            if !r.path.starts_with('/') {
+                return Err(ConfigError::invalid(
+                    key("path"),
+                    format!("{:?} must start with /", r.path),
+                ));
+            }
+            if !seen.insert(r.path.as_str()) {
+                return Err(ConfigError::invalid(
+                    key("path"),
+                    format!("{:?} appears twice", r.path),
+                ));
+            }
+            if r.max_concurrency == Some(0) {
+                return Err(ConfigError::invalid(
+                    key("max_concurrency"),
+                    "must be at least 1",
+                ));
+            }
+            if let Some(m) = r.max_concurrency {
+                if m > app.workers {
+                    return Err(ConfigError::invalid(
+                        key("max_concurrency"),
+                        format!(
+                            "{m} is more than app.workers ({}), so it would never limit anything",
+                            app.workers
+                        ),
+                    ));
+                }
+            }
+            let timeout = r.request_timeout.or(srv.request_timeout);
+            let timeout_key = if r.request_timeout.is_some() {
+                key("request_timeout")
+            } else {
+                "server.request_timeout".into()
+            };
+            let harakiri = r.harakiri.or(app.harakiri);
+            let harakiri_key = if r.harakiri.is_some() {
+                key("harakiri")
+            } else {
+                "app.harakiri".into()
+            };
+            check_chain(&harakiri_key, harakiri, &timeout_key, timeout)?;
+        }
+        if let Some(ListenAddr::Tcp(a)) = &self.admin.listen {
+            if self
+                .server
+                .listen
+                .iter()
+                .chain(&self.server.uwsgi_listen)
+                .any(|l| l == self.admin.listen.as_ref().expect("matched Some"))
+            {
+                return Err(ConfigError::invalid(
+                    "admin.listen",
+                    format!(
+                        "{a} is also a public listener; the admin endpoints must have their own"
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
+}
+
+/// Timeouts form one chain (client > front door > worker > database): a worker limit
+/// longer than the request's deadline would let work go on after the client got its 504.
+fn check_chain(
+    inner_key: &str,
+    inner: Option<Seconds>,
+    outer_key: &str,
+    outer: Option<Seconds>,
+) -> Result<(), ConfigError> {
+    if let (Some(i), Some(o)) = (inner, outer) {
+        if i > o {
+            return Err(ConfigError::invalid(
+                inner_key,
+                format!("{i} is longer than {outer_key} ({o}): a worker would go on after the request's deadline; make {inner_key} at most {o}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_app_spec(spec: &str) -> Result<(), ConfigError> {
@@ -343,6 +502,26 @@ mod tests {
         assert_eq!(c.app.harakiri.unwrap().as_duration().as_secs(), 30);
         assert_eq!(c.app.reload_on_rss.unwrap().bytes(), 200 << 20);
         assert_eq!(c.queue.timeout.as_duration().as_millis(), 250);
+    }
+
+    #[test]
+    fn harakiri_longer_than_deadline_is_refused_naming_both() {
+        let mut c =
+            parse("[server]\nrequest_timeout = \"5s\"\n[app]\nmodule = \"a:b\"\nharakiri = 10\n")
+                .unwrap();
+        c.apply_defaults();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("app.harakiri") && e.contains("server.request_timeout"),
+            "{e}"
+        );
+        let mut c = parse("[app]\nmodule = \"a:b\"\nworkers = 4\n[[route]]\npath = \"/slow\"\nmax_concurrency = 2\nharakiri = 3\nrequest_timeout = 2\n").unwrap();
+        c.apply_defaults();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("route[0].harakiri") && e.contains("route[0].request_timeout"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -58,14 +58,26 @@ pub enum BodyLength {
     Chunked,
 }
 
+/// What weir has decided about a request before it reaches a worker.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    /// The client as believed (through trusted proxies).
+    pub client: Option<std::net::IpAddr>,
+    /// "http" or "https".
+    pub scheme: &'a str,
+    /// The request id.
+    pub request_id: &'a str,
+    /// The deadline as unix seconds.
+    pub deadline_unix: Option<f64>,
+}
+
 /// Builds the packet for a request into `out`.
 pub fn encode(
     out: &mut Vec<u8>,
     parts: &Parts,
     conn: &ConnInfo,
     body: BodyLength,
-    request_id: &str,
-    deadline_unix: Option<f64>,
+    facts: Facts<'_>,
 ) -> Result<(), EncodeError> {
     let mut p = Builder::new(out, MODIFIER_WSGI, 0);
     let uri = &parts.uri;
@@ -95,16 +107,19 @@ pub fn encode(
     let (name, port) = server_name_port(host, conn.local);
     p.var(b"SERVER_NAME", name.as_bytes())?;
     p.var(b"SERVER_PORT", port.as_bytes())?;
-    match conn.peer {
-        Some(peer) => {
-            p.var(b"REMOTE_ADDR", peer.ip().to_string().as_bytes())?;
+    match (facts.client, conn.peer) {
+        (Some(ip), Some(peer)) if ip == peer.ip() => {
+            p.var(b"REMOTE_ADDR", ip.to_string().as_bytes())?;
             p.var(b"REMOTE_PORT", peer.port().to_string().as_bytes())?;
         }
-        None => {
+        (Some(ip), _) => {
+            p.var(b"REMOTE_ADDR", ip.to_string().as_bytes())?;
+        }
+        (None, _) => {
             p.var(b"REMOTE_ADDR", b"unix:")?;
         }
     }
-    p.var(b"UWSGI_SCHEME", b"http")?;
+    p.var(b"UWSGI_SCHEME", facts.scheme.as_bytes())?;
     if let Some(ct) = parts.headers.get(http::header::CONTENT_TYPE) {
         p.var(b"CONTENT_TYPE", ct.as_bytes())?;
     }
@@ -158,8 +173,8 @@ pub fn encode(
             }
         }
     }
-    p.var(b"WEIR_REQUEST_ID", request_id.as_bytes())?;
-    if let Some(d) = deadline_unix {
+    p.var(b"WEIR_REQUEST_ID", facts.request_id.as_bytes())?;
+    if let Some(d) = facts.deadline_unix {
         p.var(b"WEIR_DEADLINE", format!("{d:.6}").as_bytes())?;
     }
     p.finish()
@@ -242,7 +257,13 @@ mod tests {
             peer: None,
             local: None,
         };
-        encode(&mut out, &parts, &conn, BodyLength::None, "rid", None).unwrap();
+        let facts = Facts {
+            client: None,
+            scheme: "http",
+            request_id: "rid",
+            deadline_unix: None,
+        };
+        encode(&mut out, &parts, &conn, BodyLength::None, facts).unwrap();
         let (p, _) = weir_uwsgi::packet::decode(&out).unwrap();
         assert_eq!(p.get(b"HTTP_X_A"), Some(&b"1, 2"[..]));
         assert_eq!(p.get(b"HTTP_COOKIE"), Some(&b"a=1; b=2"[..]));

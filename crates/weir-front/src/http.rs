@@ -1,41 +1,66 @@
-//! An HTTP/1.1 connection (hyper) and the request handler: identity, packet, body,
-//! dispatch, and the one place a failure becomes a [`Rejection`].
+//! An HTTP/1.1 connection (hyper) and the request handler. The handler runs the stages
+//! of the request path in order; each either passes the request on or ends it with a
+//! [`Rejection`]:
+//!
+//! identity -> route -> body (limits, buffering) -> packet -> route slot -> worker
+//! (queue) -> response head; the access log line is written when the body is done.
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use http::header::{HeaderValue, ACCEPT, TRANSFER_ENCODING};
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::request::Parts;
 use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::{Body, Incoming};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tracing::debug;
-use weir_pool::{Pool, RequestBody, ResponseBody, WorkerRequest};
+use weir_pool::{DispatchError, Pool, RequestBody, ResponseBody, WorkerRequest};
 
-use crate::environ::{self, BodyLength, ConnInfo};
+use crate::access_log::{AccessLog, Logged, Record};
+use crate::environ::{self, BodyLength, ConnInfo, Facts};
+use crate::identity::{identify, Identity, TrustedProxies};
 use crate::rejection::{wants_json, Rejection};
-use crate::request_id;
+use crate::route::{Route, RouteWait, Routes};
 
 /// Request bodies up to this size are read whole before a worker is taken, so a slow
 /// upload never holds a worker (NGINX's request buffering); larger ones stream.
 pub const BODY_BUFFER_LIMIT: u64 = 1 << 20;
 
-/// What the handler needs, shared by every connection.
+/// Everything the handler needs, shared by every connection.
 #[derive(Debug)]
 pub struct Front {
     /// The worker pool.
     pub pool: Pool,
-    /// Harakiri for every request.
-    pub harakiri: Option<Duration>,
+    /// Per-route limits and timeouts.
+    pub routes: Routes,
+    /// Trusted proxies.
+    pub trusted: TrustedProxies,
+    /// Access log and metrics.
+    pub log: Arc<AccessLog>,
     /// Retry-After seconds for 503s.
     pub retry_after: u64,
+    /// Longest wait for a route slot (the queue timeout).
+    pub queue_timeout: Duration,
+    /// `[server] max_header_size`.
+    pub max_header_size: usize,
+    /// `[server] max_body_size`.
+    pub max_body_size: u64,
+    /// `[server] client_header_timeout`.
+    pub header_timeout: Duration,
+    /// `[server] client_body_timeout`.
+    pub body_timeout: Duration,
+    /// Whether `[app] ready_check` is set.
+    pub has_ready_check: bool,
 }
 
 /// Serves one HTTP/1.1 connection until the client closes it or the drain signal asks
@@ -48,13 +73,14 @@ pub async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = Arc::new(conn);
-    let svc = service_fn(move |req| handle(front.clone(), conn.clone(), req));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(front.header_timeout)
+        .max_buf_size(front.max_header_size.max(8192))
         .keep_alive(true);
+    let conn = Arc::new(conn);
+    let svc = service_fn(move |req| handle(front.clone(), conn.clone(), req));
     let connection = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(connection);
     let draining = tokio::select! {
@@ -81,68 +107,241 @@ pub async fn handle(
     front: Arc<Front>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Result<Response<Logged>, Infallible> {
     let (parts, body) = req.into_parts();
-    let rid = request_id::make();
+    let id = identify(&parts.headers, conn.peer.map(|p| p.ip()), &front.trusted);
+    let mut rec = Record::new(
+        &id.request_id,
+        id.client,
+        parts.method.as_str(),
+        parts.uri.path(),
+    );
     let json = wants_json(parts.headers.get(ACCEPT).map(HeaderValue::as_bytes));
-    let reject = |r: Rejection| Ok(r.respond(&rid, json));
-
-    let chunked = parts.headers.contains_key(TRANSFER_ENCODING);
-    let exact = body.size_hint().exact();
-    let (length, body) = match (chunked, exact) {
-        (false, Some(0)) | (false, None) if body.is_end_stream() => {
-            (BodyLength::None, RequestBody::Empty)
+    let mut resp = match stages(&front, &conn, &id, parts, body, &mut rec).await {
+        Ok(resp) => resp,
+        Err(rej) => {
+            rec.class = rej.class;
+            rej.respond(&id.request_id, json)
         }
-        (false, Some(n)) if n <= BODY_BUFFER_LIMIT => match body.collect().await {
-            Ok(c) => {
-                let b: Bytes = c.to_bytes();
-                (BodyLength::Known(b.len() as u64), RequestBody::Full(b))
-            }
-            Err(e) => {
-                return reject(Rejection::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad-request",
-                    format!("the request body could not be read: {e}"),
-                ))
-            }
-        },
-        (false, Some(n)) => (
-            BodyLength::Known(n),
-            RequestBody::Stream {
-                body: Box::pin(body.map_err(|e| Box::new(e) as BoxError)),
-                framed: false,
-            },
-        ),
-        _ => (
-            BodyLength::Chunked,
-            RequestBody::Stream {
-                body: Box::pin(body.map_err(|e| Box::new(e) as BoxError)),
-                framed: true,
-            },
-        ),
     };
+    if let Ok(v) = HeaderValue::from_str(&id.request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    Ok(front.log.wrap(resp, rec))
+}
+
+async fn stages(
+    front: &Front,
+    conn: &ConnInfo,
+    id: &Identity,
+    parts: Parts,
+    body: Incoming,
+    rec: &mut Record,
+) -> Result<Response<ResponseBody>, Rejection> {
+    let route = front.routes.find(parts.uri.path());
+    let deadline = route.request_timeout.map(|t| rec.arrived + t);
+    let deadline_unix = route.request_timeout.map(|t| {
+        (rec.time + t)
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64()
+    });
+
+    let (length, body) = read_body(front, &parts, body).await?;
 
     let mut packet = Vec::with_capacity(1024);
-    if let Err(e) = environ::encode(&mut packet, &parts, &conn, length, &rid, None) {
-        return reject(Rejection::new(
+    let facts = Facts {
+        client: id.client,
+        scheme: id.scheme,
+        request_id: &id.request_id,
+        deadline_unix,
+    };
+    environ::encode(&mut packet, &parts, conn, length, facts).map_err(|e| {
+        Rejection::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "header-too-large",
             e.to_string(),
-        ));
-    }
-    let request = WorkerRequest {
+        )
+    })?;
+    dispatch(front, route, deadline, packet, body, rec).await
+}
+
+/// The route slot, the worker, the response head: shared by the HTTP and uwsgi listeners.
+pub async fn dispatch(
+    front: &Front,
+    route: &Route,
+    deadline: Option<Instant>,
+    packet: Vec<u8>,
+    body: RequestBody,
+    rec: &mut Record,
+) -> Result<Response<ResponseBody>, Rejection> {
+    let queued_at = Instant::now();
+    let reject = |e: DispatchError| Rejection::from_dispatch(&e, front.retry_after);
+    let permit = route
+        .admit(front.queue_timeout, deadline)
+        .await
+        .map_err(|w| match w {
+            RouteWait::Timeout(d) => reject(DispatchError::QueueTimeout(d)),
+            RouteWait::Deadline => reject(DispatchError::DeadlineExceeded),
+        });
+    let permit = match permit {
+        Ok(p) => p,
+        Err(r) => {
+            rec.queued = queued_at.elapsed();
+            return Err(r);
+        }
+    };
+    let lease = front.pool.acquire(deadline).await;
+    rec.queued = queued_at.elapsed();
+    let lease = lease.map_err(reject)?;
+    let started = Instant::now();
+    let req = WorkerRequest {
         packet,
         body,
-        harakiri: front.harakiri,
-        deadline: None,
+        harakiri: route.harakiri,
+        deadline,
+        hold: permit.map(|p| Box::new(p) as Box<dyn std::any::Any + Send>),
     };
-    match front.pool.dispatch(request).await {
-        Ok(mut resp) => {
-            if let Ok(v) = HeaderValue::from_str(&rid) {
-                resp.headers_mut().insert("x-request-id", v);
-            }
-            Ok(resp)
-        }
-        Err(e) => reject(Rejection::from_dispatch(&e, front.retry_after)),
+    let resp = Pool::send(lease, req).await;
+    rec.worker = started.elapsed();
+    resp.map_err(reject)
+}
+
+fn too_large(max: u64) -> Rejection {
+    Rejection::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body-too-large",
+        format!("the request body is over max_body_size ({max} bytes)"),
+    )
+}
+
+/// The body stage: limits, then small bodies read whole (a chunked body read whole gets
+/// a CONTENT_LENGTH, as NGINX does), large ones streamed.
+async fn read_body(
+    front: &Front,
+    parts: &Parts,
+    body: Incoming,
+) -> Result<(BodyLength, RequestBody), Rejection> {
+    let max = front.max_body_size;
+    let chunked = parts.headers.contains_key(TRANSFER_ENCODING);
+    let declared = body.size_hint().exact().filter(|_| !chunked);
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large(max));
     }
+    if !chunked
+        && (declared == Some(0)
+            || (declared.is_none() && !parts.headers.contains_key(CONTENT_LENGTH)))
+        && body.is_end_stream()
+    {
+        return Ok((BodyLength::None, RequestBody::Empty));
+    }
+    if let Some(n) = declared {
+        if n > BODY_BUFFER_LIMIT {
+            let limited = Limited::new(body, max as usize).map_err(|e| e as BoxError);
+            return Ok((
+                BodyLength::Known(n),
+                RequestBody::Stream {
+                    body: Box::pin(limited),
+                    framed: false,
+                },
+            ));
+        }
+    }
+    // Read up to the buffer limit, within client_body_timeout.
+    let mut body = body;
+    let mut buf = BytesMut::new();
+    let read = tokio::time::timeout(front.body_timeout, async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                Rejection::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad-request",
+                    format!("malformed request body: {e}"),
+                )
+            })?;
+            if let Ok(data) = frame.into_data() {
+                buf.extend_from_slice(&data);
+                if buf.len() as u64 > max {
+                    return Err(too_large(max));
+                }
+                if buf.len() as u64 > BODY_BUFFER_LIMIT {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    })
+    .await
+    .map_err(|_| {
+        Rejection::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "client-timeout",
+            format!(
+                "the request body did not arrive within client_body_timeout ({:?})",
+                front.body_timeout
+            ),
+        )
+    })??;
+    let first = buf.freeze();
+    if read {
+        let len = first.len() as u64;
+        return Ok((
+            if len == 0 && !chunked {
+                BodyLength::None
+            } else {
+                BodyLength::Known(len)
+            },
+            if len == 0 {
+                RequestBody::Empty
+            } else {
+                RequestBody::Full(first)
+            },
+        ));
+    }
+    // Larger than the buffer and of unknown length: stream the rest in frames.
+    let rest = Limited::new(body, (max as usize).saturating_sub(first.len()));
+    Ok((
+        BodyLength::Chunked,
+        RequestBody::Stream {
+            body: Box::pin(Prefixed {
+                first: Some(first),
+                rest,
+            }),
+            framed: true,
+        },
+    ))
+}
+
+/// A body whose first bytes were already read.
+struct Prefixed {
+    first: Option<Bytes>,
+    rest: Limited<Incoming>,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(b) = this.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        Pin::new(&mut this.rest).poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// Now as unix seconds (for deadlines computed outside [`handle`]).
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }

@@ -11,17 +11,27 @@
 //! - [`uwsgi`]: the uwsgi-protocol listener a real NGINX can `uwsgi_pass` to.
 //! - [`environ`]: an HTTP request turned into the uwsgi vars a worker builds its WSGI
 //!   environ from.
-//! - [`request_id`]: `X-Request-ID`, kept or made.
+//! - [`identity`]: the client address through `trusted_proxies`, the scheme, and the
+//!   request id ([`request_id`]: kept when well formed from a trusted peer, made otherwise).
+//! - [`route`]: `[[route]]` prefix matching, per-route concurrency and timeouts.
+//! - [`access_log`]: one JSON line per request, written when the body is done;
+//!   [`metrics`]: the Prometheus counters it feeds; [`admin`]: `/metrics`, `/livez`,
+//!   `/readyz` on their own listener.
 //! - [`rejection`]: the one function that turns every weir-made failure into a status,
 //!   `x-weir-error`, Retry-After and a body.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access_log;
+pub mod admin;
 pub mod cli;
 pub mod environ;
 pub mod http;
+pub mod identity;
 pub mod listener;
+pub mod metrics;
 pub mod rejection;
 pub mod request_id;
+pub mod route;
 pub mod server;
 pub mod uwsgi;

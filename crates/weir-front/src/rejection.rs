@@ -7,6 +7,8 @@ use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 use weir_pool::{DispatchError, ResponseBody};
 
+use crate::access_log::json_string;
+
 /// A request ended by weir.
 #[derive(Debug, Clone)]
 pub struct Rejection {
@@ -98,21 +100,6 @@ pub fn wants_json(accept: Option<&[u8]>) -> bool {
         let a = String::from_utf8_lossy(a);
         a.contains("application/json") || (a.contains("+json") && !a.contains("text/html"))
     })
-}
-
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]

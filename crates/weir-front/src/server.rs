@@ -19,9 +19,12 @@ use tracing::{error, info, warn};
 use weir_config::Config;
 use weir_pool::{PoolConfig, Supervisor, SupervisorError};
 
+use crate::access_log::{AccessLog, Sink};
 use crate::environ::ConnInfo;
 use crate::http::Front;
+use crate::identity::TrustedProxies;
 use crate::listener::{BindError, Listener};
+use crate::route::Routes;
 
 /// Why `weir serve` stopped with an error.
 #[derive(Debug, Error)]
@@ -35,6 +38,9 @@ pub enum ServeError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The access log file cannot be opened.
+    #[error("cannot open access_log {0}: {1}")]
+    AccessLog(String, std::io::Error),
     /// weir cannot find its own executable to start workers.
     #[error("cannot find weir's own executable to start workers: {0}")]
     Exe(std::io::Error),
@@ -48,6 +54,7 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }
@@ -100,11 +107,26 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
 
+    let admin_listener = match &config.admin.listen {
+        Some(a) => Some(Listener::bind(a, 128)?),
+        None => None,
+    };
+    let sink = Sink::open(&config.server.access_log)
+        .map_err(|e| ServeError::AccessLog(config.server.access_log.clone(), e))?;
     let supervisor = Arc::new(Supervisor::start(pool_config(&config)?));
+    let srv = &config.server;
     let front = Arc::new(Front {
         pool: supervisor.pool(),
-        harakiri: config.app.harakiri.map(|h| h.as_duration()),
+        routes: Routes::new(&config),
+        trusted: TrustedProxies::new(&srv.trusted_proxies),
+        log: Arc::new(AccessLog::new(sink)),
         retry_after: config.queue.retry_after,
+        queue_timeout: config.queue.timeout.as_duration(),
+        max_header_size: srv.max_header_size.bytes() as usize,
+        max_body_size: srv.max_body_size.bytes(),
+        header_timeout: srv.client_header_timeout.as_duration(),
+        body_timeout: srv.client_body_timeout.as_duration(),
+        has_ready_check: config.app.ready_check.is_some(),
     });
     let (drain_tx, drain_rx) = watch::channel(false);
     let (conns_tx, mut conns_rx) = mpsc::channel::<()>(1);
@@ -127,6 +149,18 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             front.clone(),
             drain_rx.clone(),
             conns_tx.clone(),
+        ));
+    }
+    if let Some(l) = admin_listener {
+        names.push(format!("admin http://{}", l.describe()));
+        // The admin listener does not hold up the drain: scrapers may keep connections.
+        let (admin_tx, _keep) = mpsc::channel::<()>(1);
+        tokio::spawn(accept_loop(
+            l,
+            Kind::Admin,
+            front.clone(),
+            drain_rx.clone(),
+            admin_tx,
         ));
     }
     info!(
@@ -177,6 +211,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
 enum Kind {
     Http,
     Uwsgi,
+    Admin,
 }
 
 async fn accept_loop(
@@ -214,6 +249,8 @@ async fn accept_loop(
                 }
                 (Kind::Uwsgi, Io::Tcp(s)) => crate::uwsgi::serve_connection(s, front).await,
                 (Kind::Uwsgi, Io::Unix(s)) => crate::uwsgi::serve_connection(s, front).await,
+                (Kind::Admin, Io::Tcp(s)) => crate::admin::serve_connection(s, front).await,
+                (Kind::Admin, Io::Unix(s)) => crate::admin::serve_connection(s, front).await,
             }
             drop(guard);
         });

@@ -9,7 +9,9 @@ use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, warn};
-use weir_pool::{RequestBody, ResponseBody, WorkerRequest};
+use weir_pool::RequestBody;
+
+use crate::access_log::{Logged, Record};
 use weir_uwsgi::packet::{self, Builder, DecodeError, MODIFIER_WSGI};
 
 use crate::http::Front;
@@ -42,20 +44,34 @@ where
             }
             Err(e) => {
                 warn!("closing uwsgi connection: {e}");
+                let rid = request_id::make();
                 let r = Rejection::new(StatusCode::BAD_REQUEST, "bad-request", e.to_string());
-                write_response(&mut io, r.respond(&request_id::make(), false)).await;
+                let mut rec = Record::new(&rid, None, "", "");
+                rec.class = r.class;
+                write_response(&mut io, front.log.wrap(r.respond(&rid, false), rec)).await;
                 return;
             }
         }
     };
     let mut head = buf.split_to(used);
     let (pkt, _) = packet::decode(&head).expect("decoded above from the same bytes");
+    let var_str = |k: &[u8]| pkt.get(k).map(|v| String::from_utf8_lossy(v).into_owned());
+    let path = var_str(b"PATH_INFO").unwrap_or_else(|| "/".into());
+    let client = var_str(b"REMOTE_ADDR").and_then(|a| a.parse().ok());
     let json = wants_json(pkt.get(b"HTTP_ACCEPT"));
     let rid = pkt
         .get(b"HTTP_X_REQUEST_ID")
         .filter(|id| request_id::is_well_formed(id))
         .map(|id| String::from_utf8_lossy(id).into_owned())
         .unwrap_or_else(request_id::make);
+    let mut rec = Record::new(
+        &rid,
+        client,
+        &var_str(b"REQUEST_METHOD").unwrap_or_default(),
+        &path,
+    );
+    let route = front.routes.find(&path);
+    let deadline = route.request_timeout.map(|t| rec.arrived + t);
     let length: u64 = pkt
         .get(b"CONTENT_LENGTH")
         .and_then(|v| std::str::from_utf8(v).ok())
@@ -75,7 +91,8 @@ where
                 format!("uwsgi modifier1 {} is not WSGI (0)", pkt.modifier1),
             )
         };
-        write_response(&mut io, r.respond(&rid, json)).await;
+        rec.class = r.class;
+        write_response(&mut io, front.log.wrap(r.respond(&rid, json), rec)).await;
         return;
     }
     // Re-encode: the vars NGINX sent, minus any WEIR_* a client could have smuggled in
@@ -93,6 +110,15 @@ where
     }
     let result = result
         .and_then(|_| b.var(b"WEIR_REQUEST_ID", rid.as_bytes()).map(|_| ()))
+        .and_then(|_| match route.request_timeout {
+            Some(t) => b
+                .var(
+                    b"WEIR_DEADLINE",
+                    format!("{:.6}", crate::http::unix_now() + t.as_secs_f64()).as_bytes(),
+                )
+                .map(|_| ()),
+            None => Ok(()),
+        })
         .and_then(|_| b.finish());
     if let Err(e) = result {
         let r = Rejection::new(
@@ -100,7 +126,8 @@ where
             "header-too-large",
             e.to_string(),
         );
-        write_response(&mut io, r.respond(&rid, json)).await;
+        rec.class = r.class;
+        write_response(&mut io, front.log.wrap(r.respond(&rid, json), rec)).await;
         return;
     }
     head.clear();
@@ -119,27 +146,22 @@ where
     } else {
         RequestBody::Full(body.freeze())
     };
-    let req = WorkerRequest {
-        packet: out,
-        body,
-        harakiri: front.harakiri,
-        deadline: None,
-    };
-    let resp = match front.pool.dispatch(req).await {
-        Ok(mut r) => {
-            if let Ok(v) = http::HeaderValue::from_str(&rid) {
-                r.headers_mut().insert("x-request-id", v);
-            }
-            r
+    let mut resp = match crate::http::dispatch(&front, route, deadline, out, body, &mut rec).await {
+        Ok(r) => r,
+        Err(r) => {
+            rec.class = r.class;
+            r.respond(&rid, json)
         }
-        Err(e) => Rejection::from_dispatch(&e, front.retry_after).respond(&rid, json),
     };
-    write_response(&mut io, resp).await;
+    if let Ok(v) = http::HeaderValue::from_str(&rid) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    write_response(&mut io, front.log.wrap(resp, rec)).await;
 }
 
 /// Writes a response as uWSGI does: status line, headers, blank line, body; the end of
 /// the body is the end of the connection. A failing body cuts the connection.
-async fn write_response<S: AsyncWrite + Unpin>(io: &mut S, resp: Response<ResponseBody>) {
+async fn write_response<S: AsyncWrite + Unpin>(io: &mut S, resp: Response<Logged>) {
     let (parts, mut body) = resp.into_parts();
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -154,12 +176,6 @@ async fn write_response<S: AsyncWrite + Unpin>(io: &mut S, resp: Response<Respon
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    if let ResponseBody::Full(Some(b)) = &body {
-        out.extend_from_slice(b);
-        let _ = io.write_all(&out).await;
-        let _ = io.shutdown().await;
-        return;
-    }
     if io.write_all(&out).await.is_err() {
         return;
     }

@@ -63,13 +63,17 @@ pub struct WorkerRequest {
     pub body: RequestBody,
     /// Kill the worker if the request runs longer.
     pub harakiri: Option<Duration>,
-    /// Not started after this instant.
+    /// Not started after this instant; a request still running then is ended like a
+    /// harakiri (the worker is killed) but answered as `deadline`.
     pub deadline: Option<Instant>,
+    /// Held until the exchange ends (a route's concurrency permit).
+    pub hold: Option<Box<dyn std::any::Any + Send>>,
 }
 
 /// How an exchange ended early.
 enum Ended {
     Harakiri(Duration),
+    Deadline,
     Died,
     Protocol(String),
     /// The client's request body failed mid-way: the worker waits for bytes that will
@@ -93,6 +97,7 @@ impl Reply {
         if let Some(tx) = self.head.take() {
             let err = match end {
                 Ended::Harakiri(d) => DispatchError::Harakiri(*d),
+                Ended::Deadline => DispatchError::DeadlineExceeded,
                 Ended::Died | Ended::ClientBody => DispatchError::WorkerDied,
                 Ended::Protocol(m) => DispatchError::Protocol(m.clone()),
             };
@@ -105,24 +110,35 @@ impl Reply {
     }
 }
 
-pub(crate) async fn run(mut lease: Lease, req: WorkerRequest, reply: HeadReply) {
+pub(crate) async fn run(mut lease: Lease, mut req: WorkerRequest, reply: HeadReply) {
     let mut out = Reply {
         head: Some(reply),
         chunks: None,
     };
     let harakiri = req.harakiri;
+    // The worker's limit is harakiri or the request's deadline, whichever comes first.
+    let now = Instant::now();
+    let by_deadline = req.deadline.map(|d| d.saturating_duration_since(now));
+    let limit = match (harakiri, by_deadline) {
+        (Some(h), Some(d)) if d < h => Some((d, Ended::Deadline)),
+        (Some(h), _) => Some((h, Ended::Harakiri(h))),
+        (None, Some(d)) => Some((d, Ended::Deadline)),
+        (None, None) => None,
+    };
+    let _hold = req.hold.take();
     let result = {
         let fut = exchange(&mut lease, req, &mut out);
-        match harakiri {
-            Some(limit) => tokio::time::timeout(limit, fut)
-                .await
-                .unwrap_or(Err(Ended::Harakiri(limit))),
+        match limit {
+            Some((limit, ended)) => match tokio::time::timeout(limit, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(ended),
+            },
             None => fut.await,
         }
     };
     if let Err(end) = result {
         let reason = match end {
-            Ended::Harakiri(_) => RestartReason::Harakiri,
+            Ended::Harakiri(_) | Ended::Deadline => RestartReason::Harakiri,
             Ended::Died => RestartReason::Crash,
             Ended::Protocol(_) => RestartReason::Protocol,
             Ended::ClientBody => RestartReason::ClientAbort,

@@ -97,9 +97,40 @@ impl Pool {
         req: WorkerRequest,
     ) -> Result<http::Response<ResponseBody>, DispatchError> {
         let lease = self.acquire(req.deadline).await?;
+        Self::send(lease, req).await
+    }
+
+    /// Runs `req` on the worker of `lease` and waits for the response head. The
+    /// exchange goes on in its own task until the body is complete.
+    pub async fn send(
+        lease: Lease,
+        req: WorkerRequest,
+    ) -> Result<http::Response<ResponseBody>, DispatchError> {
         let (tx, rx) = oneshot::channel();
         tokio::spawn(exchange::run(lease, req, tx));
         rx.await.unwrap_or(Err(DispatchError::WorkerDied))
+    }
+
+    /// Asks one worker to run the app's ready check (`[app] ready_check`): Ok with the
+    /// status line's code and body, or why it could not be asked.
+    pub async fn ready_check(&self, wait: Duration) -> Result<(u16, String), DispatchError> {
+        let lease = self.acquire(Some(Instant::now() + wait)).await?;
+        let mut packet = Vec::with_capacity(4);
+        weir_uwsgi::packet::encode_control(&mut packet, weir_uwsgi::packet::MODIFIER_READY_CHECK);
+        let req = WorkerRequest {
+            packet,
+            body: crate::RequestBody::Empty,
+            harakiri: Some(wait),
+            deadline: None,
+            hold: None,
+        };
+        let resp = Self::send(lease, req).await?;
+        let status = resp.status().as_u16();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map(|c| String::from_utf8_lossy(&c.to_bytes()).into_owned())
+            .unwrap_or_default();
+        Ok((status, body))
     }
 
     /// Takes an idle worker, waiting in the queue if none is.
@@ -306,6 +337,11 @@ impl Lease {
     /// The worker's process id.
     pub fn pid(&mut self) -> u32 {
         self.worker().pid
+    }
+
+    /// The worker's slot number.
+    pub fn slot(&mut self) -> usize {
+        self.worker().slot
     }
 }
 

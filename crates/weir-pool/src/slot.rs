@@ -127,7 +127,7 @@ pub(crate) struct SlotContext {
 
 /// How a started worker turned out.
 enum Start {
-    Ready(Child, UnixStream, Duration),
+    Ready(Box<Child>, UnixStream, Duration),
     ImportFailed(ExitStatus),
     Failed(String),
 }
@@ -304,7 +304,7 @@ async fn spawn(ctx: &SlotContext, slot: usize) -> Start {
     .await;
     match ready {
         Ok(Ok(Ok(_))) if hello[0] == weir_uwsgi::packet::MODIFIER_READY => {
-            Start::Ready(child, stream, started.elapsed())
+            Start::Ready(Box::new(child), stream, started.elapsed())
         }
         Ok(Ok(Ok(_))) => {
             let _ = child.start_kill();

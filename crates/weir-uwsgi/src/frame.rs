@@ -124,7 +124,10 @@ mod tests {
         let mut out = Vec::new();
         encode_data(&mut out, b"hello");
         for cut in 0..out.len() {
-            assert!(matches!(decode(&out[..cut]), Err(FrameError::Incomplete { .. })));
+            assert!(matches!(
+                decode(&out[..cut]),
+                Err(FrameError::Incomplete { .. })
+            ));
         }
     }
 

@@ -35,7 +35,11 @@ mod tests {
     #[test]
     fn encodes_and_finds_end() {
         let mut out = Vec::new();
-        encode(&mut out, b"200 OK", [(&b"Content-Type"[..], &b"text/plain"[..])]);
+        encode(
+            &mut out,
+            b"200 OK",
+            [(&b"Content-Type"[..], &b"text/plain"[..])],
+        );
         assert_eq!(out, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n");
         assert_eq!(find_end(&out), Some(out.len()));
         assert_eq!(find_end(&out[..out.len() - 1]), None);

@@ -96,8 +96,11 @@ impl<'a> Iterator for Vars<'a> {
     }
 }
 
+/// One var split off a block: key, value, bytes used.
+type Split<'a> = (&'a [u8], &'a [u8], usize);
+
 /// Splits one var off the front of `block`; `Ok(None)` at its end.
-fn split_var(block: &[u8], offset: usize) -> Result<Option<(&[u8], &[u8], usize)>, DecodeError> {
+fn split_var(block: &[u8], offset: usize) -> Result<Option<Split<'_>>, DecodeError> {
     if block.is_empty() {
         return Ok(None);
     }
@@ -191,9 +194,11 @@ impl<'o> Builder<'o> {
                 });
             }
         }
-        self.out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        self.out
+            .extend_from_slice(&(key.len() as u16).to_le_bytes());
         self.out.extend_from_slice(key);
-        self.out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        self.out
+            .extend_from_slice(&(value.len() as u16).to_le_bytes());
         self.out.extend_from_slice(value);
         Ok(self)
     }

@@ -1,0 +1,293 @@
+//! One JSON line per request, written when the response body is done (so `bytes` and
+//! `send_ms` are true), and the request metrics recorded at the same moment.
+//!
+//! Fields: `time` (arrival, RFC 3339 UTC), `id`, `client`, `method`, `path`, `status`,
+//! `error` (weir's class, or null when the app answered), `bytes` (body bytes sent),
+//! `queue_ms` (waiting for a route slot and a worker), `worker_ms` (worker until the
+//! response head), `send_ms` (head to last byte), `total_ms`, and `aborted` when the body
+//! was cut.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::Response;
+use hyper::body::{Body, Frame, SizeHint};
+use weir_pool::{BodyError, ResponseBody};
+
+use crate::metrics::Metrics;
+
+/// Where lines go.
+#[derive(Debug)]
+pub enum Sink {
+    /// Nowhere.
+    Off,
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// A file, appended to.
+    File(Mutex<File>),
+}
+
+impl Sink {
+    /// From `[server] access_log`.
+    pub fn open(spec: &str) -> std::io::Result<Sink> {
+        Ok(match spec {
+            "off" | "" => Sink::Off,
+            "stdout" | "-" => Sink::Stdout,
+            "stderr" => Sink::Stderr,
+            path => Sink::File(Mutex::new(
+                OpenOptions::new().create(true).append(true).open(path)?,
+            )),
+        })
+    }
+
+    fn write(&self, line: &[u8]) {
+        // A full disk or a closed stdout must not fail requests: the line is lost.
+        let _ = match self {
+            Sink::Off => Ok(()),
+            Sink::Stdout => std::io::stdout().lock().write_all(line),
+            Sink::Stderr => std::io::stderr().lock().write_all(line),
+            Sink::File(f) => f.lock().unwrap_or_else(|p| p.into_inner()).write_all(line),
+        };
+    }
+}
+
+/// The access log and the metrics it feeds.
+#[derive(Debug)]
+pub struct AccessLog {
+    sink: Sink,
+    /// Request metrics.
+    pub metrics: Metrics,
+}
+
+/// What is known of a request by the time its head is sent.
+#[derive(Debug)]
+pub struct Record {
+    /// Arrival (wall clock).
+    pub time: SystemTime,
+    /// Arrival (monotonic).
+    pub arrived: Instant,
+    /// Request id.
+    pub id: String,
+    /// Client address.
+    pub client: Option<IpAddr>,
+    /// Method.
+    pub method: String,
+    /// Path (no query).
+    pub path: String,
+    /// Status.
+    pub status: u16,
+    /// weir's error class, "" when the app answered.
+    pub class: &'static str,
+    /// Waiting for a route slot and a worker.
+    pub queued: Duration,
+    /// In the worker until the head.
+    pub worker: Duration,
+}
+
+impl Record {
+    /// A record for a request that just arrived.
+    pub fn new(id: &str, client: Option<IpAddr>, method: &str, path: &str) -> Record {
+        Record {
+            time: SystemTime::now(),
+            arrived: Instant::now(),
+            id: id.to_owned(),
+            client,
+            method: method.to_owned(),
+            path: path.to_owned(),
+            status: 0,
+            class: "",
+            queued: Duration::ZERO,
+            worker: Duration::ZERO,
+        }
+    }
+}
+
+impl AccessLog {
+    /// A log writing to `sink`.
+    pub fn new(sink: Sink) -> AccessLog {
+        AccessLog {
+            sink,
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// Wraps a response so its line is written when the body is done.
+    pub fn wrap(
+        self: &Arc<Self>,
+        resp: Response<ResponseBody>,
+        mut rec: Record,
+    ) -> Response<Logged> {
+        rec.status = resp.status().as_u16();
+        let head_at = Instant::now();
+        resp.map(|inner| Logged {
+            inner,
+            rec: Some(Box::new(rec)),
+            bytes: 0,
+            aborted: false,
+            head_at,
+            log: self.clone(),
+        })
+    }
+
+    fn finish(&self, rec: &Record, bytes: u64, aborted: bool, head_at: Instant) {
+        let now = Instant::now();
+        let total = now - rec.arrived;
+        self.metrics
+            .record(rec.status, rec.class, head_at - rec.arrived, rec.queued);
+        if matches!(self.sink, Sink::Off) {
+            return;
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let mut line = String::with_capacity(256);
+        line.push_str("{\"time\":\"");
+        line.push_str(&rfc3339(rec.time));
+        line.push_str("\",\"id\":");
+        line.push_str(&json_string(&rec.id));
+        line.push_str(",\"client\":");
+        match rec.client {
+            Some(ip) => line.push_str(&json_string(&ip.to_string())),
+            None => line.push_str("null"),
+        }
+        line.push_str(",\"method\":");
+        line.push_str(&json_string(&rec.method));
+        line.push_str(",\"path\":");
+        line.push_str(&json_string(&rec.path));
+        line.push_str(&format!(",\"status\":{},\"error\":", rec.status));
+        if rec.class.is_empty() {
+            line.push_str("null");
+        } else {
+            line.push_str(&json_string(rec.class));
+        }
+        line.push_str(&format!(
+            ",\"bytes\":{bytes},\"queue_ms\":{:.3},\"worker_ms\":{:.3},\"send_ms\":{:.3},\"total_ms\":{:.3}",
+            ms(rec.queued),
+            ms(rec.worker),
+            ms(now - head_at),
+            ms(total)
+        ));
+        if aborted {
+            line.push_str(",\"aborted\":true");
+        }
+        line.push_str("}\n");
+        self.sink.write(line.as_bytes());
+    }
+}
+
+/// A response body that counts what it sends and logs the request when it is dropped.
+#[derive(Debug)]
+pub struct Logged {
+    inner: ResponseBody,
+    rec: Option<Box<Record>>,
+    bytes: u64,
+    aborted: bool,
+    head_at: Instant,
+    log: Arc<AccessLog>,
+}
+
+impl Body for Logged {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.aborted = true,
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(rec) = self.rec.take() {
+            // A body dropped before its end (client gone) counts as aborted.
+            let aborted = self.aborted || !self.inner.is_end_stream();
+            self.log.finish(&rec, self.bytes, aborted, self.head_at);
+        }
+    }
+}
+
+/// A JSON string literal.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `2026-11-23T12:33:09.807Z` (UTC, milliseconds), from the civil-from-days algorithm
+/// (H. Hinnant), to avoid a date crate for one format.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_format() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_437_189_807);
+        assert_eq!(rfc3339(t), "2026-11-23T12:33:09.807Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn escapes() {
+        assert_eq!(json_string("a\"b\n\\"), "\"a\\\"b\\u000a\\\\\"");
+    }
+}

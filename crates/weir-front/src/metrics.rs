@@ -1,0 +1,122 @@
+//! Prometheus metrics, written by hand: a few counters and fixed-bucket histograms on
+//! atomics cost nothing on the request path and need no registry crate; the text format
+//! is simple and stable (exposition format 0.0.4).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use weir_pool::{Pool, RestartReason};
+
+/// Bucket upper bounds, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|&b| s <= b)
+            .unwrap_or(BUCKETS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        cumulative += self.counts[BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+}
+
+/// Everything weir counts.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(u16, &'static str), u64>>,
+    duration: Histogram,
+    queue_wait: Histogram,
+}
+
+impl Metrics {
+    /// One finished request: its status, weir's error class ("" when the app answered),
+    /// total time and time queued.
+    pub fn record(&self, status: u16, class: &'static str, total: Duration, queued: Duration) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((status, class))
+            .or_default() += 1;
+        self.duration.observe(total);
+        self.queue_wait.observe(queued);
+    }
+
+    /// The Prometheus text.
+    pub fn render(&self, pool: &Pool) -> String {
+        let mut out = String::with_capacity(4096);
+        out.push_str("# HELP weir_requests_total Requests answered, by status and weir error class (\"\" when the app answered).\n# TYPE weir_requests_total counter\n");
+        for ((status, class), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "weir_requests_total{{status=\"{status}\",class=\"{class}\"}} {n}"
+            );
+        }
+        self.duration.render(
+            &mut out,
+            "weir_request_duration_seconds",
+            "Time from arrival to the response head.",
+        );
+        self.queue_wait.render(
+            &mut out,
+            "weir_queue_wait_seconds",
+            "Time spent waiting for a worker.",
+        );
+        let st = pool.stats();
+        let _ = writeln!(
+            out,
+            "# HELP weir_queue_depth Requests waiting for a worker now.\n# TYPE weir_queue_depth gauge\nweir_queue_depth {}",
+            st.queued.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP weir_workers Worker processes by state.\n# TYPE weir_workers gauge\nweir_workers{{state=\"idle\"}} {}\nweir_workers{{state=\"busy\"}} {}",
+            st.idle.load(Ordering::Relaxed),
+            st.busy.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP weir_worker_restarts_total Workers replaced, by reason.\n# TYPE weir_worker_restarts_total counter\n");
+        for r in RestartReason::ALL {
+            let _ = writeln!(
+                out,
+                "weir_worker_restarts_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                st.restarts[r as usize].load(Ordering::Relaxed)
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,131 @@
+//! `[[route]]`: per path-prefix limits. A route with `max_concurrency` lets at most that
+//! many of its requests hold workers; the rest wait (bounded by the queue's timeout and
+//! the request's deadline) without blocking other routes. This is what keeps a slow
+//! endpoint from taking every worker.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use weir_config::Config;
+
+/// One route.
+#[derive(Debug)]
+pub struct Route {
+    /// The prefix.
+    pub path: String,
+    /// Its concurrency limit.
+    pub limit: Option<Arc<Semaphore>>,
+    /// Its request timeout.
+    pub request_timeout: Option<Duration>,
+    /// Its harakiri.
+    pub harakiri: Option<Duration>,
+}
+
+/// The route table, longest prefix first, plus the defaults for everything else.
+#[derive(Debug)]
+pub struct Routes {
+    routes: Vec<Route>,
+    default: Route,
+}
+
+/// Why a route permit was not had.
+#[derive(Debug, Clone, Copy)]
+pub enum RouteWait {
+    /// Waited the queue timeout.
+    Timeout(Duration),
+    /// The request's deadline came first.
+    Deadline,
+}
+
+impl Routes {
+    /// From the config.
+    pub fn new(config: &Config) -> Routes {
+        let harakiri = config.app.harakiri.map(|s| s.as_duration());
+        let timeout = config.server.request_timeout.map(|s| s.as_duration());
+        let mut routes: Vec<Route> = config
+            .route
+            .iter()
+            .map(|r| Route {
+                path: r.path.clone(),
+                limit: r.max_concurrency.map(|n| Arc::new(Semaphore::new(n))),
+                request_timeout: r.request_timeout.map(|s| s.as_duration()).or(timeout),
+                harakiri: r.harakiri.map(|s| s.as_duration()).or(harakiri),
+            })
+            .collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+        Routes {
+            routes,
+            default: Route {
+                path: "/".into(),
+                limit: None,
+                request_timeout: timeout,
+                harakiri,
+            },
+        }
+    }
+
+    /// The route for a path: the longest prefix that matches at a segment boundary
+    /// (`/api` matches `/api` and `/api/x`, not `/apix`), else the defaults.
+    pub fn find(&self, path: &str) -> &Route {
+        self.routes
+            .iter()
+            .find(|r| prefix_matches(&r.path, path))
+            .unwrap_or(&self.default)
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let p = prefix.trim_end_matches('/');
+    p.is_empty()
+        || path == p
+        || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/'))
+}
+
+impl Route {
+    /// Takes one of the route's slots, waiting up to `wait` or the deadline.
+    pub async fn admit(
+        &self,
+        wait: Duration,
+        deadline: Option<Instant>,
+    ) -> Result<Option<OwnedSemaphorePermit>, RouteWait> {
+        let Some(sem) = &self.limit else {
+            return Ok(None);
+        };
+        if let Ok(p) = sem.clone().try_acquire_owned() {
+            return Ok(Some(p));
+        }
+        let now = Instant::now();
+        let (wait, by_deadline) = match deadline {
+            Some(d) if d <= now => return Err(RouteWait::Deadline),
+            Some(d) if d - now < wait => (d - now, true),
+            _ => (wait, false),
+        };
+        match tokio::time::timeout(wait, sem.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Ok(Some(p)),
+            // The semaphore is never closed.
+            Ok(Err(_)) | Err(_) if by_deadline => Err(RouteWait::Deadline),
+            Ok(Err(_)) | Err(_) => Err(RouteWait::Timeout(wait)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_prefix_at_segment_boundary() {
+        let c = weir_config::Config::parse(
+            "[app]\nworkers = 4\n[[route]]\npath = \"/api\"\nmax_concurrency = 1\n[[route]]\npath = \"/api/slow\"\nmax_concurrency = 2\n",
+            std::path::Path::new("t"),
+        )
+        .unwrap();
+        let r = Routes::new(&c);
+        assert_eq!(r.find("/api/slow/x").path, "/api/slow");
+        assert_eq!(r.find("/api/x").path, "/api");
+        assert_eq!(r.find("/api").path, "/api");
+        assert_eq!(r.find("/apix").path, "/");
+        assert_eq!(r.find("/other").path, "/");
+    }
+}
