@@ -40,6 +40,7 @@ from e2e_lib import (  # noqa: E402
     Proc,
     free_port,
     get,
+    sock_path,
     wait_for,
 )
 
@@ -122,14 +123,6 @@ def short_tmp():
     d.chmod(0o755)  # nginx's workers may run as another user
     yield d
     shutil.rmtree(d, ignore_errors=True)
-
-
-def sock_path(short_tmp: Path, name: str) -> str:
-    for i in range(10_000):
-        p = short_tmp / ("%s-%d.sock" % (name, i))
-        if not p.exists():
-            return str(p)
-    raise RuntimeError("no free socket name")
 
 
 @dataclass

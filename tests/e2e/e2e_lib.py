@@ -34,6 +34,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def sock_path(dir: Path, name: str) -> str:
+    """A fresh socket path in dir (keep dir short: sun_path holds 108 bytes)."""
+    for i in range(10_000):
+        p = dir / ("%s-%d.sock" % (name, i))
+        if not p.exists():
+            return str(p)
+    raise RuntimeError("no free socket name in %s" % dir)
+
+
 def wait_for(cond: Callable[[], object], timeout: float, interval: float = 0.05, what: str = "condition"):
     """Polls cond() until it returns a truthy value (returned) or the deadline passes."""
     deadline = time.monotonic() + timeout

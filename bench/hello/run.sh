@@ -1,0 +1,272 @@
+#!/usr/bin/env bash
+# The issue-2 benchmark: examples/shop's /hello, 4 workers each, one load tool (wrk -t2 -c50),
+# side by side, runs interleaved:
+#   weir            weir serve --listen 127.0.0.1:PORT              (target/release/weir)
+#   nginx-uwsgi     nginx -> uWSGI 2.0.31 over a Unix socket (uwsgi_pass)
+#   nginx-gunicorn  nginx -> Gunicorn (sync) over a Unix socket (proxy_pass)
+#   granian         Granian (WSGI interface)
+# Prints, per server, the medians over the runs of requests/s, p50 and p99, the ratios vs
+# nginx-uwsgi, and each server's idle worker RSS. Raw outputs go to bench/out/hello-<time>/.
+#
+# Usage: bench/hello/run.sh [RUNS]          (default 3)
+# Environment: DURATION (s per measurement, default 10), WARMUP (s, default 3),
+#   SERVERS (default "weir nginx-uwsgi nginx-gunicorn granian"), WORKERS (default 4),
+#   SHOP_DIR (default examples/shop), SHOP_APP (MODULE:CALLABLE, default: detected),
+#   WEIR_BIN (default target/release/weir, built here unless set), NO_BUILD=1.
+# Bounded: every start waits at most READY_TIMEOUT (default 60) s; every wrk run is
+# DURATION s plus a timeout; every server is stopped (TERM, then KILL) before the next.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+RUNS=${1:-${RUNS:-3}}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-3}
+WORKERS=${WORKERS:-4}
+READY_TIMEOUT=${READY_TIMEOUT:-60}
+SERVERS=${SERVERS:-"weir nginx-uwsgi nginx-gunicorn granian"}
+SHOP_DIR=$(cd "${SHOP_DIR:-examples/shop}" && pwd)
+PY=${PYTHON:-python3}
+NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
+OUT="$ROOT/bench/out/hello-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$OUT"
+RUN_DIR=$(mktemp -d /tmp/weir-bench-XXXXXX)
+chmod 755 "$RUN_DIR"
+log() { printf 'bench: %s\n' "$*" >&2; }
+
+# -- the app -----------------------------------------------------------------------------
+if [[ -z "${SHOP_APP:-}" ]]; then
+  for cand in wsgi:app wsgi:application app:app shop:app main:app; do
+    mod=${cand%%:*}
+    if [[ -f "$SHOP_DIR/$mod.py" || -f "$SHOP_DIR/$mod/__init__.py" ]]; then SHOP_APP=$cand; break; fi
+  done
+fi
+[[ -n "${SHOP_APP:-}" ]] || { log "cannot find the shop app in $SHOP_DIR: set SHOP_APP=MODULE:CALLABLE"; exit 2; }
+log "app $SHOP_APP in $SHOP_DIR; $RUNS run(s) of ${DURATION}s; servers: $SERVERS; output in $OUT"
+
+# -- tools -------------------------------------------------------------------------------
+command -v wrk >/dev/null || { log "wrk not found: run scripts/install-deps.sh"; exit 2; }
+if [[ -z "${WEIR_BIN:-}" ]]; then
+  WEIR_BIN="$ROOT/target/release/weir"
+  if [[ "${NO_BUILD:-0}" != 1 && " $SERVERS " == *" weir "* ]]; then
+    log "cargo build --release -p weir"
+    cargo build --release -p weir >&2
+  fi
+fi
+
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# -- process control ---------------------------------------------------------------------
+SERVER_PIDS=()
+start() {  # start NAME CMD...: runs CMD in its own session, logs to $OUT
+  local name=$1; shift
+  setsid "$@" >"$OUT/$name.$RUN.log" 2>&1 </dev/null &
+  SERVER_PIDS+=($!)
+}
+stop_all() {
+  local p
+  for p in "${SERVER_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${SERVER_PIDS[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$p" 2>/dev/null || true  # the whole session: workers included
+    wait "$p" 2>/dev/null || true
+  done
+  SERVER_PIDS=()
+}
+cleanup() { stop_all; rm -rf "$RUN_DIR"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_ready() {  # wait_ready URL: polls until GET answers 200, bounded
+  local url=$1 deadline=$((SECONDS + READY_TIMEOUT))
+  while ((SECONDS < deadline)); do
+    if [[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$url" || true)" == 200 ]]; then return 0; fi
+    for p in "${SERVER_PIDS[@]}"; do kill -0 "$p" 2>/dev/null || { log "a server process exited"; return 1; }; done
+    sleep 0.1
+  done
+  log "$url not ready after ${READY_TIMEOUT}s"
+  return 1
+}
+
+nginx_conf() {  # nginx_conf DIR PORT LOCATION_BODY
+  local dir=$1 port=$2 loc=$3
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<EOF
+$([[ $(id -u) == 0 ]] && echo "user root;")
+worker_processes auto;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $dir/client_body_temp;
+    proxy_temp_path $dir/proxy_temp;
+    fastcgi_temp_path $dir/fastcgi_temp;
+    uwsgi_temp_path $dir/uwsgi_temp;
+    scgi_temp_path $dir/scgi_temp;
+    keepalive_requests 100000;
+    server {
+        listen 127.0.0.1:$port backlog=4096;
+        location / {
+$loc
+        }
+    }
+}
+EOF
+}
+
+wait_socket() {  # wait_socket PATH
+  local deadline=$((SECONDS + READY_TIMEOUT))
+  while ((SECONDS < deadline)); do [[ -S "$1" ]] && return 0; sleep 0.1; done
+  log "socket $1 did not appear"; return 1
+}
+
+# start_server NAME: sets the server up, waits until ready, sets URL to its /hello
+start_server() {
+  local name=$1 port d sock
+  port=$(free_port)
+  d="$RUN_DIR/$name"
+  mkdir -p "$d"
+  case "$name" in
+    weir)
+      [[ -x "$WEIR_BIN" ]] || { log "weir binary $WEIR_BIN missing"; return 1; }
+      start weir env RUST_LOG="${RUST_LOG:-warn}" "$WEIR_BIN" serve --app "$SHOP_APP" --chdir "$SHOP_DIR" \
+        --workers "$WORKERS" --listen "127.0.0.1:$port" ;;
+    nginx-uwsgi)
+      sock="$d/uwsgi.sock"
+      start uwsgi uwsgi --socket "$sock" --chmod-socket=666 --master --processes "$WORKERS" \
+        --chdir "$SHOP_DIR" --module "$SHOP_APP" --need-app --die-on-term --disable-logging \
+        --listen 1024
+      wait_socket "$sock" || return 1
+      nginx_conf "$d/nginx" "$port" "            include /etc/nginx/uwsgi_params;
+            uwsgi_pass unix:$sock;"
+      start nginx-for-uwsgi "$NGINX" -p "$d/nginx" -c "$d/nginx/nginx.conf" -e "$d/nginx/error.log" ;;
+    nginx-gunicorn)
+      sock="$d/gunicorn.sock"
+      start gunicorn gunicorn -w "$WORKERS" -k sync -b "unix:$sock" --chdir "$SHOP_DIR" --backlog 1024 \
+        "$SHOP_APP"
+      wait_socket "$sock" || return 1
+      nginx_conf "$d/nginx" "$port" "            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_pass http://unix:$sock;"
+      start nginx-for-gunicorn "$NGINX" -p "$d/nginx" -c "$d/nginx/nginx.conf" -e "$d/nginx/error.log" ;;
+    granian)
+      start granian granian --interface wsgi --workers "$WORKERS" --host 127.0.0.1 --port "$port" \
+        --working-dir "$SHOP_DIR" --no-access-log --no-ws "$SHOP_APP" ;;
+    *) log "unknown server $name"; return 1 ;;
+  esac
+  URL="http://127.0.0.1:$port/hello"
+  wait_ready "$URL"
+}
+
+# idle RSS (KiB) of the app's worker processes: the python processes under the started
+# ones (for nginx setups: the app server's, not nginx's)
+worker_rss() {
+  "$PY" - "${SERVER_PIDS[@]}" <<'PY'
+import os, sys
+roots = [int(p) for p in sys.argv[1:]]
+procs = {}
+for d in os.listdir("/proc"):
+    if d.isdigit():
+        try:
+            stat = open("/proc/%s/stat" % d).read()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            comm = open("/proc/%s/comm" % d).read().strip()
+            rss = 0
+            for line in open("/proc/%s/status" % d):
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+            procs[int(d)] = (ppid, comm, rss)
+        except (OSError, ValueError, IndexError):
+            pass
+def desc(root):
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        for c, (pp, comm, rss) in procs.items():
+            if pp == p:
+                out.append(c); todo.append(c)
+    return out
+workers = []
+for r in roots:
+    if r in procs and "nginx" in procs[r][1]:
+        continue
+    # the direct child of setsid is the server's main process; its descendants are workers
+    for c in desc(r):
+        if "nginx" not in procs[c][1]:
+            workers.append(procs[c][2])
+# a setsid'd server: the root itself is the master; descendants that are masters of their
+# own (none here) would be counted as workers, which is what the comparison wants
+workers.sort()
+print(workers[len(workers) // 2] if workers else 0, len(workers))
+PY
+}
+
+# -- runs --------------------------------------------------------------------------------
+RESULTS="$OUT/results.tsv"
+printf 'run\tserver\treq_per_s\tp50_ms\tp99_ms\terrors\tworker_rss_kib\tworkers_seen\n' >"$RESULTS"
+parse_wrk() {  # parse_wrk FILE -> "rps p50_ms p99_ms errors"
+  "$PY" - "$1" <<'PY'
+import re, sys
+t = open(sys.argv[1]).read()
+def ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s|m)", v)
+    n, u = float(m.group(1)), m.group(2)
+    return n / 1000 if u == "us" else n if u == "ms" else n * 1000 if u == "s" else n * 60000
+rps = re.search(r"Requests/sec:\s+([\d.]+)", t)
+p50 = re.search(r"^\s+50%\s+(\S+)", t, re.M)
+p99 = re.search(r"^\s+99%\s+(\S+)", t, re.M)
+err = 0
+m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", t)
+if m: err += int(m.group(1))
+m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", t)
+if m: err += sum(int(x) for x in m.groups())
+print(rps.group(1) if rps else "nan", "%.3f" % ms(p50.group(1)) if p50 else "nan",
+      "%.3f" % ms(p99.group(1)) if p99 else "nan", err)
+PY
+}
+
+for RUN in $(seq 1 "$RUNS"); do
+  for name in $SERVERS; do
+    log "run $RUN/$RUNS: $name"
+    URL=
+    if ! start_server "$name"; then
+      log "$name did not start (see $OUT/*.$RUN.log); skipped in this run"
+      stop_all
+      printf '%s\t%s\tnan\tnan\tnan\tnan\t0\t0\n' "$RUN" "$name" >>"$RESULTS"
+      continue
+    fi
+    timeout $((WARMUP + 30)) wrk -t2 -c50 -d"${WARMUP}s" "$URL" >/dev/null 2>&1 || true
+    timeout $((DURATION + 60)) wrk -t2 -c50 -d"${DURATION}s" --latency "$URL" >"$OUT/wrk-$name.$RUN.txt" 2>&1 || true
+    sleep 1  # idle: let the workers settle before sampling their RSS
+    read -r rss nworkers < <(worker_rss)
+    read -r rps p50 p99 errs < <(parse_wrk "$OUT/wrk-$name.$RUN.txt")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$RUN" "$name" "$rps" "$p50" "$p99" "$errs" "$rss" "$nworkers" >>"$RESULTS"
+    log "  $rps req/s, p50 ${p50} ms, p99 ${p99} ms, errors $errs, worker RSS ${rss} KiB ($nworkers procs)"
+    stop_all
+  done
+done
+
+# -- summary -----------------------------------------------------------------------------
+"$PY" - "$RESULTS" "$SERVERS" <<'PY'
+import csv, math, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+order = sys.argv[2].split()
+def med(name, key):
+    v = [float(r[key]) for r in rows if r["server"] == name and r[key] not in ("nan", "")]
+    v = [x for x in v if not math.isnan(x)]
+    return statistics.median(v) if v else float("nan")
+base = "nginx-uwsgi"
+b_rps, b_p99 = med(base, "req_per_s"), med(base, "p99_ms")
+print()
+print("%-16s %12s %9s %9s %7s %13s %10s %10s" % ("server", "req/s", "p50 ms", "p99 ms", "errors", "worker RSS", "rps vs uw", "p99 vs uw"))
+for n in order:
+    rps, p50, p99 = med(n, "req_per_s"), med(n, "p50_ms"), med(n, "p99_ms")
+    errs = sum(int(float(r["errors"])) for r in rows if r["server"] == n and r["errors"] not in ("nan", ""))
+    rss = med(n, "worker_rss_kib")
+    r1 = rps / b_rps if b_rps == b_rps and b_rps else float("nan")
+    r2 = p99 / b_p99 if b_p99 == b_p99 and b_p99 else float("nan")
+    print("%-16s %12.0f %9.2f %9.2f %7d %10.1f MiB %9.2fx %9.2fx" % (n, rps, p50, p99, errs, rss / 1024, r1, r2))
+print("\n(medians of %d run(s); raw results: %s)" % (len({r['run'] for r in rows}), sys.argv[1]))
+PY
