@@ -71,6 +71,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// The managed WSGI app and its worker pool.
     pub app: AppConfig,
+    /// An external app server instead of `[app]` (uWSGI over uwsgi, Gunicorn over HTTP).
+    pub upstream: Option<UpstreamConfig>,
     /// The dispatch queue in front of the workers.
     pub queue: QueueConfig,
     /// Per path-prefix overrides (`[[route]]`).
@@ -91,6 +93,60 @@ pub struct RouteConfig {
     pub request_timeout: Option<Seconds>,
     /// Harakiri on this route (overrides `app.harakiri`).
     pub harakiri: Option<Seconds>,
+}
+
+/// How weir talks to an external upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// The uwsgi binary protocol (uWSGI's `socket`), as NGINX's `uwsgi_pass`.
+    #[default]
+    Uwsgi,
+    /// HTTP/1.1 (Gunicorn, Granian, any HTTP app server), as NGINX's `proxy_pass`.
+    Http,
+}
+
+/// `[upstream]`: an external app server (instead of `[app]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Servers, `HOST:PORT` or `unix:PATH`.
+    pub servers: Vec<ListenAddr>,
+    /// "uwsgi" or "http".
+    pub protocol: UpstreamProtocol,
+    /// Most requests in flight to one server (NGINX's `max_conns`); the rest wait in the
+    /// queue (`[queue]`, NGINX Plus's `queue`).
+    pub max_conns: usize,
+    /// Connecting longer than this: try the next server, else 502 `upstream-connect`.
+    pub connect_timeout: Seconds,
+    /// Longest pause while sending the request (NGINX's `uwsgi_send_timeout`).
+    pub send_timeout: Seconds,
+    /// Longest pause while reading the response (NGINX's `uwsgi_read_timeout`); then
+    /// 504 `upstream-timeout`.
+    pub read_timeout: Seconds,
+    /// Try another server when one cannot be reached (only for idempotent requests, and
+    /// only before any of the request was sent).
+    pub next_upstream: bool,
+    /// Failures within `fail_timeout` that mark a server down (NGINX's `max_fails`).
+    pub max_fails: u32,
+    /// How long a server stays down, and the window for counting failures.
+    pub fail_timeout: Seconds,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            servers: Vec::new(),
+            protocol: UpstreamProtocol::Uwsgi,
+            max_conns: 16,
+            connect_timeout: Seconds::from_secs(1),
+            send_timeout: Seconds::from_secs(30),
+            read_timeout: Seconds::from_secs(60),
+            next_upstream: true,
+            max_fails: 1,
+            fail_timeout: Seconds::from_secs(10),
+        }
+    }
 }
 
 /// `[admin]`.
@@ -229,7 +285,7 @@ impl Default for QueueConfig {
 }
 
 impl QueueConfig {
-    /// The effective queue bound for `workers` workers.
+    /// The effective queue bound for `workers` workers (or upstream connections).
     pub fn effective_max_size(&self, workers: usize) -> usize {
         self.max_size.unwrap_or(64 * workers.max(1))
     }
@@ -265,14 +321,36 @@ impl Config {
     /// Checks ranges and cross-key rules. The first problem found is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let app = &self.app;
-        match &app.module {
-            None => {
+        match (&app.module, &self.upstream) {
+            (None, None) => {
                 return Err(ConfigError::invalid(
                     "app.module",
-                    "no WSGI app given: pass --app MODULE:CALLABLE or set [app] module",
+                    "no WSGI app given: pass --app MODULE:CALLABLE or set [app] module (or [upstream] servers for an external app server)",
                 ))
             }
-            Some(m) => validate_app_spec(m)?,
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "upstream",
+                    "[upstream] and [app] module are both set: weir either runs the app itself or fronts an external server; remove one",
+                ))
+            }
+            (Some(m), None) => validate_app_spec(m)?,
+            (None, Some(u)) => {
+                if u.servers.is_empty() {
+                    return Err(ConfigError::invalid("upstream.servers", "list at least one server (HOST:PORT or unix:PATH)"));
+                }
+                if u.max_conns == 0 {
+                    return Err(ConfigError::invalid("upstream.max_conns", "must be at least 1: the queue in front of it handles the excess"));
+                }
+                for (k, v) in [("upstream.connect_timeout", u.connect_timeout), ("upstream.send_timeout", u.send_timeout), ("upstream.read_timeout", u.read_timeout), ("upstream.fail_timeout", u.fail_timeout)] {
+                    if v.is_zero() {
+                        return Err(ConfigError::invalid(k, "must be more than 0"));
+                    }
+                }
+                if u.max_fails == 0 {
+                    return Err(ConfigError::invalid("upstream.max_fails", "must be at least 1"));
+                }
+            }
         }
         if app.workers == 0 || app.workers > 1024 {
             return Err(ConfigError::invalid(

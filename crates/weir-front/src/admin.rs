@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use weir_pool::ResponseBody;
 
-use crate::http::Front;
+use crate::http::{Backend, Front};
 
 /// Serves one admin connection.
 pub async fn serve_connection<S>(io: S, front: Arc<Front>)
@@ -51,12 +51,18 @@ async fn handle(
     Ok(match req.uri().path() {
         "/metrics" => text(
             StatusCode::OK,
-            front.log.metrics.render(&front.pool),
+            front.log.metrics.render(&front.backend),
             "text/plain; version=0.0.4; charset=utf-8",
         ),
         "/livez" => text(StatusCode::OK, "ok\n", PLAIN),
         "/readyz" => {
-            let st = front.pool.stats();
+            let pool = match &front.backend {
+                Backend::Workers(p) => p,
+                Backend::Upstream(_) => {
+                    return Ok(text(StatusCode::OK, "ready (external upstream)\n", PLAIN))
+                }
+            };
+            let st = pool.stats();
             let up = st.idle.load(Ordering::Relaxed) + st.busy.load(Ordering::Relaxed);
             if up == 0 {
                 text(
@@ -67,7 +73,7 @@ async fn handle(
             } else if !front.has_ready_check {
                 text(StatusCode::OK, format!("ready: {up} workers up\n"), PLAIN)
             } else {
-                match front.pool.ready_check(Duration::from_secs(2)).await {
+                match pool.ready_check(Duration::from_secs(2)).await {
                     Ok((200, body)) => {
                         text(StatusCode::OK, format!("ready: {}\n", body.trim()), PLAIN)
                     }

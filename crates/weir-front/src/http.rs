@@ -24,7 +24,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tracing::debug;
+use weir_config::UpstreamProtocol;
 use weir_pool::{DispatchError, Pool, RequestBody, ResponseBody, WorkerRequest};
+use weir_upstream::{is_idempotent, Upstream, UpstreamRequest};
 
 use crate::access_log::{AccessLog, Logged, Record};
 use crate::environ::{self, BodyLength, ConnInfo, Facts};
@@ -36,11 +38,29 @@ use crate::route::{Route, RouteWait, Routes};
 /// upload never holds a worker (NGINX's request buffering); larger ones stream.
 pub const BODY_BUFFER_LIMIT: u64 = 1 << 20;
 
+/// Where requests go.
+#[derive(Debug)]
+pub enum Backend {
+    /// weir's own workers.
+    Workers(Pool),
+    /// An external app server.
+    Upstream(Arc<Upstream>),
+}
+
+/// What a backend is sent.
+#[derive(Debug)]
+pub enum Work {
+    /// A uwsgi packet (workers, uwsgi upstreams).
+    Packet(Vec<u8>),
+    /// An HTTP request head (HTTP upstreams).
+    Http(http::request::Parts),
+}
+
 /// Everything the handler needs, shared by every connection.
 #[derive(Debug)]
 pub struct Front {
-    /// The worker pool.
-    pub pool: Pool,
+    /// Where requests go.
+    pub backend: Backend,
     /// Per-route limits and timeouts.
     pub routes: Routes,
     /// Trusted proxies.
@@ -149,6 +169,13 @@ async fn stages(
 
     let (length, body) = read_body(front, &parts, body).await?;
 
+    if let Backend::Upstream(u) = &front.backend {
+        if u.protocol() == UpstreamProtocol::Http {
+            let head = forwarded_head(parts, conn, id);
+            let method = head.method.clone();
+            return dispatch(front, route, deadline, &method, Work::Http(head), body, rec).await;
+        }
+    }
     let mut packet = Vec::with_capacity(1024);
     let facts = Facts {
         client: id.client,
@@ -163,7 +190,50 @@ async fn stages(
             e.to_string(),
         )
     })?;
-    dispatch(front, route, deadline, packet, body, rec).await
+    dispatch(
+        front,
+        route,
+        deadline,
+        &parts.method,
+        Work::Packet(packet),
+        body,
+        rec,
+    )
+    .await
+}
+
+/// The request head for an HTTP upstream: hop-by-hop headers dropped, and
+/// X-Forwarded-For / -Proto and X-Request-ID set as NGINX's `proxy_set_header` lines
+/// usually do.
+fn forwarded_head(mut parts: Parts, conn: &ConnInfo, id: &Identity) -> Parts {
+    for h in weir_pool::HOP_BY_HOP {
+        parts.headers.remove(h);
+    }
+    let trusted_chain = id.client != conn.peer.map(|p| p.ip());
+    let mut xff = String::new();
+    if trusted_chain {
+        if let Some(v) = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            xff.push_str(v);
+            xff.push_str(", ");
+        }
+    }
+    match conn.peer {
+        Some(p) => xff.push_str(&p.ip().to_string()),
+        None => xff.push_str("unix"),
+    }
+    let h = &mut parts.headers;
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    h.insert("x-forwarded-proto", HeaderValue::from_static(id.scheme));
+    if let Ok(v) = HeaderValue::from_str(&id.request_id) {
+        h.insert("x-request-id", v);
+    }
+    parts
 }
 
 /// The route slot, the worker, the response head: shared by the HTTP and uwsgi listeners.
@@ -171,7 +241,8 @@ pub async fn dispatch(
     front: &Front,
     route: &Route,
     deadline: Option<Instant>,
-    packet: Vec<u8>,
+    method: &http::Method,
+    work: Work,
     body: RequestBody,
     rec: &mut Record,
 ) -> Result<Response<ResponseBody>, Rejection> {
@@ -191,7 +262,38 @@ pub async fn dispatch(
             return Err(r);
         }
     };
-    let lease = front.pool.acquire(deadline).await;
+    let pool = match &front.backend {
+        Backend::Workers(pool) => pool,
+        Backend::Upstream(u) => {
+            rec.queued = queued_at.elapsed();
+            let started = Instant::now();
+            let body = match body {
+                RequestBody::Empty => Bytes::new(),
+                RequestBody::Full(b) => b,
+                RequestBody::Stream { body, .. } => {
+                    body.collect().await.map(|c| c.to_bytes()).map_err(|e| {
+                        Rejection::new(
+                            StatusCode::BAD_REQUEST,
+                            "bad-request",
+                            format!("the request body could not be read: {e}"),
+                        )
+                    })?
+                }
+            };
+            let req = match work {
+                Work::Packet(packet) => UpstreamRequest::Uwsgi { packet, body },
+                Work::Http(head) => UpstreamRequest::Http(Request::from_parts(head, body)),
+            };
+            let resp = u.dispatch(req, is_idempotent(method), deadline).await;
+            drop(permit);
+            rec.worker = started.elapsed();
+            return resp.map_err(|e| Rejection::from_upstream(&e, front.retry_after));
+        }
+    };
+    let Work::Packet(packet) = work else {
+        unreachable!("an HTTP head is built only for HTTP upstreams")
+    };
+    let lease = pool.acquire(deadline).await;
     rec.queued = queued_at.elapsed();
     let lease = lease.map_err(reject)?;
     let started = Instant::now();

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use weir_pool::{Pool, RestartReason};
+use weir_pool::RestartReason;
+
+use crate::http::Backend;
 
 /// Bucket upper bounds, in seconds.
 const BUCKETS: [f64; 14] = [
@@ -72,7 +74,7 @@ impl Metrics {
     }
 
     /// The Prometheus text.
-    pub fn render(&self, pool: &Pool) -> String {
+    pub fn render(&self, backend: &Backend) -> String {
         let mut out = String::with_capacity(4096);
         out.push_str("# HELP weir_requests_total Requests answered, by status and weir error class (\"\" when the app answered).\n# TYPE weir_requests_total counter\n");
         for ((status, class), n) in self
@@ -96,6 +98,17 @@ impl Metrics {
             "weir_queue_wait_seconds",
             "Time spent waiting for a worker.",
         );
+        let pool = match backend {
+            Backend::Workers(p) => p,
+            Backend::Upstream(u) => {
+                let _ = writeln!(
+                    out,
+                    "# HELP weir_queue_depth Requests waiting for an upstream connection now.\n# TYPE weir_queue_depth gauge\nweir_queue_depth {}",
+                    u.queued()
+                );
+                return out;
+            }
+        };
         let st = pool.stats();
         let _ = writeln!(
             out,

@@ -54,6 +54,23 @@ impl Rejection {
         }
     }
 
+    /// The one mapping from an upstream failure to what the client sees.
+    pub fn from_upstream(e: &weir_upstream::UpstreamError, retry_after: u64) -> Self {
+        use weir_upstream::UpstreamError as E;
+        let status = match e {
+            E::QueueFull { .. } | E::QueueTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            E::DeadlineExceeded | E::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            E::Connect { .. } | E::Protocol { .. } => StatusCode::BAD_GATEWAY,
+        };
+        let retry = matches!(status, StatusCode::SERVICE_UNAVAILABLE).then_some(retry_after);
+        Rejection {
+            status,
+            class: e.class(),
+            retry_after: retry,
+            message: e.to_string(),
+        }
+    }
+
     /// The response.
     pub fn respond(&self, request_id: &str, wants_json: bool) -> Response<ResponseBody> {
         let (ctype, body) = if wants_json {

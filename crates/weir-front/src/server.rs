@@ -18,10 +18,11 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 use weir_config::Config;
 use weir_pool::{PoolConfig, Supervisor, SupervisorError};
+use weir_upstream::Upstream;
 
 use crate::access_log::{AccessLog, Sink};
 use crate::environ::ConnInfo;
-use crate::http::Front;
+use crate::http::{Backend, Front};
 use crate::identity::TrustedProxies;
 use crate::listener::{BindError, Listener};
 use crate::route::Routes;
@@ -113,10 +114,23 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     };
     let sink = Sink::open(&config.server.access_log)
         .map_err(|e| ServeError::AccessLog(config.server.access_log.clone(), e))?;
-    let supervisor = Arc::new(Supervisor::start(pool_config(&config)?));
+    let (supervisor, backend) = match &config.upstream {
+        Some(u) => {
+            let max_queue = config
+                .queue
+                .effective_max_size(u.max_conns * u.servers.len());
+            let up = Upstream::new(u.clone(), max_queue, config.queue.timeout.as_duration());
+            (None, Backend::Upstream(Arc::new(up)))
+        }
+        None => {
+            let s = Arc::new(Supervisor::start(pool_config(&config)?));
+            let pool = s.pool();
+            (Some(s), Backend::Workers(pool))
+        }
+    };
     let srv = &config.server;
     let front = Arc::new(Front {
-        pool: supervisor.pool(),
+        backend,
         routes: Routes::new(&config),
         trusted: TrustedProxies::new(&srv.trusted_proxies),
         log: Arc::new(AccessLog::new(sink)),
@@ -163,34 +177,48 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             admin_tx,
         ));
     }
-    info!(
-        app = config.app.module.as_deref().unwrap_or(""),
-        workers = config.app.workers,
-        "weir serving on {}",
-        names.join(", ")
-    );
+    match &config.upstream {
+        Some(u) => info!(
+            servers = ?u.servers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            protocol = ?u.protocol,
+            "weir serving on {}",
+            names.join(", ")
+        ),
+        None => info!(
+            app = config.app.module.as_deref().unwrap_or(""),
+            workers = config.app.workers,
+            "weir serving on {}",
+            names.join(", ")
+        ),
+    }
 
     let outcome = loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: draining"); break Ok(()) }
             _ = int.recv() => { info!("SIGINT: draining"); break Ok(()) }
-            _ = hup.recv() => {
-                info!("SIGHUP: reloading workers");
-                let s = supervisor.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = s.reload().await {
-                        error!("{e}");
-                    }
-                });
-            }
-            e = supervisor.fatal() => { error!("{e}"); break Err(ServeError::Pool(e)) }
+            _ = hup.recv() => match supervisor.clone() {
+                Some(s) => {
+                    info!("SIGHUP: reloading workers");
+                    tokio::spawn(async move {
+                        if let Err(e) = s.reload().await {
+                            error!("{e}");
+                        }
+                    });
+                }
+                None => info!("SIGHUP: nothing to reload (the app runs on an external upstream)"),
+            },
+            e = fatal(&supervisor) => { error!("{e}"); break Err(ServeError::Pool(e)) }
         }
     };
 
     // Drain: stop accepting, finish what is in flight.
     let _ = drain_tx.send(true);
     let grace = config.app.graceful_timeout.as_duration();
-    let pool_done = supervisor.shutdown();
+    let pool_done = async {
+        if let Some(s) = &supervisor {
+            s.shutdown().await;
+        }
+    };
     drop(conns_tx);
     let conns_done = async {
         // recv() returns None once every connection's sender is dropped.
@@ -205,6 +233,13 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     }
     info!("weir stopped");
     outcome
+}
+
+async fn fatal(s: &Option<Arc<Supervisor>>) -> SupervisorError {
+    match s {
+        Some(s) => s.fatal().await,
+        None => std::future::pending().await,
+    }
 }
 
 #[derive(Clone, Copy)]

@@ -64,6 +64,8 @@ where
         .filter(|id| request_id::is_well_formed(id))
         .map(|id| String::from_utf8_lossy(id).into_owned())
         .unwrap_or_else(request_id::make);
+    let method = http::Method::from_bytes(pkt.get(b"REQUEST_METHOD").unwrap_or(b"GET"))
+        .unwrap_or(http::Method::GET);
     let mut rec = Record::new(
         &rid,
         client,
@@ -146,7 +148,17 @@ where
     } else {
         RequestBody::Full(body.freeze())
     };
-    let mut resp = match crate::http::dispatch(&front, route, deadline, out, body, &mut rec).await {
+    let mut resp = match crate::http::dispatch(
+        &front,
+        route,
+        deadline,
+        &method,
+        crate::http::Work::Packet(out),
+        body,
+        &mut rec,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(r) => {
             rec.class = r.class;

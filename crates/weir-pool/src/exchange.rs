@@ -230,7 +230,7 @@ async fn fill(rd: &mut ReadHalf<'_>, rbuf: &mut bytes::BytesMut, want: usize) ->
 
 const MAX_HEAD: usize = 64 * 1024;
 /// Hop-by-hop headers an app must not set (PEP 3333); the listener frames the body.
-const HOP_BY_HOP: [&str; 7] = [
+pub const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -363,7 +363,9 @@ async fn send_chunk(
     }
 }
 
-fn parse_head(raw: &[u8]) -> Result<Response<ResponseBody>, String> {
+/// Parses an HTTP/1.x response head (as a worker, uWSGI or any HTTP server writes it)
+/// into a response with an empty body, dropping hop-by-hop headers.
+pub fn parse_head(raw: &[u8]) -> Result<Response<ResponseBody>, String> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut parsed = httparse::Response::new(&mut headers);
     let mut big;

@@ -26,7 +26,7 @@ pub mod supervisor;
 
 pub use body::{BodyError, ResponseBody};
 pub use error::DispatchError;
-pub use exchange::{RequestBody, WorkerRequest};
+pub use exchange::{parse_head, RequestBody, WorkerRequest, HOP_BY_HOP};
 pub use pool::{Lease, Pool, PoolStats};
 pub use slot::RestartReason;
 pub use supervisor::{PoolConfig, Supervisor, SupervisorError, WorkerCommand};

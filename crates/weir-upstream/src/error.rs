@@ -1,0 +1,95 @@
+//! Why an upstream gave no answer.
+
+use std::time::Duration;
+
+use thiserror::Error;
+use weir_config::ListenAddr;
+
+/// An upstream failure.
+#[derive(Debug, Error)]
+pub enum UpstreamError {
+    /// Every connection is busy and the queue is at its bound.
+    #[error("all upstream connections are busy and {max} requests already wait")]
+    QueueFull {
+        /// The bound.
+        max: usize,
+    },
+    /// No connection became free within the queue timeout.
+    #[error("no upstream connection became free within {0:?}")]
+    QueueTimeout(Duration),
+    /// The request's deadline passed while it waited.
+    #[error("the request's deadline passed before an upstream connection was free")]
+    DeadlineExceeded,
+    /// The server could not be reached.
+    #[error("cannot connect to upstream {server}: {source}")]
+    Connect {
+        /// Which.
+        server: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The server went quiet longer than send_timeout or read_timeout.
+    #[error("upstream {server} timed out {phase}")]
+    Timeout {
+        /// Which.
+        server: String,
+        /// "sending the request" or "reading the response".
+        phase: &'static str,
+    },
+    /// The server closed or answered something that is not a response.
+    #[error("upstream {server} sent an invalid response: {message}")]
+    Protocol {
+        /// Which.
+        server: String,
+        /// What.
+        message: String,
+    },
+}
+
+impl UpstreamError {
+    /// The attribution class.
+    pub fn class(&self) -> &'static str {
+        match self {
+            UpstreamError::QueueFull { .. } => "queue-full",
+            UpstreamError::QueueTimeout(_) => "queue-timeout",
+            UpstreamError::DeadlineExceeded => "deadline",
+            UpstreamError::Connect { .. } => "upstream-connect",
+            UpstreamError::Timeout { .. } => "upstream-timeout",
+            UpstreamError::Protocol { .. } => "upstream-protocol",
+        }
+    }
+
+    /// Names the server in the message.
+    pub(crate) fn at(self, addr: &ListenAddr) -> Self {
+        let name = addr.to_string();
+        match self {
+            UpstreamError::Connect { source, .. } => UpstreamError::Connect {
+                server: name,
+                source,
+            },
+            UpstreamError::Timeout { phase, .. } => UpstreamError::Timeout {
+                server: name,
+                phase,
+            },
+            UpstreamError::Protocol { message, .. } => UpstreamError::Protocol {
+                server: name,
+                message,
+            },
+            other => other,
+        }
+    }
+
+    pub(crate) fn timeout(phase: &'static str) -> Self {
+        UpstreamError::Timeout {
+            server: String::new(),
+            phase,
+        }
+    }
+
+    pub(crate) fn protocol(message: impl Into<String>) -> Self {
+        UpstreamError::Protocol {
+            server: String::new(),
+            message: message.into(),
+        }
+    }
+}
