@@ -100,6 +100,7 @@ pub fn draw(series: &[Series], title: &str, path: &Path) -> Result<(), LoadError
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 20))
             .margin(16)
+            .margin_right(48)
             .x_label_area_size(44)
             .y_label_area_size(72)
             .build_cartesian_2d(0f64..xmax, 0f64..ymax)
@@ -111,6 +112,8 @@ pub fn draw(series: &[Series], title: &str, path: &Path) -> Result<(), LoadError
             .x_labels(xmax as usize + 1)
             .x_label_formatter(&|x| label(*x))
             .y_label_formatter(&|y| format!("{y:.1}"))
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 16))
             .draw()
             .map_err(e)?;
         for (i, s) in series.iter().enumerate() {
@@ -131,6 +134,7 @@ pub fn draw(series: &[Series], title: &str, path: &Path) -> Result<(), LoadError
             .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
+            .label_font(("sans-serif", 14))
             .draw()
             .map_err(e)?;
         root.present().map_err(e)?;

@@ -1,0 +1,652 @@
+//! End-to-end tests of `weir load` against real sockets: a small hyper server, started in
+//! each test on 127.0.0.1:0 or on a Unix socket in a temporary directory, with a
+//! controllable delay and stall. Every load is bounded (at most a few hundred requests and
+//! a few seconds). The tests call the library (`weir_load::run` / `weir_load::main`), so
+//! they need no binary.
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::{Body, Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use weir_load::{LoadCommand, LoadError};
+
+/// What the test server does, changeable while it runs.
+#[derive(Default)]
+struct State {
+    /// Delay of `/slow`, ms.
+    slow_ms: AtomicU64,
+    /// A stall: requests arriving between `at` and `at + for` after the first request
+    /// are held until the stall ends.
+    stall: Mutex<Option<(Duration, Duration)>>,
+    first: Mutex<Option<Instant>>,
+    hits: AtomicU64,
+}
+
+/// A two-frame body of unknown length, so hyper sends it chunked.
+struct Chunked(u8);
+
+impl Body for Chunked {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.0 == 0 {
+            return Poll::Ready(None);
+        }
+        self.0 -= 1;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; 3000])))))
+    }
+}
+
+type Resp = Response<http_body_util::combinators::BoxBody<Bytes, Infallible>>;
+
+fn full(status: u16, body: &'static [u8]) -> Resp {
+    use http_body_util::BodyExt;
+    Response::builder()
+        .status(status)
+        .body(Full::new(Bytes::from_static(body)).boxed())
+        .expect("static response parts are valid")
+}
+
+async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    use http_body_util::BodyExt;
+    st.hits.fetch_add(1, Ordering::Relaxed);
+    let now = Instant::now();
+    let first = *st.first.lock().unwrap().get_or_insert(now);
+    let stall = *st.stall.lock().unwrap();
+    if let Some((at, len)) = stall {
+        let t = now - first;
+        if t >= at && t < at + len {
+            tokio::time::sleep_until((first + at + len).into()).await;
+        }
+    }
+    // Drain the request body.
+    let _body = req.body().size_hint();
+    let path = req.uri().path().to_string();
+    let _ = req.into_body().collect().await;
+    Ok(match path.as_str() {
+        "/slow" => {
+            tokio::time::sleep(Duration::from_millis(st.slow_ms.load(Ordering::Relaxed))).await;
+            full(200, b"slow")
+        }
+        "/chunked" => Response::new(Chunked(3).boxed()),
+        "/big" => {
+            let body = Bytes::from(vec![b'b'; 64 * 1024]);
+            Response::new(Full::new(body).boxed())
+        }
+        "/busy" => {
+            let mut r = full(503, b"busy");
+            r.headers_mut()
+                .insert("x-weir-error", "queue-full".parse().unwrap());
+            r
+        }
+        p if p.starts_with("/status/") => full(p[8..].parse().unwrap_or(500), b"status"),
+        _ => full(200, b"hello"),
+    })
+}
+
+struct Server {
+    target: String,
+    state: Arc<State>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // The server thread may already be gone if a test panicked; nothing to do then.
+        let _ = self.stop.take().map(|s| s.send(()));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn serve<L, S, F>(
+    listener: L,
+    accept: F,
+    state: Arc<State>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) where
+    F: Fn(&L) -> Pin<Box<dyn std::future::Future<Output = std::io::Result<S>> + Send + '_>>,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            s = accept(&listener) => {
+                let Ok(s) = s else { continue };
+                let st = state.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |r| handle(st.clone(), r));
+                    // A client that goes away mid-response is normal under load.
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        }
+    }
+}
+
+fn start(unix: bool) -> Server {
+    let state = Arc::new(State::default());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let dir = unix.then(|| tempfile::tempdir().unwrap());
+    let sock = dir.as_ref().map(|d| d.path().join("t.sock"));
+    let st = state.clone();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            if let Some(sock) = sock {
+                let l = tokio::net::UnixListener::bind(&sock).unwrap();
+                ready_tx.send(format!("unix:{}:/", sock.display())).unwrap();
+                serve(
+                    l,
+                    |l| Box::pin(async move { l.accept().await.map(|(s, _)| s) }),
+                    st,
+                    rx,
+                )
+                .await;
+            } else {
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                ready_tx
+                    .send(format!("http://{}/", l.local_addr().unwrap()))
+                    .unwrap();
+                serve(
+                    l,
+                    |l| Box::pin(async move { l.accept().await.map(|(s, _)| s) }),
+                    st,
+                    rx,
+                )
+                .await;
+            }
+        });
+    });
+    let target = ready_rx.recv().unwrap();
+    Server {
+        target,
+        state,
+        stop: Some(tx),
+        thread: Some(thread),
+        _dir: dir,
+    }
+}
+
+impl Server {
+    /// The target with another path.
+    fn at(&self, path: &str) -> String {
+        format!("{}{}", &self.target[..self.target.len() - 1], path)
+    }
+}
+
+fn cmd(args: &[&str]) -> LoadCommand {
+    let mut v: Vec<&str> = vec!["--no-progress", "--max-lateness", "50ms"];
+    v.extend_from_slice(args);
+    LoadCommand::try_parse_from(v).unwrap()
+}
+
+fn run(args: &[&str]) -> weir_load::Outcome {
+    weir_load::run(cmd(args)).unwrap()
+}
+
+#[test]
+fn tcp_open_loop_counts_statuses_and_rate() {
+    let s = start(false);
+    let o = run(&["--rate", "200", "--requests", "100", &s.target]);
+    let r = &o.runs[0];
+    assert_eq!(r.requests, 100);
+    assert_eq!(r.completed, 100);
+    assert_eq!(r.status.get("200"), Some(&100));
+    assert_eq!(r.errors, 0);
+    assert!(
+        (150.0..=201.0).contains(&r.achieved_rate),
+        "{}",
+        r.achieved_rate
+    );
+    assert_eq!(s.state.hits.load(Ordering::Relaxed), 100);
+    assert!(r.latency_ms.p50 > 0.0 && r.latency_ms.p50 < 50.0);
+    assert_eq!(r.generator.missed_slots, 0);
+    assert_eq!(o.exit_code(), 0);
+}
+
+#[test]
+fn unix_socket_keeps_connections_alive() {
+    let s = start(true);
+    let o = run(&["--rate", "100", "--requests", "50", &s.target]);
+    let r = &o.runs[0];
+    assert_eq!(r.status.get("200"), Some(&50));
+    assert_eq!(r.errors, 0);
+    // 10 ms apart, answered in well under that: one or two connections carry them all.
+    assert!(
+        r.generator.connections_opened <= 3,
+        "{}",
+        r.generator.connections_opened
+    );
+    assert!(r.manifest.target.starts_with("unix:"));
+}
+
+#[test]
+fn response_bodies_chunked_and_large_are_read_whole() {
+    let s = start(false);
+    for path in ["/chunked", "/big"] {
+        let o = run(&["--rate", "100", "--requests", "30", &s.at(path)]);
+        let r = &o.runs[0];
+        assert_eq!(
+            r.status.get("200"),
+            Some(&30),
+            "{path}: {:?}",
+            r.errors_by_kind
+        );
+        assert!(
+            r.generator.connections_opened <= 3,
+            "{path}: keep-alive survives the body"
+        );
+    }
+}
+
+/// The coordinated-omission check: a 1 s stall at 100 req/s delays the ~100 requests due
+/// during it by up to 1 s each, so p99 must be near a second (a closed-loop tool would
+/// see one slow request and a p99 of a few ms).
+#[test]
+fn server_stall_shows_in_the_percentiles() {
+    let s = start(false);
+    *s.state.stall.lock().unwrap() =
+        Some((Duration::from_millis(1000), Duration::from_millis(1000)));
+    let o = run(&["--rate", "100", "--requests", "300", &s.target]);
+    let r = &o.runs[0];
+    assert_eq!(r.completed, 300);
+    let l = &r.latency_ms;
+    assert!(l.p99 > 850.0 && l.p99 < 1100.0, "p99 {} ms", l.p99);
+    assert!(l.max > 900.0 && l.max < 1200.0, "max {} ms", l.max);
+    assert!(
+        l.p90 > 300.0,
+        "a third of the run is in the stall: p90 {} ms",
+        l.p90
+    );
+    assert!(l.p50 < 100.0, "p50 {} ms", l.p50);
+    // The generator itself was on time: the delay is the server's.
+    assert_eq!(r.generator.missed_slots, 0);
+    assert!(r.generator.lateness_ms.p99 < 50.0);
+}
+
+#[test]
+fn timeouts_are_errors_and_count_as_the_timeout() {
+    let s = start(false);
+    s.state.slow_ms.store(400, Ordering::Relaxed);
+    let t0 = Instant::now();
+    let o = run(&[
+        "--rate",
+        "50",
+        "--requests",
+        "10",
+        "--timeout",
+        "100ms",
+        &s.at("/slow"),
+    ]);
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    let r = &o.runs[0];
+    assert_eq!(r.requests, 10);
+    assert_eq!(r.completed, 0);
+    assert_eq!(r.errors, 10);
+    assert_eq!(r.errors_by_kind.get("timeout"), Some(&10));
+    assert!(
+        (r.latency_ms.p50 - 100.0).abs() < 0.5,
+        "{}",
+        r.latency_ms.p50
+    );
+    assert!(
+        (r.latency_ms.max - 100.0).abs() < 0.5,
+        "{}",
+        r.latency_ms.max
+    );
+    assert_eq!(r.timeouts_counted_as_ms, 100.0);
+    assert!(weir_load::report::render(r).contains("timeouts count as 100"));
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn mix_reports_per_entry_with_weir_error_classes() {
+    let s = start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let mix = write(
+        dir.path(),
+        "mix.toml",
+        r#"
+        [[request]]
+        name = "hello"
+        weight = 3
+        path = "/"
+        [[request]]
+        name = "busy"
+        weight = 1
+        method = "POST"
+        path = "/busy"
+        headers = { "Content-Type" = "text/plain" }
+        body = "ping"
+        "#,
+    );
+    let o = run(&[
+        "--rate",
+        "200",
+        "--requests",
+        "200",
+        "--seed",
+        "5",
+        "--mix",
+        mix.to_str().unwrap(),
+        &s.target,
+    ]);
+    let r = &o.runs[0];
+    assert_eq!(r.requests, 200);
+    let ok = r.status.get("200").copied().unwrap_or(0);
+    let busy = r.status.get("503").copied().unwrap_or(0);
+    assert_eq!(ok + busy, 200);
+    assert!((20..=80).contains(&busy), "about a quarter: {busy}");
+    assert_eq!(r.weir_errors.get("queue-full"), Some(&busy));
+    assert_eq!(r.entries.len(), 2);
+    assert_eq!(r.entries[0].name, "hello");
+    assert_eq!(r.entries[0].requests, ok);
+    assert_eq!(r.entries[1].requests, busy);
+    assert_eq!(r.entries[1].status.get("503"), Some(&busy));
+    let text = weir_load::report::render(r);
+    assert!(text.contains("x-weir-error queue-full"), "{text}");
+    assert!(text.contains("busy"));
+}
+
+#[test]
+fn json_has_the_keys_and_replots() {
+    let s = start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    let svg = dir.path().join("run.svg");
+    run(&[
+        "--rate",
+        "100",
+        "--duration",
+        "500ms",
+        "--warmup",
+        "200ms",
+        "--arrivals",
+        "poisson",
+        "--seed",
+        "7",
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+        &s.target,
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for k in [
+        "requests",
+        "achieved_rate",
+        "latency_ms",
+        "status",
+        "errors",
+        "manifest",
+        "histogram",
+    ] {
+        assert!(v.get(k).is_some(), "key {k} in {v}");
+    }
+    for k in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(v["latency_ms"][k].is_number(), "latency_ms.{k}");
+    }
+    for k in [
+        "command", "target", "rate", "seed", "duration", "version", "time",
+    ] {
+        assert!(v["manifest"].get(k).is_some(), "manifest.{k}");
+    }
+    assert_eq!(v["manifest"]["seed"], 7);
+    assert_eq!(v["manifest"]["rate"], 100.0);
+    assert_eq!(v["manifest"]["arrivals"], "poisson");
+    let n = v["requests"].as_u64().unwrap();
+    assert!((25..=80).contains(&n), "poisson, 50 expected: {n}");
+    assert!(v["warmup"]["requests"].as_u64().unwrap() > 0);
+    let h = weir_load::stats::decode(v["histogram"]["data"].as_str().unwrap()).unwrap();
+    assert_eq!(h.len(), n);
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+
+    // Overlay the run with itself.
+    let out = dir.path().join("both.svg");
+    let c = LoadCommand::try_parse_from([
+        "plot",
+        json.to_str().unwrap(),
+        json.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert_eq!(weir_load::main(c), ExitCode::SUCCESS);
+    let svg = std::fs::read_to_string(&out).unwrap();
+    assert!(svg.matches("run").count() >= 2, "two legend entries");
+}
+
+#[test]
+fn fail_if_sets_the_exit_status() {
+    let s = start(false);
+    let pass = cmd(&[
+        "--rate",
+        "100",
+        "--requests",
+        "20",
+        "--fail-if",
+        "p99>5s,5xx>0,rate<10",
+        &s.target,
+    ]);
+    assert_eq!(weir_load::main(pass), ExitCode::SUCCESS);
+    let o = run(&[
+        "--rate",
+        "100",
+        "--requests",
+        "20",
+        "--fail-if",
+        "p99>5s,2xx>=20,errors>0",
+        &s.target,
+    ]);
+    assert_eq!(o.exit_code(), 1);
+    assert_eq!(o.failed.len(), 1, "{:?}", o.failed);
+    assert!(o.failed[0].starts_with("2xx>=20"));
+    let fail = cmd(&[
+        "--rate",
+        "100",
+        "--requests",
+        "20",
+        "--fail-if",
+        "rate>1",
+        &s.target,
+    ]);
+    assert_eq!(weir_load::main(fail), ExitCode::from(1));
+}
+
+#[test]
+fn bad_input_exits_2() {
+    let s = start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let bad_mix = write(
+        dir.path(),
+        "bad.toml",
+        "[[request]]\nweight = 0\npath = \"/\"\n",
+    );
+    // A port with nothing behind it: bind, learn the port, close.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/", l.local_addr().unwrap())
+    };
+    let missing_sock = format!("unix:{}:/", dir.path().join("none.sock").display());
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--rate".into(), "100".into(), closed.clone()],
+            "cannot connect",
+        ),
+        (
+            vec!["--rate".into(), "100".into(), missing_sock],
+            "cannot connect",
+        ),
+        (
+            vec!["--rate".into(), "0".into(), s.target.clone()],
+            "above zero",
+        ),
+        (
+            vec![
+                "--rate".into(),
+                "1".into(),
+                "--duration".into(),
+                "100ms".into(),
+                s.target.clone(),
+            ],
+            "no request",
+        ),
+        (
+            vec!["--rate".into(), "9000000".into(), s.target.clone()],
+            "above what",
+        ),
+        (
+            vec![
+                "--rate".into(),
+                "10".into(),
+                "--mix".into(),
+                bad_mix.display().to_string(),
+                s.target.clone(),
+            ],
+            "weight",
+        ),
+        (
+            vec![
+                "--rate".into(),
+                "10".into(),
+                "--mix".into(),
+                "/nonexistent/mix.toml".into(),
+                s.target.clone(),
+            ],
+            "--mix",
+        ),
+        (
+            vec![
+                "--rate".into(),
+                "10".into(),
+                "--fail-if".into(),
+                "p99>>3".into(),
+                s.target.clone(),
+            ],
+            "--fail-if",
+        ),
+        (
+            vec![
+                "--rate".into(),
+                "10".into(),
+                "--plot".into(),
+                "x.png".into(),
+                s.target.clone(),
+            ],
+            "PNG",
+        ),
+        (
+            vec![
+                "--rate".into(),
+                "10".into(),
+                "--duration".into(),
+                "10".into(),
+                s.target.clone(),
+            ],
+            "no unit",
+        ),
+        (vec![s.target.clone()], "--rate"),
+        (
+            vec![
+                "--rate".into(),
+                "10".into(),
+                "https://example.invalid/".into(),
+            ],
+            "https",
+        ),
+        (vec!["--rate".into(), "10".into()], "TARGET"),
+    ];
+    for (args, want) in cases {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let e = weir_load::run(cmd(&a)).expect_err(want);
+        let msg = e.to_string();
+        assert!(msg.contains(want), "{args:?}: {msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+        assert_eq!(weir_load::main(cmd(&a)), ExitCode::from(2), "{args:?}");
+    }
+    assert!(matches!(
+        weir_load::run(cmd(&["--rate", "10", &closed])),
+        Err(LoadError::Unreachable { .. })
+    ));
+    assert_eq!(s.state.hits.load(Ordering::Relaxed), 0, "no load went out");
+}
+
+#[test]
+fn closed_loop_runs_fixed_connections() {
+    let s = start(false);
+    let o = run(&["--connections", "4", "--requests", "200", &s.target]);
+    let r = &o.runs[0];
+    assert_eq!(r.requests, 200);
+    assert_eq!(r.status.get("200"), Some(&200));
+    assert_eq!(r.generator.connections_opened, 4);
+    assert_eq!(r.manifest.mode, "closed");
+    assert!(r.achieved_rate > 100.0);
+}
+
+#[test]
+fn busy_connections_count_as_missed_slots() {
+    let s = start(false);
+    s.state.slow_ms.store(100, Ordering::Relaxed);
+    let o = run(&[
+        "--rate",
+        "100",
+        "--requests",
+        "20",
+        "--max-connections",
+        "2",
+        &s.at("/slow"),
+    ]);
+    let r = &o.runs[0];
+    assert_eq!(r.completed, 20);
+    assert!(
+        r.generator.missed_slots >= 10,
+        "{}",
+        r.generator.missed_slots
+    );
+    assert!(r.generator.connections_opened <= 2);
+    assert!(!r.generator.valid);
+    // 2 connections at 100 ms serve 20 req/s of the 100 asked: the queue grows, and the
+    // latency from the schedule shows it.
+    assert!(r.latency_ms.max > 500.0, "{}", r.latency_ms.max);
+    assert!(weir_load::report::render(r).contains("INVALID"));
+}
+
+#[test]
+fn sweep_runs_each_rate() {
+    let s = start(false);
+    let o = run(&["--rates", "50,100", "--requests", "20", &s.target]);
+    assert_eq!(o.runs.len(), 2);
+    assert_eq!(o.runs[0].manifest.rate, Some(50.0));
+    assert_eq!(o.runs[1].manifest.rate, Some(100.0));
+    assert!(o.runs.iter().all(|r| r.requests == 20));
+    assert_eq!(weir_load::report::render_sweep(&o.runs).lines().count(), 4);
+}
