@@ -21,6 +21,7 @@ Routes (PATH_INFO; query parameters in brackets):
   /write                 start_response's write() for b"w1" and b"w2", then returns [b"it"].
   /stream[?n=N&delay=MS] a generator of N (default 3) chunks b"chunk <i>\n", sleeping MS
                          (default 0) before each one after the first; no Content-Length.
+                         The result's close() is counted (see /closes).
   /big[?n=BYTES]         BYTES (default 1 MiB) of b"x" as one bytes object, Content-Length.
   /filewrapper[?size=N&blksize=B]  a temp file of N (default 100000) bytes returned through
                          wsgi.file_wrapper(f, B) (B default 8192); its close() is counted.
@@ -194,7 +195,7 @@ def application(environ, start_response):
                     time.sleep(delay)
                 yield b"chunk %d\n" % i
 
-        return gen()
+        return Tracked(gen())
     if path == "/big":
         n = int(_q(environ, "n", str(1 << 20)))
         return _text(start_response, b"x" * n)

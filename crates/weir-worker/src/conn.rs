@@ -14,6 +14,11 @@ use weir_uwsgi::{frame, packet};
 
 use crate::sys;
 
+/// modifier1 of the master's "stop the current response" control packet (no vars, no
+/// answer): sent when the client went away mid-response, after the whole request body.
+/// The worker looks for it between streamed chunks; at a packet boundary it is ignored.
+pub const MODIFIER_CANCEL: u8 = 0xF2;
+
 /// Read buffer size kept between requests (grown only for a large vars block).
 pub const READ_BUF: usize = 16 * 1024;
 /// Body bytes coalesced (list/tuple results) before a write.
@@ -91,6 +96,8 @@ pub enum Finished {
     ShortBeforeHead { declared: u64, sent: u64 },
     /// Shorter than Content-Length after the head went out: ABORT was written.
     ShortAborted { declared: u64, sent: u64 },
+    /// The master cancelled the response: ABORT was written.
+    Cancelled,
 }
 
 /// The socket plus buffers, shared (behind a mutex) by the request loop and the per-request
@@ -113,6 +120,8 @@ pub struct Conn {
     pub desync: Option<String>,
     /// Set when a write failed (the master is gone; the worker exits after the request).
     pub broken: Option<io::Error>,
+    /// The master cancelled the current response (client gone).
+    pub cancelled: bool,
 }
 
 fn eof() -> io::Error {
@@ -133,6 +142,7 @@ impl Conn {
             scratch: Vec::new(),
             desync: None,
             broken: None,
+            cancelled: false,
         }
     }
 
@@ -218,6 +228,44 @@ impl Conn {
         };
         self.resp.head.clear();
         self.pending.clear();
+        self.cancelled = false;
+    }
+
+    /// Whether the master sent CANCEL for the current response. Looks (without blocking)
+    /// only once the request body is consumed, so any byte that came is past the body.
+    /// EOF counts as a cancel (nobody is reading any more).
+    fn cancel_requested(&mut self) -> bool {
+        if !matches!(self.body, Body::End | Body::Aborted | Body::Length(0)) {
+            return false;
+        }
+        if self.buffered() < packet::HEADER_LEN {
+            if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+            } else if self.buf.len() - self.end < packet::HEADER_LEN {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.buf.len() - self.end < packet::HEADER_LEN {
+                self.buf
+                    .resize(READ_BUF.max(self.end + packet::HEADER_LEN), 0);
+            }
+            match sys::recv_nowait(self.sock.as_fd(), &mut self.buf[self.end..]) {
+                Ok(0) => {
+                    self.broken = Some(eof());
+                    return true;
+                }
+                Ok(n) => self.end += n,
+                Err(_) => return false,
+            }
+        }
+        let b = &self.buf[self.start..self.end];
+        if b.len() >= packet::HEADER_LEN && b[0] == MODIFIER_CANCEL && b[1] == 0 && b[2] == 0 {
+            self.start += packet::HEADER_LEN;
+            return true;
+        }
+        false
     }
 
     /// Moves past frame prefixes: the bytes left in the current body segment (0 at the end
@@ -452,11 +500,16 @@ impl Conn {
                 complete = true;
             }
         }
-        self.resp.sent += data.len() as u64;
         if !flush && !complete && self.pending.len() + data.len() < COALESCE_MAX {
+            self.resp.sent += data.len() as u64;
             frame::encode_data(&mut self.pending, data);
             return Ok(true);
         }
+        if flush && !complete && self.cancel_requested() {
+            self.cancelled = true;
+            return Ok(false);
+        }
+        self.resp.sent += data.len() as u64;
         self.write_out(py, data, complete)?;
         Ok(!complete)
     }
@@ -514,6 +567,10 @@ impl Conn {
         if self.resp.ended {
             return Ok(Finished::Ok);
         }
+        if self.cancelled {
+            self.abort(py)?;
+            return Ok(Finished::Cancelled);
+        }
         if let Some(cl) = self.resp.content_length {
             if !self.resp.no_body() && self.resp.sent < cl {
                 let (declared, sent) = (cl, self.resp.sent);
@@ -534,7 +591,12 @@ impl Conn {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
-        let r = self.send(py, &[&pending, &frame::ABORT_FRAME]);
+        let head = std::mem::take(&mut self.resp.head);
+        let head_part: &[u8] = if self.resp.head_sent { &[] } else { &head };
+        debug_assert!(self.resp.head_sent || self.resp.started);
+        let r = self.send(py, &[head_part, &pending, &frame::ABORT_FRAME]);
+        self.resp.head = head;
+        self.resp.head_sent = true;
         self.pending = pending;
         self.pending.clear();
         self.resp.ended = true;
@@ -588,12 +650,20 @@ fn read_some(py: Python<'_>, sock: &UnixStream, dst: &mut [u8], idle: bool) -> i
             }
         }
     }
-    py.detach(|| loop {
-        match (&*sock).read(dst) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+    loop {
+        match py.detach(|| (&*sock).read(dst)) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                // A signal the app set a Python handler for: run it now, not at the next
+                // request. If it raises (sys.exit in a SIGTERM handler), the worker ends.
+                if let Err(err) = py.check_signals() {
+                    return Err(io::Error::other(format!(
+                        "a Python signal handler raised: {err}"
+                    )));
+                }
+            }
             r => return r,
         }
-    })
+    }
 }
 
 /// Writes every byte of `parts`: one non-blocking gathering write, then (only if the socket

@@ -148,7 +148,20 @@ pub fn fill<'py>(
             b"HTTPS" => https = v.eq_ignore_ascii_case(b"on") || v == b"1",
             _ => {}
         }
+        let before = environ.len();
         environ.set_item(strings.get(py, k), latin1(py, v))?;
+        if environ.len() == before && k.starts_with(b"HTTP_") {
+            // A repeated header sent as separate vars (nginx does): join its values.
+            let sep: &[u8] = if k == b"HTTP_COOKIE" { b"; " } else { b", " };
+            let mut joined = Vec::new();
+            for (i, (_, v)) in p.vars().filter(|(k2, _)| *k2 == k).enumerate() {
+                if i > 0 {
+                    joined.extend_from_slice(sep);
+                }
+                joined.extend_from_slice(v);
+            }
+            environ.set_item(strings.get(py, k), latin1(py, &joined))?;
+        }
     }
     if let Some(s) = uwsgi_scheme {
         environ.set_item(pyo3::intern!(py, "wsgi.url_scheme"), latin1(py, s))?;

@@ -20,6 +20,8 @@ mod serve;
 mod sys;
 mod wsgi;
 
+pub use conn::MODIFIER_CANCEL;
+
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Write as _};

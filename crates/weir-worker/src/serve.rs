@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use weir_uwsgi::packet::{self, DecodeError};
 
-use crate::conn::{Fatal, Finished};
+use crate::conn::{Fatal, Finished, MODIFIER_CANCEL};
 use crate::environ::{self, Strings};
 use crate::wsgi::{self, Errors, FileWrapper, Input, LogCtx, Shared, StartResponse};
 use crate::{format_err, log_line, Loaded, EXIT_FATAL};
@@ -116,6 +116,11 @@ impl Worker {
                 let mut c = shared.lock(py);
                 c.simple_response(py, status, None, &body)
                     .map_err(Fatal::Io)?;
+                return Ok(true);
+            }
+            Ok(_) if modifier1 == MODIFIER_CANCEL => {
+                // A cancel that crossed the end of its response: nothing to stop.
+                c.consume(total);
                 return Ok(true);
             }
             Ok(_) if modifier1 != packet::MODIFIER_WSGI => {
@@ -275,6 +280,14 @@ impl Worker {
         }
         match c.finish(py).map_err(Failure::Io)? {
             Finished::Ok => Ok(()),
+            Finished::Cancelled => {
+                drop(c);
+                log_line(format_args!(
+                    "weir worker {} request {}: response cancelled by the master (client gone)",
+                    self.id, self.rid
+                ));
+                Ok(())
+            }
             Finished::ShortBeforeHead { declared, sent }
             | Finished::ShortAborted { declared, sent } => {
                 Err(Failure::App(PyAssertionError::new_err(format!(

@@ -412,6 +412,11 @@ impl StartResponse {
             ));
         }
         c.body_chunk(py, data.as_bytes(), true).map_err(io_err)?;
+        if c.cancelled {
+            return Err(PyOSError::new_err(
+                "the client went away (the master cancelled the response)",
+            ));
+        }
         Ok(())
     }
 }

@@ -16,7 +16,7 @@ fn weir_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("WEIR_TEST_BIN") {
         return p.into();
     }
-    PathBuf::from(option_env!("CARGO_BIN_EXE_weir").expect("built as a test of crates/weir"))
+    PathBuf::from(env!("CARGO_BIN_EXE_weir"))
 }
 
 fn apps_dir() -> PathBuf {
@@ -68,7 +68,8 @@ struct Worker {
 impl Worker {
     fn spawn(app: &str, args: &[&str]) -> Worker {
         let (ours, theirs) = UnixStream::pair().unwrap();
-        ours.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        ours.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
         let child = Command::new(weir_bin())
             .arg("worker")
             .args(["--app", app, "--id", "7", "--chdir"])
@@ -132,14 +133,21 @@ impl Worker {
         };
         let headtext = self.buf[..end - 4].to_vec();
         self.buf.drain(..end);
-        let mut lines = headtext.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+        let mut lines = headtext
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
         let status_line = String::from_utf8_lossy(lines.next().unwrap()).into_owned();
-        let rest = status_line.strip_prefix("HTTP/1.1 ").expect("HTTP/1.1 status line");
+        let rest = status_line
+            .strip_prefix("HTTP/1.1 ")
+            .expect("HTTP/1.1 status line");
         let status = rest[..3].parse().unwrap();
         let headers = lines
             .map(|l| {
                 let i = l.windows(2).position(|w| w == b": ").expect("header colon");
-                (String::from_utf8_lossy(&l[..i]).into_owned(), l[i + 2..].to_vec())
+                (
+                    String::from_utf8_lossy(&l[..i]).into_owned(),
+                    l[i + 2..].to_vec(),
+                )
             })
             .collect();
         let mut frames = Vec::new();
@@ -219,7 +227,13 @@ impl Worker {
         out
     }
 
-    fn request_full(&mut self, method: &str, uri: &str, extra: &[(&str, &[u8])], body: Body<'_>) -> Resp {
+    fn request_full(
+        &mut self,
+        method: &str,
+        uri: &str,
+        extra: &[(&str, &[u8])],
+        body: Body<'_>,
+    ) -> Resp {
         let bytes = Worker::request_bytes(method, uri.as_bytes(), extra, body);
         self.send(&bytes);
         self.read_response()
@@ -253,7 +267,12 @@ impl Worker {
             std::thread::sleep(Duration::from_millis(10));
         };
         let mut err = String::new();
-        self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
         (status, err)
     }
 }
@@ -315,7 +334,10 @@ fn environ_is_pep3333() {
     assert_eq!(e["REQUEST_URI"], "/environ");
     assert_eq!(e["HTTP_HOST"], "localhost:8000");
     assert_eq!(e["HTTP_X_MULTI"], "a, b");
-    assert!(e.get("CONTENT_TYPE").is_none() && e.get("CONTENT_LENGTH").is_none(), "{e}");
+    assert!(
+        e.get("CONTENT_TYPE").is_none() && e.get("CONTENT_LENGTH").is_none(),
+        "{e}"
+    );
     assert_eq!(e["wsgi.version"], serde_json::json!([1, 0]));
     assert_eq!(e["wsgi.url_scheme"], "http");
     assert_eq!(e["wsgi.multithread"], false);
@@ -335,7 +357,10 @@ fn environ_is_pep3333() {
     let bytes = Worker::request_bytes(
         "POST",
         b"/environ/caf\xe9?a=1&b=%20",
-        &[("CONTENT_TYPE", b"text/plain"), ("HTTP_X_LATIN", b"caf\xe9")],
+        &[
+            ("CONTENT_TYPE", b"text/plain"),
+            ("HTTP_X_LATIN", b"caf\xe9"),
+        ],
         Body::Length(b"abc"),
     );
     w.send(&bytes);
@@ -353,7 +378,9 @@ fn environ_is_pep3333() {
         ("HTTPS", b"1", "https"),
         ("HTTPS", b"off", "http"),
     ] {
-        let e = w.request_full("GET", "/environ", &[(k, v)], Body::None).json();
+        let e = w
+            .request_full("GET", "/environ", &[(k, v)], Body::None)
+            .json();
         assert_eq!(e["wsgi.url_scheme"], scheme, "{k}={v:?}");
     }
 }
@@ -370,7 +397,11 @@ fn input_read_readline_iter_for_both_framings() {
 
     let r = w.post("/input/read?size=7000", Body::Length(&big));
     assert_eq!(r.body(), big);
-    assert_eq!(r.header("x-read-calls").as_deref(), Some("29"), "read(size) returns size bytes");
+    assert_eq!(
+        r.header("x-read-calls").as_deref(),
+        Some("29"),
+        "read(size) returns size bytes"
+    );
 
     let chunks: [&[u8]; 3] = [&big[..1], &big[1..150_000], &big[150_000..]];
     let r = w.post("/input/read", Body::Chunked(&chunks));
@@ -386,7 +417,8 @@ fn input_read_readline_iter_for_both_framings() {
 
     let text = b"one\ntwo\n\nthree is longer\nlast";
     let lines = serde_json::json!(["one\n", "two\n", "\n", "three is longer\n", "last"]);
-    let limited = serde_json::json!(["one\n", "two\n", "\n", "three", " is l", "onger", "\n", "last"]);
+    let limited =
+        serde_json::json!(["one\n", "two\n", "\n", "three", " is l", "onger", "\n", "last"]);
     let pieces: [&[u8]; 4] = [b"on", b"e\ntwo\n\nthr", b"ee is longer\nla", b"st"];
     for body in [Body::Length(text), Body::Chunked(&pieces)] {
         assert_eq!(w.post("/input/readline", body).json(), lines);
@@ -416,7 +448,10 @@ fn unread_body_is_drained_and_the_next_request_is_in_sync() {
     // A body the app never reads, on a route that errors.
     let r = w.post("/raise_before", Body::Length(&big));
     assert_eq!(r.status, 500);
-    assert_eq!(w.post("/echo", Body::Length(b"still in sync")).text(), "still in sync");
+    assert_eq!(
+        w.post("/echo", Body::Length(b"still in sync")).text(),
+        "still in sync"
+    );
 
     // Two requests in one write (the second already buffered when the first ends).
     let mut two = Worker::request_bytes("POST", b"/input/partial?n=2", &[], Body::Length(b"xyz"));
@@ -431,7 +466,10 @@ fn write_streaming_big_and_file_wrapper() {
     let mut w = Worker::conformance();
     let r = w.get("/write");
     assert_ok(&r);
-    assert_eq!(r.frames, vec![b"w1".to_vec(), b"w2".to_vec(), b"it".to_vec()]);
+    assert_eq!(
+        r.frames,
+        vec![b"w1".to_vec(), b"w2".to_vec(), b"it".to_vec()]
+    );
 
     let r = w.get("/stream?n=4");
     assert_ok(&r);
@@ -441,12 +479,20 @@ fn write_streaming_big_and_file_wrapper() {
 
     // Streaming: the first chunk arrives before the generator has produced the second.
     let t0 = Instant::now();
-    w.send(&Worker::request_bytes("GET", b"/stream?n=2&delay=700", &[], Body::None));
+    w.send(&Worker::request_bytes(
+        "GET",
+        b"/stream?n=2&delay=700",
+        &[],
+        Body::None,
+    ));
     w.fill(1);
     let first = t0.elapsed();
     let r = w.read_response();
     assert_eq!(r.frames.len(), 2);
-    assert!(first < Duration::from_millis(500), "first byte after {first:?}");
+    assert!(
+        first < Duration::from_millis(500),
+        "first byte after {first:?}"
+    );
     assert!(t0.elapsed() >= Duration::from_millis(700));
 
     let r = w.get("/big?n=3000000");
@@ -461,13 +507,22 @@ fn write_streaming_big_and_file_wrapper() {
     assert_eq!(r.body(), expect);
     let sizes: Vec<usize> = r.frames.iter().map(Vec::len).collect();
     assert_eq!(sizes, vec![30000, 30000, 30000, 10000]);
-    assert_eq!(w.closes(), before + 1, "file_wrapper's close() reaches the file");
+    assert_eq!(
+        w.closes(),
+        before + 1,
+        "file_wrapper's close() reaches the file"
+    );
 }
 
 #[test]
 fn app_errors_give_500_or_abort_and_the_worker_lives_on() {
     let mut w = Worker::conformance();
-    let r = w.request_full("GET", "/raise_before", &[("WEIR_REQUEST_ID", b"r-boom")], Body::None);
+    let r = w.request_full(
+        "GET",
+        "/raise_before",
+        &[("WEIR_REQUEST_ID", b"r-boom")],
+        Body::None,
+    );
     assert_eq!(r.status, 500);
     assert_eq!(r.header("x-weir-error").as_deref(), Some("app-exception"));
     assert_eq!(r.text(), "Internal Server Error");
@@ -483,7 +538,11 @@ fn app_errors_give_500_or_abort_and_the_worker_lives_on() {
     ] {
         let r = w.get(path);
         assert_eq!(r.status, 500, "{path}");
-        assert_eq!(r.header("x-weir-error").as_deref(), Some("app-exception"), "{path}");
+        assert_eq!(
+            r.header("x-weir-error").as_deref(),
+            Some("app-exception"),
+            "{path}"
+        );
         assert_eq!(r.text(), "Internal Server Error", "{path}");
     }
 
@@ -628,7 +687,10 @@ fn import_failures_exit_3_with_the_traceback() {
     let mut w = Worker::spawn("broken", &[]);
     let (status, err) = w.wait();
     assert_eq!(status.code(), Some(3), "{err}");
-    assert!(err.contains("Traceback") && err.contains("broken on purpose"), "{err}");
+    assert!(
+        err.contains("Traceback") && err.contains("broken on purpose"),
+        "{err}"
+    );
 
     let mut w = Worker::spawn("conformance:nope", &[]);
     let (status, err) = w.wait();
@@ -673,11 +735,22 @@ fn stdin_is_dev_null_and_wsgi_errors_lines_carry_the_request_id() {
     let mut w = Worker::conformance();
     let r = w.get("/stdin");
     assert_eq!(r.json()["stdin"], "");
-    let r = w.request_full("GET", "/errors", &[("WEIR_REQUEST_ID", b"r-err")], Body::None);
+    let r = w.request_full(
+        "GET",
+        "/errors",
+        &[("WEIR_REQUEST_ID", b"r-err")],
+        Body::None,
+    );
     assert_eq!(r.text(), "logged");
     let (_, err) = w.finish();
-    assert!(err.contains("weir worker 7 request r-err: line one\n"), "{err}");
-    assert!(err.contains("weir worker 7 request r-err: line two\n"), "{err}");
+    assert!(
+        err.contains("weir worker 7 request r-err: line one\n"),
+        "{err}"
+    );
+    assert!(
+        err.contains("weir worker 7 request r-err: line two\n"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -694,9 +767,122 @@ fn virtualenv_site_packages_come_first() {
     let text = r.text();
     let (probe, first) = text.split_once('\n').unwrap();
     assert!(probe.starts_with(venv.to_str().unwrap()), "{text}");
-    assert_eq!(Path::new(first), apps_dir().canonicalize().unwrap(), "--chdir is first on sys.path");
+    assert_eq!(
+        Path::new(first),
+        apps_dir().canonicalize().unwrap(),
+        "--chdir is first on sys.path"
+    );
     drop(w);
     let _ = std::fs::remove_dir_all(&venv);
+}
+
+#[test]
+fn repeated_header_vars_are_joined() {
+    let mut w = Worker::conformance();
+    let e = w
+        .request_full(
+            "GET",
+            "/environ",
+            &[
+                ("HTTP_X_REP", b"a"),
+                ("HTTP_X_REP", b"b"),
+                ("HTTP_COOKIE", b"x=1"),
+                ("HTTP_X_REP", b"c d"),
+                ("HTTP_COOKIE", b"y=2"),
+            ],
+            Body::None,
+        )
+        .json();
+    assert_eq!(e["HTTP_X_REP"], "a, b, c d");
+    assert_eq!(e["HTTP_COOKIE"], "x=1; y=2");
+}
+
+#[test]
+fn cancel_stops_a_stream_and_is_ignored_between_requests() {
+    let mut w = Worker::conformance();
+    let mut cancel = Vec::new();
+    packet::encode_control(&mut cancel, weir_worker_cancel());
+    // Between requests a CANCEL is a no-op (it crossed the END of its response).
+    w.send(&cancel);
+    assert_eq!(w.get("/hello").text(), "hello");
+
+    let n0 = w.closes();
+    let t0 = Instant::now();
+    w.send(&Worker::request_bytes(
+        "GET",
+        b"/stream?n=200&delay=20",
+        &[],
+        Body::None,
+    ));
+    w.fill(1);
+    w.send(&cancel);
+    let r = w.read_response();
+    assert!(r.aborted, "a cancelled response ends with ABORT");
+    assert!(
+        r.frames.len() < 50,
+        "{} chunks were produced",
+        r.frames.len()
+    );
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    assert_eq!(w.closes(), n0 + 1, "close() after a cancel");
+    assert_eq!(w.get("/hello").text(), "hello");
+}
+
+#[test]
+fn sigint_is_ignored_and_the_worker_dies_with_its_parent() {
+    let mut w = Worker::conformance();
+    let pid = w.get("/pid").text();
+    let st = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(st.success());
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        w.get("/hello").text(),
+        "hello",
+        "SIGINT is the master's business"
+    );
+
+    // A worker whose parent (a shell here) is killed gets SIGKILL (PR_SET_PDEATHSIG).
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    ours.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut shell = Command::new("sh")
+        .arg("-c")
+        // (an asynchronous list's stdin is /dev/null unless redirected explicitly)
+        .arg("exec 3<&0; \"$0\" worker --app conformance --chdir \"$1\" <&3 3<&- & wait")
+        .arg(weir_bin())
+        .arg(apps_dir())
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut orphan = Worker {
+        child: Command::new("true").spawn().unwrap(),
+        sock: Some(ours),
+        buf: Vec::new(),
+    };
+    orphan.expect_ready();
+    let pid = orphan.get("/pid").text();
+    shell.kill().unwrap();
+    shell.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit_once(')').unwrap().1.trim().chars().next().unwrap())
+            .unwrap_or('X');
+        if state == 'Z' || state == 'X' {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker outlived its parent (state {state})"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The CANCEL control packet's modifier1 (weir_worker::MODIFIER_CANCEL).
+fn weir_worker_cancel() -> u8 {
+    0xF2
 }
 
 /// Per-request cost on /hello (run with `--ignored --nocapture`, ideally a release build).
@@ -704,7 +890,12 @@ fn virtualenv_site_packages_come_first() {
 #[ignore]
 fn bench_hello() {
     let mut w = Worker::conformance();
-    let req = Worker::request_bytes("GET", b"/hello", &[("HTTP_USER_AGENT", b"bench"), ("HTTP_ACCEPT", b"*/*")], Body::None);
+    let req = Worker::request_bytes(
+        "GET",
+        b"/hello",
+        &[("HTTP_USER_AGENT", b"bench"), ("HTTP_ACCEPT", b"*/*")],
+        Body::None,
+    );
     for _ in 0..2000 {
         w.send(&req);
         w.read_response();
@@ -712,7 +903,12 @@ fn bench_hello() {
     let pid = w.child.id();
     let cpu = || {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let f: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let f: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
         (f[11].parse::<u64>().unwrap(), f[12].parse::<u64>().unwrap())
     };
     let n = 50_000u64;
