@@ -1,0 +1,151 @@
+"""The dispatch queue: bounded (queue-full at once), timed (queue-timeout), clients that
+leave while queued never reach a worker, and the defaults turn a load far above capacity
+into fast 503s and full-speed service, never 502/504 or hanging connections.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from e2e_lib import get
+from front_lib import Background, wait_for, wait_tag_started
+
+pytestmark = pytest.mark.e2e_timeout(90)
+
+
+def test_tiny_queue_one_running_one_queued_third_refused_at_once(front):
+    f = front(config={"queue": {"max_size": 1}}, workers=1, admin=True)
+    a = Background(f.addr, "/sleep?s=2&tag=a")
+    wait_tag_started(f.state, "a")
+    b = Background(f.addr, "/sleep?s=0&tag=b")
+    f.wait_queued(1)
+    t0 = time.monotonic()
+    c = get(f.addr, "/sleep?s=0&tag=c", timeout=10)
+    took = time.monotonic() - t0
+    assert c.status == 503 and c.header("x-weir-error") == "queue-full", c
+    assert c.header("retry-after") == "1", "default retry_after is 1: %r" % c
+    assert took < 1.0, "the third request waited %.2fs" % took
+    ra, rb = a.join(), b.join()
+    assert ra.status == 200 and rb.status == 200, (ra, rb)
+    assert b.elapsed > 1.0, "b was queued behind a: %.2fs" % b.elapsed
+    starts = [h["tag"] for h in f.hits() if h.get("event") == "start" and h.get("tag")]
+    assert starts == ["a", "b"], starts
+    # the queue is free again
+    assert get(f.addr, "/sleep?s=0&tag=d", timeout=10).status == 200
+    f.wait_queued(0)
+
+
+def _queued_raw(addr, path):
+    s = addr.socket(30)
+    s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+    return s
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_client_gone_while_queued_never_reaches_a_worker(front, how):
+    f = front(workers=1, admin=True)
+    a = Background(f.addr, "/sleep?s=2&tag=a")
+    wait_tag_started(f.state, "a")
+    gone = [_queued_raw(f.addr, "/env?tag=gone%d" % i) for i in range(3)]
+    f.wait_queued(3)
+    for s in gone:
+        if how == "reset":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    stays = Background(f.addr, "/env?tag=stays")
+    assert a.join().status == 200
+    r = stays.join()
+    assert r.status == 200, r
+    # the one worker went from a straight to `stays`: nothing ran for the clients that left
+    time.sleep(0.3)  # let any wrongly dispatched request show up in the hit log
+    seen = f.tags()
+    assert not {"gone0", "gone1", "gone2"} & seen, "requests of departed clients reached the app: %r" % seen
+    assert f.metric("weir_workers", state="busy") == 0
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_client_gone_while_waiting_for_a_route_slot_never_reaches_a_worker(front, how):
+    f = front(config={"route": [{"path": "/slow", "max_concurrency": 1}]}, workers=2)
+    a = Background(f.addr, "/slow/sleep?s=2&tag=a")
+    wait_tag_started(f.state, "a")
+    s = _queued_raw(f.addr, "/slow/env?tag=gone")
+    time.sleep(0.3)  # no gauge for route waits: give the request time to reach the route's wait
+    if how == "reset":
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    assert a.join().status == 200
+    r = get(f.addr, "/slow/env?tag=after", timeout=10)
+    assert r.status == 200, r
+    time.sleep(0.3)
+    assert "gone" not in f.tags()
+
+
+def test_client_gone_while_queued_is_in_the_access_log(front, tmp_path):
+    """NGINX logs 499 for a client that closed its connection before the answer; weir's
+    access log must show such a request too (one line per request), not drop it."""
+    log = tmp_path / "access.jsonl"
+    f = front(config={"server": {"access_log": str(log)}}, workers=1, admin=True)
+    a = Background(f.addr, "/sleep?s=1.5&tag=a")
+    wait_tag_started(f.state, "a")
+    s = _queued_raw(f.addr, "/env?tag=gone")
+    f.wait_queued(1)
+    s.close()
+    assert a.join().status == 200
+    assert get(f.addr, "/env?tag=after", timeout=10).status == 200
+
+    def lines():
+        return [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    wait_for(lambda: any(x["path"] == "/env" for x in lines()), 10, what="the access log line of /env?tag=after")
+    time.sleep(0.3)
+    env_lines = [x for x in lines() if x["path"] == "/env"]
+    assert len(env_lines) == 2, "the departed client's request has no access log line: %r" % env_lines
+
+
+@pytest.mark.e2e_timeout(120)
+def test_default_queue_turns_overload_into_fast_503s_and_full_speed_service(front):
+    """No [queue] section: 300 clients at once against 2 workers at 100 ms a request
+    (50 times what 2 workers serve per second). Every client gets an answer: 200, or 503
+    queue-full at once with Retry-After. No 502, no 504, no error, nothing left hanging."""
+    f = front(workers=2, config={"server": {"access_log": "off"}})
+    n = 300
+    results = [None] * n
+    go = threading.Event()
+
+    def one(i):
+        go.wait(30)
+        t0 = time.monotonic()
+        try:
+            r = get(f.addr, "/sleep?s=0.1", timeout=60)
+            results[i] = (r.status, r.header("x-weir-error"), r.header("retry-after"), time.monotonic() - t0)
+        except Exception as e:
+            results[i] = ("error", repr(e), None, time.monotonic() - t0)
+    ts = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
+    for t in ts:
+        t.start()
+    go.set()
+    for t in ts:
+        t.join(90)
+    assert all(r is not None for r in results), "clients left hanging"
+    errors = [r for r in results if r[0] == "error"]
+    assert not errors, "%d connection errors, e.g. %r" % (len(errors), errors[:5])
+    bad = [r for r in results if r[0] not in (200, 503)]
+    assert not bad, "statuses other than 200/503: %r" % bad[:10]
+    refused = [r for r in results if r[0] == 503]
+    served = [r for r in results if r[0] == 200]
+    assert served, "nothing served"
+    assert refused, "300 clients against a queue of 128 + 2 workers: some must be refused"
+    assert all(r[1] == "queue-full" and r[2] == "1" for r in refused), \
+        "every 503 is queue-full with Retry-After: %r" % {(r[1], r[2]) for r in refused}
+    slow_refusals = [r[3] for r in refused if r[3] > 2.0]
+    assert not slow_refusals, "refusals must be fast; %d took over 2s (max %.2fs)" % (
+        len(slow_refusals), max(slow_refusals))
+    worst = max(r[3] for r in served)
+    print("served %d (worst %.2fs), refused %d (worst %.3fs)" % (len(served), worst, len(refused),
+                                                                 max(r[3] for r in refused)))
+    assert worst < 10, "an admitted request waited %.1fs" % worst
