@@ -474,8 +474,11 @@ impl Conn {
     ///
     /// The caller checked `resp.started` for non-empty data.
     pub fn body_chunk(&mut self, py: Python<'_>, data: &[u8], flush: bool) -> io::Result<bool> {
+        if self.cancelled {
+            return Ok(false);
+        }
         if self.resp.ended {
-            if !data.is_empty() {
+            if !data.is_empty() && !self.resp.no_body() {
                 self.resp.overflow = true;
             }
             return Ok(false);

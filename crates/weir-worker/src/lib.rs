@@ -11,6 +11,46 @@
 //! 3. Writes a READY control packet, logs one line, and serves (see `serve`):
 //!    EOF at a packet boundary is a clean exit (0); a socket error, EOF inside a packet or
 //!    body, or broken body framing exits [`EXIT_FATAL`].
+//!
+//! # What the master can rely on (beyond `weir_uwsgi`'s protocol overview)
+//! - READY (`MODIFIER_READY`, no vars) is written once, after the app and the ready check
+//!   imported; then one log line `weir worker <id>: pid <pid> ready, app <app> imported in
+//!   <ms> ms`.
+//! - Every packet gets exactly one framed answer (head, data frames, END or ABORT), except
+//!   [`MODIFIER_CANCEL`], which never gets one. Packets are handled strictly in order, so the
+//!   master may write the next packet before the previous answer is read.
+//! - The request body is read while the app runs and the rest is drained *after* the answer
+//!   is written: the master must write the body concurrently with reading the response.
+//!   A chunked body may end with ABORT (the client's upload failed): `wsgi.input` then
+//!   raises `OSError` and the worker stays in sync. A CONTENT_LENGTH body cannot be cut
+//!   short: the master must send all of it or kill the worker.
+//! - Errors: a malformed vars block, an unknown modifier1 or a bad CONTENT_LENGTH gets
+//!   `400 Bad Request` with `x-weir-error: bad-request` (the packet is assumed to carry no
+//!   body); an app exception (or WSGI misuse) before the head was written gets
+//!   `500 Internal Server Error` with `x-weir-error: app-exception` and the body
+//!   `Internal Server Error`; after the head, ABORT. The worker goes on serving.
+//! - A response with a Content-Length header carries exactly that many body bytes: more is
+//!   cut (and logged), fewer is a 500 (nothing sent yet) or ABORT. HEAD requests and
+//!   1xx/204/304 statuses get the head and END, never data frames. Hop-by-hop headers
+//!   (Connection, Keep-Alive, Transfer-Encoding, TE, Trailers, Upgrade, Proxy-Authenticate,
+//!   Proxy-Authorization) from the app are dropped.
+//! - END is written before the app result's `close()` runs (so the client is not kept
+//!   waiting by teardown code); the next request simply waits in the socket meanwhile.
+//! - A small response (head, one frame, END) is one `sendmsg`; a streamed generator's
+//!   chunks each go out as they are produced.
+//! - READY_CHECK (`MODIFIER_READY_CHECK`) answers `200 OK` body `ok` when the
+//!   `--ready-check` function returns None or a truthy value (or there is none), else
+//!   `503 Service Unavailable` with a one-line reason.
+//! - CANCEL (`MODIFIER_CANCEL` = 0xF2, no vars): "the client is gone, stop". The master
+//!   sends it only after the whole request body; the worker checks for it before each
+//!   streamed chunk, then stops iterating, calls `close()` and writes ABORT. One that
+//!   arrives after the response ended is read at the next packet boundary and ignored.
+//! - Exit codes: 0 after EOF at a packet boundary, [`EXIT_IMPORT_FAILED`] (3) when the app
+//!   or the ready check cannot be imported, [`EXIT_FATAL`] (1) on a socket error, EOF inside
+//!   a packet or body, or broken request-body framing, [`EXIT_USAGE`] (2) when stdin is not
+//!   a Unix socket.
+//! - PR_SET_PDEATHSIG fires when the parent *thread* exits: spawn workers from a thread that
+//!   lives as long as the master (not a `spawn_blocking` thread).
 #![deny(unsafe_code)]
 
 mod conn;

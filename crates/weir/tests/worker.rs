@@ -617,6 +617,35 @@ fn close_is_always_called_and_head_sends_no_body() {
     let r = w.request_full("HEAD", "/raise_before", &[], Body::None);
     assert_eq!(r.status, 500);
     assert!(r.frames.is_empty());
+    let r = w.request_full("HEAD", "/write", &[], Body::None);
+    assert_ok(&r);
+    assert!(r.frames.is_empty());
+    let r = w.request_full("HEAD", "/stream", &[], Body::None);
+    assert_ok(&r);
+    assert!(r.frames.is_empty());
+    let (_, err) = w.finish();
+    assert!(!err.contains("Content-Length"), "{err}");
+}
+
+#[test]
+fn a_body_aborted_by_the_master_raises_in_the_app_and_keeps_sync() {
+    let mut w = Worker::conformance();
+    let mut bytes = Worker::request_bytes("POST", b"/input/read", &[], Body::Chunked(&[b"abc"]));
+    let n = bytes.len();
+    bytes[n - 4..].copy_from_slice(&frame::ABORT_FRAME);
+    w.send(&bytes);
+    let r = w.read_response();
+    assert_eq!(r.status, 500, "read() raised: {}", r.text());
+    // Unread and aborted: the worker skips to the ABORT and stays in sync.
+    let mut bytes = Worker::request_bytes("POST", b"/input/ignore", &[], Body::Chunked(&[b"abc"]));
+    let n = bytes.len();
+    bytes[n - 4..].copy_from_slice(&frame::ABORT_FRAME);
+    w.send(&bytes);
+    assert_eq!(w.read_response().text(), "ignored");
+    assert_eq!(w.get("/hello").text(), "hello");
+    let (status, err) = w.finish();
+    assert_eq!(status.code(), Some(0));
+    assert!(err.contains("aborted the request body"), "{err}");
 }
 
 #[test]
