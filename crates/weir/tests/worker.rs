@@ -824,6 +824,14 @@ fn repeated_header_vars_are_joined() {
         .json();
     assert_eq!(e["HTTP_X_REP"], "a, b, c d");
     assert_eq!(e["HTTP_COOKIE"], "x=1; y=2");
+
+    // A vars block near the 64 KiB limit (bigger than the worker's read buffer).
+    let big = vec![b'q'; 60_000];
+    let e = w
+        .request_full("GET", "/environ", &[("HTTP_X_BIG", &big)], Body::None)
+        .json();
+    assert_eq!(e["HTTP_X_BIG"].as_str().unwrap().len(), 60_000);
+    assert_eq!(w.get("/hello").text(), "hello");
 }
 
 #[test]
