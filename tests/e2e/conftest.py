@@ -96,7 +96,8 @@ def pytest_runtest_makereport(item, call):
     if not rep.failed:
         return
     procs = list(ALL_PROCS[item.stash.get(_FIRST_PROC, len(ALL_PROCS)):])
-    tgt = getattr(item, "funcargs", {}).get("target")
+    funcargs = getattr(item, "funcargs", {})
+    tgt = funcargs.get("target") or funcargs.get("wtarget")
     if tgt is not None:
         procs = list(tgt.procs) + [p for p in procs if p not in tgt.procs]
     for p in procs:
@@ -362,21 +363,22 @@ class Target:
 TARGETS = ["weir-http", "weir-nginx", "ref-nginx-uwsgi", "ref-gunicorn"]
 
 
-def _start_target(kind: str, weir_bin: Path, base: Path, short: Path) -> Target:
+def _start_target(kind: str, weir_bin: Path, base: Path, short: Path, app: str = "conformance_app:application",
+                  chdir: Path = APPS, workers: int = 2) -> Target:
     state = base / "state"
     state.mkdir(parents=True, exist_ok=True)
     logs = base / "logs"
     if kind == "weir-http":
         port = free_port()
-        p = Proc("weir", [weir_bin, "serve", "--app", "conformance_app:application", "--chdir", APPS,
-                          "--workers", "2", "--listen", "127.0.0.1:%d" % port], logs, cwd=base)
+        p = Proc("weir", [weir_bin, "serve", "--app", app, "--chdir", chdir, "--workers", str(workers),
+                          "--listen", "127.0.0.1:%d" % port], logs, cwd=base)
         t = Target(kind, Addr("127.0.0.1", port), True, False, [p], state, p)
         wait_ready(p, t.addr)
         return t
     if kind == "weir-nginx":
         sock = sock_path(short, "weir-uwsgi")
-        p = Proc("weir", [weir_bin, "serve", "--app", "conformance_app:application", "--chdir", APPS,
-                          "--workers", "2", "--uwsgi-listen", "unix:" + sock], logs, cwd=base)
+        p = Proc("weir", [weir_bin, "serve", "--app", app, "--chdir", chdir, "--workers", str(workers),
+                          "--uwsgi-listen", "unix:" + sock], logs, cwd=base)
         try:
             wait_for(lambda: os.path.exists(sock) or not p.alive, READY_TIMEOUT, what="weir's uwsgi socket")
             if not p.alive:
@@ -393,8 +395,8 @@ def _start_target(kind: str, weir_bin: Path, base: Path, short: Path) -> Target:
         if not uwsgi:
             pytest.skip("uwsgi not installed")
         sock = sock_path(short, "uwsgi")
-        p = Proc("uwsgi", [uwsgi, "--socket", sock, "--chmod-socket=666", "--chdir", APPS,
-                           "--module", "conformance_app:application", "--master", "--processes", "2",
+        p = Proc("uwsgi", [uwsgi, "--socket", sock, "--chmod-socket=666", "--chdir", chdir,
+                           "--module", app, "--master", "--processes", str(workers),
                            "--need-app", "--die-on-term", "--buffer-size", "32768", "--disable-logging"],
                  logs, cwd=base)
         wait_for(lambda: os.path.exists(sock) or not p.alive, READY_TIMEOUT, what="uwsgi's socket")
@@ -407,8 +409,8 @@ def _start_target(kind: str, weir_bin: Path, base: Path, short: Path) -> Target:
         if not gunicorn:
             pytest.skip("gunicorn not installed")
         port = free_port()
-        p = Proc("gunicorn", [gunicorn, "-w", "2", "-b", "127.0.0.1:%d" % port, "--chdir", APPS,
-                              "--timeout", "120", "conformance_app:application"], logs, cwd=base)
+        p = Proc("gunicorn", [gunicorn, "-w", str(workers), "-b", "127.0.0.1:%d" % port, "--chdir", chdir,
+                              "--timeout", "120", app], logs, cwd=base)
         t = Target(kind, Addr("127.0.0.1", port), False, False, [p], state, p)
         wait_ready(p, t.addr)
         return t
@@ -444,3 +446,30 @@ def tgt(target):
             pytest.fail("%s of target %s died in an earlier test\n%s" % (p.name, target.name, p.describe()),
                         pytrace=False)
     return target
+
+
+WORKER_APPS = REPO / "tests" / "apps"
+
+
+@pytest.fixture(scope="session", params=["weir-http", "weir-nginx"])
+def wtarget(request, weir_bin_or_none, tmp_path_factory, short_tmp):
+    """weir serving the worker engineer's tests/apps/conformance.py with ONE worker (its
+    close() counter is per process), over HTTP and behind nginx."""
+    if not (WORKER_APPS / "conformance.py").exists():
+        pytest.skip("tests/apps/conformance.py does not exist (yet)")
+    if weir_bin_or_none is None:
+        pytest.fail("weir binary not found: run `cargo build -p weir` or set WEIR_BIN", pytrace=False)
+    t = _start_target(request.param, weir_bin_or_none, tmp_path_factory.mktemp("w" + request.param), short_tmp,
+                      app="conformance:application", chdir=WORKER_APPS, workers=1)
+    yield t
+    for p in reversed(t.procs):
+        p.stop()
+
+
+@pytest.fixture
+def wtgt(wtarget):
+    for p in wtarget.procs:
+        if not p.alive:
+            pytest.fail("%s of target %s died in an earlier test\n%s" % (p.name, wtarget.name, p.describe()),
+                        pytrace=False)
+    return wtarget

@@ -404,6 +404,7 @@ def test_missing_callable_exits_non_zero_naming_it(weir):
 def test_worker_crash_at_import_after_reload_keeps_old_workers(weir, app_dir):
     """A reload whose new code fails to import must not take the service down."""
     srv = start_sup(weir, app_dir, workers=2)
+    assert len(concurrent_pids(srv.addr, 2, 0.5)) == 2  # both first workers are up
     (app_dir / "sup_app.py").write_text("raise RuntimeError('broken-reload-token')\n")
     srv.proc.signal(signal.SIGHUP)
     # poll a while: every answer is still a v1 200 from the old workers

@@ -1,0 +1,135 @@
+"""weir's front door before external app servers ([upstream]): a real uWSGI over the
+uwsgi protocol and a real Gunicorn over HTTP, both serving tests/e2e/apps/sup_app.py.
+
+Covers: requests pass through with identity headers; read_timeout -> 504
+upstream-timeout; an unreachable server -> 502 upstream-connect, or for an idempotent
+request the next server (next_upstream); max_conns with the queue in front -> 503
+queue-full at once when the queue is at its bound; passive health marks a dead server
+down so later requests go straight to the live one.
+"""
+
+import concurrent.futures
+import shutil
+import time
+
+import pytest
+
+from conftest import APPS
+from e2e_lib import Proc, free_port, get, request, sock_path, wait_for
+
+UWSGI = shutil.which("uwsgi")
+GUNICORN = shutil.which("gunicorn")
+
+
+def start_uwsgi(tmp_path, short_tmp, processes=2):
+    if not UWSGI:
+        pytest.fail("uwsgi not found: run scripts/install-deps.sh", pytrace=False)
+    sock = sock_path(short_tmp, "uwsgi-up")
+    p = Proc("uwsgi", [UWSGI, "--socket", sock, "--chdir", str(APPS), "--module", "sup_app:application",
+                       "--processes", str(processes), "--master", "--die-on-term", "--disable-logging",
+                       "--need-app"], tmp_path / "logs")
+    wait_for(lambda: __import__("os").path.exists(sock), 30, what="uWSGI socket")
+    return p, "unix:" + sock
+
+
+def start_gunicorn(tmp_path, workers=2):
+    if not GUNICORN:
+        pytest.fail("gunicorn not found: run scripts/install-deps.sh", pytrace=False)
+    port = free_port()
+    p = Proc("gunicorn", [GUNICORN, "--bind", "127.0.0.1:%d" % port, "--workers", str(workers),
+                          "--chdir", str(APPS), "sup_app:application"], tmp_path / "logs")
+
+    def up():
+        try:
+            import socket
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return True
+        except OSError:
+            return False
+    wait_for(up, 30, what="Gunicorn port")
+    return p, "127.0.0.1:%d" % port
+
+
+def front(weir, servers, protocol, **upstream):
+    cfg = {"server": {"access_log": "off"},
+           "upstream": dict({"servers": servers, "protocol": protocol}, **upstream)}
+    return weir(app=None, chdir=None, workers=None, config=cfg, ready_path="/pid")
+
+
+@pytest.fixture(params=["uwsgi", "http"])
+def peer(request, tmp_path, short_tmp):
+    if request.param == "uwsgi":
+        p, addr = start_uwsgi(tmp_path, short_tmp)
+    else:
+        p, addr = start_gunicorn(tmp_path)
+    yield request.param, addr
+    p.stop()
+
+
+def test_requests_pass_through_with_identity(weir, peer):
+    protocol, addr = peer
+    w = front(weir, [addr], protocol)
+    r = get(w.addr, "/version")
+    assert r.status == 200, r
+    assert r.body.startswith(b"v0")
+    assert r.header("x-request-id")
+    assert r.header("x-weir-error") is None
+
+
+def test_read_timeout_is_504_upstream_timeout(weir, peer):
+    protocol, addr = peer
+    w = front(weir, [addr], protocol, read_timeout="1s")
+    t0 = time.monotonic()
+    r = get(w.addr, "/sleep?s=4", headers=[("Accept", "application/json")])
+    assert r.status == 504, r
+    assert r.header("x-weir-error") == "upstream-timeout"
+    assert r.json()["error"] == "upstream-timeout"
+    assert time.monotonic() - t0 < 3.5
+
+
+def test_unreachable_server(weir, peer, short_tmp):
+    protocol, addr = peer
+    dead = "unix:" + sock_path(short_tmp, "nobody") if protocol == "uwsgi" else "127.0.0.1:%d" % free_port()
+    # Only the dead server: 502 upstream-connect, fast.
+    w = front(weir, [dead], protocol)
+    r = get(w.addr, "/pid")
+    assert r.status == 502 and r.header("x-weir-error") == "upstream-connect", r
+    w.stop()
+    # Dead first, live second: idempotent requests move on and succeed; the dead one is
+    # then marked down (max_fails = 1), so a POST afterwards goes to the live one too.
+    w = front(weir, [dead, addr], protocol, max_fails=1, fail_timeout="30s")
+    for _ in range(4):
+        r = get(w.addr, "/pid")
+        assert r.status == 200, r
+    r = request(w.addr, "POST", "/pid", body=b"x")
+    assert r.status == 200, r
+
+
+def test_non_idempotent_request_is_not_retried(weir, peer, short_tmp):
+    protocol, addr = peer
+    dead = "unix:" + sock_path(short_tmp, "nobody2") if protocol == "uwsgi" else "127.0.0.1:%d" % free_port()
+    w = front(weir, [dead, addr], protocol, max_fails=100)
+    statuses = set()
+    for _ in range(6):  # round robin: some land on the dead server first
+        statuses.add(request(w.addr, "POST", "/pid", body=b"x").status)
+    assert statuses == {200, 502}
+
+
+def test_max_conns_and_queue_full(weir, peer):
+    protocol, addr = peer
+    cfg = {"server": {"access_log": "off"}, "queue": {"max_size": 1, "timeout": "10s"},
+           "upstream": {"servers": [addr], "protocol": protocol, "max_conns": 1, "read_timeout": "30s"}}
+    w = weir(app=None, chdir=None, workers=None, config=cfg, ready_path="/pid")
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        busy = ex.submit(get, w.addr, "/sleep?s=2")
+        wait_for(lambda: True, 0.1)
+        time.sleep(0.3)  # let the first take the only connection (not readiness: ordering)
+        queued = ex.submit(get, w.addr, "/pid")
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        r = get(w.addr, "/pid")
+        assert r.status == 503 and r.header("x-weir-error") == "queue-full", r
+        assert r.header("retry-after") == "1"
+        assert time.monotonic() - t0 < 1.0
+        assert busy.result().status == 200
+        assert queued.result().status == 200
