@@ -48,6 +48,7 @@ _e2e = _load_e2e_conftest()
 weir_bin = _e2e.weir_bin
 short_tmp = _e2e.short_tmp
 weir = _e2e.weir
+nginx = _e2e.nginx
 pytest_configure = _e2e.pytest_configure
 pytest_runtest_call = _e2e.pytest_runtest_call
 pytest_runtest_setup = _e2e.pytest_runtest_setup
