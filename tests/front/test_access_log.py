@@ -1,0 +1,184 @@
+"""The access log: one JSON line per request (`[server] access_log`: a file, stdout,
+stderr or off) with time, id, client, method, path, status, error (weir's class or null),
+bytes, queue_ms, worker_ms, send_ms, total_ms, and aborted when the body was cut.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from e2e_lib import get, request
+from front_lib import Background, wait_for, wait_tag_started
+
+pytestmark = pytest.mark.e2e_timeout(60)
+
+FIELDS = {"time": str, "id": str, "client": (str, type(None)), "method": str, "path": str, "status": int,
+          "error": (str, type(None)), "bytes": int, "queue_ms": (int, float), "worker_ms": (int, float),
+          "send_ms": (int, float), "total_ms": (int, float)}
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
+
+
+def read_log(path):
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        try:
+            out.append(json.loads(line))
+        except ValueError as e:
+            raise AssertionError("access log line %d is not JSON (%s): %r" % (n, e, line))
+    return out
+
+
+def lines_for(path, ids, timeout=10.0):
+    """Waits for the lines of these request ids; returns {id: line}."""
+    ids = list(ids)
+
+    def have():
+        by_id = {x["id"]: x for x in read_log(path)}
+        return by_id if all(i in by_id for i in ids) else None
+    return wait_for(have, timeout, what="access log lines for %r" % ids)
+
+
+def check_line(x, r, t0, t1, method, path, error=None, client="127.0.0.1"):
+    for k, ty in FIELDS.items():
+        assert k in x, "field %r missing: %r" % (k, x)
+        assert isinstance(x[k], ty) and not isinstance(x[k], bool), "field %r is %r: %r" % (k, type(x[k]), x)
+    assert RFC3339.match(x["time"]), x["time"]
+    when = datetime.fromisoformat(x["time"].replace("Z", "+00:00")).timestamp()
+    assert t0 - 1 <= when <= t1 + 1, "time %s is not when the request arrived" % x["time"]
+    assert x["id"] == r.header("x-request-id"), (x, r.headers)
+    assert x["client"] == client, x
+    assert x["method"] == method and x["path"] == path, x
+    assert x["status"] == r.status, (x, r)
+    assert x["error"] == error, x
+    assert x["bytes"] == len(r.body), (x, len(r.body))
+    for k in ("queue_ms", "worker_ms", "send_ms", "total_ms"):
+        assert x[k] >= 0, x
+    assert x["total_ms"] + 0.01 >= x["queue_ms"] + x["worker_ms"], x
+    assert x["total_ms"] <= (t1 - t0) * 1000 + 50, "total_ms %.1f but the client waited %.1f ms" % (
+        x["total_ms"], (t1 - t0) * 1000)
+    assert not x.get("aborted"), x
+
+
+def timed(fn, *a, **kw):
+    t0 = time.time()
+    r = fn(*a, **kw)
+    return r, t0, time.time()
+
+
+def test_lines_are_json_with_every_field(front, tmp_path):
+    log = tmp_path / "access.jsonl"
+    f = front(config={"server": {"access_log": str(log), "max_body_size": "1KiB"}, "app": {"harakiri": 1}},
+              workers=2)
+    cases = []
+    cases.append((timed(get, f.addr, "/env?x=1&y=2", timeout=10), "GET", "/env", None))
+    cases.append((timed(get, f.addr, "/no/such/thing", timeout=10), "GET", "/no/such/thing", None))
+    cases.append((timed(request, f.addr, "POST", "/echo", body=b"z" * 100, timeout=10), "POST", "/echo", None))
+    cases.append((timed(request, f.addr, "PUT", "/echo", body=b"z" * 4096, timeout=10), "PUT", "/echo",
+                  "body-too-large"))
+    cases.append((timed(get, f.addr, "/sleep?s=10", timeout=15), "GET", "/sleep", "harakiri"))
+    cases.append((timed(request, f.addr, "HEAD", "/env", timeout=10), "HEAD", "/env", None))
+    statuses = [c[0][0].status for c in cases]
+    assert statuses == [200, 404, 200, 413, 504, 200], statuses
+    by_id = lines_for(log, [c[0][0].header("x-request-id") for c in cases])
+    for (r, t0, t1), method, path, error in cases:
+        check_line(by_id[r.header("x-request-id")], r, t0, t1, method, path, error)
+    hk = by_id[cases[4][0][0].header("x-request-id")]
+    assert 900 <= hk["worker_ms"] < 3000, "the harakiri'd request spent about 1 s in the worker: %r" % hk
+
+
+def test_queue_ms_and_worker_ms_are_where_the_time_went(front, tmp_path):
+    log = tmp_path / "access.jsonl"
+    f = front(config={"server": {"access_log": str(log)}}, workers=1)
+    a = Background(f.addr, "/sleep?s=1&tag=a")
+    wait_tag_started(f.state, "a")
+    b = get(f.addr, "/env?tag=b", timeout=10)
+    ra = a.join()
+    by_id = lines_for(log, [ra.header("x-request-id"), b.header("x-request-id")])
+    la, lb = by_id[ra.header("x-request-id")], by_id[b.header("x-request-id")]
+    assert la["queue_ms"] < 100 and 900 <= la["worker_ms"] < 2000, la
+    assert 500 <= lb["queue_ms"] < 2000 and lb["worker_ms"] < 200, lb
+
+
+def test_streamed_body_send_ms_and_bytes(front, tmp_path):
+    log = tmp_path / "access.jsonl"
+    f = front(config={"server": {"access_log": str(log)}}, workers=1)
+    r = get(f.addr, "/stream?n=8&size=1000&delay=0.1", timeout=15)
+    assert r.status == 200 and len(r.body) == 8000, r
+    x = lines_for(log, [r.header("x-request-id")])[r.header("x-request-id")]
+    assert x["bytes"] == 8000, x
+    assert x["send_ms"] >= 600, "the body took about 0.8 s to stream: %r" % x
+    assert not x.get("aborted"), x
+
+
+def test_cut_body_is_logged_as_aborted(front, tmp_path):
+    log = tmp_path / "access.jsonl"
+    f = front(config={"server": {"access_log": str(log)}}, workers=1)
+    with f.addr.socket(10) as s:
+        s.sendall(b"GET /stream?n=50&size=1000&delay=0.1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += s.recv(65536)
+        rid = re.search(rb"x-request-id: (\S+)", got, re.I).group(1).decode()
+    x = lines_for(log, [rid], timeout=15)[rid]
+    assert x.get("aborted") is True, x
+    assert x["bytes"] < 50000 and x["status"] == 200, x
+
+
+def test_app_exception_class_is_logged(front, tmp_path):
+    """DESIGN.md: weir's error class is in the access log as in x-weir-error."""
+    log = tmp_path / "access.jsonl"
+    f = front(config={"server": {"access_log": str(log)}}, workers=1)
+    r = get(f.addr, "/boom", timeout=10)
+    assert r.status == 500 and r.header("x-weir-error") == "app-exception", r
+    x = lines_for(log, [r.header("x-request-id")])[r.header("x-request-id")]
+    assert x["error"] == "app-exception", x
+
+
+def test_odd_paths_stay_valid_json(front, tmp_path):
+    log = tmp_path / "access.jsonl"
+    f = front(config={"server": {"access_log": str(log)}}, workers=1)
+    for raw in (b'/a"b/env', b"/a\\b/env", b"/%22%5C%00/env", b"/caf\xc3\xa9/env", b"/a\x7fb/env", b"/{x}|^`/env"):
+        with f.addr.socket(10) as s:
+            s.sendall(b"GET " + raw + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            while s.recv(65536):
+                pass
+    assert get(f.addr, "/env?tag=last", timeout=10).status == 200
+    wait_for(lambda: any(x["path"] == "/env" for x in read_log(log)), 10, what="the last line")
+    lines = read_log(log)  # every line parses, or read_log fails
+    assert len(lines) >= 2, lines
+
+
+def test_unix_listener_client_is_null(front, tmp_path):
+    log = tmp_path / "access.jsonl"
+    f = front(config={"server": {"access_log": str(log)}}, listen="unix")
+    r = get(f.addr, "/env", timeout=10)
+    x = lines_for(log, [r.header("x-request-id")])[r.header("x-request-id")]
+    assert x["client"] is None, x
+
+
+@pytest.mark.parametrize("where", ["default", "stdout", "stderr", "off"])
+def test_access_log_destinations(front, where):
+    config = {} if where == "default" else {"server": {"access_log": where}}
+    f = front(config=config, workers=1)
+    rid = get(f.addr, "/env?tag=dest", timeout=10).header("x-request-id")
+
+    def stream(path):
+        return [json.loads(x) for x in path.read_text().splitlines() if x.startswith("{")]
+    out, err = f.proc.stdout_path, f.proc.stderr_path
+    if where == "off":
+        time.sleep(0.3)
+        assert not any(rid in x for x in (out.read_text(), err.read_text())), "access_log = off still logs"
+        return
+    target = err if where == "stderr" else out
+    wait_for(lambda: any(x.get("id") == rid for x in stream(target)), 10, what="the line on %s" % where)
+    other = out if target is err else err
+    assert rid not in other.read_text()
