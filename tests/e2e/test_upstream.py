@@ -50,10 +50,21 @@ def start_gunicorn(tmp_path, workers=2):
     return p, "127.0.0.1:%d" % port
 
 
-def front(weir, servers, protocol, **upstream):
+def answers(w):
+    try:
+        get(w.addr, "/pid", timeout=5)
+        return True
+    except OSError:
+        return False
+
+
+def front(weir, servers, protocol, wait=True, **upstream):
     cfg = {"server": {"access_log": "off"},
            "upstream": dict({"servers": servers, "protocol": protocol}, **upstream)}
-    return weir(app=None, chdir=None, workers=None, config=cfg, ready_path="/pid")
+    w = weir(app=None, chdir=None, workers=None, config=cfg, ready_path="/pid", wait=wait)
+    if not wait:  # no live server: ready once the listener answers at all
+        wait_for(lambda: answers(w), 30, what="weir listener")
+    return w
 
 
 @pytest.fixture(params=["uwsgi", "http"])
@@ -91,7 +102,7 @@ def test_unreachable_server(weir, peer, short_tmp):
     protocol, addr = peer
     dead = "unix:" + sock_path(short_tmp, "nobody") if protocol == "uwsgi" else "127.0.0.1:%d" % free_port()
     # Only the dead server: 502 upstream-connect, fast.
-    w = front(weir, [dead], protocol)
+    w = front(weir, [dead], protocol, wait=False)
     r = get(w.addr, "/pid")
     assert r.status == 502 and r.header("x-weir-error") == "upstream-connect", r
     w.stop()

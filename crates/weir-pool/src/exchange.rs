@@ -165,17 +165,19 @@ async fn exchange(lease: &mut Lease, req: WorkerRequest, out: &mut Reply) -> Res
     match body {
         RequestBody::Empty => {
             wr.write_all(&packet).await.map_err(|_| Ended::Died)?;
-            read_response(&mut rd, rbuf, out).await
+            read_response(&mut rd, rbuf, out, Some(&mut wr)).await
         }
         RequestBody::Full(b) if b.len() <= 64 * 1024 => {
             packet.extend_from_slice(&b);
             wr.write_all(&packet).await.map_err(|_| Ended::Died)?;
-            read_response(&mut rd, rbuf, out).await
+            read_response(&mut rd, rbuf, out, Some(&mut wr)).await
         }
         body => {
+            // The write half is busy with the body: no CANCEL for these (rare) requests;
+            // their answer is read to its end instead.
             let (w, r) = tokio::join!(
                 write_body(&mut wr, packet, body),
-                read_response(&mut rd, rbuf, out)
+                read_response(&mut rd, rbuf, out, None)
             );
             r.and(w)
         }
@@ -244,6 +246,7 @@ async fn read_response(
     rd: &mut ReadHalf<'_>,
     rbuf: &mut bytes::BytesMut,
     out: &mut Reply,
+    mut cancel: Option<&mut WriteHalf<'_>>,
 ) -> Result<(), Ended> {
     let head_len = loop {
         if let Some(n) = head::find_end(rbuf) {
@@ -344,7 +347,20 @@ async fn read_response(
                 let data = rbuf.split_to(n).freeze();
                 // Keep the sender reachable for `Reply::fail` if the worker dies next.
                 out.chunks = sink.clone();
+                let had_client = sink.is_some();
                 send_chunk(&mut sink, Ok(data)).await;
+                if had_client && sink.is_none() {
+                    // The client went away: ask the worker to stop the app's iterable
+                    // (it answers with ABORT), instead of running it to its end.
+                    if let Some(wr) = cancel.take() {
+                        let mut c = Vec::with_capacity(4);
+                        weir_uwsgi::packet::encode_control(
+                            &mut c,
+                            weir_uwsgi::packet::MODIFIER_CANCEL,
+                        );
+                        wr.write_all(&c).await.map_err(|_| Ended::Died)?;
+                    }
+                }
             }
         }
     }

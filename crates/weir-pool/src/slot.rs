@@ -282,6 +282,8 @@ async fn spawn(ctx: &SlotContext, slot: usize) -> Start {
         .arg("--id")
         .arg(slot.to_string())
         .stdin(Stdio::from(OwnedFd::from(theirs)))
+        // print() from the app reaches the log at once, not when a pipe buffer fills.
+        .env("PYTHONUNBUFFERED", "1")
         .kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(c) => c,

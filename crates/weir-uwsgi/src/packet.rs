@@ -16,6 +16,10 @@ pub const MODIFIER_WSGI: u8 = 0;
 pub const MODIFIER_READY: u8 = 0xF0;
 /// modifier1 of the master's "run the app's ready check" request.
 pub const MODIFIER_READY_CHECK: u8 = 0xF1;
+/// modifier1 of the master's "the client went away: stop this response" notice (sent
+/// after the whole request body; never answered; the worker stops iterating the app's
+/// body, calls its close() and ends the response with ABORT).
+pub const MODIFIER_CANCEL: u8 = 0xF2;
 
 /// Why bytes are not (yet) a packet.
 #[derive(Debug, Error, PartialEq, Eq)]
