@@ -4,7 +4,7 @@
 #   2. cargo build -p weir       (debug: the binary the end-to-end tests start)
 #   3. cargo nextest run --workspace
 #   4. python3 -m pytest tests/  (tests/e2e: real weir, real nginx, real sockets; tests/db ...)
-#   5. a short fuzz run, when fuzz/ exists (TODO: wired by the lead)
+#   5. a short fuzz run of the codec targets (scripts/fuzz.sh; WEIR_FUZZ_SECONDS, default 15 each)
 # Exits non-zero if any step fails. The last line reads "test.sh: N passed, N failed, N skipped"
 # (tests counted over nextest and pytest; a step that fails without counting tests counts
 # as one failure).
@@ -109,10 +109,11 @@ fi
 # -- 5. fuzzing --------------------------------------------------------------------------
 if [[ -d fuzz ]]; then
   banner "fuzz"
-  # TODO(lead): wire the short fuzz run here, e.g.
-  #   cargo +nightly fuzz run <target> -- -max_total_time=60
-  # and record its result with: record fuzz ok|FAILED "<detail>"
-  record fuzz "not wired" "TODO in scripts/test.sh"
+  if scripts/fuzz.sh "${WEIR_FUZZ_SECONDS:-15}" 2>&1 | tee "$OUT/fuzz.log"; then
+    record fuzz ok "$(grep -c '^Done' "$OUT/fuzz.log") targets"
+  else
+    record fuzz FAILED "see $OUT/fuzz.log"; N_FAILED=$((N_FAILED + 1))
+  fi
 else
   record fuzz skipped "no fuzz/ directory"
 fi
