@@ -3,19 +3,16 @@
 //!
 //! # Open loop
 //! One scheduler task walks the [`Schedule`]. For each slot it sleeps until the slot is
-//! due (a timer sleep while the slot is far, then yielding to the runtime in a loop for the
-//! last [`SPIN`], because tokio's timer ticks in whole milliseconds) and spawns a request
-//! task. The request task notes how late it started (the generator's own lateness, the
+//! due and spawns a request task. It sleeps on a microsecond timer (a timerfd in the
+//! runtime's epoll, see [`crate::timer`]; tokio's own timer ticks in whole milliseconds)
+//! until [`SPIN`] before the slot, then yields to the runtime in a loop, since a thread
+//! woken from sleep is some tens of µs late. So the generator spins only when slots are
+//! closer than that, and a slow schedule leaves the CPU to the server under test. The request task notes how late it started (the generator's own lateness, the
 //! self-check), takes a connection permit (when all `--max-connections` are busy the
 //! request waits for one and the slot counts as missed), takes an idle keep-alive
 //! connection or opens a new one, sends, and records the latency from the slot's due time.
 //! So a server that stalls delays every request due during the stall, and each of them
 //! reports its full wait, as wrk2 does.
-//!
-//! Measured alternatives: a timer on its own OS thread (`nanosleep` with a 1 ns timer
-//! slack, slots handed over a channel) started requests ~37 µs late at the median against
-//! ~1 µs here, and was no better at p99 when other processes shared the core; a
-//! multi-thread runtime only pays off with cores to spare (`--threads`).
 //!
 //! A request past its deadline (due time + `--timeout`) is dropped with its connection
 //! and recorded as a timeout at exactly the timeout value.
@@ -36,9 +33,7 @@ use tokio::time::Instant;
 use crate::http::{Conn, Endpoint, HttpError, Response};
 use crate::schedule::{Limit, Picker, Schedule};
 use crate::stats::{Outcome, Recorder};
-
-/// How close to a slot the scheduler stops sleeping on the timer and starts yielding.
-pub const SPIN: Duration = Duration::from_micros(1500);
+use crate::timer::Timer;
 
 /// After this many slots dispatched back to back (the generator is late), the scheduler
 /// yields once so request tasks can run.
@@ -183,19 +178,24 @@ fn outcome(r: Result<Result<Response, HttpError>, tokio::time::error::Elapsed>) 
     }
 }
 
-/// Sleeps until `due`: on the timer while it is far, yielding in a loop for the last
-/// [`SPIN`].
-async fn wait_until(due: Instant) {
-    loop {
-        let now = Instant::now();
-        if now >= due {
-            return;
+/// How long before a slot the scheduler stops sleeping and yields in a loop instead: a
+/// thread that sleeps wakes some tens of µs late (more in a VM, whose idle vCPU halts),
+/// one that keeps running does not.
+pub const SPIN: Duration = Duration::from_micros(250);
+
+/// Sleeps until `due`: on the precise timer until [`SPIN`] before it, then yielding to the
+/// runtime in a loop (I/O still runs between yields).
+async fn wait_until(timer: &Timer, due: Instant) {
+    if let Some(wake) = due.checked_sub(SPIN).filter(|w| Instant::now() < *w) {
+        if let Err(e) = timer.sleep_until(wake).await {
+            // A timerfd that failed once will fail again; tokio's timer ticks in whole
+            // milliseconds, so wake that much earlier. The lateness in the report shows it.
+            eprintln!("weir load: precise timer failed ({e}); using the millisecond timer");
+            tokio::time::sleep_until(wake - Duration::from_millis(1)).await;
         }
-        if due - now > SPIN {
-            tokio::time::sleep_until(due - SPIN).await;
-        } else {
-            tokio::task::yield_now().await;
-        }
+    }
+    while Instant::now() < due {
+        tokio::task::yield_now().await;
     }
 }
 
@@ -210,7 +210,7 @@ fn reap(set: &mut JoinSet<()>) {
 }
 
 /// Runs one load to its end. `done` counts ended requests for a progress display.
-pub async fn run(spec: RunSpec, first: Conn, done: Arc<AtomicU64>) -> RunData {
+pub async fn run(spec: RunSpec, first: Conn, done: Arc<AtomicU64>, timer: &Timer) -> RunData {
     let highest = spec.timeout + Duration::from_secs(1);
     let shared = Arc::new(Shared {
         endpoint: spec.endpoint.clone(),
@@ -247,7 +247,7 @@ pub async fn run(spec: RunSpec, first: Conn, done: Arc<AtomicU64>) -> RunData {
             let window = schedule.measured_window();
             // Start a little ahead so the first slot is not already late.
             let start = Instant::now() + Duration::from_millis(5);
-            open_loop(&shared, schedule, start).await;
+            open_loop(&shared, schedule, start, timer).await;
             (start + spec.warmup, Some(window))
         }
         Mode::Closed => {
@@ -269,14 +269,14 @@ pub async fn run(spec: RunSpec, first: Conn, done: Arc<AtomicU64>) -> RunData {
     }
 }
 
-async fn open_loop(shared: &Arc<Shared>, schedule: Schedule, start: Instant) {
+async fn open_loop(shared: &Arc<Shared>, schedule: Schedule, start: Instant, timer: &Timer) {
     let mut set = JoinSet::new();
     let mut burst = 0u32;
     for slot in schedule {
         let due = start + slot.at;
         if Instant::now() < due {
             burst = 0;
-            wait_until(due).await;
+            wait_until(timer, due).await;
         } else {
             burst += 1;
             if burst >= BURST {

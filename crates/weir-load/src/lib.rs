@@ -7,6 +7,7 @@
 //! - [`run`]: turns a command into runs, prints reports, writes JSON and plots, applies
 //!   `--fail-if`; the one place that maps errors to exit statuses.
 //! - [`engine`]: the scheduler, the connection pool and request tasks, the closed loop.
+//! - [`timer`]: the scheduler's microsecond sleep (a timerfd in the runtime's epoll).
 //! - [`schedule`]: slot times (evenly spaced or seeded Poisson) and weighted mix picks.
 //! - [`http`]: a minimal HTTP/1.1 client connection over TCP or a Unix socket.
 //! - [`stats`]: what a run records (histograms, statuses, errors) and histogram encoding.
@@ -32,6 +33,7 @@ pub mod run;
 pub mod schedule;
 pub mod stats;
 pub mod target;
+pub mod timer;
 
 use std::process::ExitCode;
 

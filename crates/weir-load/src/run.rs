@@ -406,7 +406,8 @@ async fn one_run(plan: &Plan, rate: Option<f64>, command: &str) -> Result<RunJso
             }
         })
     });
-    let data = engine::run(spec, first, done).await;
+    let timer = crate::timer::Timer::new().map_err(LoadError::Runtime)?;
+    let data = engine::run(spec, first, done, &timer).await;
     if let Some(t) = ticker {
         t.abort();
     }
