@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e_lib import APPS, Addr, get, pid_alive, run_load, wait_for
+from e2e_lib import APPS, Addr, get, pid_alive, run_load, sock_path, wait_for
 
 
 @pytest.fixture
@@ -231,22 +231,25 @@ def test_reload_on_rss(weir, app_dir):
 
 
 @pytest.mark.e2e_timeout(180)
-def test_sighup_reload_under_load_serves_new_code_with_zero_failures(weir, app_dir, tmp_path):
+@pytest.mark.parametrize("via", ["http", "nginx"])
+def test_sighup_reload_under_load_serves_new_code_with_zero_failures(weir, nginx, app_dir, tmp_path, short_tmp, via):
     # importing takes a second: a supervisor that sends traffic to workers before they are
     # ready, or kills the old ones first, fails requests here
     (app_dir / "IMPORT_DELAY").write_text("1.0")
-    srv = start_sup(weir, app_dir, workers=2, ready_path="/version")
-    v1 = get(srv.addr, "/version").text
+    uw = [sock_path(short_tmp, "hup")] if via == "nginx" else []
+    srv = start_sup(weir, app_dir, workers=2, ready_path="/version", uwsgi_listen=["unix:" + u for u in uw])
+    addr = nginx("unix:" + uw[0]).addr if uw else srv.addr
+    v1 = get(addr, "/version").text
     assert v1.startswith("v1 "), v1
 
     stop = threading.Event()
-    res, threads = run_load(srv.addr, "/version", threads=6, stop=stop, max_per_thread=5000, max_seconds=90,
+    res, threads = run_load(addr, "/version", threads=6, stop=stop, max_per_thread=5000, max_seconds=90,
                             keep_bodies=True)
     try:
         wait_for(lambda: res.ok >= 50, 30, what="load to get going")
         # a request in flight across the reload: it finishes on its old worker
         marker = tmp_path / "inflight"
-        t_slow, box = sleep_in_background(srv.addr, "/sleep?s=3&marker=%s" % marker)
+        t_slow, box = sleep_in_background(addr, "/sleep?s=3&marker=%s" % marker)
         old_pid = marker_pid(marker)
         (app_dir / "VERSION").write_text("v2")
         t_hup = time.monotonic()
