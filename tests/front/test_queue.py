@@ -149,3 +149,18 @@ def test_default_queue_turns_overload_into_fast_503s_and_full_speed_service(fron
     print("served %d (worst %.2fs), refused %d (worst %.3fs)" % (len(served), worst, len(refused),
                                                                  max(r[3] for r in refused)))
     assert worst < 10, "an admitted request waited %.1fs" % worst
+
+
+def test_queue_depth_drops_when_queued_clients_leave(front):
+    """weir_queue_depth counts requests waiting now: clients that left are not waiting."""
+    f = front(workers=1, admin=True)
+    a = Background(f.addr, "/sleep?s=3&tag=a")
+    wait_tag_started(f.state, "a")
+    socks = [_queued_raw(f.addr, "/env?tag=gone%d" % i) for i in range(3)]
+    f.wait_queued(3)
+    for s in socks:
+        s.close()
+    try:
+        f.wait_queued(0, timeout=1.5)
+    finally:
+        a.join()
