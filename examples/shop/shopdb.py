@@ -350,7 +350,8 @@ class Database:
         raise AssertionError("unreachable: the loop returns or raises")
 
     def _sqlite_query(self, conn, sql, params, deadline):
-        sql = sql.replace("%s", "?")
+        # The pyformat placeholders the MySQL path uses: %s is a parameter, %% a percent.
+        sql = sql.replace("%s", "?").replace("%%", "%")
         if deadline is not None:
             conn.set_progress_handler(lambda: 1 if time.time() >= deadline else 0, 1000)
         try:
