@@ -6,6 +6,7 @@ answers carry no x-weir-error.
 
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
@@ -139,6 +140,23 @@ def test_app_exception_is_500_app_exception(front, accept):
     assert_weir_error(r, 500, "app-exception", accept)
     # the worker survives an exception
     assert get(f.addr, "/", timeout=10).status == 200
+
+
+@BOTH
+def test_queued_at_shutdown_is_503_shutting_down(front, accept):
+    """SIGTERM: the request in flight finishes; one still queued is answered at once."""
+    f = front(config={"queue": {"retry_after": 2}}, workers=1, admin=True)
+    busy = Background(f.addr, "/sleep?s=2&tag=busy")
+    wait_tag_started(f.state, "busy")
+    queued = Background(f.addr, "/env?tag=queued", headers=hdr(accept))
+    f.wait_queued(1)
+    f.proc.signal(signal.SIGTERM)
+    r = queued.join()
+    assert_weir_error(r, 503, "shutting-down", accept, retry_after=2)
+    assert queued.elapsed < 1.5, queued.elapsed
+    assert busy.join().status == 200
+    assert f.proc.wait(15) == 0
+    assert "queued" not in f.tags()
 
 
 def test_app_answers_carry_no_weir_error(front):
