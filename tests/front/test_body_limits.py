@@ -11,7 +11,7 @@ import time
 import pytest
 
 from e2e_lib import parse_response, recv_all, request
-from front_lib import assert_weir_error, read_response_head
+from front_lib import assert_weir_error, closed_by_peer, read_response_head
 
 pytestmark = pytest.mark.e2e_timeout(60)
 
@@ -42,6 +42,22 @@ def test_declared_body_over_the_limit_is_413_before_it_is_sent(front, limit, siz
     r = parse_response(head + rest)
     assert_weir_error(r, 413, "body-too-large")
     assert "over" not in f.tags()
+
+
+def test_refused_body_is_never_read_as_the_next_request(front):
+    """A 413 on a keep-alive connection: the unread body (here shaped like a request) must
+    not be parsed as the next request; the real next request is served or the
+    connection closed."""
+    f = front(config={"server": {"max_body_size": "1KiB"}}, workers=1)
+    body = b"GET /env?tag=smuggled HTTP/1.1\r\nHost: x\r\n\r\n" + b"x" * 3000
+    payload = (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+               + b"GET /env?tag=second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    with f.addr.socket(10) as s:
+        s.sendall(payload)
+        _, data = closed_by_peer(s, time.monotonic() + 5)
+    assert data.startswith(b"HTTP/1.1 413"), data[:200]
+    assert data.count(b"HTTP/1.1 ") <= 2 and b"HTTP/1.1 400" not in data, data
+    assert "smuggled" not in f.tags()
 
 
 def test_expect_100_continue_over_the_limit_gets_413_not_100(front):

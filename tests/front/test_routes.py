@@ -47,26 +47,29 @@ def sleep_intervals(hits, prefix):
 
 
 def test_slow_route_limited_to_one_worker_fast_requests_stay_fast(front):
-    """workers=4, /slow max_concurrency=1: three 1.5 s /slow requests run one after the
-    other on one worker while /fast requests keep being answered at once."""
+    """workers=4, /slow max_concurrency=1: three 2 s /slow requests run one after the
+    other on one worker while /fast requests keep being answered at once (a /fast request
+    stuck behind a /slow one would wait up to 2 s)."""
     f = front(config={"route": [{"path": "/slow", "max_concurrency": 1}]}, workers=4, admin=True)
-    slow = [Background(f.addr, "/slow/sleep?s=1.5&tag=slow%d" % i) for i in range(3)]
+    slow = [Background(f.addr, "/slow/sleep?s=2&tag=slow%d" % i) for i in range(3)]
     wait_for(lambda: any((h.get("tag") or "").startswith("slow") for h in f.hits()), 30, what="a /slow request to start")
-    lat = fast_latencies(f.addr, 3.0)
+    lat = fast_latencies(f.addr, 4.0)
     busy = f.metric("weir_workers", state="busy")
     for b in slow:
         r = b.join()
         assert r.status == 200, r
     assert all(st == 200 for _, st in lat), [x for x in lat if x[1] != 200][:5]
-    assert len(lat) >= 20, "only %d fast requests in 3s" % len(lat)
-    worst = max(t for t, _ in lat)
-    assert worst < 0.5, "a /fast request took %.3fs while /slow ran" % worst
+    assert len(lat) >= 20, "only %d fast requests in 4s" % len(lat)
+    times = sorted(t for t, _ in lat)
+    worst, median = times[-1], times[len(times) // 2]
+    assert worst < 1.0, "a /fast request took %.3fs while /slow ran" % worst
+    assert median < 0.1, "/fast median %.3fs while /slow ran" % median
     assert busy <= 1, "%s workers busy while only /slow (limit 1) was running" % busy
     iv = sleep_intervals(f.hits(), "slow")
     assert len(iv) == 3, iv
     for (s1, e1), (s2, e2) in zip(iv, iv[1:]):
         assert s2 >= e1 - 0.01, "two /slow requests ran at once: %r" % iv
-    assert max(b.elapsed for b in slow) >= 4.0, "the third /slow waited for the other two"
+    assert max(b.elapsed for b in slow) >= 5.5, "the third /slow waited for the other two"
 
 
 def test_without_a_route_limit_slow_requests_take_every_worker(front):
