@@ -44,6 +44,8 @@ struct Plan {
     endpoint: Endpoint,
     entries: Vec<MixEntry>,
     rates: Vec<Option<f64>>,
+    /// `--rates` was given: the JSON is `{"sweep": [...]}` even for one rate.
+    sweep: bool,
     arrivals: Arrivals,
     seed: u64,
     limit: Limit,
@@ -201,6 +203,7 @@ fn plan(cmd: LoadCommand) -> Result<Plan, LoadError> {
         endpoint,
         entries,
         rates,
+        sweep: cmd.rate.is_none() && cmd.rates.is_some(),
         arrivals: cmd.arrivals,
         seed,
         limit,
@@ -282,7 +285,7 @@ pub fn run(cmd: LoadCommand) -> Result<Outcome, LoadError> {
         print!("{}", report::render_sweep(&runs));
     }
     if let Some(p) = &plan.json {
-        let text = if runs.len() == 1 {
+        let text = if !plan.sweep {
             serde_json::to_string_pretty(&runs[0])
         } else {
             serde_json::to_string_pretty(&serde_json::json!({ "sweep": runs }))
@@ -298,7 +301,7 @@ pub fn run(cmd: LoadCommand) -> Result<Outcome, LoadError> {
         for r in &runs {
             let hist = stats::decode(&r.histogram.data).map_err(LoadError::Plot)?;
             series.push(Series {
-                name: series_name(r, runs.len() > 1),
+                name: series_name(r, plan.sweep),
                 hist,
             });
         }
