@@ -132,7 +132,7 @@ start_server() {
     weir)
       [[ -x "$WEIR_BIN" ]] || { log "weir binary $WEIR_BIN missing"; return 1; }
       start weir env RUST_LOG="${RUST_LOG:-warn}" "$WEIR_BIN" serve --app "$SHOP_APP" --chdir "$SHOP_DIR" \
-        --workers "$WORKERS" --listen "127.0.0.1:$port" ;;
+        --workers "$WORKERS" --listen "127.0.0.1:$port" --access-log off ;;
     nginx-uwsgi)
       sock="$d/uwsgi.sock"
       start uwsgi uwsgi --socket "$sock" --chmod-socket=666 --master --processes "$WORKERS" \

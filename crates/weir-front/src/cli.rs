@@ -50,6 +50,13 @@ pub struct ServeArgs {
     /// [app] graceful_timeout
     #[arg(long, value_name = "DURATION", value_parser = parse_seconds)]
     pub graceful_timeout: Option<Seconds>,
+    /// Access log: stdout, stderr, off, or a file path (one JSON line per request).
+    /// [server] access_log
+    #[arg(long, value_name = "WHERE")]
+    pub access_log: Option<String>,
+    /// Admin listener for /metrics, /livez, /readyz (loopback or unix:PATH). [admin] listen
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<ListenAddr>,
     /// Event-loop threads of the master (default 1). [server] threads
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -97,6 +104,10 @@ impl ServeArgs {
         if let Some(v) = self.threads {
             c.server.threads = v;
         }
+        if let Some(v) = &self.access_log {
+            c.server.access_log = v.clone();
+        }
+        set(&mut c.admin.listen, self.admin_listen.clone());
         if !self.listen.is_empty() {
             c.server.listen = self.listen.clone();
         }
