@@ -17,8 +17,9 @@
 //!
 //! A lost or failed connection is logged and retried with exponential backoff (100 ms,
 //! doubling, at most 10 s); only a refused login (wrong password, no such database) is
-//! fatal. SIGTERM/SIGINT (the `shutdown` future) stop the loop between or during passes,
-//! and the connection is closed politely when it is still usable.
+//! fatal. SIGTERM/SIGINT (the `shutdown` future) stop the loop between passes, or let a
+//! pass in progress finish (at most 2 s more, so a KILL already sent is also logged), and
+//! the connection is closed politely when it is still usable.
 //!
 //! Unlike pt-kill, there is no `--print` mode (the JSON line is the print) and the default
 //! action is the milder `KILL QUERY`.
@@ -199,6 +200,9 @@ const MYSQL_SECONDS_PROCESSLIST: &str = "SELECT ID, USER, HOST, DB, COMMAND, \
 /// connection.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a pass in progress may go on after a stop signal.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 enum PassError {
     /// The connection is unusable; reconnect.
     Lost(String),
@@ -367,13 +371,24 @@ pub async fn run(
             continue;
         };
         let started = Instant::now();
-        let result = tokio::select! {
-            r = pass(s, &rules, args, action, out, &mut seen) => r,
-            () = &mut shutdown => {
-                // The pass was cut mid-statement: the connection's state is unknown.
-                session = None;
-                break;
+        // A signal during a pass lets it finish for a moment, so that a KILL already sent
+        // is also logged; a pass still stuck after that is dropped.
+        let mut stopping = false;
+        let result = {
+            let fut = pass(s, &rules, args, action, out, &mut seen);
+            tokio::pin!(fut);
+            tokio::select! {
+                r = &mut fut => Some(r),
+                () = &mut shutdown => {
+                    stopping = true;
+                    tokio::time::timeout(STOP_GRACE, &mut fut).await.ok()
+                }
             }
+        };
+        let Some(result) = result else {
+            // Cut mid-statement: the connection's state is unknown, so it is not reused.
+            session = None;
+            break;
         };
         summary.passes += 1;
         match result {
@@ -384,6 +399,9 @@ pub async fn run(
             Err(PassError::Fatal(e)) => return Err(e),
             Err(PassError::Lost(why)) => {
                 session = None;
+                if stopping {
+                    break;
+                }
                 if args.once {
                     return Err(DbError::Lost {
                         target: args.dsn.shown().to_owned(),
@@ -402,7 +420,7 @@ pub async fn run(
                 }
             }
         }
-        if args.once {
+        if args.once || stopping {
             break;
         }
         tokio::select! {
@@ -433,6 +451,12 @@ async fn pass(
     let procs = match tokio::time::timeout(STATEMENT_TIMEOUT, s.processlist()).await {
         Ok(Ok(p)) => p,
         Ok(Err(e)) if e.is_fatal() => return Err(PassError::Lost(e.to_string())),
+        // Someone (another guard?) interrupted our read: transient, start over.
+        Ok(Err(mysql_async::Error::Server(e))) if e.code == 1317 => {
+            return Err(PassError::Lost(format!(
+                "the process list read was interrupted: {e}"
+            )))
+        }
         Ok(Err(source)) => {
             return Err(PassError::Fatal(DbError::Query {
                 what: "reading the process list",

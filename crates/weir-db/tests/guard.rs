@@ -143,7 +143,11 @@ async fn kill_ends_the_connection() {
     stop_tx.send(()).unwrap();
     let out = guard_task.await.unwrap();
     let victims = lines(&out);
-    assert_eq!(victims.len(), 1);
+    assert_eq!(
+        victims.len(),
+        1,
+        "the statement ended with {e} but the guard logged {victims:?}"
+    );
     assert_eq!(victims[0]["action"], "kill");
 }
 
@@ -186,12 +190,15 @@ async fn dry_run_kills_nothing_and_logs_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_never_touches_its_own_connection() {
-    let Some(url) = common::server_url("guard --once") else {
+    let Some(server) = common::server_url("guard --once") else {
         return;
     };
-    // busy-time 0 and a rule that matches the guard's own process list query.
-    let mut a = args(&url, 0, "PROCESSLIST");
+    // busy-time 0 and rules that match the guard's own process list read; the scratch
+    // database keeps the rules from matching anyone else's statements on a shared server.
+    let db = common::Scratch::new(&server, "guard_self").await;
+    let mut a = args(&db.url, 0, "PROCESSLIST");
     a.match_info = Some(regex::Regex::new("(?i)processlist|performance_schema").unwrap());
+    a.match_db = Some(regex::Regex::new(&format!("^{}$", regex::escape(&db.name))).unwrap());
     a.once = true;
     let mut out = Vec::new();
     let s = guard::run(&a, &mut out, std::future::pending::<()>())
@@ -199,6 +206,7 @@ async fn once_never_touches_its_own_connection() {
         .unwrap();
     assert_eq!(s.passes, 1);
     assert_eq!(s.victims, 0, "{}", String::from_utf8_lossy(&out));
+    db.drop_db().await;
 }
 
 #[tokio::test]
