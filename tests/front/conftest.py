@@ -11,6 +11,7 @@ Added here:
 - `front`: a factory, `front(config={...}, workers=N, admin=True)`, that starts weir on
   front_app with that weir.toml (dict, [[route]] as a list of dicts) and returns a
   FrontServer with the public address, the admin address, the app's hits and /metrics.
+  With admin=True it also waits until all N workers are idle.
 """
 
 from __future__ import annotations
@@ -136,6 +137,8 @@ def front(weir, state_dir):
         fs = FrontServer(srv, srv.addr, admin_addr, state_dir, text)
         if admin_addr is not None and kw.get("wait", True) is not False:
             wait_for(lambda: get(admin_addr, "/livez", timeout=2).status == 200, 30, what="admin /livez")
+            # the listener answers once one worker is up; tests that count workers need all
+            fs.wait_metric("weir_workers", workers, timeout=60, state="idle")
         return fs
 
     return start

@@ -120,7 +120,7 @@ def test_requests_waiting_for_a_route_slot_count_against_queue_max_size(front):
         w.join()
     holder.join()
     assert r.status == 503 and r.header("x-weir-error") == "queue-full", \
-        "a third /slow waiter with max_size=2 got %r after %.2fs" % (r, took)
+        "a third /slow waiter (max_size=2) got %r after %.2fs" % (r, took)
     assert took < 1.0
 
 
