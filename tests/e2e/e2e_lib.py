@@ -377,7 +377,8 @@ def raw_exchange(addr: Addr, payload: bytes, timeout: float = 30.0, head_request
 class LoadResult:
     ok: int = 0
     failures: list = field(default_factory=list)  # (time, description)
-    bodies: list = field(default_factory=list)  # (time, body) of successes, when kept
+    bodies: list = field(default_factory=list)  # (start time, body) of successes, when kept
+    timed: list = field(default_factory=list)  # (start time, end time, body) of successes, when kept
 
     def summary(self) -> str:
         return "%d ok, %d failed; first failures: %r" % (self.ok, len(self.failures), self.failures[:10])
@@ -408,6 +409,7 @@ def run_load(addr: Addr, path: str, threads: int, stop: threading.Event, max_per
                         res.ok += 1
                         if keep_bodies:
                             res.bodies.append((now, r.body))
+                            res.timed.append((now, time.monotonic(), r.body))
                     else:
                         res.failures.append((now, "%d %s x-weir-error=%s body=%r" % (
                             r.status, r.reason, r.header("x-weir-error"), r.body[:200])))

@@ -230,6 +230,15 @@ def test_reload_on_rss(weir, app_dir):
 # graceful reload
 
 
+def first_v2_answers(res) -> dict:
+    """pid -> the time its first v2 answer arrived."""
+    out = {}
+    for st, en, b in sorted(list(res.timed), key=lambda x: x[1]):
+        if b.startswith(b"v2 "):
+            out.setdefault(int(b.split()[1]), en)
+    return out
+
+
 @pytest.mark.e2e_timeout(180)
 @pytest.mark.parametrize("via", ["http", "nginx"])
 def test_sighup_reload_under_load_serves_new_code_with_zero_failures(weir, nginx, app_dir, tmp_path, short_tmp, via):
@@ -254,11 +263,11 @@ def test_sighup_reload_under_load_serves_new_code_with_zero_failures(weir, nginx
         (app_dir / "VERSION").write_text("v2")
         t_hup = time.monotonic()
         srv.proc.signal(signal.SIGHUP)
-        # load goes on until v2 has been served for 2 s (bounded)
-        def v2_for_a_while():
-            v2 = [t for t, b in res.bodies if b.startswith(b"v2 ")]
-            return v2 and time.monotonic() - v2[0] > 2.0
-        wait_for(v2_for_a_while, 60, interval=0.1, what="v2 served for 2 s after SIGHUP")
+        # load goes on until every new worker has answered, and 2 s more (bounded)
+        def all_new_seen_for_a_while():
+            firsts = first_v2_answers(res)
+            return len(firsts) >= 2 and time.monotonic() - max(firsts.values()) > 2.0
+        wait_for(all_new_seen_for_a_while, 60, interval=0.1, what="both new workers serving v2 for 2 s after SIGHUP")
     finally:
         stop.set()
         for t in threads:
@@ -268,10 +277,14 @@ def test_sighup_reload_under_load_serves_new_code_with_zero_failures(weir, nginx
     r = box.get("resp")
     assert r is not None and r.status == 200, box
     assert pid_of(r) == old_pid, "the in-flight request was answered by another process?"
-    # after the switch no v1 answer any more: the last second of answers are all v2
-    last = res.bodies[-1][0]
-    tail = [b for t, b in res.bodies if t > last - 1.0]
-    assert tail and all(b.startswith(b"v2 ") for b in tail), tail[:20]
+    # once both new workers have answered, old ones take no new request: a request that
+    # started after that (+0.5 s of slack) and got v1 went to a worker that should be leaving
+    t_new = max(first_v2_answers(res).values())
+    late_v1 = [(round(st - t_hup, 2), round(en - t_hup, 2), b) for st, en, b in res.timed
+               if b.startswith(b"v1 ") and st > t_new + 0.5]
+    assert not late_v1, ("old workers served requests that started after both new workers were serving "
+                         "(new generation serving at +%.2fs after SIGHUP; (start, end, body) after SIGHUP): %r"
+                         % (t_new - t_hup, late_v1[:10]))
     assert srv.alive
     # all old workers leave
     old = {int(b.split()[1]) for t, b in res.bodies if b.startswith(b"v1 ")} | {old_pid}
