@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from e2e_lib import Addr, free_port, get, sock_path
+from e2e_lib import Addr, free_port, get, request, sock_path
 from front_lib import (FRONT_APPS, Background, assert_weir_error, parse_prometheus, sample, tags_seen, to_toml,
                        wait_for, wait_tag_started)
 
@@ -75,3 +75,12 @@ def test_client_gone_while_queued_behind_nginx_never_reaches_a_worker(behind_ngi
     time.sleep(0.3)
     tags = tags_seen(state_dir)
     assert "gone" not in tags, "a request whose client left reached the app through NGINX: %r" % tags
+
+
+def test_max_body_size_applies_behind_nginx(behind_nginx, state_dir):
+    """[server] max_body_size is the app's limit whichever listener the request came in
+    on (NGINX's own client_max_body_size here is 64m)."""
+    addr, _, _ = behind_nginx({"server": {"max_body_size": "1KiB"}})
+    r = request(addr, "POST", "/echo?tag=big", body=b"x" * 4096, timeout=10)
+    assert r.status == 413 and r.header("x-weir-error") == "body-too-large", r
+    assert "big" not in tags_seen(state_dir)

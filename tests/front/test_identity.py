@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -121,3 +122,18 @@ def test_unix_socket_peer_is_trusted_as_a_local_proxy(front):
     e, r = env(f.addr, [("X-Forwarded-For", "203.0.113.7"), ("X-Request-ID", "from-local-proxy")])
     assert e["REMOTE_ADDR"] == "203.0.113.7", e
     assert r.header("x-request-id") == "from-local-proxy", r
+
+
+def test_access_log_shows_the_believed_client_and_the_kept_id(front, tmp_path):
+    log = tmp_path / "access.jsonl"
+    f = front(config={"server": {"trusted_proxies": ["127.0.0.1"], "access_log": str(log)}})
+    get(f.addr, "/env", headers=[("X-Forwarded-For", "203.0.113.44"), ("X-Request-ID", "trace-me-1")], timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.exists() else []
+        mine = [x for x in lines if x["id"] == "trace-me-1"]
+        if mine:
+            break
+        time.sleep(0.05)
+    assert mine, "no access log line with the kept id"
+    assert mine[0]["client"] == "203.0.113.44", mine[0]
