@@ -49,6 +49,16 @@ else
   record build FAILED; N_FAILED=$((N_FAILED + 1))
 fi
 
+# -- 2b. a private MariaDB for the database tests (weir db, examples/shop on MySQL) --------
+banner "MariaDB (scripts/mariadb.sh)"
+if scripts/mariadb.sh start; then
+  export WEIR_TEST_MYSQL_URL; WEIR_TEST_MYSQL_URL=$(scripts/mariadb.sh url)
+  record mariadb ok "$WEIR_TEST_MYSQL_URL"
+  trap 'scripts/mariadb.sh stop >/dev/null 2>&1 || true' EXIT
+else
+  record mariadb FAILED "database tests will fail or skip"; N_FAILED=$((N_FAILED + 1))
+fi
+
 # -- 3. Rust tests -----------------------------------------------------------------------
 banner "cargo nextest run --workspace"
 cargo nextest run --workspace --no-tests=warn 2>&1 | tee "$OUT/nextest.log"
