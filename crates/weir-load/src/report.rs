@@ -304,7 +304,8 @@ fn counts<K: std::fmt::Display>(m: impl IntoIterator<Item = (K, u64)>) -> String
     }
 }
 
-/// The text report of one run.
+/// The text report of one run. (`writeln!` into a `String` cannot fail, so its `Result`
+/// is dropped with `let _` throughout this file.)
 pub fn render(r: &RunJson) -> String {
     let m = &r.manifest;
     let mut s = String::new();

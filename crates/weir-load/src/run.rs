@@ -258,6 +258,7 @@ pub fn run(cmd: LoadCommand) -> Result<Outcome, LoadError> {
         });
     }
     let plan = plan(cmd)?;
+    crate::timer::room_for(plan.max_connections.max(plan.connections));
     let rt = runtime(plan.threads)?;
     let command = command_line();
     let mut runs = Vec::new();
