@@ -87,24 +87,31 @@ def test_client_gone_while_waiting_for_a_route_slot_never_reaches_a_worker(front
 
 
 def test_client_gone_while_queued_is_in_the_access_log(front, tmp_path):
-    """NGINX logs 499 for a client that closed its connection before the answer; weir's
-    access log must show such a request too (one line per request), not drop it."""
+    """NGINX logs 499 for a client that closed its connection before the answer; weir
+    logs such a request as 499 `client-closed` (and counts it), with the time it spent
+    queued."""
     log = tmp_path / "access.jsonl"
     f = front(config={"server": {"access_log": str(log)}}, workers=1, admin=True)
     a = Background(f.addr, "/sleep?s=1.5&tag=a")
     wait_tag_started(f.state, "a")
     s = _queued_raw(f.addr, "/env?tag=gone")
     f.wait_queued(1)
+    time.sleep(0.5)  # queued for at least half a second
     s.close()
     assert a.join().status == 200
     assert get(f.addr, "/env?tag=after", timeout=10).status == 200
 
     def lines():
         return [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
-    wait_for(lambda: any(x["path"] == "/env" for x in lines()), 10, what="the access log line of /env?tag=after")
-    time.sleep(0.3)
-    env_lines = [x for x in lines() if x["path"] == "/env"]
-    assert len(env_lines) == 2, "the departed client's request has no access log line: %r" % env_lines
+    wait_for(lambda: len([x for x in lines() if x["path"] == "/env"]) == 2, 10,
+             what="two access log lines for /env (the departed client's and the next)")
+    gone = [x for x in lines() if x["path"] == "/env" and x["status"] != 200]
+    assert len(gone) == 1, lines()
+    x = gone[0]
+    assert x["status"] == 499 and x["error"] == "client-closed" and x.get("aborted") is True, x
+    assert x["bytes"] == 0, x
+    f.wait_metric("weir_requests_total", 1, status="499", **{"class": "client-closed"})
+    assert x["queue_ms"] >= 400, "the request waited in the queue for over 0.5 s, the log says %r" % x
 
 
 @pytest.mark.e2e_timeout(120)
