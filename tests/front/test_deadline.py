@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from e2e_lib import get, sock_path
+from e2e_lib import get, parse_response, recv_all, sock_path
 from front_lib import FRONT_APPS, Background, to_toml, wait_for, wait_tag_started
 
 pytestmark = pytest.mark.e2e_timeout(60)
@@ -124,3 +124,26 @@ def test_deadline_reaches_the_app_behind_nginx(weir, nginx, short_tmp, state_dir
     env, t0, t1 = env_of(n.addr)
     assert_deadline(env, t0, t1, 5)
     assert env.get("weir.request_id"), env
+
+
+def test_deadline_during_a_streamed_body_cuts_it_visibly(front, tmp_path):
+    """The head went out before the deadline; at the deadline the worker is killed and
+    the body is cut: the client sees an incomplete chunked body (never a short body
+    presented as whole), and the access log says aborted."""
+    log = tmp_path / "access.jsonl"
+    f = front(config={"server": {"request_timeout": "1s", "access_log": str(log)}}, workers=1)
+    with f.addr.socket(15) as s:
+        s.sendall(b"GET /stream?n=40&size=100&delay=0.1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        t0 = time.monotonic()
+        data = recv_all(s, time.monotonic() + 10)
+        took = time.monotonic() - t0
+    r = parse_response(data)
+    assert r.status == 200 and r.framing == "chunked", r
+    assert not r.complete, "a body cut at the deadline was ended as if whole"
+    assert 0.8 <= took < 3, took
+    rid = r.header("x-request-id")
+    wait_for(lambda: any(json.loads(x).get("id") == rid for x in log.read_text().splitlines()), 10,
+             what="the access log line")
+    line = [json.loads(x) for x in log.read_text().splitlines() if json.loads(x)["id"] == rid][0]
+    assert line.get("aborted") is True, line
+    assert get(f.addr, "/env", timeout=30).status == 200
