@@ -98,6 +98,8 @@ pub struct RunData {
     pub reconnects: u64,
     /// Wall time of the whole run, warmup and drain included.
     pub elapsed: Duration,
+    /// CPU the process used during the run (filled in by the caller).
+    pub cpu: crate::sys::CpuUsage,
 }
 
 struct Shared {
@@ -266,6 +268,7 @@ pub async fn run(spec: RunSpec, first: Conn, done: Arc<AtomicU64>, timer: &Timer
         opened: shared.opened.into_inner(),
         reconnects: shared.reconnects.into_inner(),
         elapsed,
+        cpu: crate::sys::CpuUsage::default(),
     }
 }
 

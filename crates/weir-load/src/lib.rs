@@ -14,6 +14,7 @@
 //! - [`report`]: the result as JSON and as text.
 //! - [`failif`], [`mix`], [`target`], [`parse`]: parsers of the inputs.
 //! - [`plot`]: SVG latency-by-percentile plots.
+//! - [`sys`]: file-descriptor room and the process's CPU usage (for the self-check).
 //! - [`error`]: the typed errors (all exit 2).
 //!
 //! See `docs/load.md` for the user's side.
@@ -32,6 +33,7 @@ pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod stats;
+pub mod sys;
 pub mod target;
 pub mod timer;
 

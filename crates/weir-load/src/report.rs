@@ -113,6 +113,11 @@ pub struct Generator {
     pub connections_opened: u64,
     /// Requests retried on a fresh connection after a kept-alive one was found closed.
     pub reconnects: u64,
+    /// CPU time (user + system) the generator used during the run, in seconds.
+    pub cpu_s: f64,
+    /// Times the kernel preempted the generator (involuntary context switches): many
+    /// means other processes shared its core.
+    pub preemptions: u64,
     /// Whether the run measured what was asked.
     pub valid: bool,
     /// Why not, when it did not.
@@ -222,10 +227,18 @@ pub fn build(
     if open {
         let limit_ms = lateness_limit.as_secs_f64() * 1e3;
         if lateness.p99 > limit_ms {
+            let wall = data.elapsed.as_secs_f64().max(1e-9);
             reasons.push(format!(
-                "the generator fell behind: send lateness p99 {} is above {}",
+                "the generator fell behind: send lateness p99 {} is above {} (it used {:.0}% of a CPU and was preempted {} times{})",
                 fmt_us(lateness.p99 * 1e3),
-                fmt_us(limit_ms * 1e3)
+                fmt_us(limit_ms * 1e3),
+                100.0 * data.cpu.cpu_s / wall,
+                data.cpu.preemptions,
+                if data.cpu.preemptions as f64 > 10.0 * wall {
+                    ": other processes shared its core"
+                } else {
+                    ""
+                }
             ));
         }
         if data.missed > 0 {
@@ -276,6 +289,8 @@ pub fn build(
             missed_slots: data.missed,
             connections_opened: data.opened,
             reconnects: data.reconnects,
+            cpu_s: data.cpu.cpu_s,
+            preemptions: data.cpu.preemptions,
             valid: reasons.is_empty(),
             invalid_reasons: reasons,
             lateness_histogram: encode(&rec.lateness),
@@ -383,7 +398,7 @@ pub fn render(r: &RunJson) -> String {
         let l = &g.lateness_ms;
         let _ = writeln!(
             s,
-            "  generator  send lateness p50 {} p99 {} p99.9 {} max {}; missed slots {}; connections opened {} (max {}); reconnects {}",
+            "  generator  send lateness p50 {} p99 {} p99.9 {} max {}; missed slots {}; connections opened {} (max {}); reconnects {}; cpu {:.2}s over {:.2}s, preempted {} times",
             fmt_us(l.p50 * 1e3),
             fmt_us(l.p99 * 1e3),
             fmt_us(l.p999 * 1e3),
@@ -391,13 +406,16 @@ pub fn render(r: &RunJson) -> String {
             g.missed_slots,
             g.connections_opened,
             m.max_connections,
-            g.reconnects
+            g.reconnects,
+            g.cpu_s,
+            r.elapsed_s,
+            g.preemptions
         );
     } else {
         let _ = writeln!(
             s,
-            "  generator  closed loop (no schedule to keep); connections opened {}; reconnects {}",
-            g.connections_opened, g.reconnects
+            "  generator  closed loop (no schedule to keep); connections opened {}; reconnects {}; cpu {:.2}s over {:.2}s, preempted {} times",
+            g.connections_opened, g.reconnects, g.cpu_s, r.elapsed_s, g.preemptions
         );
     }
     if g.valid {

@@ -258,7 +258,7 @@ pub fn run(cmd: LoadCommand) -> Result<Outcome, LoadError> {
         });
     }
     let plan = plan(cmd)?;
-    crate::timer::room_for(plan.max_connections.max(plan.connections));
+    crate::sys::room_for(plan.max_connections.max(plan.connections));
     let rt = runtime(plan.threads)?;
     let command = command_line();
     let mut runs = Vec::new();
@@ -411,7 +411,9 @@ async fn one_run(plan: &Plan, rate: Option<f64>, command: &str) -> Result<RunJso
         })
     });
     let timer = crate::timer::Timer::new().map_err(LoadError::Runtime)?;
-    let data = engine::run(spec, first, done, &timer).await;
+    let cpu0 = crate::sys::CpuUsage::now();
+    let mut data = engine::run(spec, first, done, &timer).await;
+    data.cpu = crate::sys::CpuUsage::now().since(cpu0);
     if let Some(t) = ticker {
         t.abort();
     }

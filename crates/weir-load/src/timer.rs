@@ -1,5 +1,4 @@
-//! A sub-millisecond sleep for the scheduler, inside the tokio runtime (and, the other
-//! thing nix is here for, room for `--max-connections` file descriptors).
+//! A sub-millisecond sleep for the scheduler, inside the tokio runtime.
 //!
 //! tokio's timer wheel ticks in whole milliseconds, too coarse for slots 50 µs apart. On
 //! Linux the scheduler arms a `timerfd` (an hrtimer, precise to microseconds) for each slot
@@ -114,23 +113,4 @@ impl Timer {
     pub async fn sleep_until(&self, due: Instant) -> io::Result<()> {
         self.0.sleep_until(due).await
     }
-}
-
-/// Raises the soft limit on open files so `connections` sockets fit (up to the hard limit).
-/// Best effort: when it cannot, connects fail with "too many open files" and the report
-/// counts them as `connect` errors.
-pub fn room_for(connections: usize) {
-    #[cfg(target_os = "linux")]
-    {
-        use nix::sys::resource::{getrlimit, setrlimit, Resource};
-        let want = connections as u64 + 64;
-        if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-            if soft < want {
-                // Failing leaves the old limit, which the report will show as connect errors.
-                let _ = setrlimit(Resource::RLIMIT_NOFILE, want.min(hard), hard);
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = connections;
 }
