@@ -8,37 +8,16 @@
 # counts are printed and appended to bench/RESULTS.md with this command.
 # Usage: bench/paper/section4.sh [RUNS]   (default 1; servers alternate run by run)
 # Environment: RATE, DURATION, WEIR_BIN (default target/release/weir, built unless NO_BUILD=1),
-#   NO_RECORD=1 (do not append to bench/RESULTS.md).
+#   NO_RECORD=1 (do not append to bench/RESULTS.md), DB (sqlite, the default here: /slow is a
+#   time.sleep in the app; mariadb: the private MariaDB, /slow a real SELECT SLEEP).
+# The common parts (temp dir, nginx config, uWSGI, weir.toml, cleanup) are in lib.sh.
 # Bounded: each load run lasts DURATION plus the per-request timeout (30s) at most.
-set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 RUNS=${1:-1}
 RATE=${RATE:-150}
 DURATION=${DURATION:-10s}
-WEIR=${WEIR_BIN:-$ROOT/target/release/weir}
-NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
-UWSGI=${UWSGI:-$(command -v uwsgi)}
-SHOP=$ROOT/examples/shop
-RUN=$(mktemp -d /tmp/weir-s4-XXXXXX)
-chmod 755 "$RUN"
-OUT=$ROOT/bench/out/section4-$(date +%Y%m%d-%H%M%S)
-mkdir -p "$OUT"
-log() { printf 'section4: %s\n' "$*" >&2; }
-[[ "${NO_BUILD:-0}" == 1 ]] || cargo build --release -q -p weir
-python3 -c 'import flask' 2>/dev/null || python3 -m pip install -q -r "$SHOP/requirements.txt"
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() {  # wait_http URL: poll until it answers 200 (60 s at most)
-  for _ in $(seq 1 600); do
-    curl -fs -o /dev/null "$1" && return 0
-    sleep 0.1
-  done
-  log "no answer from $1"; return 1
-}
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; sleep 0.5; for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done; rm -rf "$RUN"; }
-trap cleanup EXIT
+paper_init section4
+paper_db sqlite
 
 cat > "$RUN/mix.toml" <<MIX
 [[request]]
@@ -50,56 +29,16 @@ weight = 2
 path = "/slow?s=5"
 MIX
 
-start_weir() {
-  local port=$1
-  cat > "$RUN/weir.toml" <<TOML
-[server]
-listen = ["127.0.0.1:$port"]
-access_log = "off"
-[app]
-module = "app:app"
-chdir = "$SHOP"
-workers = 10
-[queue]
-timeout = "1s"
-[[route]]
-path = "/slow"
-max_concurrency = 3
-TOML
-  "$WEIR" serve --config "$RUN/weir.toml" > "$OUT/weir.log" 2>&1 &
-  PIDS+=($!)
-}
-
-start_nginx_uwsgi() {
-  local port=$1
-  mkdir -p "$RUN/nginx"
-  "$UWSGI" --socket "$RUN/uwsgi.sock" --chmod-socket=666 --chdir "$SHOP" --module app:app \
-    --processes 10 --master --disable-logging --die-on-term > "$OUT/uwsgi.log" 2>&1 &
-  PIDS+=($!)
-  cat > "$RUN/nginx/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $RUN/nginx/nginx.pid;
-error_log $RUN/nginx/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $RUN/nginx/cb; proxy_temp_path $RUN/nginx/px; fastcgi_temp_path $RUN/nginx/fc;
-  uwsgi_temp_path $RUN/nginx/uw; scgi_temp_path $RUN/nginx/sc;
-  server { listen 127.0.0.1:$port; location / { include /etc/nginx/uwsgi_params; uwsgi_pass unix:$RUN/uwsgi.sock; } }
-}
-CONF
-  "$NGINX" -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf" > "$OUT/nginx.log" 2>&1 &
-  PIDS+=($!)
-}
-
-stop_all() { for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done; PIDS=(); }
-
 for run in $(seq 1 "$RUNS"); do
   for server in weir nginx-uwsgi; do
     port=$(free_port)
-    log "run $run: $server on port $port"
-    if [[ $server == weir ]]; then start_weir "$port"; else start_nginx_uwsgi "$port"; fi
+    case_begin "$server-$run"
+    if [[ $server == weir ]]; then
+      start_weir "$port" 10 '[queue]' 'timeout = "1s"' '[[route]]' 'path = "/slow"' 'max_concurrency = 3'
+    else
+      start_uwsgi 10
+      start_nginx "$port"
+    fi
     wait_http "http://127.0.0.1:$port/hello"
     "$WEIR" load "http://127.0.0.1:$port/" --rate "$RATE" --duration "$DURATION" --mix "$RUN/mix.toml" \
       --timeout 30s --seed "$run" --json "$OUT/$server-$run.json" > "$OUT/$server-$run.txt" 2>&1 || true
