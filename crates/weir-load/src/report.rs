@@ -201,13 +201,21 @@ pub struct RunJson {
     pub elapsed_s: f64,
 }
 
+/// The default `--max-lateness` (`auto`), in ms: 1 ms, or 5% of the latency p99 when that
+/// is more. A generator whose p99 error is that small against the tail it measures did not
+/// fall behind in any way that matters; one that is really behind makes the latency itself
+/// (which includes the lateness) and so stays far above 5% of it.
+pub fn auto_lateness_limit_ms(latency_p99_ms: f64) -> f64 {
+    (latency_p99_ms * 0.05).max(1.0)
+}
+
 /// Builds the result of a run.
 pub fn build(
     manifest: Manifest,
     data: RunData,
     names: &[(String, f64)],
     timeout: Duration,
-    lateness_limit: Duration,
+    lateness_limit: Option<Duration>,
 ) -> RunJson {
     let rec = &data.rec;
     let measured_start = data.measured_start.into_std();
@@ -223,9 +231,13 @@ pub fn build(
     };
     let open = manifest.mode == "open";
     let lateness = Percentiles::of(&rec.lateness);
+    let latency = Percentiles::of(&rec.latency);
     let mut reasons = Vec::new();
     if open {
-        let limit_ms = lateness_limit.as_secs_f64() * 1e3;
+        let limit_ms = match lateness_limit {
+            Some(d) => d.as_secs_f64() * 1e3,
+            None => auto_lateness_limit_ms(latency.p99),
+        };
         if lateness.p99 > limit_ms {
             let wall = data.elapsed.as_secs_f64().max(1e-9);
             reasons.push(format!(
@@ -270,7 +282,7 @@ pub fn build(
         requests: rec.requests,
         completed: rec.completed,
         achieved_rate,
-        latency_ms: Percentiles::of(&rec.latency),
+        latency_ms: latency,
         timeouts_counted_as_ms: timeout.as_secs_f64() * 1e3,
         status: rec
             .status
@@ -487,6 +499,13 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_lateness_limit() {
+        assert_eq!(auto_lateness_limit_ms(0.2), 1.0);
+        assert_eq!(auto_lateness_limit_ms(20.0), 1.0);
+        assert_eq!(auto_lateness_limit_ms(1000.0), 50.0);
+    }
 
     #[test]
     fn time_format() {

@@ -54,7 +54,8 @@ struct Plan {
     connections: usize,
     max_connections: usize,
     threads: usize,
-    max_lateness: Duration,
+    /// `None`: auto (1 ms, or 5% of the latency p99 when more).
+    max_lateness: Option<Duration>,
     fail_if: Vec<Condition>,
     json: Option<PathBuf>,
     plot: Option<PathBuf>,
@@ -136,7 +137,10 @@ fn plan(cmd: LoadCommand) -> Result<Plan, LoadError> {
     if timeout < Duration::from_millis(1) {
         return Err(usage("--timeout must be at least 1ms"));
     }
-    let max_lateness = flag("max-lateness", parse::duration(&cmd.max_lateness))?;
+    let max_lateness = match cmd.max_lateness.trim() {
+        "auto" => None,
+        d => Some(flag("max-lateness", parse::duration(d))?),
+    };
     if cmd.threads == 0 || cmd.threads > 256 {
         return Err(usage("--threads must be between 1 and 256"));
     }
