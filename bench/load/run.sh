@@ -176,6 +176,16 @@ for i in $(seq "$LATE_RUNS"); do
 done
 LATE_MED=$(median "${p99s[@]}")
 LATE_BEST=$(least "${p99s[@]}")
+LATE_VALID=$(python3 - "$OUT" "$LATE_RUNS" <<'PY'
+import json, sys
+runs = [json.load(open(f"{sys.argv[1]}/lateness-{i}.json")) for i in range(1, int(sys.argv[2]) + 1)]
+ok = [r["generator"]["lateness_ms"]["p99"] for r in runs if r["generator"]["valid"]]
+if ok:
+    print(f"{len(ok)} of {len(runs)} runs VALID; in those, lateness p99 {min(ok):.3f}-{max(ok):.3f} ms.")
+else:
+    print(f"0 of {len(runs)} runs VALID.")
+PY
+)
 
 # --- 4. runtime: one thread or two, on the same core -----------------------------------------
 THR_ROUNDS=${THR_ROUNDS:-3}
@@ -242,6 +252,7 @@ generator's own error; the latency is measured from the scheduled time either wa
 | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |
 ${late_rows}
 Lateness p99: median **$(printf '%.3f' "$LATE_MED") ms**, best $(printf '%.3f' "$LATE_BEST") ms (goal: under 1 ms).
+$LATE_VALID
 *preempted* counts the generator's involuntary context switches during the run: the
 kernel gave its core to something else (other work, softirq threads) that many times.
 
