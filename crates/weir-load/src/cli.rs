@@ -43,7 +43,7 @@ pub struct LoadCommand {
     pub connections: Option<usize>,
 
     /// The most connections open at once (open loop). A slot that finds them all busy waits
-    /// for one, counts as missed and makes the run INVALID.
+    /// for one and counts as missed (its latency still runs from the slot).
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
 
