@@ -88,6 +88,8 @@ pub struct Record {
     pub class: &'static str,
     /// Waiting for a route slot and a worker.
     pub queued: Duration,
+    /// When the wait began (for a request abandoned while waiting).
+    pub queue_started: Option<Instant>,
     /// In the worker until the head.
     pub worker: Duration,
 }
@@ -105,6 +107,7 @@ impl Record {
             status: 0,
             class: "",
             queued: Duration::ZERO,
+            queue_started: None,
             worker: Duration::ZERO,
         }
     }
@@ -135,6 +138,14 @@ impl AccessLog {
             head_at,
             log: self.clone(),
         })
+    }
+
+    /// Logs a request that ended without a response (its handler was dropped).
+    pub fn abandoned(&self, mut rec: Record) {
+        if let (Some(t), true) = (rec.queue_started, rec.queued.is_zero()) {
+            rec.queued = t.elapsed();
+        }
+        self.finish(&rec, 0, true, Instant::now());
     }
 
     fn finish(&self, rec: &Record, bytes: u64, aborted: bool, head_at: Instant) {

@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
@@ -73,21 +73,7 @@ async fn handle(
             } else if !front.has_ready_check {
                 text(StatusCode::OK, format!("ready: {up} workers up\n"), PLAIN)
             } else {
-                match pool.ready_check(Duration::from_secs(2)).await {
-                    Ok((200, body)) => {
-                        text(StatusCode::OK, format!("ready: {}\n", body.trim()), PLAIN)
-                    }
-                    Ok((code, body)) => text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("not ready: ready_check answered {code}: {}\n", body.trim()),
-                        PLAIN,
-                    ),
-                    Err(e) => text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("not ready: could not run ready_check: {e}\n"),
-                        PLAIN,
-                    ),
-                }
+                ready_check(&front, pool).await
             }
         }
         _ => text(
@@ -96,4 +82,60 @@ async fn handle(
             PLAIN,
         ),
     })
+}
+
+/// Runs the app's ready check in an idle worker. When every worker is busy the pool is
+/// working, not broken: the last result stands (a loaded instance must not leave the
+/// load balancer and push its load onto the others).
+async fn ready_check(front: &Front, pool: &weir_pool::Pool) -> Response<ResponseBody> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    let result = match pool.ready_check(Duration::from_millis(500)).await {
+        Ok((200, body)) => Some((true, body.trim().to_owned())),
+        Ok((code, body)) => Some((
+            false,
+            format!("ready_check answered {code}: {}", body.trim()),
+        )),
+        Err(
+            weir_pool::DispatchError::QueueTimeout(_) | weir_pool::DispatchError::DeadlineExceeded,
+        ) => None,
+        Err(e) => Some((false, format!("could not run ready_check: {e}"))),
+    };
+    let mut last = front.last_ready.lock().unwrap_or_else(|p| p.into_inner());
+    match result {
+        Some((ok, msg)) => {
+            *last = Some((Instant::now(), ok, msg.clone()));
+            if ok {
+                text(StatusCode::OK, format!("ready: {msg}\n"), PLAIN)
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {msg}\n"),
+                    PLAIN,
+                )
+            }
+        }
+        None => match &*last {
+            Some((at, true, msg)) => text(
+                StatusCode::OK,
+                format!(
+                    "ready: every worker is busy; the last check passed {:.0?} ago: {msg}\n",
+                    at.elapsed()
+                ),
+                PLAIN,
+            ),
+            Some((at, false, msg)) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "not ready: every worker is busy and the last check failed {:.0?} ago: {msg}\n",
+                    at.elapsed()
+                ),
+                PLAIN,
+            ),
+            None => text(
+                StatusCode::OK,
+                "ready: every worker is busy (serving requests); no check has run yet\n",
+                PLAIN,
+            ),
+        },
+    }
 }

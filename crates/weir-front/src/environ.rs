@@ -17,6 +17,8 @@ pub struct ConnInfo {
     pub peer: Option<SocketAddr>,
     /// Local address (None on a Unix socket).
     pub local: Option<SocketAddr>,
+    /// Tells when the client has gone.
+    pub watch: crate::conn_io::ClientWatch,
 }
 
 /// Decodes `%XX` escapes into raw bytes; a malformed escape is kept as it is (as NGINX
@@ -139,9 +141,15 @@ pub fn encode(
         // Content-* travel as CGI vars; framing headers describe the hop, not the
         // request; names with '_' are dropped as NGINX does (underscores_in_headers off),
         // so `X_Forwarded_For` cannot pose as `X-Forwarded-For`.
+        // X-Request-ID: the app gets weir's effective id (below), never a refused one.
         if matches!(
             n,
-            "content-type" | "content-length" | "transfer-encoding" | "connection" | "te"
+            "content-type"
+                | "content-length"
+                | "transfer-encoding"
+                | "connection"
+                | "te"
+                | "x-request-id"
         ) || n.contains('_')
         {
             continue;
@@ -173,6 +181,7 @@ pub fn encode(
             }
         }
     }
+    p.var(b"HTTP_X_REQUEST_ID", facts.request_id.as_bytes())?;
     p.var(b"WEIR_REQUEST_ID", facts.request_id.as_bytes())?;
     if let Some(d) = facts.deadline_unix {
         p.var(b"WEIR_DEADLINE", format!("{d:.6}").as_bytes())?;
@@ -256,6 +265,7 @@ mod tests {
         let conn = ConnInfo {
             peer: None,
             local: None,
+            watch: crate::conn_io::ClientWatch::None,
         };
         let facts = Facts {
             client: None,

@@ -29,6 +29,7 @@ use weir_pool::{DispatchError, Pool, RequestBody, ResponseBody, WorkerRequest};
 use weir_upstream::{is_idempotent, Upstream, UpstreamRequest};
 
 use crate::access_log::{AccessLog, Logged, Record};
+use crate::conn_io::ClientWatch;
 use crate::environ::{self, BodyLength, ConnInfo, Facts};
 use crate::identity::{identify, Identity, TrustedProxies};
 use crate::rejection::{wants_json, Rejection};
@@ -45,6 +46,17 @@ pub enum Backend {
     Workers(Pool),
     /// An external app server.
     Upstream(Arc<Upstream>),
+}
+
+/// One request ready for a backend.
+#[derive(Debug)]
+pub struct Job<'a> {
+    /// Its method (retries depend on it).
+    pub method: &'a http::Method,
+    /// What the backend is sent.
+    pub work: Work,
+    /// Its body.
+    pub body: RequestBody,
 }
 
 /// What a backend is sent.
@@ -81,6 +93,8 @@ pub struct Front {
     pub body_timeout: Duration,
     /// Whether `[app] ready_check` is set.
     pub has_ready_check: bool,
+    /// The last ready_check result: (when, passed, message).
+    pub last_ready: std::sync::Mutex<Option<(Instant, bool, String)>>,
 }
 
 /// Serves one HTTP/1.1 connection until the client closes it or the drain signal asks
@@ -130,14 +144,23 @@ pub async fn handle(
 ) -> Result<Response<Logged>, Infallible> {
     let (parts, body) = req.into_parts();
     let id = identify(&parts.headers, conn.peer.map(|p| p.ip()), &front.trusted);
-    let mut rec = Record::new(
+    let rec = Record::new(
         &id.request_id,
         id.client,
         parts.method.as_str(),
         parts.uri.path(),
     );
     let json = wants_json(parts.headers.get(ACCEPT).map(HeaderValue::as_bytes));
-    let mut resp = match stages(&front, &conn, &id, parts, body, &mut rec).await {
+    // If hyper drops this future (the client went away mid-request), the guard still
+    // writes the request's log line, as 499 `client-closed`.
+    let mut guard = DropGuard {
+        log: &front.log,
+        rec: Some(rec),
+    };
+    let rec = guard.rec.as_mut().expect("set just above");
+    let result = stages(&front, &conn, &id, parts, body, rec).await;
+    let mut rec = guard.rec.take().expect("taken only here");
+    let mut resp = match result.and_then(attribute_worker_answer) {
         Ok(resp) => resp,
         Err(rej) => {
             rec.class = rej.class;
@@ -158,6 +181,7 @@ async fn stages(
     body: Incoming,
     rec: &mut Record,
 ) -> Result<Response<ResponseBody>, Rejection> {
+    check_head(front, &parts)?;
     let route = front.routes.find(parts.uri.path());
     let deadline = route.request_timeout.map(|t| rec.arrived + t);
     let deadline_unix = route.request_timeout.map(|t| {
@@ -173,7 +197,19 @@ async fn stages(
         if u.protocol() == UpstreamProtocol::Http {
             let head = forwarded_head(parts, conn, id);
             let method = head.method.clone();
-            return dispatch(front, route, deadline, &method, Work::Http(head), body, rec).await;
+            return dispatch(
+                front,
+                &conn.watch,
+                route,
+                deadline,
+                Job {
+                    method: &method,
+                    work: Work::Http(head),
+                    body,
+                },
+                rec,
+            )
+            .await;
         }
     }
     let mut packet = Vec::with_capacity(1024);
@@ -192,11 +228,14 @@ async fn stages(
     })?;
     dispatch(
         front,
+        &conn.watch,
         route,
         deadline,
-        &parts.method,
-        Work::Packet(packet),
-        body,
+        Job {
+            method: &parts.method,
+            work: Work::Packet(packet),
+            body,
+        },
         rec,
     )
     .await
@@ -239,22 +278,36 @@ fn forwarded_head(mut parts: Parts, conn: &ConnInfo, id: &Identity) -> Parts {
 /// The route slot, the worker, the response head: shared by the HTTP and uwsgi listeners.
 pub async fn dispatch(
     front: &Front,
+    watch: &ClientWatch,
     route: &Route,
     deadline: Option<Instant>,
-    method: &http::Method,
-    work: Work,
-    body: RequestBody,
+    job: Job<'_>,
     rec: &mut Record,
 ) -> Result<Response<ResponseBody>, Rejection> {
+    let Job { method, work, body } = job;
     let queued_at = Instant::now();
+    rec.queue_started = Some(queued_at);
     let reject = |e: DispatchError| Rejection::from_dispatch(&e, front.retry_after);
-    let permit = route
-        .admit(front.queue_timeout, deadline)
-        .await
-        .map_err(|w| match w {
-            RouteWait::Timeout(d) => reject(DispatchError::QueueTimeout(d)),
-            RouteWait::Deadline => reject(DispatchError::DeadlineExceeded),
-        });
+    // Waiting for a route slot is waiting in the queue: it counts against the queue's
+    // bound and depth. A client that leaves meanwhile is dropped here.
+    let admit = async {
+        let _in_queue = match (&front.backend, route.must_wait()) {
+            (Backend::Workers(pool), true) => Some(pool.enter_queue().map_err(reject)?),
+            _ => None,
+        };
+        route
+            .admit(front.queue_timeout, deadline)
+            .await
+            .map_err(|w| match w {
+                RouteWait::Timeout(d) => reject(DispatchError::QueueTimeout(d)),
+                RouteWait::Deadline => reject(DispatchError::DeadlineExceeded),
+            })
+    };
+    let permit = tokio::select! {
+        biased;
+        p = admit => p,
+        () = watch.gone() => Err(client_gone()),
+    };
     let permit = match permit {
         Ok(p) => p,
         Err(r) => {
@@ -293,9 +346,14 @@ pub async fn dispatch(
     let Work::Packet(packet) = work else {
         unreachable!("an HTTP head is built only for HTTP upstreams")
     };
-    let lease = pool.acquire(deadline).await;
+    // Waiting for a worker: likewise.
+    let lease = tokio::select! {
+        biased;
+        l = pool.acquire(deadline) => l.map_err(reject),
+        () = watch.gone() => Err(client_gone()),
+    };
     rec.queued = queued_at.elapsed();
-    let lease = lease.map_err(reject)?;
+    let lease = lease?;
     let started = Instant::now();
     let req = WorkerRequest {
         packet,
@@ -303,10 +361,89 @@ pub async fn dispatch(
         harakiri: route.harakiri,
         deadline,
         hold: permit.map(|p| Box::new(p) as Box<dyn std::any::Any + Send>),
+        body_timeout: front.body_timeout,
     };
     let resp = Pool::send(lease, req).await;
     rec.worker = started.elapsed();
     resp.map_err(reject)
+}
+
+/// A worker's own answers (the app raised before its response started) carry
+/// `x-weir-error`; they get the same body as every weir-made answer (JSON or text, with
+/// the request id) so the contract holds whichever part of weir answered.
+pub fn attribute_worker_answer(
+    resp: Response<ResponseBody>,
+) -> Result<Response<ResponseBody>, Rejection> {
+    match resp.headers().get("x-weir-error").map(|v| v.as_bytes()) {
+        Some(b"app-exception") => Err(Rejection::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "app-exception",
+            "the app raised an exception before starting its response; the traceback is in weir's log under this request id",
+        )),
+        _ => Ok(resp),
+    }
+}
+
+/// Head checks hyper does not make: both Content-Length and Transfer-Encoding (RFC 9112
+/// allows a server to reject it, and a proxy must not pass on such a request: request
+/// smuggling), and `max_header_size` counted on the head itself (hyper's buffer limit
+/// depends on how the bytes arrived).
+fn check_head(front: &Front, parts: &Parts) -> Result<(), Rejection> {
+    let h = &parts.headers;
+    if h.contains_key(TRANSFER_ENCODING) && h.contains_key(CONTENT_LENGTH) {
+        return Err(Rejection::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "the request has both Content-Length and Transfer-Encoding",
+        )
+        .closing());
+    }
+    let size = parts.method.as_str().len()
+        + parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + 12
+        + h.iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+        + 2;
+    if size > front.max_header_size {
+        return Err(Rejection::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "header-too-large",
+            format!(
+                "the request head is {size} bytes, over max_header_size ({})",
+                front.max_header_size
+            ),
+        )
+        .closing());
+    }
+    Ok(())
+}
+
+/// Logs a request whose handler was dropped before it produced a response.
+struct DropGuard<'a> {
+    log: &'a Arc<AccessLog>,
+    rec: Option<Record>,
+}
+
+impl Drop for DropGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(mut rec) = self.rec.take() {
+            let r = client_gone();
+            rec.class = r.class;
+            rec.status = r.status.as_u16();
+            self.log.abandoned(rec);
+        }
+    }
+}
+
+/// The client closed its connection while its request waited: NGINX's 499, for the log
+/// and metrics only (nobody reads the answer).
+fn client_gone() -> Rejection {
+    Rejection::new(
+        StatusCode::from_u16(499).expect("499 is a valid status code"),
+        "client-closed",
+        "the client closed the connection while the request waited for a worker",
+    )
 }
 
 fn too_large(max: u64) -> Rejection {

@@ -25,6 +25,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod cli;
+pub mod conn_io;
 pub mod environ;
 pub mod http;
 pub mod identity;

@@ -113,7 +113,7 @@ impl Metrics {
         let _ = writeln!(
             out,
             "# HELP weir_queue_depth Requests waiting for a worker now.\n# TYPE weir_queue_depth gauge\nweir_queue_depth {}",
-            st.queued.load(Ordering::Relaxed)
+            pool.queue_depth()
         );
         let _ = writeln!(
             out,

@@ -5,7 +5,7 @@
 
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
-use weir_pool::{DispatchError, ResponseBody};
+use weir_pool::{ClientBodyError, DispatchError, ResponseBody};
 
 use crate::access_log::json_string;
 
@@ -20,6 +20,8 @@ pub struct Rejection {
     pub retry_after: Option<u64>,
     /// One sentence for the text body.
     pub message: String,
+    /// Close the connection after answering.
+    pub close: bool,
 }
 
 impl Rejection {
@@ -30,7 +32,15 @@ impl Rejection {
             class,
             retry_after: None,
             message: message.into(),
+            close: false,
         }
+    }
+
+    /// The connection is closed after this answer (the request's framing cannot be
+    /// trusted, so neither can whatever follows it on the connection).
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
     }
 
     /// The one mapping from a dispatch failure to what the client sees.
@@ -44,6 +54,11 @@ impl Rejection {
             }
             DispatchError::WorkerDied | DispatchError::Protocol(_) => StatusCode::BAD_GATEWAY,
             DispatchError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            DispatchError::ClientBody(ClientBodyError::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+            DispatchError::ClientBody(ClientBodyError::Timeout) => StatusCode::REQUEST_TIMEOUT,
+            DispatchError::ClientBody(ClientBodyError::Closed) => {
+                StatusCode::from_u16(499).expect("499 is a valid status code")
+            }
         };
         let retry = matches!(status, StatusCode::SERVICE_UNAVAILABLE).then_some(retry_after);
         Rejection {
@@ -51,6 +66,7 @@ impl Rejection {
             class: e.class(),
             retry_after: retry,
             message: e.to_string(),
+            close: false,
         }
     }
 
@@ -68,6 +84,7 @@ impl Rejection {
             class: e.class(),
             retry_after: retry,
             message: e.to_string(),
+            close: false,
         }
     }
 
@@ -106,6 +123,9 @@ impl Rejection {
         }
         if let Some(s) = self.retry_after {
             h.insert(RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.close {
+            h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         r
     }

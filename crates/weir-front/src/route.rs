@@ -83,6 +83,13 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 impl Route {
+    /// Would a request wait for a slot now?
+    pub fn must_wait(&self) -> bool {
+        self.limit
+            .as_ref()
+            .is_some_and(|s| s.available_permits() == 0)
+    }
+
     /// Takes one of the route's slots, waiting up to `wait` or the deadline.
     pub async fn admit(
         &self,

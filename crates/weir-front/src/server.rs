@@ -21,6 +21,7 @@ use weir_pool::{PoolConfig, Supervisor, SupervisorError};
 use weir_upstream::Upstream;
 
 use crate::access_log::{AccessLog, Sink};
+use crate::conn_io::{ClientWatch, SharedIo};
 use crate::environ::ConnInfo;
 use crate::http::{Backend, Front};
 use crate::identity::TrustedProxies;
@@ -45,6 +46,19 @@ pub enum ServeError {
     /// weir cannot find its own executable to start workers.
     #[error("cannot find weir's own executable to start workers: {0}")]
     Exe(std::io::Error),
+}
+
+impl ServeError {
+    /// The exit status: 2 when the configuration names something that does not work (an
+    /// app that cannot be imported is a wrong `--app`, `--chdir` or virtualenv), 1 for
+    /// failures of the machine (a port in use, no signals).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServeError::Pool(SupervisorError::AppImport(_)) => crate::cli::EXIT_CONFIG,
+            ServeError::AccessLog(..) => crate::cli::EXIT_CONFIG,
+            _ => 1,
+        }
+    }
 }
 
 /// Logs go to stderr; `WEIR_LOG` (tracing's env-filter syntax) sets the level.
@@ -141,6 +155,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         header_timeout: srv.client_header_timeout.as_duration(),
         body_timeout: srv.client_body_timeout.as_duration(),
         has_ready_check: config.app.ready_check.is_some(),
+        last_ready: std::sync::Mutex::new(None),
     });
     let (drain_tx, drain_rx) = watch::channel(false);
     let (conns_tx, mut conns_rx) = mpsc::channel::<()>(1);
@@ -282,8 +297,12 @@ async fn accept_loop(
                 (Kind::Http, Io::Unix(s)) => {
                     crate::http::serve_connection(s, info, front, drain).await
                 }
-                (Kind::Uwsgi, Io::Tcp(s)) => crate::uwsgi::serve_connection(s, front).await,
-                (Kind::Uwsgi, Io::Unix(s)) => crate::uwsgi::serve_connection(s, front).await,
+                (Kind::Uwsgi, Io::Tcp(s)) => {
+                    crate::uwsgi::serve_connection(s, info.watch, front).await
+                }
+                (Kind::Uwsgi, Io::Unix(s)) => {
+                    crate::uwsgi::serve_connection(s, info.watch, front).await
+                }
                 (Kind::Admin, Io::Tcp(s)) => crate::admin::serve_connection(s, front).await,
                 (Kind::Admin, Io::Unix(s)) => crate::admin::serve_connection(s, front).await,
             }
@@ -294,8 +313,8 @@ async fn accept_loop(
 }
 
 enum Io {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
+    Tcp(SharedIo<tokio::net::TcpStream>),
+    Unix(SharedIo<tokio::net::UnixStream>),
 }
 
 async fn accept(l: &Listener) -> std::io::Result<(Io, ConnInfo)> {
@@ -305,21 +324,27 @@ async fn accept(l: &Listener) -> std::io::Result<(Io, ConnInfo)> {
             // Small responses go out at once rather than waiting for Nagle.
             let _ = s.set_nodelay(true);
             let local = s.local_addr().ok();
+            let io = SharedIo::new(s);
+            let watch = ClientWatch::Tcp(io.handle());
             Ok((
-                Io::Tcp(s),
+                Io::Tcp(io),
                 ConnInfo {
                     peer: Some(peer),
                     local,
+                    watch,
                 },
             ))
         }
         Listener::Unix(u, _) => {
             let (s, _) = u.accept().await?;
+            let io = SharedIo::new(s);
+            let watch = ClientWatch::Unix(io.handle());
             Ok((
-                Io::Unix(s),
+                Io::Unix(io),
                 ConnInfo {
                     peer: None,
                     local: None,
+                    watch,
                 },
             ))
         }

@@ -14,16 +14,13 @@ use weir_pool::RequestBody;
 use crate::access_log::{Logged, Record};
 use weir_uwsgi::packet::{self, Builder, DecodeError, MODIFIER_WSGI};
 
+use crate::conn_io::ClientWatch;
 use crate::http::Front;
 use crate::rejection::{wants_json, Rejection};
 use crate::request_id;
 
-/// The largest request body accepted on the uwsgi listener (NGINX has already applied
-/// its own client_max_body_size and buffered the body).
-pub const MAX_BODY: u64 = 64 << 20;
-
 /// Serves one uwsgi connection.
-pub async fn serve_connection<S>(mut io: S, front: Arc<Front>)
+pub async fn serve_connection<S>(mut io: S, watch: ClientWatch, front: Arc<Front>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -79,12 +76,15 @@ where
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    if pkt.modifier1 != MODIFIER_WSGI || length > MAX_BODY {
-        let r = if length > MAX_BODY {
+    if pkt.modifier1 != MODIFIER_WSGI || length > front.max_body_size {
+        let r = if length > front.max_body_size {
             Rejection::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body-too-large",
-                format!("request body over {MAX_BODY} bytes"),
+                format!(
+                    "the request body is over max_body_size ({} bytes)",
+                    front.max_body_size
+                ),
             )
         } else {
             Rejection::new(
@@ -94,6 +94,19 @@ where
             )
         };
         rec.class = r.class;
+        // Read what NGINX is still sending (within a bound) before answering: closing
+        // on unread bytes resets the connection, and NGINX would turn the 413 into a 502.
+        let drain = async {
+            let mut left = length.saturating_sub(buf.len() as u64);
+            let mut sink = vec![0u8; 64 * 1024];
+            while left > 0 {
+                match io.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n as u64),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
         write_response(&mut io, front.log.wrap(r.respond(&rid, json), rec)).await;
         return;
     }
@@ -103,7 +116,7 @@ where
     let mut b = Builder::new(&mut out, MODIFIER_WSGI, 0);
     let mut result = Ok(());
     for (k, v) in pkt.vars() {
-        if !k.starts_with(b"WEIR_") {
+        if !k.starts_with(b"WEIR_") && k != b"HTTP_X_REQUEST_ID" {
             if let Err(e) = b.var(k, v) {
                 result = Err(e);
                 break;
@@ -111,6 +124,7 @@ where
         }
     }
     let result = result
+        .and_then(|_| b.var(b"HTTP_X_REQUEST_ID", rid.as_bytes()).map(|_| ()))
         .and_then(|_| b.var(b"WEIR_REQUEST_ID", rid.as_bytes()).map(|_| ()))
         .and_then(|_| match route.request_timeout {
             Some(t) => b
@@ -150,14 +164,18 @@ where
     };
     let mut resp = match crate::http::dispatch(
         &front,
+        &watch,
         route,
         deadline,
-        &method,
-        crate::http::Work::Packet(out),
-        body,
+        crate::http::Job {
+            method: &method,
+            work: crate::http::Work::Packet(out),
+            body,
+        },
         &mut rec,
     )
     .await
+    .and_then(crate::http::attribute_worker_answer)
     {
         Ok(r) => r,
         Err(r) => {

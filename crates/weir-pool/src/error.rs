@@ -35,6 +35,24 @@ pub enum DispatchError {
     /// The request's deadline passed before a worker could start it.
     #[error("the request's deadline passed before a worker was free")]
     DeadlineExceeded,
+    /// The client's streamed request body failed mid-way; the worker waiting for it was
+    /// replaced.
+    #[error("{0}")]
+    ClientBody(ClientBodyError),
+}
+
+/// How a streamed request body failed.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum ClientBodyError {
+    /// It went over `max_body_size`.
+    #[error("the request body is over max_body_size")]
+    TooLarge,
+    /// The client paused longer than `client_body_timeout`.
+    #[error("the client paused its request body longer than client_body_timeout")]
+    Timeout,
+    /// The client's connection failed mid-body.
+    #[error("the client's connection failed mid-body")]
+    Closed,
 }
 
 impl DispatchError {
@@ -49,6 +67,9 @@ impl DispatchError {
             DispatchError::HeadersTooLarge(_) => "header-too-large",
             DispatchError::ShuttingDown => "shutting-down",
             DispatchError::DeadlineExceeded => "deadline",
+            DispatchError::ClientBody(ClientBodyError::TooLarge) => "body-too-large",
+            DispatchError::ClientBody(ClientBodyError::Timeout) => "client-timeout",
+            DispatchError::ClientBody(ClientBodyError::Closed) => "client-closed",
         }
     }
 }

@@ -19,7 +19,7 @@ use weir_uwsgi::frame::{self, Prefix};
 use weir_uwsgi::head;
 
 use crate::body::{BodyError, ResponseBody};
-use crate::error::DispatchError;
+use crate::error::{ClientBodyError, DispatchError};
 use crate::pool::Lease;
 use crate::slot::RestartReason;
 
@@ -68,6 +68,8 @@ pub struct WorkerRequest {
     pub deadline: Option<Instant>,
     /// Held until the exchange ends (a route's concurrency permit).
     pub hold: Option<Box<dyn std::any::Any + Send>>,
+    /// Longest pause between two pieces of a streamed request body.
+    pub body_timeout: Duration,
 }
 
 /// How an exchange ended early.
@@ -78,7 +80,7 @@ enum Ended {
     Protocol(String),
     /// The client's request body failed mid-way: the worker waits for bytes that will
     /// never come.
-    ClientBody,
+    ClientBody(ClientBodyError),
 }
 
 type HeadReply = oneshot::Sender<Result<Response<ResponseBody>, DispatchError>>;
@@ -98,7 +100,8 @@ impl Reply {
             let err = match end {
                 Ended::Harakiri(d) => DispatchError::Harakiri(*d),
                 Ended::Deadline => DispatchError::DeadlineExceeded,
-                Ended::Died | Ended::ClientBody => DispatchError::WorkerDied,
+                Ended::Died => DispatchError::WorkerDied,
+                Ended::ClientBody(k) => DispatchError::ClientBody(*k),
                 Ended::Protocol(m) => DispatchError::Protocol(m.clone()),
             };
             // The client may be gone; nobody to tell then.
@@ -138,10 +141,11 @@ pub(crate) async fn run(mut lease: Lease, mut req: WorkerRequest, reply: HeadRep
     };
     if let Err(end) = result {
         let reason = match end {
-            Ended::Harakiri(_) | Ended::Deadline => RestartReason::Harakiri,
+            Ended::Harakiri(_) => RestartReason::Harakiri,
+            Ended::Deadline => RestartReason::Deadline,
             Ended::Died => RestartReason::Crash,
             Ended::Protocol(_) => RestartReason::Protocol,
-            Ended::ClientBody => RestartReason::ClientAbort,
+            Ended::ClientBody(_) => RestartReason::ClientAbort,
         };
         if let Ended::Protocol(m) = &end {
             tracing::error!(pid = lease.pid(), "worker protocol error: {m}");
@@ -160,7 +164,10 @@ async fn exchange(lease: &mut Lease, req: WorkerRequest, out: &mut Reply) -> Res
     let (mut rd, mut wr) = worker.stream.split();
     let rbuf = &mut worker.rbuf;
     let WorkerRequest {
-        mut packet, body, ..
+        mut packet,
+        body,
+        body_timeout,
+        ..
     } = req;
     match body {
         RequestBody::Empty => {
@@ -174,12 +181,27 @@ async fn exchange(lease: &mut Lease, req: WorkerRequest, out: &mut Reply) -> Res
         }
         body => {
             // The write half is busy with the body: no CANCEL for these (rare) requests;
-            // their answer is read to its end instead.
-            let (w, r) = tokio::join!(
-                write_body(&mut wr, packet, body),
-                read_response(&mut rd, rbuf, out, None)
-            );
-            r.and(w)
+            // their answer is read to its end instead. A body that fails ends the
+            // exchange at once (the worker waits for bytes that will never come).
+            let write = write_body(&mut wr, packet, body, body_timeout);
+            let read = read_response(&mut rd, rbuf, out, None);
+            tokio::pin!(write, read);
+            let (mut wrote, mut answered) = (false, None);
+            loop {
+                tokio::select! {
+                    w = &mut write, if !wrote => {
+                        w?;
+                        wrote = true;
+                    }
+                    r = &mut read, if answered.is_none() => {
+                        r?;
+                        answered = Some(());
+                    }
+                }
+                if wrote && answered.is_some() {
+                    return Ok(());
+                }
+            }
         }
     }
 }
@@ -188,14 +210,26 @@ async fn write_body(
     wr: &mut WriteHalf<'_>,
     packet: Vec<u8>,
     body: RequestBody,
+    body_timeout: Duration,
 ) -> Result<(), Ended> {
     wr.write_all(&packet).await.map_err(|_| Ended::Died)?;
     match body {
         RequestBody::Empty => Ok(()),
         RequestBody::Full(b) => wr.write_all(&b).await.map_err(|_| Ended::Died),
         RequestBody::Stream { mut body, framed } => {
-            while let Some(f) = body.frame().await {
-                let f = f.map_err(|_| Ended::ClientBody)?;
+            loop {
+                let f = match tokio::time::timeout(body_timeout, body.frame()).await {
+                    Err(_) => return Err(Ended::ClientBody(ClientBodyError::Timeout)),
+                    Ok(None) => break,
+                    Ok(Some(f)) => f,
+                };
+                let f = f.map_err(|e| {
+                    Ended::ClientBody(if e.is::<http_body_util::LengthLimitError>() {
+                        ClientBodyError::TooLarge
+                    } else {
+                        ClientBodyError::Closed
+                    })
+                })?;
                 let Ok(data) = f.into_data() else { continue };
                 if data.is_empty() {
                     continue;

@@ -25,8 +25,8 @@ mod slot;
 pub mod supervisor;
 
 pub use body::{BodyError, ResponseBody};
-pub use error::DispatchError;
+pub use error::{ClientBodyError, DispatchError};
 pub use exchange::{parse_head, RequestBody, WorkerRequest, HOP_BY_HOP};
-pub use pool::{Lease, Pool, PoolStats};
+pub use pool::{Lease, Pool, PoolStats, QueueSlot};
 pub use slot::RestartReason;
 pub use supervisor::{PoolConfig, Supervisor, SupervisorError, WorkerCommand};

@@ -27,8 +27,6 @@ pub struct PoolStats {
     pub idle: AtomicUsize,
     /// Workers serving a request.
     pub busy: AtomicUsize,
-    /// Requests waiting in the queue now.
-    pub queued: AtomicUsize,
     /// Worker restarts, by [`RestartReason`] (index = `reason as usize`).
     pub restarts: [AtomicU64; RestartReason::COUNT],
 }
@@ -47,6 +45,9 @@ pub(crate) struct Inner {
     reload_on_rss: Option<u64>,
     /// Workers of an older generation retire when they come back.
     generation: AtomicU64,
+    /// Requests waiting in front of the pool (for a route slot): they count against
+    /// `max_queue` and in the queue depth too.
+    external: AtomicUsize,
     shutting_down: AtomicBool,
     pub(crate) stats: PoolStats,
 }
@@ -72,6 +73,7 @@ impl Pool {
                 queue_timeout,
                 reload_on_rss,
                 generation: AtomicU64::new(0),
+                external: AtomicUsize::new(0),
                 shutting_down: AtomicBool::new(false),
                 stats: PoolStats::default(),
             }),
@@ -87,6 +89,30 @@ impl Pool {
     /// The pool's counters.
     pub fn stats(&self) -> &PoolStats {
         &self.inner.stats
+    }
+
+    /// Requests waiting now: for a worker (not counting those whose client left) and for
+    /// a route slot in front of the pool.
+    pub fn queue_depth(&self) -> usize {
+        let live = self
+            .state()
+            .waiters
+            .iter()
+            .filter(|w| !w.is_closed())
+            .count();
+        live + self.inner.external.load(Ordering::Relaxed)
+    }
+
+    /// Joins the queue from outside the pool (a request waiting for a route slot): it
+    /// counts against the queue's bound and depth until the returned guard drops.
+    pub fn enter_queue(&self) -> Result<QueueSlot, DispatchError> {
+        if self.queue_depth() >= self.inner.max_queue {
+            return Err(DispatchError::QueueFull {
+                max: self.inner.max_queue,
+            });
+        }
+        self.inner.external.fetch_add(1, Ordering::Relaxed);
+        Ok(QueueSlot { pool: self.clone() })
     }
 
     /// Sends one request to a worker: waits for an idle one (bounded), then runs the
@@ -123,6 +149,7 @@ impl Pool {
             harakiri: Some(wait),
             deadline: None,
             hold: None,
+            body_timeout: wait,
         };
         let resp = Self::send(lease, req).await?;
         let status = resp.status().as_u16();
@@ -151,9 +178,10 @@ impl Pool {
                 self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
                 return Ok(Lease::new(worker, self.clone()));
             }
-            if st.waiters.len() >= self.inner.max_queue {
+            let external = self.inner.external.load(Ordering::Relaxed);
+            if st.waiters.len() + external >= self.inner.max_queue {
                 st.waiters.retain(|w| !w.is_closed());
-                if st.waiters.len() >= self.inner.max_queue {
+                if st.waiters.len() + external >= self.inner.max_queue {
                     return Err(DispatchError::QueueFull {
                         max: self.inner.max_queue,
                     });
@@ -161,10 +189,6 @@ impl Pool {
             }
             let (tx, rx) = oneshot::channel();
             st.waiters.push_back(tx);
-            self.inner
-                .stats
-                .queued
-                .store(st.waiters.len(), Ordering::Relaxed);
             rx
         };
         match tokio::time::timeout(wait, rx).await {
@@ -181,19 +205,18 @@ impl Pool {
         let mut st = self.state();
         if self.retiring(&st, worker.generation) {
             drop(st);
-            worker.retire(RestartReason::Reload);
+            let reason = if self.is_shutting_down() {
+                RestartReason::Shutdown
+            } else {
+                RestartReason::Reload
+            };
+            worker.retire(reason);
             return;
         }
         while let Some(waiter) = st.waiters.pop_front() {
             self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
             match waiter.send(Lease::new(worker, self.clone())) {
-                Ok(()) => {
-                    self.inner
-                        .stats
-                        .queued
-                        .store(st.waiters.len(), Ordering::Relaxed);
-                    return;
-                }
+                Ok(()) => return,
                 Err(mut lease) => {
                     // That client went away while queued: try the next one.
                     self.inner.stats.busy.fetch_sub(1, Ordering::Relaxed);
@@ -201,7 +224,6 @@ impl Pool {
                 }
             }
         }
-        self.inner.stats.queued.store(0, Ordering::Relaxed);
         st.idle.push(worker);
         self.inner.stats.idle.fetch_add(1, Ordering::Relaxed);
     }
@@ -270,7 +292,6 @@ impl Pool {
     pub(crate) fn begin_shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::Relaxed);
         self.state().waiters.clear();
-        self.inner.stats.queued.store(0, Ordering::Relaxed);
         self.retire_idle(|_| true, RestartReason::Shutdown);
     }
 
@@ -292,6 +313,18 @@ impl Pool {
 
     pub(crate) fn count_restart(&self, reason: RestartReason) {
         self.inner.stats.restarts[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A place in the queue held from outside the pool (see [`Pool::enter_queue`]).
+#[derive(Debug)]
+pub struct QueueSlot {
+    pool: Pool,
+}
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        self.pool.inner.external.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

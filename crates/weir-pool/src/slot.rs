@@ -37,11 +37,13 @@ pub enum RestartReason {
     ClientAbort,
     /// It broke the worker protocol.
     Protocol,
+    /// Its request ran past the request's deadline.
+    Deadline,
 }
 
 impl RestartReason {
     /// Number of reasons.
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
     /// All reasons, in index order.
     pub const ALL: [RestartReason; Self::COUNT] = [
         RestartReason::Crash,
@@ -52,6 +54,7 @@ impl RestartReason {
         RestartReason::Shutdown,
         RestartReason::ClientAbort,
         RestartReason::Protocol,
+        RestartReason::Deadline,
     ];
 
     /// The label.
@@ -65,6 +68,7 @@ impl RestartReason {
             RestartReason::Shutdown => "shutdown",
             RestartReason::ClientAbort => "client-abort",
             RestartReason::Protocol => "protocol",
+            RestartReason::Deadline => "deadline",
         }
     }
 }
