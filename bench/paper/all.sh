@@ -8,8 +8,14 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 RUNS=${1:-1}
-if [[ "${NO_BUILD:-0}" != 1 && -z "${WEIR_BIN:-}" ]]; then
-  cargo build --release -q -p weir || exit 1
+if [[ -z "${WEIR_BIN:-}" ]]; then
+  if [[ "${NO_BUILD:-0}" != 1 ]]; then cargo build --release -q -p weir || exit 1; fi
+  # One binary for every script, even if other work rebuilds target/release meanwhile.
+  PIN=$(mktemp -d /tmp/weir-paper-all-XXXXXX)
+  trap 'rm -rf "$PIN"' EXIT
+  cp "$ROOT/target/release/weir" "$PIN/weir"
+  touch -r "$ROOT/target/release/weir" "$PIN/weir"
+  export WEIR_BIN=$PIN/weir
 fi
 export NO_BUILD=1
 failed=()

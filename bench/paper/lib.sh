@@ -7,8 +7,10 @@
 #   paper_init NAME            strict mode, ROOT/WEIR/NGINX/UWSGI/SHOP, a private temp dir RUN
 #                              (nginx config, sockets, cache; removed on exit),
 #                              OUT=bench/out/NAME-DATE (logs, JSON, plots; kept), the release
-#                              build (unless NO_BUILD=1), Flask present, and a trap that stops
-#                              everything started here
+#                              build (unless NO_BUILD=1 or WEIR_BIN is set) copied into RUN (a
+#                              rebuild by other work mid-experiment cannot change it; its
+#                              provenance goes to $OUT/weir-build), Flask present, and a trap
+#                              that stops everything started here
 #   paper_db mariadb|sqlite    the shop's database; DB=... in the environment overrides the
 #                              script's choice. mariadb: scripts/mariadb.sh start and
 #                              DATABASE_URL exported, so uWSGI's and weir's workers both use it
@@ -72,6 +74,14 @@ paper_init() {
     cargo build --release -q -p weir
   fi
   [[ -x "$WEIR" ]] || { log "no weir binary at $WEIR"; exit 2; }
+  # A private copy: other work on this machine may rebuild target/release/weir mid-experiment.
+  {
+    echo "binary $WEIR, modified $(date -u -r "$WEIR" '+%Y-%m-%d %H:%M UTC')"
+    echo "HEAD $(git -C "$ROOT" rev-parse --short HEAD)"
+    git -C "$ROOT" status --porcelain -- crates Cargo.toml Cargo.lock | sed 's/^/dirty /'
+  } > "$OUT/weir-build"
+  cp "$WEIR" "$RUN/weir"
+  WEIR=$RUN/weir
   python3 -c 'import flask, pymysql' 2>/dev/null || python3 -m pip install -q -r "$SHOP/requirements.txt"
   cat /proc/loadavg > "$OUT/loadavg-start"
   log "output in $OUT"

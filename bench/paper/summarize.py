@@ -131,7 +131,8 @@ def main():
 
     if a.no_record:
         return
-    rel_out = os.path.relpath(a.out, os.path.dirname(os.path.abspath(a.results)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    rel_out = os.path.relpath(a.out, repo)
     fig_rel = None
     if a.figures:
         os.makedirs(a.figures, exist_ok=True)
@@ -153,16 +154,25 @@ def main():
         except Exception:  # noqa: BLE001
             return "?"
 
-    root = os.path.dirname(os.path.abspath(__file__))
-    head_rev = version(["git", "-C", root, "rev-parse", "--short", "HEAD"])
-    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "../../crates"],
-                           capture_output=True, text=True).stdout.strip()
-    env = ("%s; %d CPUs; load average %s at the start, %s at the end; weir %s%s (release); "
+    build = {"HEAD": "?", "dirty": [], "binary": ""}
+    try:
+        with open(os.path.join(a.out, "weir-build")) as f:
+            for line in f:
+                key, _, val = line.rstrip("\n").partition(" ")
+                if key == "dirty":
+                    build["dirty"].append(val.strip())
+                else:
+                    build[key] = val
+    except OSError:
+        pass
+    weir_desc = "weir at %s%s" % (build["HEAD"], (" + uncommitted changes in %s" % ", ".join(
+        sorted({d.split()[-1].split("/")[1] if "/" in d else d.split()[-1] for d in build["dirty"]})))
+        if build["dirty"] else "")
+    env = ("%s; %d CPUs; load average %s at the start, %s at the end; %s (release); "
            "nginx %s; uWSGI %s; database %s." % (
                datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                os.cpu_count(), " ".join(read("loadavg-start")), " ".join(read("loadavg-end")),
-               head_rev, " + uncommitted changes in crates/" if dirty else "",
-               version(["nginx", "-v"]).split("/")[-1], version(["uwsgi", "--version"]),
+               weir_desc, version(["nginx", "-v"]).split("/")[-1], version(["uwsgi", "--version"]),
                "MariaDB (private, scripts/mariadb.sh)" if a.db == "mariadb" else "SQLite"))
     with open(a.results, "a") as f:
         f.write("\n## %s (issue 4) — %s\n\n" % (a.title, datetime.date.today()))
@@ -176,7 +186,7 @@ def main():
             f.write("A timed-out request counts as %s ms. " % fmt_ms(rows[0][4]["timeout_ms"]))
         f.write("The machine is shared with other work (2 cores): absolute numbers are noisy. ")
         if fig_rel:
-            f.write("Plot (run 1 of each): [%s](%s). " % (fig_rel, fig_rel))
+            f.write("Plot (run 1 of each): [bench/%s](%s). " % (fig_rel, fig_rel))
         f.write("Raw results: `%s/` (not committed).\n" % rel_out)
     print("appended to %s" % a.results, file=sys.stderr)
 
