@@ -9,8 +9,8 @@
 #                      ([cache] is in the design, not built): it runs without one.
 # The load is `weir load --rate 1000 --connections 100 --max-connections 100`: an open loop
 # that may use 100 connections and no more, as the paper's "100 concurrent connections at
-# 1000 QPS". When all 100 are busy the next request waits for one (a missed slot: the run is
-# marked INVALID, and its latency still counts from its scheduled time).
+# 1000 QPS". When all 100 are busy the next request waits for one (a missed slot in the
+# report; its latency still counts from its scheduled time).
 # Usage: bench/paper/fig4.sh [RUNS]   (default 1)
 # Environment: WORKERS (10), RATE (1000), CONNECTIONS (100), DURATION (10s), TIMEOUT (30s),
 #   CACHE_VALID (2s), PATH_ITEMS (/items), DB, NO_BUILD, NO_RECORD, WEIR_BIN.
