@@ -88,9 +88,8 @@ pub struct LoadCommand {
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
 
-    /// A run whose send lateness p99 is above this is marked INVALID. `auto`: 1ms, or 5%
-    /// of the latency p99 when that is more (a generator error that small cannot move the
-    /// tail it measures).
+    /// A run whose send lateness p99 is above this is marked INVALID. `auto`: 1ms, or, when
+    /// both are more, the smaller of 5% of the latency p99 and 10 slot intervals.
     #[arg(long, default_value = "auto")]
     pub max_lateness: String,
 

@@ -7,7 +7,9 @@
 //! runtime's epoll, see [`crate::timer`]; tokio's own timer ticks in whole milliseconds)
 //! until [`SPIN`] before the slot, then yields to the runtime in a loop, since a thread
 //! woken from sleep is some tens of µs late. So the generator spins only when slots are
-//! closer than that, and a slow schedule leaves the CPU to the server under test. The request task notes how late it started (the generator's own lateness, the
+//! closer than that, and a slow schedule leaves the CPU to the server under test.
+//!
+//! The request task notes how late it started (the generator's own lateness, the
 //! self-check), takes a connection permit (when all `--max-connections` are busy the
 //! request waits for one and the slot counts as missed), takes an idle keep-alive
 //! connection or opens a new one, sends, and records the latency from the slot's due time.
@@ -193,7 +195,8 @@ async fn wait_until(timer: &Timer, due: Instant) {
             // A timerfd that failed once will fail again; tokio's timer ticks in whole
             // milliseconds, so wake that much earlier. The lateness in the report shows it.
             eprintln!("weir load: precise timer failed ({e}); using the millisecond timer");
-            tokio::time::sleep_until(wake - Duration::from_millis(1)).await;
+            let early = wake.checked_sub(Duration::from_millis(1)).unwrap_or(wake);
+            tokio::time::sleep_until(early).await;
         }
     }
     while Instant::now() < due {

@@ -203,12 +203,15 @@ pub struct RunJson {
     pub elapsed_s: f64,
 }
 
-/// The default `--max-lateness` (`auto`), in ms: 1 ms, or 5% of the latency p99 when that
-/// is more. A generator whose p99 error is that small against the tail it measures did not
-/// fall behind in any way that matters; one that is really behind makes the latency itself
-/// (which includes the lateness) and so stays far above 5% of it.
-pub fn auto_lateness_limit_ms(latency_p99_ms: f64) -> f64 {
-    (latency_p99_ms * 0.05).max(1.0)
+/// The default `--max-lateness` (`auto`), in ms: 1 ms, or, when both are more, the smaller
+/// of 5% of the latency p99 and 10 slot intervals. A send that late is small against the
+/// tail being measured and is not the generator running behind its schedule (at 10 req/s
+/// against a 5 s query, 2 ms late changes nothing); at high rates the 10 slots keep the
+/// limit at 1 ms, since a generator that cannot keep up there shows more as missed slots
+/// and a long latency than as lateness.
+pub fn auto_lateness_limit_ms(latency_p99_ms: f64, rate: f64) -> f64 {
+    let ten_slots_ms = 10.0 * 1e3 / rate.max(1e-9);
+    (latency_p99_ms * 0.05).min(ten_slots_ms).max(1.0)
 }
 
 /// Builds the result of a run.
@@ -238,7 +241,7 @@ pub fn build(
     if open {
         let limit_ms = match lateness_limit {
             Some(d) => d.as_secs_f64() * 1e3,
-            None => auto_lateness_limit_ms(latency.p99),
+            None => auto_lateness_limit_ms(latency.p99, manifest.rate.unwrap_or(1.0)),
         };
         if lateness.p99 > limit_ms {
             let wall = data.elapsed.as_secs_f64().max(1e-9);
@@ -505,9 +508,15 @@ mod tests {
 
     #[test]
     fn auto_lateness_limit() {
-        assert_eq!(auto_lateness_limit_ms(0.2), 1.0);
-        assert_eq!(auto_lateness_limit_ms(20.0), 1.0);
-        assert_eq!(auto_lateness_limit_ms(1000.0), 50.0);
+        // A fast server at 20k req/s: 1 ms.
+        assert_eq!(auto_lateness_limit_ms(0.2, 20_000.0), 1.0);
+        // Saturated at 60k req/s: still 1 ms, whatever the latency.
+        assert_eq!(auto_lateness_limit_ms(600.0, 60_000.0), 1.0);
+        // 5 s queries at 10 req/s: 5% of p99.
+        assert_eq!(auto_lateness_limit_ms(20_000.0, 10.0), 1000.0);
+        assert_eq!(auto_lateness_limit_ms(1000.0, 10.0), 50.0);
+        // 1000 req/s: at most 10 slots.
+        assert_eq!(auto_lateness_limit_ms(7000.0, 1000.0), 10.0);
     }
 
     #[test]
