@@ -140,6 +140,11 @@ impl AccessLog {
         })
     }
 
+    /// Logs a request that hyper refused before weir's handler saw it (hyper answered).
+    pub fn refused(&self, rec: Record) {
+        self.finish(&rec, 0, false, Instant::now());
+    }
+
     /// Logs a request that ended without a response (its handler was dropped).
     pub fn abandoned(&self, mut rec: Record) {
         if let (Some(t), true) = (rec.queue_started, rec.queued.is_zero()) {

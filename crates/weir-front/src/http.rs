@@ -114,12 +114,15 @@ pub async fn serve_connection<S>(
         .max_buf_size(front.max_header_size.max(8192))
         .keep_alive(true);
     let conn = Arc::new(conn);
+    let peer = conn.peer.map(|p| p.ip());
+    let log = front.log.clone();
     let svc = service_fn(move |req| handle(front.clone(), conn.clone(), req));
     let connection = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(connection);
     let draining = tokio::select! {
         r = connection.as_mut() => {
             if let Err(e) = r {
+                log_refusal(&log, peer, &e);
                 debug!("connection ended: {e}");
             }
             false
@@ -135,6 +138,22 @@ pub async fn serve_connection<S>(
 }
 
 type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// A request hyper refused itself (it could not be parsed, or its head was too large):
+/// hyper has already answered 400 or 431 and closed; weir still logs and counts it.
+fn log_refusal(log: &Arc<AccessLog>, peer: Option<std::net::IpAddr>, e: &hyper::Error) {
+    let (status, class) = if e.is_parse_too_large() {
+        (431, "header-too-large")
+    } else if e.is_parse() {
+        (400, "bad-request")
+    } else {
+        return;
+    };
+    let mut rec = Record::new(&crate::request_id::make(), peer, "", "");
+    rec.status = status;
+    rec.class = class;
+    log.refused(rec);
+}
 
 /// One request: never fails at the hyper level; every failure is an answer.
 pub async fn handle(
