@@ -15,6 +15,11 @@ if [[ -z "${WEIR_BIN:-}" ]]; then
   trap 'rm -rf "$PIN"' EXIT
   cp "$ROOT/target/release/weir" "$PIN/weir"
   touch -r "$ROOT/target/release/weir" "$PIN/weir"
+  {
+    echo "binary target/release/weir, modified $(date -u -r "$PIN/weir" '+%Y-%m-%d %H:%M UTC')"
+    echo "HEAD $(git rev-parse --short HEAD)"
+    git status --porcelain -- crates Cargo.toml Cargo.lock | sed 's/^/dirty /'
+  } > "$PIN/weir.build"
   export WEIR_BIN=$PIN/weir
 fi
 export NO_BUILD=1

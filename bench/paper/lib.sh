@@ -60,6 +60,12 @@ paper_cleanup() {
   [[ -n "$RUN" ]] && rm -rf "$RUN"
 }
 
+weir_provenance() {
+  echo "binary $1, modified $(date -u -r "$1" '+%Y-%m-%d %H:%M UTC')"
+  echo "HEAD $(git -C "$ROOT" rev-parse --short HEAD)"
+  git -C "$ROOT" status --porcelain -- crates Cargo.toml Cargo.lock | sed 's/^/dirty /'
+}
+
 paper_init() {
   PAPER_NAME=$1
   [[ -x "$NGINX" ]] || { log "nginx not found: run scripts/install-deps.sh"; exit 2; }
@@ -75,11 +81,12 @@ paper_init() {
   fi
   [[ -x "$WEIR" ]] || { log "no weir binary at $WEIR"; exit 2; }
   # A private copy: other work on this machine may rebuild target/release/weir mid-experiment.
-  {
-    echo "binary $WEIR, modified $(date -u -r "$WEIR" '+%Y-%m-%d %H:%M UTC')"
-    echo "HEAD $(git -C "$ROOT" rev-parse --short HEAD)"
-    git -C "$ROOT" status --porcelain -- crates Cargo.toml Cargo.lock | sed 's/^/dirty /'
-  } > "$OUT/weir-build"
+  # all.sh notes the source next to its copy when it builds; otherwise the tree as it is now.
+  if [[ -f "$WEIR.build" ]]; then
+    cp "$WEIR.build" "$OUT/weir-build"
+  else
+    weir_provenance "$WEIR" > "$OUT/weir-build"
+  fi
   cp "$WEIR" "$RUN/weir"
   WEIR=$RUN/weir
   python3 -c 'import flask, pymysql' 2>/dev/null || python3 -m pip install -q -r "$SHOP/requirements.txt"
