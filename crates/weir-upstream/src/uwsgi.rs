@@ -37,19 +37,29 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let send = async {
-        s.write_all(packet).await?;
-        s.write_all(body).await?;
+        if body.len() <= 64 * 1024 {
+            // One write: the server may answer (and close) before it reads a body.
+            let mut all = Vec::with_capacity(packet.len() + body.len());
+            all.extend_from_slice(packet);
+            all.extend_from_slice(body);
+            s.write_all(&all).await?;
+        } else {
+            s.write_all(packet).await?;
+            s.write_all(body).await?;
+        }
         s.flush().await
     };
-    match tokio::time::timeout(cfg.send_timeout.as_duration(), send).await {
+    // A failed send is not yet a failure: a server that answered without reading the
+    // whole body (and closed) has its answer waiting in our socket.
+    let send_error = match tokio::time::timeout(cfg.send_timeout.as_duration(), send).await {
         Err(_) => return Err(UpstreamError::timeout("sending the request")),
-        Ok(Err(e)) => {
-            return Err(UpstreamError::protocol(format!(
-                "connection failed while sending: {e}"
-            )))
-        }
-        Ok(Ok(())) => {}
-    }
+        Ok(Err(e)) => Some(e),
+        Ok(Ok(())) => None,
+    };
+    let failed = |what: String| match &send_error {
+        Some(e) => UpstreamError::protocol(format!("connection failed while sending: {e}")),
+        None => UpstreamError::protocol(what),
+    };
     let read_timeout = cfg.read_timeout.as_duration();
     let mut buf = BytesMut::with_capacity(8192);
     let head_len = loop {
@@ -63,12 +73,8 @@ where
         }
         match tokio::time::timeout(read_timeout, s.read_buf(&mut buf)).await {
             Err(_) => return Err(UpstreamError::timeout("reading the response")),
-            Ok(Ok(0)) => {
-                return Err(UpstreamError::protocol(
-                    "connection closed before a response head",
-                ))
-            }
-            Ok(Err(e)) => return Err(UpstreamError::protocol(format!("read failed: {e}"))),
+            Ok(Ok(0)) => return Err(failed("connection closed before a response head".into())),
+            Ok(Err(e)) => return Err(failed(format!("read failed: {e}"))),
             Ok(Ok(_)) => {}
         }
     };
