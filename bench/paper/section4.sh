@@ -8,8 +8,8 @@
 # counts are printed and appended to bench/RESULTS.md with this command.
 # Usage: bench/paper/section4.sh [RUNS]   (default 1; servers alternate run by run)
 # Environment: RATE, DURATION, WEIR_BIN (default target/release/weir, built unless NO_BUILD=1),
-#   NO_RECORD=1 (do not append to bench/RESULTS.md), DB (sqlite, the default here: /slow is a
-#   time.sleep in the app; mariadb: the private MariaDB, /slow a real SELECT SLEEP).
+#   NO_RECORD=1 (do not append to bench/RESULTS.md), DB (mariadb, the default, as in the
+#   paper: the private MariaDB, /slow a real SELECT SLEEP; sqlite: /slow is a time.sleep).
 # The common parts (temp dir, nginx config, uWSGI, weir.toml, cleanup) are in lib.sh.
 # Bounded: each load run lasts DURATION plus the per-request timeout (30s) at most.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -17,7 +17,7 @@ RUNS=${1:-1}
 RATE=${RATE:-150}
 DURATION=${DURATION:-10s}
 paper_init section4
-paper_db sqlite
+paper_db mariadb
 
 cat > "$RUN/mix.toml" <<MIX
 [[request]]
