@@ -9,7 +9,7 @@ use crate::schedule::Arrivals;
 /// `weir load --rate 200 --duration 10s http://127.0.0.1:8080/hello` sends 200 requests/s
 /// on a fixed schedule and measures each latency from its scheduled time, so a stalled
 /// server shows in every request it delays. `--connections C` without a rate runs a closed
-/// loop instead. `weir load plot A.json B.json -o F.svg` overlays saved runs.
+/// loop instead. `weir load plot A.json B.json -o F.svg` (or `.png`) overlays saved runs.
 #[derive(Debug, Clone, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct LoadCommand {
@@ -74,7 +74,7 @@ pub struct LoadCommand {
     #[arg(long)]
     pub json: Option<PathBuf>,
 
-    /// Write a latency-by-percentile plot (.svg).
+    /// Write a latency-by-percentile plot (.svg or .png).
     #[arg(long)]
     pub plot: Option<PathBuf>,
 
@@ -115,7 +115,7 @@ pub struct PlotArgs {
     /// Result files written by `weir load --json`.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
-    /// The plot to write (.svg).
+    /// The plot to write (.svg or .png).
     #[arg(long, short = 'o')]
     pub output: PathBuf,
     /// Title of the plot.

@@ -13,7 +13,7 @@
 //! - [`stats`]: what a run records (histograms, statuses, errors) and histogram encoding.
 //! - [`report`]: the result as JSON and as text.
 //! - [`failif`], [`mix`], [`target`], [`parse`]: parsers of the inputs.
-//! - [`plot`]: SVG latency-by-percentile plots.
+//! - [`plot`]: SVG and PNG latency-by-percentile plots.
 //! - [`sys`]: file-descriptor room and the process's CPU usage (for the self-check).
 //! - [`error`]: the typed errors (all exit 2).
 //!

@@ -447,6 +447,90 @@ fn json_has_the_keys_and_replots() {
     assert!(svg.matches("run").count() >= 2, "two legend entries");
 }
 
+/// A PNG file's size, color type and RGB pixels.
+fn decode_png(p: &Path) -> (u32, u32, png::ColorType, Vec<u8>) {
+    let f = std::fs::File::open(p).unwrap();
+    let mut r = png::Decoder::new(std::io::BufReader::new(f))
+        .read_info()
+        .unwrap();
+    let mut buf = vec![0; r.output_buffer_size().unwrap()];
+    let info = r.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, info.color_type, buf)
+}
+
+/// Whether the RGB pixels hold this exact color.
+fn has_color(px: &[u8], c: [u8; 3]) -> bool {
+    px.chunks(3).any(|p| p == c)
+}
+
+#[test]
+fn png_plots_a_run_and_an_overlay() {
+    let s = start(false);
+    s.state.slow_ms.store(2, Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    let single = dir.path().join("run.png");
+    run(&[
+        "--rate",
+        "200",
+        "--requests",
+        "100",
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        single.to_str().unwrap(),
+        &s.at("/slow"),
+    ]);
+    let blue = [31, 119, 180];
+    let red = [214, 39, 40];
+    let (w, h, color, px) = decode_png(&single);
+    assert_eq!((w, h), (960, 600));
+    assert_eq!(color, png::ColorType::Rgb);
+    assert_eq!(px.len(), 960 * 600 * 3);
+    let colors: std::collections::HashSet<&[u8]> = px.chunks(3).collect();
+    // White, black, grid greys, the series' blue and the antialiased text's greys.
+    assert!(colors.len() > 20, "{} colors: blank?", colors.len());
+    assert!(has_color(&px, blue) && !has_color(&px, red), "one series");
+
+    // The run overlaid with a copy of itself: two series, two legend entries.
+    let other = dir.path().join("again.json");
+    std::fs::copy(&json, &other).unwrap();
+    let both = dir.path().join("both.PNG");
+    let c = LoadCommand::try_parse_from([
+        "plot",
+        json.to_str().unwrap(),
+        other.to_str().unwrap(),
+        "-o",
+        both.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert_eq!(weir_load::main(c), ExitCode::SUCCESS);
+    let (w, h, _, px) = decode_png(&both);
+    assert_eq!((w, h), (960, 600));
+    assert!(has_color(&px, blue) && has_color(&px, red), "two series");
+
+    // A path that cannot be written is a one-line error, exit 2.
+    let blocked = dir.path().join("blocked.png");
+    std::fs::create_dir(&blocked).unwrap();
+    let args = [
+        "plot",
+        json.to_str().unwrap(),
+        "-o",
+        blocked.to_str().unwrap(),
+    ];
+    let e = weir_load::run(LoadCommand::try_parse_from(args).unwrap()).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with(&format!("cannot write {}", blocked.display())),
+        "{e}"
+    );
+    assert_eq!(
+        weir_load::main(LoadCommand::try_parse_from(args).unwrap()),
+        ExitCode::from(2)
+    );
+}
+
 #[test]
 fn fail_if_sets_the_exit_status() {
     let s = start(false);
@@ -561,10 +645,20 @@ fn bad_input_exits_2() {
                 "--rate".into(),
                 "10".into(),
                 "--plot".into(),
-                "x.png".into(),
+                "x.jpg".into(),
                 s.target.clone(),
             ],
-            "PNG",
+            "must end in .svg or .png",
+        ),
+        (
+            vec![
+                "--rate".into(),
+                "10".into(),
+                "--plot".into(),
+                "/nonexistent/x.png".into(),
+                s.target.clone(),
+            ],
+            "no such directory",
         ),
         (
             vec![
