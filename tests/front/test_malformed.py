@@ -1,8 +1,8 @@
 """Malformed and ambiguous requests over raw sockets: each is answered 4xx (400, or 431
 for an oversize head) and never reaches a worker; the server goes on serving.
 
-Some of these answers are made by hyper itself, before weir's handler runs; they carry
-no x-weir-error (a known gap, see test_hyper_made_answers_carry_x_weir_error).
+Most are refused by weir's framing gate before hyper parses them (crates/weir-http1); the
+answer still follows the error contract (x-weir-error, request id, log line, metrics).
 """
 
 from __future__ import annotations
@@ -23,18 +23,12 @@ def head(tag: str, *lines: str, method: str = "POST", version: str = "HTTP/1.1")
     return (text + "\r\n").encode("latin-1")
 
 
-CLTE_GAP = pytest.mark.xfail(strict=True, reason=(
-    "known gap (issue 3): hyper applies RFC 9112 6.3 itself (Transfer-Encoding wins, the "
-    "Content-Length header is dropped before weir sees the request, and the connection is "
-    "closed after the answer, so nothing can be smuggled); weir cannot refuse the request "
-    "with 400 without its own HTTP/1.1 parser"))
-
 SHAPES = [
     # (id, payload, wanted status)
     pytest.param("cl-and-te", head("clte", "Content-Length: 5", "Transfer-Encoding: chunked") + b"5\r\nhello\r\n0\r\n\r\n", 400,
-                 marks=CLTE_GAP, id="cl-and-te"),
+                 id="cl-and-te"),
     pytest.param("te-and-cl", head("tecl", "Transfer-Encoding: chunked", "Content-Length: 5") + b"5\r\nhello\r\n0\r\n\r\n", 400,
-                 marks=CLTE_GAP, id="te-and-cl"),
+                 id="te-and-cl"),
     ("two-different-cls", head("twocl", "Content-Length: 5", "Content-Length: 6") + b"hello!", 400),
     ("cl-list-different", head("cllist", "Content-Length: 5, 6") + b"hello!", 400),
     ("cl-not-a-number", head("clnan", "Content-Length: five") + b"hello", 400),
@@ -78,7 +72,6 @@ def test_malformed_request_is_4xx_and_never_reaches_the_app(front, name, payload
     assert seen == {"after"}, "%s reached the app: %r" % (name, seen)
 
 
-@CLTE_GAP
 def test_malformed_second_request_on_a_keepalive_connection(front):
     """A good request, then a smuggling attempt on the same connection: the first is
     answered, the second is refused and never reaches the app."""
@@ -95,17 +88,15 @@ def test_malformed_second_request_on_a_keepalive_connection(front):
     assert f.tags() == {"first"}, f.tags()
 
 
-GAP_SHAPES = [
+GATE_SHAPES = [
     ("two-different-cls", head("twocl", "Content-Length: 5", "Content-Length: 6") + b"hello!", 400),
     ("junk-request-line", b"THIS IS NOT HTTP tag=junk\r\n\r\n", 400),
     ("head-far-over-max", head("huge", "X-Big: " + "a" * 200 * 1024, "Content-Length: 0"), 431),
 ]
 
 
-@pytest.mark.parametrize("name,payload,status", GAP_SHAPES, ids=[s[0] for s in GAP_SHAPES])
-@pytest.mark.xfail(strict=True, reason="known gap (issue 3): 400/431 answers made by hyper itself, before weir's "
-                                       "handler runs, carry no x-weir-error")
-def test_hyper_made_answers_carry_x_weir_error(front, name, payload, status):
+@pytest.mark.parametrize("name,payload,status", GATE_SHAPES, ids=[s[0] for s in GATE_SHAPES])
+def test_refusals_before_the_handler_carry_x_weir_error(front, name, payload, status):
     f = front(workers=1)
     r = parse_response(exchange(f.addr, payload))
     assert r.status == status, r

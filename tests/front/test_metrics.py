@@ -158,10 +158,8 @@ def test_app_exception_is_a_class_label(front):
     f.wait_metric("weir_requests_total", 1, status="500", **{"class": "app-exception"})
 
 
-@pytest.mark.xfail(strict=False, reason="counted when hyper's connection ends with the parse error; about 1 run "
-                                        "in 7 the count is not there within 3 s (cause not found yet)")
-def test_requests_refused_by_hyper_are_counted(front):
-    """hyper answers unparseable requests itself; weir still counts them (and logs them)."""
+def test_requests_refused_before_the_handler_are_counted(front):
+    """Requests refused by the framing gate (before hyper parses them) are counted and logged."""
     f = front(workers=1, admin=True)
     with f.addr.socket(10) as s:
         s.sendall(b"GET /env HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab")

@@ -130,11 +130,13 @@ impl AccessLog {
     ) -> Response<Logged> {
         rec.status = resp.status().as_u16();
         let head_at = Instant::now();
+        // 499: the client left before its answer; whatever is written, nobody reads it.
+        let gone = rec.status == 499;
         resp.map(|inner| Logged {
             inner,
             rec: Some(Box::new(rec)),
             bytes: 0,
-            aborted: false,
+            aborted: gone,
             head_at,
             log: self.clone(),
         })

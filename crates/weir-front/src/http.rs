@@ -31,6 +31,7 @@ use weir_upstream::{is_idempotent, Upstream, UpstreamRequest};
 use crate::access_log::{AccessLog, Logged, Record};
 use crate::conn_io::ClientWatch;
 use crate::environ::{self, BodyLength, ConnInfo, Facts};
+use crate::gate::{GatedIo, RefusalLog};
 use crate::identity::{identify, Identity, TrustedProxies};
 use crate::rejection::{wants_json, Rejection};
 use crate::route::{Route, RouteWait, Routes};
@@ -112,10 +113,22 @@ pub async fn serve_connection<S>(
         .timer(TokioTimer::new())
         .header_read_timeout(front.header_timeout)
         .max_buf_size(front.max_header_size.max(8192))
+        // The gate ends hyper's input after the last good request when it refuses the
+        // next one; hyper must still answer the good one. Clients that really leave are
+        // seen by the ClientWatch.
+        .half_close(true)
         .keep_alive(true);
     let conn = Arc::new(conn);
     let peer = conn.peer.map(|p| p.ip());
     let log = front.log.clone();
+    let io = GatedIo::new(
+        io,
+        front.max_header_size,
+        RefusalLog {
+            log: log.clone(),
+            peer,
+        },
+    );
     let svc = service_fn(move |req| handle(front.clone(), conn.clone(), req));
     let connection = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(connection);

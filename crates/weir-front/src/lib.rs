@@ -7,6 +7,8 @@
 //!   SIGTERM/SIGINT drain) and shuts down in order.
 //! - [`listener`]: TCP and Unix listeners with an explicit backlog; accept loops that
 //!   stop on the drain signal.
+//! - [`gate`]: the framing gate before hyper: where each request ends and whether it
+//!   is acceptable (weir-http1), so malformed and ambiguous requests get weir's answer.
 //! - [`http`]: an HTTP/1.1 connection (hyper) and the request handler.
 //! - [`uwsgi`]: the uwsgi-protocol listener a real NGINX can `uwsgi_pass` to.
 //! - [`environ`]: an HTTP request turned into the uwsgi vars a worker builds its WSGI
@@ -27,6 +29,7 @@ pub mod admin;
 pub mod cli;
 pub mod conn_io;
 pub mod environ;
+pub mod gate;
 pub mod http;
 pub mod identity;
 pub mod listener;

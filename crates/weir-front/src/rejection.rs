@@ -90,7 +90,56 @@ impl Rejection {
 
     /// The response.
     pub fn respond(&self, request_id: &str, wants_json: bool) -> Response<ResponseBody> {
-        let (ctype, body) = if wants_json {
+        let (ctype, mut body) = self.body(request_id, wants_json);
+        if self.status.as_u16() == 499 {
+            // The client has gone (NGINX's 499): nothing is sent to nobody.
+            body.clear();
+        }
+        let mut r = Response::new(ResponseBody::full(body));
+        *r.status_mut() = self.status;
+        let h = r.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+        h.insert("x-weir-error", HeaderValue::from_static(self.class));
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            h.insert("x-request-id", v);
+        }
+        if let Some(s) = self.retry_after {
+            h.insert(RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.close {
+            h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        r
+    }
+
+    /// The same answer as raw HTTP/1.1 bytes, for a refusal made before hyper parsed the
+    /// request (the framing gate); the connection is closed after it.
+    pub fn to_http1(&self, request_id: &str, wants_json: bool, head_only: bool) -> Vec<u8> {
+        let (ctype, body) = self.body(request_id, wants_json);
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: {ctype}\r\nx-weir-error: {}\r\n",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or(""),
+            self.class
+        );
+        if crate::request_id::is_well_formed(request_id.as_bytes()) {
+            out.push_str(&format!("x-request-id: {request_id}\r\n"));
+        }
+        if let Some(s) = self.retry_after {
+            out.push_str(&format!("retry-after: {s}\r\n"));
+        }
+        out.push_str(&format!(
+            "content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        ));
+        if !head_only {
+            out.push_str(&body);
+        }
+        out.into_bytes()
+    }
+
+    fn body(&self, request_id: &str, wants_json: bool) -> (&'static str, String) {
+        if wants_json {
             (
                 "application/json",
                 format!(
@@ -112,22 +161,7 @@ impl Rejection {
                     request_id
                 ),
             )
-        };
-        let mut r = Response::new(ResponseBody::full(body));
-        *r.status_mut() = self.status;
-        let h = r.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
-        h.insert("x-weir-error", HeaderValue::from_static(self.class));
-        if let Ok(v) = HeaderValue::from_str(request_id) {
-            h.insert("x-request-id", v);
         }
-        if let Some(s) = self.retry_after {
-            h.insert(RETRY_AFTER, HeaderValue::from(s));
-        }
-        if self.close {
-            h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        r
     }
 }
 

@@ -1,0 +1,230 @@
+//! The framing gate: the client's bytes pass through [`weir_http1::RequestFramer`] before
+//! hyper reads them, so a request hyper would refuse by itself, or would read differently
+//! from what the client meant (Content-Length with Transfer-Encoding), is refused by weir
+//! with its own answer: status, `x-weir-error`, request id, the access log line and the
+//! metrics (DESIGN.md's error contract), and never reaches a worker.
+//!
+//! hyper is given only checked bytes. On a refusal in a request head, hyper sees the end
+//! of the stream right after the last good request; it finishes answering that one (the
+//! connection is served with `half_close`, so an end of input does not cut a response
+//! short) and shuts the connection down, and the shutdown writes weir's answer first. A
+//! refusal inside a chunked body is different: that request was already handed on, so its
+//! body read fails with the reason and the handler answers 400 as for any bad body.
+//!
+//! After weir's own answer, or when hyper closes in the middle of a request (an early
+//! 413, say), the gate reads and drops what the client still sends for a moment before
+//! closing (NGINX's `lingering_close`): closing a socket with unread input sends a reset,
+//! which can destroy the answer before the client reads it.
+
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+use weir_http1::{Limits, Refusal, RequestFramer, Step};
+
+use crate::access_log::{AccessLog, Record};
+use crate::rejection::{wants_json, Rejection};
+
+/// Longest time spent draining a refused client's input before closing.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+/// Most bytes drained from a refused client before closing.
+const LINGER_BYTES: usize = 4 << 20;
+/// Bytes asked of the socket per read.
+const READ_SIZE: usize = 16 << 10;
+
+/// Where refusals are logged and counted.
+#[derive(Debug, Clone)]
+pub struct RefusalLog {
+    /// The access log and metrics.
+    pub log: Arc<AccessLog>,
+    /// The client's address.
+    pub peer: Option<IpAddr>,
+}
+
+/// A client connection with the framing gate in its read path.
+#[derive(Debug)]
+pub struct GatedIo<S> {
+    io: S,
+    framer: RequestFramer,
+    /// Read from the client, not yet given to hyper; the first `checked` bytes passed.
+    pending: BytesMut,
+    checked: usize,
+    /// hyper gets the end of input once the checked bytes are gone.
+    stopped: bool,
+    /// A refusal inside a body: hyper's read fails with it once the checked bytes are gone.
+    body_error: Option<weir_http1::FramingError>,
+    /// weir's own answer, written before the shutdown, and how much of it is written.
+    answer: Vec<u8>,
+    answer_at: usize,
+    refusals: RefusalLog,
+    write_shut: bool,
+    linger: Option<Pin<Box<Sleep>>>,
+    lingered: usize,
+    linger_done: bool,
+}
+
+impl<S> GatedIo<S> {
+    /// Gates `io`; heads over `max_head` bytes are refused with 431.
+    pub fn new(io: S, max_head: usize, refusals: RefusalLog) -> Self {
+        GatedIo {
+            io,
+            framer: RequestFramer::new(Limits { max_head }),
+            pending: BytesMut::new(),
+            checked: 0,
+            stopped: false,
+            body_error: None,
+            answer: Vec::new(),
+            answer_at: 0,
+            refusals,
+            write_shut: false,
+            linger: None,
+            lingered: 0,
+            linger_done: false,
+        }
+    }
+
+    /// Runs the framer over the unchecked bytes.
+    fn check(&mut self) {
+        while self.checked < self.pending.len() && !self.stopped {
+            match self.framer.step(&self.pending[self.checked..]) {
+                Step::Pass(n) => self.checked += n,
+                Step::More => break,
+                Step::End => self.stopped = true,
+                Step::Refuse(r) => {
+                    self.stopped = true;
+                    if r.in_body {
+                        self.body_error = Some(r.error);
+                    } else {
+                        self.refuse(r);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Logs a refused head and prepares the answer.
+    fn refuse(&mut self, r: Refusal) {
+        let id = crate::request_id::make();
+        let head = r.head.unwrap_or_default();
+        let status = StatusCode::from_u16(r.error.status()).unwrap_or(StatusCode::BAD_REQUEST);
+        let rejection = Rejection::new(status, r.error.class(), r.error.to_string()).closing();
+        let json = wants_json(head.accept.as_deref());
+        self.answer = rejection.to_http1(&id, json, head.method == "HEAD");
+        let mut rec = Record::new(&id, self.refusals.peer, &head.method, &head.path);
+        rec.status = status.as_u16();
+        rec.class = rejection.class;
+        self.refusals.log.refused(rec);
+    }
+
+    /// Drain the client's input before closing?
+    fn should_linger(&self) -> bool {
+        !self.answer.is_empty() || !self.framer.at_boundary() || self.checked < self.pending.len()
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for GatedIo<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.checked > 0 {
+                let n = this.checked.min(buf.remaining());
+                buf.put_slice(&this.pending[..n]);
+                this.pending.advance(n);
+                this.checked -= n;
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(e) = this.body_error.take() {
+                // hyper fails this request's body read with the reason.
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+            }
+            if this.stopped {
+                return Poll::Ready(Ok(()));
+            }
+            let start = this.pending.len();
+            this.pending.resize(start + READ_SIZE, 0);
+            let mut rb = ReadBuf::new(&mut this.pending[start..]);
+            let read = Pin::new(&mut this.io).poll_read(cx, &mut rb);
+            let n = rb.filled().len();
+            this.pending.truncate(start + n);
+            ready!(read)?;
+            if n == 0 {
+                // The client closed: an unfinished head is dropped, as hyper would.
+                this.stopped = true;
+                continue;
+            }
+            this.check();
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GatedIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        while this.answer_at < this.answer.len() {
+            let n = ready!(Pin::new(&mut this.io).poll_write(cx, &this.answer[this.answer_at..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            this.answer_at += n;
+        }
+        if !this.write_shut {
+            ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+            this.write_shut = true;
+        }
+        if this.linger_done || !this.should_linger() {
+            return Poll::Ready(Ok(()));
+        }
+        let timer = this
+            .linger
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(LINGER_TIME)));
+        let mut scratch = [0u8; 4096];
+        while this.lingered < LINGER_BYTES && timer.as_mut().poll(cx).is_pending() {
+            let mut rb = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                    this.lingered += rb.filled().len();
+                }
+                Poll::Ready(_) => break,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        this.linger_done = true;
+        Poll::Ready(Ok(()))
+    }
+}
