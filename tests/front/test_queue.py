@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import subprocess
 import threading
 import time
 
@@ -114,13 +115,8 @@ def test_client_gone_while_queued_is_in_the_access_log(front, tmp_path):
     assert x["queue_ms"] >= 400, "the request waited in the queue for over 0.5 s, the log says %r" % x
 
 
-@pytest.mark.e2e_timeout(120)
-def test_default_queue_turns_overload_into_fast_503s_and_full_speed_service(front):
-    """No [queue] section: 300 clients at once against 2 workers at 100 ms a request
-    (50 times what 2 workers serve per second). Every client gets an answer: 200, or 503
-    queue-full at once with Retry-After. No 502, no 504, no error, nothing left hanging."""
-    f = front(workers=2, config={"server": {"access_log": "off"}})
-    n = 300
+def _burst(f, n, path):
+    """n clients at once; each result is (status, x-weir-error, retry-after, seconds)."""
     results = [None] * n
     go = threading.Event()
 
@@ -128,7 +124,7 @@ def test_default_queue_turns_overload_into_fast_503s_and_full_speed_service(fron
         go.wait(30)
         t0 = time.monotonic()
         try:
-            r = get(f.addr, "/sleep?s=0.1", timeout=60)
+            r = get(f.addr, path, timeout=60)
             results[i] = (r.status, r.header("x-weir-error"), r.header("retry-after"), time.monotonic() - t0)
         except Exception as e:
             results[i] = ("error", repr(e), None, time.monotonic() - t0)
@@ -143,19 +139,67 @@ def test_default_queue_turns_overload_into_fast_503s_and_full_speed_service(fron
     assert not errors, "%d connection errors, e.g. %r" % (len(errors), errors[:5])
     bad = [r for r in results if r[0] not in (200, 503)]
     assert not bad, "statuses other than 200/503: %r" % bad[:10]
+    return results
+
+
+@pytest.mark.e2e_timeout(120)
+def test_default_queue_turns_overload_into_fast_503s_and_full_speed_service(front):
+    """No [queue] section: 300 clients at once against 2 workers at 100 ms a request
+    (50 times what 2 workers serve per second). Every client gets an answer: 200, or 503
+    with Retry-After (queue-full at once; queue-timeout once the queue has stood for a
+    second and a request waited past the delay target). No 502, no 504, no error, nothing
+    left hanging, and no admitted request waits out a long queue."""
+    f = front(workers=2, config={"server": {"access_log": "off"}})
+    results = _burst(f, 300, "/sleep?s=0.1")
     refused = [r for r in results if r[0] == 503]
     served = [r for r in results if r[0] == 200]
     assert served, "nothing served"
     assert refused, "300 clients against a queue of 128 + 2 workers: some must be refused"
-    assert all(r[1] == "queue-full" and r[2] == "1" for r in refused), \
-        "every 503 is queue-full with Retry-After: %r" % {(r[1], r[2]) for r in refused}
-    slow_refusals = [r[3] for r in refused if r[3] > 2.0]
-    assert not slow_refusals, "refusals must be fast; %d took over 2s (max %.2fs)" % (
+    assert all(r[1] in ("queue-full", "queue-timeout") and r[2] == "1" for r in refused), \
+        "every 503 is queue-full or queue-timeout with Retry-After: %r" % {(r[1], r[2]) for r in refused}
+    slow_refusals = [r[3] for r in refused if r[3] > 2.5]
+    assert not slow_refusals, "refusals must be fast; %d took over 2.5s (max %.2fs)" % (
         len(slow_refusals), max(slow_refusals))
     worst = max(r[3] for r in served)
     print("served %d (worst %.2fs), refused %d (worst %.3fs)" % (len(served), worst, len(refused),
                                                                  max(r[3] for r in refused)))
-    assert worst < 10, "an admitted request waited %.1fs" % worst
+    # FIFO would make the last of the 128 queued wait 128 x 50 ms = 6.4 s (see the test below).
+    assert worst < 3, "an admitted request waited %.1fs" % worst
+
+
+@pytest.mark.e2e_timeout(120)
+def test_without_codel_the_same_burst_waits_out_the_fifo(front):
+    """The same burst with `codel = false`: the queue is a plain bounded FIFO, so every
+    queued request is served, the last after seconds. This is what the shedding avoids."""
+    f = front(workers=2, config={"server": {"access_log": "off"}, "queue": {"codel": False}})
+    results = _burst(f, 300, "/sleep?s=0.1")
+    assert {r[1] for r in results if r[0] == 503} == {"queue-full"}
+    worst = max(r[3] for r in results if r[0] == 200)
+    assert worst > 4, "the FIFO's last request waited only %.1fs" % worst
+
+
+@pytest.mark.e2e_timeout(120)
+def test_sustained_overload_is_shed_and_the_workers_stay_busy(front, weir_bin, tmp_path):
+    """An open-loop load at 3 times capacity for 5 s (weir load at 60 req/s against 2
+    workers at 100 ms): the excess is refused with 503s, the workers serve at capacity the
+    whole time, and admitted requests are answered within about a second, not after the
+    queue timeout (10 s)."""
+    f = front(workers=2, config={"server": {"access_log": "off"}})
+    out = tmp_path / "run.json"
+    subprocess.run([str(weir_bin), "load", "http://%s:%d/sleep?s=0.1" % (f.addr.host, f.addr.port),
+                    "--rate", "60", "--duration", "5s", "--timeout", "20s", "--json", str(out)],
+                   check=False, timeout=90, stdout=subprocess.DEVNULL)
+    run = json.loads(out.read_text())
+    status = {int(k): v for k, v in run["status"].items()}
+    assert set(status) <= {200, 503}, status
+    assert run["errors"] == 0, run["errors_by_kind"]
+    served = status.get(200, 0)
+    print("status %r, classes %r, latency %r" % (status, run.get("weir_errors"), run["latency_ms"]))
+    # 2 workers at 100 ms serve 20 req/s: about 100 in 5 s (the queue drains after the end)
+    assert served >= 80, "the workers idled under overload: %d served" % served
+    assert status.get(503, 0) >= 100, status
+    p99 = run["latency_ms"]["p99"]
+    assert p99 < 3000, "p99 %.0f ms: admitted requests waited out the queue" % p99
 
 
 def test_queue_depth_drops_when_queued_clients_leave(front):

@@ -272,6 +272,18 @@ pub struct QueueConfig {
     pub timeout: Seconds,
     /// Retry-After (seconds) sent with queue rejections.
     pub retry_after: u64,
+    /// CoDel-style shedding: when the queue has not been empty for `interval`, requests
+    /// that waited longer than `target` are refused (503 `queue-timeout`) and the newest
+    /// are served first (`lifo`), so admitted requests stay fast under overload.
+    pub codel: bool,
+    /// The delay target; absent: 4 times the mean time a request holds a worker, at
+    /// least 100ms (so a slow app is not shed at normal load).
+    pub target: Option<Seconds>,
+    /// How long the queue must stand (never empty) before requests are shed.
+    pub interval: Seconds,
+    /// While the queue stands, serve the newest request first (adaptive LIFO): the
+    /// oldest are the likeliest to be given up on by their clients.
+    pub lifo: bool,
 }
 
 impl Default for QueueConfig {
@@ -280,6 +292,10 @@ impl Default for QueueConfig {
             max_size: None,
             timeout: Seconds::from_secs(10),
             retry_after: 1,
+            codel: true,
+            target: None,
+            interval: Seconds::from_secs(1),
+            lifo: true,
         }
     }
 }
@@ -416,6 +432,23 @@ impl Config {
         }
         if self.queue.timeout.is_zero() {
             return Err(ConfigError::invalid("queue.timeout", "must be more than 0"));
+        }
+        if self.queue.interval.is_zero() {
+            return Err(ConfigError::invalid(
+                "queue.interval",
+                "must be more than 0 (set queue.codel = false to turn shedding off)",
+            ));
+        }
+        if let Some(t) = self.queue.target {
+            if t.is_zero() || t >= self.queue.timeout {
+                return Err(ConfigError::invalid(
+                    "queue.target",
+                    format!(
+                        "must be more than 0 and shorter than queue.timeout ({}); it is {t}",
+                        self.queue.timeout
+                    ),
+                ));
+            }
         }
         let srv = &self.server;
         if srv.max_header_size.bytes() < 1024 {
@@ -600,6 +633,25 @@ mod tests {
             e.contains("route[0].harakiri") && e.contains("route[0].request_timeout"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn queue_shedding_keys() {
+        let mut c = parse("[app]\nmodule = \"a:b\"\n[queue]\ntarget = \"50ms\"\ninterval = \"500ms\"\nlifo = false\n").unwrap();
+        c.apply_defaults();
+        c.validate().unwrap();
+        assert!(c.queue.codel && !c.queue.lifo);
+        assert_eq!(c.queue.target.unwrap().as_duration().as_millis(), 50);
+        for (toml, key) in [
+            ("target = \"20s\"", "queue.target"),
+            ("target = \"0s\"", "queue.target"),
+            ("interval = 0", "queue.interval"),
+        ] {
+            let mut c = parse(&format!("[app]\nmodule = \"a:b\"\n[queue]\n{toml}\n")).unwrap();
+            c.apply_defaults();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
     }
 
     #[test]

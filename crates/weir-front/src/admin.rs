@@ -96,7 +96,9 @@ async fn ready_check(front: &Front, pool: &weir_pool::Pool) -> Response<Response
             format!("ready_check answered {code}: {}", body.trim()),
         )),
         Err(
-            weir_pool::DispatchError::QueueTimeout(_) | weir_pool::DispatchError::DeadlineExceeded,
+            weir_pool::DispatchError::QueueTimeout(_)
+            | weir_pool::DispatchError::QueueShed { .. }
+            | weir_pool::DispatchError::DeadlineExceeded,
         ) => None,
         Err(e) => Some((false, format!("could not run ready_check: {e}"))),
     };

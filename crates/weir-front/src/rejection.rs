@@ -48,6 +48,7 @@ impl Rejection {
         let status = match e {
             DispatchError::QueueFull { .. }
             | DispatchError::QueueTimeout(_)
+            | DispatchError::QueueShed { .. }
             | DispatchError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             DispatchError::Harakiri(_) | DispatchError::DeadlineExceeded => {
                 StatusCode::GATEWAY_TIMEOUT

@@ -104,6 +104,11 @@ pub fn pool_config(config: &Config) -> Result<PoolConfig, ServeError> {
         startup_timeout: app.startup_timeout.as_duration(),
         max_queue: config.queue.effective_max_size(app.workers),
         queue_timeout: config.queue.timeout.as_duration(),
+        codel: config.queue.codel.then(|| weir_pool::Codel {
+            target: config.queue.target.map(|t| t.as_duration()),
+            interval: config.queue.interval.as_duration(),
+            lifo: config.queue.lifo,
+        }),
     })
 }
 

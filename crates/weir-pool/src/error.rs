@@ -17,6 +17,18 @@ pub enum DispatchError {
     /// No worker became free within the queue timeout.
     #[error("no worker became free within {0:?}")]
     QueueTimeout(Duration),
+    /// Shed: the queue stood (never empty) for the whole CoDel interval and the request
+    /// waited longer than the delay target.
+    #[error(
+        "the queue has not emptied for over {interval:?} (overload): requests waiting \
+         longer than {target:?} are refused so the others are served fast"
+    )]
+    QueueShed {
+        /// The delay target.
+        target: Duration,
+        /// The interval.
+        interval: Duration,
+    },
     /// The request ran past harakiri; its worker was killed.
     #[error("the request ran longer than harakiri ({0:?}); its worker was killed")]
     Harakiri(Duration),
@@ -60,7 +72,7 @@ impl DispatchError {
     pub fn class(&self) -> &'static str {
         match self {
             DispatchError::QueueFull { .. } => "queue-full",
-            DispatchError::QueueTimeout(_) => "queue-timeout",
+            DispatchError::QueueTimeout(_) | DispatchError::QueueShed { .. } => "queue-timeout",
             DispatchError::Harakiri(_) => "harakiri",
             DispatchError::WorkerDied => "worker-died",
             DispatchError::Protocol(_) => "worker-protocol",

@@ -1,8 +1,22 @@
 //! The idle workers and the queue of requests waiting for one.
 //!
 //! A request takes an idle worker at once if there is one; otherwise it joins a bounded
-//! FIFO queue (full: [`DispatchError::QueueFull`] at once) and waits up to the queue
-//! timeout or its own deadline, whichever is sooner. A waiter whose client went away is
+//! queue (full: [`DispatchError::QueueFull`] at once) and waits up to the queue timeout or
+//! its own deadline, whichever is sooner.
+//!
+//! Overload is handled as in "Fail at Scale" (Facebook's controlled delay plus adaptive
+//! LIFO, after CoDel): while the queue has not been empty for a whole [`Codel::interval`]
+//! and every worker has turned over meanwhile (a standing queue: arrivals outpace working
+//! workers, not one slow request holding a worker), a request that has waited longer
+//! than the delay target is refused ([`DispatchError::QueueShed`], 503) when a worker
+//! frees, new arrivals wait at most the target, and the newest waiter is served first.
+//! So a load far above capacity turns into fast 503s for the excess and short waits for
+//! the rest, instead of every admitted request waiting out a long FIFO. A queue that
+//! empties now and then (bursts within capacity) is served FIFO with the full timeout.
+//! The default target follows the app: 4 times the mean time a request holds a worker,
+//! at least 100 ms.
+//!
+//! A waiter whose client went away is
 //! simply dropped: the worker handed to it comes back through [`Lease`]'s `Drop`, so a
 //! cancelled request can never lose a worker. Written by hand rather than with a
 //! semaphore because a worker is a value (its socket), not a count, and because the
@@ -31,6 +45,32 @@ pub struct PoolStats {
     pub restarts: [AtomicU64; RestartReason::COUNT],
 }
 
+/// Delay-based shedding of a standing queue (see the module doc).
+#[derive(Debug, Clone, Copy)]
+pub struct Codel {
+    /// The delay target; `None`: 4 x the mean worker time, at least [`Codel::MIN_TARGET`].
+    pub target: Option<Duration>,
+    /// How long the queue must stand before requests are shed.
+    pub interval: Duration,
+    /// Serve the newest waiter first while the queue stands.
+    pub lifo: bool,
+}
+
+impl Codel {
+    /// The floor of the automatic target.
+    pub const MIN_TARGET: Duration = Duration::from_millis(100);
+}
+
+/// What a waiter is handed: a worker, or its refusal by the shedding.
+type Handoff = Result<Lease, Duration>;
+
+/// A request waiting for a worker.
+#[derive(Debug)]
+struct Waiter {
+    tx: oneshot::Sender<Handoff>,
+    since: Instant,
+}
+
 /// The shared pool handle (cheap to clone).
 #[derive(Clone, Debug)]
 pub struct Pool {
@@ -42,6 +82,9 @@ pub(crate) struct Inner {
     state: Mutex<State>,
     max_queue: usize,
     queue_timeout: Duration,
+    codel: Option<Codel>,
+    /// Mean time a request holds a worker (exponentially weighted), in microseconds.
+    worker_time_us: AtomicU64,
     reload_on_rss: Option<u64>,
     /// Workers of an older generation retire when they come back.
     generation: AtomicU64,
@@ -55,7 +98,11 @@ pub(crate) struct Inner {
 #[derive(Debug, Default)]
 struct State {
     idle: Vec<Worker>,
-    waiters: VecDeque<oneshot::Sender<Lease>>,
+    waiters: VecDeque<Waiter>,
+    /// Since when the queue has not been empty.
+    standing_since: Option<Instant>,
+    /// Workers handed to waiters since then.
+    handoffs: usize,
     /// Generations abandoned by a failed reload.
     cancelled: Vec<u64>,
 }
@@ -64,6 +111,7 @@ impl Pool {
     pub(crate) fn new(
         max_queue: usize,
         queue_timeout: Duration,
+        codel: Option<Codel>,
         reload_on_rss: Option<u64>,
     ) -> Pool {
         Pool {
@@ -71,6 +119,8 @@ impl Pool {
                 state: Mutex::new(State::default()),
                 max_queue,
                 queue_timeout,
+                codel,
+                worker_time_us: AtomicU64::new(0),
                 reload_on_rss,
                 generation: AtomicU64::new(0),
                 external: AtomicUsize::new(0),
@@ -98,7 +148,7 @@ impl Pool {
             .state()
             .waiters
             .iter()
-            .filter(|w| !w.is_closed())
+            .filter(|w| !w.tx.is_closed())
             .count();
         live + self.inner.external.load(Ordering::Relaxed)
     }
@@ -166,11 +216,12 @@ impl Pool {
             return Err(DispatchError::ShuttingDown);
         }
         let now = Instant::now();
-        let (wait, by_deadline) = match deadline {
+        let (mut wait, by_deadline) = match deadline {
             Some(d) if d <= now => return Err(DispatchError::DeadlineExceeded),
             Some(d) if d - now < self.inner.queue_timeout => (d - now, true),
             _ => (self.inner.queue_timeout, false),
         };
+        let mut by_target = None;
         let rx = {
             let mut st = self.state();
             if let Some(worker) = st.idle.pop() {
@@ -180,23 +231,86 @@ impl Pool {
             }
             let external = self.inner.external.load(Ordering::Relaxed);
             if st.waiters.len() + external >= self.inner.max_queue {
-                st.waiters.retain(|w| !w.is_closed());
+                st.waiters.retain(|w| !w.tx.is_closed());
                 if st.waiters.len() + external >= self.inner.max_queue {
                     return Err(DispatchError::QueueFull {
                         max: self.inner.max_queue,
                     });
                 }
             }
+            if st.waiters.iter().all(|w| w.tx.is_closed()) {
+                st.waiters.clear();
+                st.standing_since = Some(now);
+                st.handoffs = 0;
+            }
+            if let Some(target) = self.standing_target(&st, now) {
+                if target < wait {
+                    wait = target;
+                    by_target = Some(target);
+                }
+            }
             let (tx, rx) = oneshot::channel();
-            st.waiters.push_back(tx);
+            st.waiters.push_back(Waiter { tx, since: now });
             rx
         };
         match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(lease)) => Ok(lease),
+            Ok(Ok(Ok(lease))) => Ok(lease),
+            Ok(Ok(Err(target))) => Err(self.shed(target)),
             Ok(Err(_)) => Err(DispatchError::ShuttingDown),
-            Err(_) if by_deadline => Err(DispatchError::DeadlineExceeded),
-            Err(_) => Err(DispatchError::QueueTimeout(wait)),
+            Err(_) => Err(match by_target {
+                Some(target) => self.shed(target),
+                None if by_deadline => DispatchError::DeadlineExceeded,
+                None => DispatchError::QueueTimeout(wait),
+            }),
         }
+    }
+
+    fn shed(&self, target: Duration) -> DispatchError {
+        DispatchError::QueueShed {
+            target,
+            interval: self.inner.codel.map_or(Duration::ZERO, |c| c.interval),
+        }
+    }
+
+    /// The delay target now.
+    fn target(&self, codel: &Codel) -> Duration {
+        codel.target.unwrap_or_else(|| {
+            let mean = Duration::from_micros(self.inner.worker_time_us.load(Ordering::Relaxed));
+            (mean * 4)
+                .max(Codel::MIN_TARGET)
+                .min(self.inner.queue_timeout)
+        })
+    }
+
+    /// The delay target when the queue stands, else `None`. It stands when it has not
+    /// been empty for a whole interval and every worker has turned over at least once
+    /// meanwhile: arrivals outpace a pool that is working, rather than one slow request
+    /// holding the only worker (then the waiters are served in order, up to the timeout).
+    fn standing_target(&self, st: &State, now: Instant) -> Option<Duration> {
+        let codel = self.inner.codel.as_ref()?;
+        let since = st.standing_since?;
+        let workers = self.inner.stats.busy.load(Ordering::Relaxed)
+            + self.inner.stats.idle.load(Ordering::Relaxed);
+        (now.saturating_duration_since(since) >= codel.interval && st.handoffs >= workers.max(1))
+            .then(|| self.target(codel))
+    }
+
+    /// Folds one request's time on a worker into the mean: quick to rise (a slow phase
+    /// raises the target within a few requests, before waiters behind it are shed), slow
+    /// to fall.
+    fn record_worker_time(&self, held: Duration) {
+        let us = held.as_micros().min(u128::from(u64::MAX)) as u64;
+        let old = self.inner.worker_time_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            us
+        } else if us > old {
+            old + (us - old) / 2
+        } else {
+            old - (old - us) / 8
+        };
+        self.inner
+            .worker_time_us
+            .store(new.max(1), Ordering::Relaxed);
     }
 
     /// A worker is ready (new, or back from a request).
@@ -213,17 +327,48 @@ impl Pool {
             worker.retire(reason);
             return;
         }
-        while let Some(waiter) = st.waiters.pop_front() {
+        let now = Instant::now();
+        let standing = self.standing_target(&st, now);
+        if let Some(target) = standing {
+            // The queue stands: whoever has waited past the target is refused now, so
+            // the rest are served fast (their clients would likely give up anyway).
+            while let Some(w) = st.waiters.front() {
+                if !w.tx.is_closed() && now.saturating_duration_since(w.since) <= target {
+                    break;
+                }
+                if let Some(w) = st.waiters.pop_front() {
+                    let _ = w.tx.send(Err(target));
+                }
+            }
+        }
+        let lifo = standing.is_some() && self.inner.codel.is_some_and(|c| c.lifo);
+        loop {
+            let next = if lifo {
+                st.waiters.pop_back()
+            } else {
+                st.waiters.pop_front()
+            };
+            let Some(waiter) = next else { break };
             self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
-            match waiter.send(Lease::new(worker, self.clone())) {
-                Ok(()) => return,
-                Err(mut lease) => {
+            match waiter.tx.send(Ok(Lease::new(worker, self.clone()))) {
+                Ok(()) => {
+                    st.handoffs += 1;
+                    if st.waiters.is_empty() {
+                        st.standing_since = None;
+                    }
+                    return;
+                }
+                Err(handoff) => {
                     // That client went away while queued: try the next one.
                     self.inner.stats.busy.fetch_sub(1, Ordering::Relaxed);
+                    let Ok(mut lease) = handoff else {
+                        unreachable!("only leases are sent here")
+                    };
                     worker = lease.take();
                 }
             }
         }
+        st.standing_since = None;
         st.idle.push(worker);
         self.inner.stats.idle.fetch_add(1, Ordering::Relaxed);
     }
@@ -381,6 +526,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(worker) = self.worker.take() {
+            self.pool.record_worker_time(self.started.elapsed());
             match self.dirty {
                 Some(reason) => {
                     self.pool.inner.stats.busy.fetch_sub(1, Ordering::Relaxed);

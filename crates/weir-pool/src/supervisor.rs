@@ -52,6 +52,8 @@ pub struct PoolConfig {
     pub max_queue: usize,
     /// Longest wait in the queue.
     pub queue_timeout: Duration,
+    /// Delay-based shedding of a standing queue (`None`: off).
+    pub codel: Option<crate::pool::Codel>,
 }
 
 impl PoolConfig {
@@ -95,7 +97,12 @@ impl Supervisor {
     /// Starts `config.workers` slots. Returns at once: requests wait in the queue until
     /// workers are ready.
     pub fn start(config: PoolConfig) -> Supervisor {
-        let pool = Pool::new(config.max_queue, config.queue_timeout, config.reload_on_rss);
+        let pool = Pool::new(
+            config.max_queue,
+            config.queue_timeout,
+            config.codel,
+            config.reload_on_rss,
+        );
         let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
         let ctx = Arc::new(SlotContext {
             pool,
