@@ -38,7 +38,7 @@ const LINGER_TIME: Duration = Duration::from_secs(2);
 /// Most bytes drained from a refused client before closing.
 const LINGER_BYTES: usize = 4 << 20;
 /// Bytes asked of the socket per read.
-const READ_SIZE: usize = 16 << 10;
+const READ_SIZE: usize = 8 << 10;
 
 /// Where refusals are logged and counted.
 #[derive(Debug, Clone)]
@@ -57,6 +57,8 @@ pub struct GatedIo<S> {
     /// Read from the client, not yet given to hyper; the first `checked` bytes passed.
     pending: BytesMut,
     checked: usize,
+    /// What each socket read fills.
+    scratch: Vec<u8>,
     /// hyper gets the end of input once the checked bytes are gone.
     stopped: bool,
     /// A refusal inside a body: hyper's read fails with it once the checked bytes are gone.
@@ -79,6 +81,7 @@ impl<S> GatedIo<S> {
             framer: RequestFramer::new(Limits { max_head }),
             pending: BytesMut::new(),
             checked: 0,
+            scratch: Vec::new(),
             stopped: false,
             body_error: None,
             answer: Vec::new(),
@@ -152,13 +155,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for GatedIo<S> {
             if this.stopped {
                 return Poll::Ready(Ok(()));
             }
-            let start = this.pending.len();
-            this.pending.resize(start + READ_SIZE, 0);
-            let mut rb = ReadBuf::new(&mut this.pending[start..]);
-            let read = Pin::new(&mut this.io).poll_read(cx, &mut rb);
+            // Read into a buffer zeroed once per connection, then copy what came: a
+            // safe read into fresh memory would zero the whole read size every time.
+            if this.scratch.is_empty() {
+                this.scratch = vec![0; READ_SIZE];
+            }
+            let mut rb = ReadBuf::new(&mut this.scratch);
+            ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
             let n = rb.filled().len();
-            this.pending.truncate(start + n);
-            ready!(read)?;
+            this.pending.extend_from_slice(rb.filled());
             if n == 0 {
                 // The client closed: an unfinished head is dropped, as hyper would.
                 this.stopped = true;
