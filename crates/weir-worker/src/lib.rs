@@ -8,7 +8,8 @@
 //!    (chdir, and the directory goes first on `sys.path`; without it the current directory
 //!    does), imports `--app MODULE[:CALLABLE]` and `--ready-check MODULE:FUNCTION`.
 //!    On failure: the traceback on stderr, exit [`EXIT_IMPORT_FAILED`].
-//! 3. Writes a READY control packet, logs one line, and serves (see `serve`):
+//! 3. Gives the C heap's free pages back (`malloc_trim`: what the import freed), writes a
+//!    READY control packet, logs one line, and serves (see `serve`):
 //!    EOF at a packet boundary is a clean exit (0); a socket error, EOF inside a packet or
 //!    body, or broken body framing exits [`EXIT_FATAL`].
 //!
@@ -232,6 +233,8 @@ fn run(py: Python<'_>, opts: &WorkerOptions, sock: UnixStream) -> ExitCode {
             return ExitCode::from(EXIT_FATAL);
         }
     };
+    // What the import freed stays resident otherwise (see `sys::trim_heap`).
+    sys::trim_heap();
     let mut ready = Vec::new();
     weir_uwsgi::packet::encode_control(&mut ready, weir_uwsgi::packet::MODIFIER_READY);
     if let Err(e) = worker.send_raw(py, &ready) {

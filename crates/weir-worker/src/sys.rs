@@ -1,6 +1,7 @@
 //! Every `unsafe` call of the worker, each wrapped in a small safe function: process setup
-//! (parent-death signal, SIGINT, fd 0) and the non-blocking socket calls of the hot path
-//! (`recv`/`sendmsg` with `MSG_DONTWAIT`, so the GIL is released only when I/O would block).
+//! (parent-death signal, SIGINT, fd 0, trimming the C heap after the import) and the
+//! non-blocking socket calls of the hot path (`recv`/`sendmsg` with `MSG_DONTWAIT`, so the
+//! GIL is released only when I/O would block).
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -50,6 +51,25 @@ pub fn dup2(src: BorrowedFd<'_>, target: i32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Gives the free pages inside the C heap back to the kernel (glibc's `malloc_trim(0)`).
+///
+/// Importing an app frees many temporary blocks (source and bytecode buffers, parser state)
+/// between blocks that stay live; glibc by itself only returns free memory at the top of
+/// the heap, so those pages would stay resident, and private, in every worker for its whole
+/// life. For examples/shop: about 0.5 MiB per worker, 0.2 ms once at startup.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn trim_heap() {
+    // SAFETY: malloc_trim takes a plain integer and only releases pages of free chunks that
+    // malloc owns; it takes each arena's lock, so it is safe next to other threads.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Other C libraries: nothing to do.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn trim_heap() {}
 
 /// `recv(fd, buf, MSG_DONTWAIT)`: `WouldBlock` instead of blocking. `Ok(0)` is EOF.
 pub fn recv_nowait(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
