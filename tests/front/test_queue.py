@@ -202,6 +202,22 @@ def test_sustained_overload_is_shed_and_the_workers_stay_busy(front, weir_bin, t
     assert p99 < 3000, "p99 %.0f ms: admitted requests waited out the queue" % p99
 
 
+@pytest.mark.e2e_timeout(60)
+def test_a_saturated_closed_loop_is_queued_not_shed(front, weir_bin, tmp_path):
+    """30 connections in a closed loop on 2 workers at 10 ms (a benchmark like wrk -c30):
+    the queue never empties, but every wait is short (about 150 ms), so nothing is shed:
+    all 200, served in order."""
+    f = front(workers=2, config={"server": {"access_log": "off"}})
+    out = tmp_path / "run.json"
+    subprocess.run([str(weir_bin), "load", "http://%s:%d/sleep?s=0.01" % (f.addr.host, f.addr.port),
+                    "--connections", "30", "--duration", "3s", "--timeout", "20s", "--json", str(out)],
+                   check=False, timeout=60, stdout=subprocess.DEVNULL)
+    run = json.loads(out.read_text())
+    assert run["errors"] == 0, run["errors_by_kind"]
+    assert set(run["status"]) == {"200"}, run["status"]
+    assert run["requests"] > 200, run["requests"]
+
+
 def test_queue_depth_drops_when_queued_clients_leave(front):
     """weir_queue_depth counts requests waiting now: clients that left are not waiting."""
     f = front(workers=1, admin=True)

@@ -272,16 +272,17 @@ pub struct QueueConfig {
     pub timeout: Seconds,
     /// Retry-After (seconds) sent with queue rejections.
     pub retry_after: u64,
-    /// CoDel-style shedding: when the queue has not been empty for `interval`, requests
-    /// that waited longer than `target` are refused (503 `queue-timeout`) and the newest
-    /// are served first (`lifo`), so admitted requests stay fast under overload.
+    /// CoDel-style shedding: when the queue's delay has stayed above `target` for
+    /// `interval`, requests that waited longer than `target` are refused (503
+    /// `queue-timeout`) and the newest are served first (`lifo`), so admitted requests
+    /// stay fast under overload.
     pub codel: bool,
     /// The delay target; absent: 4 times the mean time a request holds a worker, at
-    /// least 100ms (so a slow app is not shed at normal load).
+    /// least 500ms (so a slow app is not shed at normal load).
     pub target: Option<Seconds>,
-    /// How long the queue must stand (never empty) before requests are shed.
+    /// How long the queue's delay must stay above the target before requests are shed.
     pub interval: Seconds,
-    /// While the queue stands, serve the newest request first (adaptive LIFO): the
+    /// While overloaded, serve the newest request first (adaptive LIFO): the
     /// oldest are the likeliest to be given up on by their clients.
     pub lifo: bool,
 }

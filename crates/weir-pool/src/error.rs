@@ -17,11 +17,11 @@ pub enum DispatchError {
     /// No worker became free within the queue timeout.
     #[error("no worker became free within {0:?}")]
     QueueTimeout(Duration),
-    /// Shed: the queue stood (never empty) for the whole CoDel interval and the request
-    /// waited longer than the delay target.
+    /// Shed: the queue's delay stayed above the target for the whole CoDel interval and
+    /// the request waited longer than the target.
     #[error(
-        "the queue has not emptied for over {interval:?} (overload): requests waiting \
-         longer than {target:?} are refused so the others are served fast"
+        "overload: the queue's delay has stayed above {target:?} for over {interval:?}, so \
+         requests waiting longer than {target:?} are refused and the others served fast"
     )]
     QueueShed {
         /// The delay target.

@@ -4,17 +4,20 @@
 //! queue (full: [`DispatchError::QueueFull`] at once) and waits up to the queue timeout or
 //! its own deadline, whichever is sooner.
 //!
-//! Overload is handled as in "Fail at Scale" (Facebook's controlled delay plus adaptive
-//! LIFO, after CoDel): while the queue has not been empty for a whole [`Codel::interval`]
-//! and every worker has turned over meanwhile (a standing queue: arrivals outpace working
-//! workers, not one slow request holding a worker), a request that has waited longer
-//! than the delay target is refused ([`DispatchError::QueueShed`], 503) when a worker
-//! frees, new arrivals wait at most the target, and the newest waiter is served first.
-//! So a load far above capacity turns into fast 503s for the excess and short waits for
-//! the rest, instead of every admitted request waiting out a long FIFO. A queue that
-//! empties now and then (bursts within capacity) is served FIFO with the full timeout.
+//! Overload is handled as CoDel does it for packets, and as Facebook's "Fail at Scale"
+//! does it for requests (controlled delay with adaptive LIFO). The queue's delay is the age
+//! of its oldest waiter, looked at whenever a worker frees. When it has stayed above the
+//! delay target for a whole [`Codel::interval`], the queue is overloaded: a waiter older
+//! than the target is refused ([`DispatchError::QueueShed`], 503) instead of being served,
+//! new arrivals wait at most the target, and the newest waiter is served first. The state
+//! ends when the delay falls under half the target or the queue empties. So a load far
+//! above capacity turns into fast 503s for the excess and short waits for the rest,
+//! instead of every admitted request waiting out a long FIFO; a busy but keeping-up queue
+//! (a closed-loop benchmark: many waiters, each briefly) and a queue behind one slow
+//! request (no worker frees, nothing is measured) stay plain FIFO with the full timeout.
 //! The default target follows the app: 4 times the mean time a request holds a worker,
-//! at least 100 ms.
+//! at least 500 ms (a wait people hardly notice; a lower floor would shed a saturated but
+//! healthy closed-loop load, whose waits are long only because every client is waiting).
 //!
 //! A waiter whose client went away is
 //! simply dropped: the worker handed to it comes back through [`Lease`]'s `Drop`, so a
@@ -45,7 +48,7 @@ pub struct PoolStats {
     pub restarts: [AtomicU64; RestartReason::COUNT],
 }
 
-/// Delay-based shedding of a standing queue (see the module doc).
+/// Delay-based shedding of an overloaded queue (see the module doc).
 #[derive(Debug, Clone, Copy)]
 pub struct Codel {
     /// The delay target; `None`: 4 x the mean worker time, at least [`Codel::MIN_TARGET`].
@@ -58,7 +61,7 @@ pub struct Codel {
 
 impl Codel {
     /// The floor of the automatic target.
-    pub const MIN_TARGET: Duration = Duration::from_millis(100);
+    pub const MIN_TARGET: Duration = Duration::from_millis(500);
 }
 
 /// What a waiter is handed: a worker, or its refusal by the shedding.
@@ -99,10 +102,10 @@ pub(crate) struct Inner {
 struct State {
     idle: Vec<Worker>,
     waiters: VecDeque<Waiter>,
-    /// Since when the queue has not been empty.
-    standing_since: Option<Instant>,
-    /// Workers handed to waiters since then.
-    handoffs: usize,
+    /// Since when the queue's delay has been above the target (CoDel's first-above time).
+    above_since: Option<Instant>,
+    /// Shedding (CoDel's dropping state).
+    overloaded: bool,
     /// Generations abandoned by a failed reload.
     cancelled: Vec<u64>,
 }
@@ -238,15 +241,13 @@ impl Pool {
                     });
                 }
             }
-            if st.waiters.iter().all(|w| w.tx.is_closed()) {
-                st.waiters.clear();
-                st.standing_since = Some(now);
-                st.handoffs = 0;
-            }
-            if let Some(target) = self.standing_target(&st, now) {
-                if target < wait {
-                    wait = target;
-                    by_target = Some(target);
+            if st.overloaded {
+                if let Some(codel) = &self.inner.codel {
+                    let target = self.target(codel);
+                    if target < wait {
+                        wait = target;
+                        by_target = Some(target);
+                    }
                 }
             }
             let (tx, rx) = oneshot::channel();
@@ -282,17 +283,32 @@ impl Pool {
         })
     }
 
-    /// The delay target when the queue stands, else `None`. It stands when it has not
-    /// been empty for a whole interval and every worker has turned over at least once
-    /// meanwhile: arrivals outpace a pool that is working, rather than one slow request
-    /// holding the only worker (then the waiters are served in order, up to the timeout).
-    fn standing_target(&self, st: &State, now: Instant) -> Option<Duration> {
+    /// CoDel's control law, run when a worker frees: updates the overload state from the
+    /// queue's delay (the oldest live waiter's age) and returns the target when shedding.
+    fn control(&self, st: &mut State, now: Instant) -> Option<Duration> {
         let codel = self.inner.codel.as_ref()?;
-        let since = st.standing_since?;
-        let workers = self.inner.stats.busy.load(Ordering::Relaxed)
-            + self.inner.stats.idle.load(Ordering::Relaxed);
-        (now.saturating_duration_since(since) >= codel.interval && st.handoffs >= workers.max(1))
-            .then(|| self.target(codel))
+        while st.waiters.front().is_some_and(|w| w.tx.is_closed()) {
+            st.waiters.pop_front();
+        }
+        let Some(oldest) = st.waiters.front() else {
+            st.above_since = None;
+            st.overloaded = false;
+            return None;
+        };
+        let delay = now.saturating_duration_since(oldest.since);
+        let target = self.target(codel);
+        if st.overloaded {
+            if delay < target / 2 {
+                st.overloaded = false;
+                st.above_since = None;
+            }
+        } else if delay > target {
+            let since = *st.above_since.get_or_insert(now);
+            st.overloaded = now.saturating_duration_since(since) >= codel.interval;
+        } else {
+            st.above_since = None;
+        }
+        st.overloaded.then_some(target)
     }
 
     /// Folds one request's time on a worker into the mean: quick to rise (a slow phase
@@ -328,10 +344,10 @@ impl Pool {
             return;
         }
         let now = Instant::now();
-        let standing = self.standing_target(&st, now);
-        if let Some(target) = standing {
-            // The queue stands: whoever has waited past the target is refused now, so
-            // the rest are served fast (their clients would likely give up anyway).
+        let shedding = self.control(&mut st, now);
+        if let Some(target) = shedding {
+            // Overloaded: whoever has waited past the target is refused now, so the rest
+            // are served fast (their clients would likely give up anyway).
             while let Some(w) = st.waiters.front() {
                 if !w.tx.is_closed() && now.saturating_duration_since(w.since) <= target {
                     break;
@@ -341,7 +357,7 @@ impl Pool {
                 }
             }
         }
-        let lifo = standing.is_some() && self.inner.codel.is_some_and(|c| c.lifo);
+        let lifo = shedding.is_some() && self.inner.codel.is_some_and(|c| c.lifo);
         loop {
             let next = if lifo {
                 st.waiters.pop_back()
@@ -351,13 +367,7 @@ impl Pool {
             let Some(waiter) = next else { break };
             self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
             match waiter.tx.send(Ok(Lease::new(worker, self.clone()))) {
-                Ok(()) => {
-                    st.handoffs += 1;
-                    if st.waiters.is_empty() {
-                        st.standing_since = None;
-                    }
-                    return;
-                }
+                Ok(()) => return,
                 Err(handoff) => {
                     // That client went away while queued: try the next one.
                     self.inner.stats.busy.fetch_sub(1, Ordering::Relaxed);
@@ -368,7 +378,8 @@ impl Pool {
                 }
             }
         }
-        st.standing_since = None;
+        st.above_since = None;
+        st.overloaded = false;
         st.idle.push(worker);
         self.inner.stats.idle.fetch_add(1, Ordering::Relaxed);
     }

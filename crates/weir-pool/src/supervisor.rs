@@ -52,7 +52,7 @@ pub struct PoolConfig {
     pub max_queue: usize,
     /// Longest wait in the queue.
     pub queue_timeout: Duration,
-    /// Delay-based shedding of a standing queue (`None`: off).
+    /// Delay-based shedding of an overloaded queue (`None`: off).
     pub codel: Option<crate::pool::Codel>,
 }
 
