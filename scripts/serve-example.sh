@@ -7,6 +7,7 @@
 # a private one). Extra arguments go to `weir serve` (e.g. --workers 8 --harakiri 30).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/python-link.sh  # libpython linked statically when available
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r examples/shop/requirements.txt
 cargo build --release -q -p weir
 echo "weir: serving examples/shop on http://127.0.0.1:8000 (try /hello, /items, /slow, /boom); Ctrl-C stops" >&2

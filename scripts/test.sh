@@ -17,6 +17,7 @@ set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+source scripts/python-link.sh  # libpython linked statically when available
 OUT="$ROOT/target/test-sh"
 mkdir -p "$OUT"
 

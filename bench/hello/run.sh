@@ -19,6 +19,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
+source scripts/python-link.sh
 RUNS=${1:-${RUNS:-3}}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-3}

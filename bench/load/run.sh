@@ -21,6 +21,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+source "$ROOT/scripts/python-link.sh"
 ROUNDS=${ROUNDS:-5}
 DUR=${DUR:-5}
 CONNS=${CONNS:-50}

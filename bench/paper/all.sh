@@ -7,6 +7,7 @@
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
+source scripts/python-link.sh
 RUNS=${1:-1}
 if [[ -z "${WEIR_BIN:-}" ]]; then
   if [[ "${NO_BUILD:-0}" != 1 ]]; then cargo build --release -q -p weir || exit 1; fi

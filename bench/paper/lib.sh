@@ -40,6 +40,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
+source scripts/python-link.sh
 WEIR=${WEIR_BIN:-$ROOT/target/release/weir}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 UWSGI=${UWSGI:-$(command -v uwsgi || true)}

@@ -1,6 +1,8 @@
 //! Embeds the path of the Python shared library into the binary (an rpath), so the worker
 //! subcommand finds libpython without LD_LIBRARY_PATH when Python lives outside the
-//! loader's default paths (pyenv, a custom prefix).
+//! loader's default paths (pyenv, a custom prefix). When libpython is linked statically
+//! (the project's scripts set PYO3_CONFIG_FILE, see scripts/python-link.sh), it exports
+//! the executable's symbols for C extension modules instead.
 //!
 //! On glibc >= 2.36 it also links with packed relative relocations (`-z
 //! pack-relative-relocs`, DT_RELR): weir is a PIE with about 18,000 relative relocations,
@@ -15,6 +17,12 @@ fn main() {
         println!("cargo:rustc-link-arg-bins=-Wl,-rpath,{dir}");
     }
     println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
+    println!("cargo:rerun-if-env-changed=PYO3_CONFIG_FILE");
+    if !config.shared {
+        // libpython is linked in (scripts/python-link.sh): C extension modules (sqlite3,
+        // json, the app's own) resolve the interpreter's symbols from the executable.
+        println!("cargo:rustc-link-arg-bins=-Wl,--export-dynamic");
+    }
     if glibc_has_relr() {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }

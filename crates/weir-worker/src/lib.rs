@@ -148,6 +148,9 @@ pub fn main(opts: WorkerOptions) -> ExitCode {
             "weir worker {id}: ignoring SIGINT failed: {e}"
         ));
     }
+    // Not pyo3's auto-initialize: that refuses a statically linked libpython (which is
+    // what makes CPython fastest, see crates/weir/build.rs).
+    Python::initialize();
     Python::attach(|py| run(py, &opts, sock))
 }
 

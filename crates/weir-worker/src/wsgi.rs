@@ -588,6 +588,7 @@ mod tests {
 
     #[test]
     fn head_matches_weir_uwsgi() {
+        Python::initialize();
         Python::attach(|py| {
             let status = PyString::new(py, "201 Created");
             let headers = PyList::new(
@@ -619,6 +620,7 @@ mod tests {
 
     #[test]
     fn bad_heads_are_refused() {
+        Python::initialize();
         Python::attach(|py| {
             let ok = PyList::empty(py);
             let mut out = Vec::new();
