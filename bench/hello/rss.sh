@@ -42,61 +42,12 @@ command -v wrk >/dev/null || { log "wrk not found: run scripts/install-deps.sh";
 [[ " $SERVERS " != *" weir "* || -x "$WEIR_BIN" ]] || { log "$WEIR_BIN missing: cargo build --release -p weir"; exit 2; }
 log "servers: $SERVERS; $WORKERS workers; $RUNS run(s); weir binary $WEIR_BIN; output in $OUT"
 
-free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-SERVER_PIDS=()
+source "$ROOT/bench/hello/lib.sh"
 APP_PID=
-start() {  # start NAME CMD...: CMD in its own session, logs to $OUT
-  local name=$1; shift
-  setsid "$@" >"$OUT/$name.$RUN.log" 2>&1 </dev/null &
-  SERVER_PIDS+=($!)
-}
-stop_all() {
-  local p
-  for p in "${SERVER_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${SERVER_PIDS[@]}"; do
-    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL -- "-$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-  SERVER_PIDS=()
-}
-cleanup() { stop_all; rm -rf "$RUN_DIR"; }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
-wait_ready() {  # wait_ready URL
-  local url=$1 deadline=$((SECONDS + READY_TIMEOUT))
-  while ((SECONDS < deadline)); do
-    [[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$url" || true)" == 200 ]] && return 0
-    sleep 0.1
-  done
-  log "$url not ready after ${READY_TIMEOUT}s"; return 1
-}
-wait_socket() {
-  local deadline=$((SECONDS + READY_TIMEOUT))
-  while ((SECONDS < deadline)); do [[ -S "$1" ]] && return 0; sleep 0.1; done
-  log "socket $1 did not appear"; return 1
-}
-nginx_for() {  # nginx_for DIR PORT SOCK: a one-worker nginx passing to a uwsgi socket
-  mkdir -p "$1"
-  cat >"$1/nginx.conf" <<EOF
-$([[ $(id -u) == 0 ]] && echo "user root;")
-worker_processes 1;
-daemon off;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $1/cbt; proxy_temp_path $1/pt; fastcgi_temp_path $1/ft;
-    uwsgi_temp_path $1/ut; scgi_temp_path $1/st;
-    server {
-        listen 127.0.0.1:$2;
-        location / { include /etc/nginx/uwsgi_params; uwsgi_pass unix:$3; }
-    }
-}
-EOF
+nginx_for() {  # nginx_for DIR PORT SOCK: nginx passing to a uwsgi socket
+  nginx_conf "$1" "$2" "            include /etc/nginx/uwsgi_params;
+            uwsgi_pass unix:$3;"
   start "nginx" "$NGINX" -p "$1" -c "$1/nginx.conf" -e "$1/error.log"
 }
 

@@ -178,6 +178,14 @@ def test_without_codel_the_same_burst_waits_out_the_fifo(front):
     assert worst > 4, "the FIFO's last request waited only %.1fs" % worst
 
 
+def _weir_load(weir_bin, tmp_path, f, path, *args):
+    """One `weir load` run against the server under test (bounded); its JSON result."""
+    out = tmp_path / "run.json"
+    subprocess.run([str(weir_bin), "load", "http://%s:%d%s" % (f.addr.host, f.addr.port, path), *args,
+                    "--timeout", "20s", "--json", str(out)], check=False, timeout=90, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
 @pytest.mark.e2e_timeout(120)
 def test_sustained_overload_is_shed_and_the_workers_stay_busy(front, weir_bin, tmp_path):
     """An open-loop load at 3 times capacity for 5 s (weir load at 60 req/s against 2
@@ -185,11 +193,7 @@ def test_sustained_overload_is_shed_and_the_workers_stay_busy(front, weir_bin, t
     whole time, and admitted requests are answered within about a second, not after the
     queue timeout (10 s)."""
     f = front(workers=2, config={"server": {"access_log": "off"}})
-    out = tmp_path / "run.json"
-    subprocess.run([str(weir_bin), "load", "http://%s:%d/sleep?s=0.1" % (f.addr.host, f.addr.port),
-                    "--rate", "60", "--duration", "5s", "--timeout", "20s", "--json", str(out)],
-                   check=False, timeout=90, stdout=subprocess.DEVNULL)
-    run = json.loads(out.read_text())
+    run = _weir_load(weir_bin, tmp_path, f, "/sleep?s=0.1", "--rate", "60", "--duration", "5s")
     status = {int(k): v for k, v in run["status"].items()}
     assert set(status) <= {200, 503}, status
     assert run["errors"] == 0, run["errors_by_kind"]
@@ -208,11 +212,7 @@ def test_a_saturated_closed_loop_is_queued_not_shed(front, weir_bin, tmp_path):
     the queue never empties, but every wait is short (about 150 ms), so nothing is shed:
     all 200, served in order."""
     f = front(workers=2, config={"server": {"access_log": "off"}})
-    out = tmp_path / "run.json"
-    subprocess.run([str(weir_bin), "load", "http://%s:%d/sleep?s=0.01" % (f.addr.host, f.addr.port),
-                    "--connections", "30", "--duration", "3s", "--timeout", "20s", "--json", str(out)],
-                   check=False, timeout=60, stdout=subprocess.DEVNULL)
-    run = json.loads(out.read_text())
+    run = _weir_load(weir_bin, tmp_path, f, "/sleep?s=0.01", "--connections", "30", "--duration", "3s")
     assert run["errors"] == 0, run["errors_by_kind"]
     assert set(run["status"]) == {"200"}, run["status"]
     assert run["requests"] > 200, run["requests"]
