@@ -378,15 +378,6 @@ pub async fn dispatch(
     let Work::Packet(packet) = work else {
         unreachable!("an HTTP head is built only for HTTP upstreams")
     };
-    // Waiting for a worker: likewise.
-    let lease = tokio::select! {
-        biased;
-        l = pool.acquire(deadline) => l.map_err(reject),
-        () = watch.gone() => Err(client_gone()),
-    };
-    rec.queued = queued_at.elapsed();
-    let lease = lease?;
-    let started = Instant::now();
     let req = WorkerRequest {
         packet,
         body,
@@ -395,8 +386,17 @@ pub async fn dispatch(
         hold: permit.map(|p| Box::new(p) as Box<dyn std::any::Any + Send>),
         body_timeout: front.body_timeout,
     };
-    let resp = Pool::send(lease, req).await;
-    rec.worker = started.elapsed();
+    // Waiting for a worker: likewise. The worker that frees starts the request itself.
+    let started = tokio::select! {
+        biased;
+        s = pool.submit(req) => s.map_err(reject),
+        () = watch.gone() => Err(client_gone()),
+    };
+    rec.queued = queued_at.elapsed();
+    let started = started?;
+    let at = Instant::now();
+    let resp = started.response().await;
+    rec.worker = at.elapsed();
     resp.map_err(reject)
 }
 

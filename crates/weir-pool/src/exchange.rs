@@ -83,7 +83,10 @@ enum Ended {
     ClientBody(ClientBodyError),
 }
 
-type HeadReply = oneshot::Sender<Result<Response<ResponseBody>, DispatchError>>;
+pub(crate) type HeadReply = oneshot::Sender<Result<Response<ResponseBody>, DispatchError>>;
+
+/// Request bodies up to this size go in the same write as the packet.
+pub(crate) const INLINE_BODY: usize = 64 * 1024;
 
 /// Where the answer goes: first the head (with the body or a body channel), then, when
 /// streaming, chunks.
@@ -113,7 +116,8 @@ impl Reply {
     }
 }
 
-pub(crate) async fn run(mut lease: Lease, mut req: WorkerRequest, reply: HeadReply) {
+/// Runs one exchange; `sent` bytes of the packet were already written.
+pub(crate) async fn run(mut lease: Lease, mut req: WorkerRequest, reply: HeadReply, sent: usize) {
     let mut out = Reply {
         head: Some(reply),
         chunks: None,
@@ -130,7 +134,7 @@ pub(crate) async fn run(mut lease: Lease, mut req: WorkerRequest, reply: HeadRep
     };
     let _hold = req.hold.take();
     let result = {
-        let fut = exchange(&mut lease, req, &mut out);
+        let fut = exchange(&mut lease, req, sent, &mut out);
         match limit {
             Some((limit, ended)) => match tokio::time::timeout(limit, fut).await {
                 Ok(r) => r,
@@ -158,7 +162,12 @@ pub(crate) async fn run(mut lease: Lease, mut req: WorkerRequest, reply: HeadRep
     }
 }
 
-async fn exchange(lease: &mut Lease, req: WorkerRequest, out: &mut Reply) -> Result<(), Ended> {
+async fn exchange(
+    lease: &mut Lease,
+    req: WorkerRequest,
+    sent: usize,
+    out: &mut Reply,
+) -> Result<(), Ended> {
     let worker = lease.worker();
     worker.served += 1;
     let (mut rd, mut wr) = worker.stream.split();
@@ -171,10 +180,12 @@ async fn exchange(lease: &mut Lease, req: WorkerRequest, out: &mut Reply) -> Res
     } = req;
     match body {
         RequestBody::Empty => {
-            wr.write_all(&packet).await.map_err(|_| Ended::Died)?;
+            wr.write_all(&packet[sent.min(packet.len())..])
+                .await
+                .map_err(|_| Ended::Died)?;
             read_response(&mut rd, rbuf, out, Some(&mut wr)).await
         }
-        RequestBody::Full(b) if b.len() <= 64 * 1024 => {
+        RequestBody::Full(b) if b.len() <= INLINE_BODY => {
             packet.extend_from_slice(&b);
             wr.write_all(&packet).await.map_err(|_| Ended::Died)?;
             read_response(&mut rd, rbuf, out, Some(&mut wr)).await

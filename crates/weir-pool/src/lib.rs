@@ -27,6 +27,6 @@ pub mod supervisor;
 pub use body::{BodyError, ResponseBody};
 pub use error::{ClientBodyError, DispatchError};
 pub use exchange::{parse_head, RequestBody, WorkerRequest, HOP_BY_HOP};
-pub use pool::{Codel, Lease, Pool, PoolStats, QueueSlot};
+pub use pool::{Codel, Lease, Pool, PoolStats, QueueSlot, Started};
 pub use slot::RestartReason;
 pub use supervisor::{PoolConfig, Supervisor, SupervisorError, WorkerCommand};

@@ -64,14 +64,43 @@ impl Codel {
     pub const MIN_TARGET: Duration = Duration::from_millis(500);
 }
 
-/// What a waiter is handed: a worker, or its refusal by the shedding.
-type Handoff = Result<Lease, Duration>;
+/// What a waiter is handed.
+#[derive(Debug)]
+enum Handoff {
+    /// A worker (a waiter from [`Pool::acquire`]).
+    Lease(Lease),
+    /// Its request was started on a worker (a waiter from [`Pool::submit`]).
+    Started,
+    /// Refused by the shedding (the delay target).
+    Shed(Duration),
+}
+
+/// A request a waiter brought along, started by whoever frees a worker for it.
+#[derive(Debug)]
+struct Job {
+    req: WorkerRequest,
+    reply: exchange::HeadReply,
+}
 
 /// A request waiting for a worker.
 #[derive(Debug)]
 struct Waiter {
     tx: oneshot::Sender<Handoff>,
     since: Instant,
+    job: Option<Job>,
+}
+
+/// A request started on a worker by [`Pool::submit`]: its response head is on the way.
+#[derive(Debug)]
+pub struct Started {
+    head: oneshot::Receiver<Result<http::Response<ResponseBody>, DispatchError>>,
+}
+
+impl Started {
+    /// The response head (and body), or why there is none.
+    pub async fn response(self) -> Result<http::Response<ResponseBody>, DispatchError> {
+        self.head.await.unwrap_or(Err(DispatchError::WorkerDied))
+    }
 }
 
 /// The shared pool handle (cheap to clone).
@@ -186,7 +215,7 @@ impl Pool {
         req: WorkerRequest,
     ) -> Result<http::Response<ResponseBody>, DispatchError> {
         let (tx, rx) = oneshot::channel();
-        tokio::spawn(exchange::run(lease, req, tx));
+        tokio::spawn(exchange::run(lease, req, tx, 0));
         rx.await.unwrap_or(Err(DispatchError::WorkerDied))
     }
 
@@ -213,8 +242,55 @@ impl Pool {
         Ok((status, body))
     }
 
+    /// Starts `req` on a worker: at once on an idle one, else when one frees for it in the
+    /// queue. The worker that frees writes the request to itself in the same step (no task
+    /// wake-up in between), so under load a worker's next request follows its last answer
+    /// as closely as the master can read that answer. Returns once the request is started.
+    pub async fn submit(&self, req: WorkerRequest) -> Result<Started, DispatchError> {
+        let (reply, head) = oneshot::channel();
+        let deadline = req.deadline;
+        match self.wait(deadline, Some(Job { req, reply })).await? {
+            Handoff::Started => Ok(Started { head }),
+            Handoff::Lease(_) | Handoff::Shed(_) => {
+                unreachable!("a job's waiter is started or refused")
+            }
+        }
+    }
+
     /// Takes an idle worker, waiting in the queue if none is.
     pub async fn acquire(&self, deadline: Option<Instant>) -> Result<Lease, DispatchError> {
+        match self.wait(deadline, None).await? {
+            Handoff::Lease(lease) => Ok(lease),
+            Handoff::Started | Handoff::Shed(_) => {
+                unreachable!("a lease waiter is handed a lease or refused")
+            }
+        }
+    }
+
+    /// Runs a job on a worker: a small request is written at once, then the exchange
+    /// goes on in its own task.
+    fn start(lease: Lease, job: Job) {
+        let Job { mut req, reply } = job;
+        let mut lease = lease;
+        if let crate::RequestBody::Full(b) = &req.body {
+            if b.len() <= exchange::INLINE_BODY {
+                req.packet.extend_from_slice(b);
+                req.body = crate::RequestBody::Empty;
+            }
+        }
+        let sent = match req.body {
+            crate::RequestBody::Empty => lease.worker().stream.try_write(&req.packet).unwrap_or(0),
+            _ => 0,
+        };
+        tokio::spawn(exchange::run(lease, req, reply, sent));
+    }
+
+    /// Waits for a worker: hands back a lease, or starts `job` on it.
+    async fn wait(
+        &self,
+        deadline: Option<Instant>,
+        mut job: Option<Job>,
+    ) -> Result<Handoff, DispatchError> {
         if self.inner.shutting_down.load(Ordering::Relaxed) {
             return Err(DispatchError::ShuttingDown);
         }
@@ -230,7 +306,15 @@ impl Pool {
             if let Some(worker) = st.idle.pop() {
                 self.inner.stats.idle.fetch_sub(1, Ordering::Relaxed);
                 self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
-                return Ok(Lease::new(worker, self.clone()));
+                drop(st);
+                let lease = Lease::new(worker, self.clone());
+                return Ok(match job.take() {
+                    Some(job) => {
+                        Self::start(lease, job);
+                        Handoff::Started
+                    }
+                    None => Handoff::Lease(lease),
+                });
             }
             let external = self.inner.external.load(Ordering::Relaxed);
             if st.waiters.len() + external >= self.inner.max_queue {
@@ -251,12 +335,16 @@ impl Pool {
                 }
             }
             let (tx, rx) = oneshot::channel();
-            st.waiters.push_back(Waiter { tx, since: now });
+            st.waiters.push_back(Waiter {
+                tx,
+                since: now,
+                job,
+            });
             rx
         };
         match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(Ok(lease))) => Ok(lease),
-            Ok(Ok(Err(target))) => Err(self.shed(target)),
+            Ok(Ok(Handoff::Shed(target))) => Err(self.shed(target)),
+            Ok(Ok(handoff)) => Ok(handoff),
             Ok(Err(_)) => Err(DispatchError::ShuttingDown),
             Err(_) => Err(match by_target {
                 Some(target) => self.shed(target),
@@ -353,7 +441,7 @@ impl Pool {
                     break;
                 }
                 if let Some(w) = st.waiters.pop_front() {
-                    let _ = w.tx.send(Err(target));
+                    let _ = w.tx.send(Handoff::Shed(target));
                 }
             }
         }
@@ -364,16 +452,31 @@ impl Pool {
             } else {
                 st.waiters.pop_front()
             };
-            let Some(waiter) = next else { break };
+            let Some(mut waiter) = next else { break };
+            if waiter.tx.is_closed() {
+                // That client went away while queued: try the next one.
+                continue;
+            }
             self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
-            match waiter.tx.send(Ok(Lease::new(worker, self.clone()))) {
+            let lease = Lease::new(worker, self.clone());
+            let sent = match waiter.job.take() {
+                Some(job) => match waiter.tx.send(Handoff::Started) {
+                    Ok(()) => {
+                        Self::start(lease, job);
+                        Ok(())
+                    }
+                    Err(_) => Err(lease),
+                },
+                None => waiter.tx.send(Handoff::Lease(lease)).map_err(|h| match h {
+                    Handoff::Lease(lease) => lease,
+                    _ => unreachable!("only a lease was sent"),
+                }),
+            };
+            match sent {
                 Ok(()) => return,
-                Err(handoff) => {
-                    // That client went away while queued: try the next one.
+                Err(mut lease) => {
+                    // Gone between the check and the send: try the next one.
                     self.inner.stats.busy.fetch_sub(1, Ordering::Relaxed);
-                    let Ok(mut lease) = handoff else {
-                        unreachable!("only leases are sent here")
-                    };
                     worker = lease.take();
                 }
             }
