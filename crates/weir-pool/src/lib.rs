@@ -6,7 +6,7 @@
 //! - `slot`: one task per worker slot: spawns the `weir worker` process, waits for its
 //!   READY, respawns it (with backoff) when it dies, retires or kills it on request.
 //! - [`pool`]: the idle workers and the bounded queue of requests waiting for one
-//!   ([`Pool::acquire`]); a [`Lease`] returns its worker when dropped.
+//!   ([`Pool::submit`]); a [`Lease`] returns its worker when dropped.
 //! - `exchange`: one request on one worker: writes the uwsgi packet and body, reads the
 //!   response head and body frames, enforces harakiri.
 //! - [`body`]: the response body handed to the listeners.

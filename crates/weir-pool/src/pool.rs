@@ -53,9 +53,9 @@ pub struct PoolStats {
 pub struct Codel {
     /// The delay target; `None`: 4 x the mean worker time, at least [`Codel::MIN_TARGET`].
     pub target: Option<Duration>,
-    /// How long the queue must stand before requests are shed.
+    /// How long the queue's delay must stay above the target before requests are shed.
     pub interval: Duration,
-    /// Serve the newest waiter first while the queue stands.
+    /// Serve the newest waiter first while overloaded.
     pub lifo: bool,
 }
 
@@ -64,16 +64,9 @@ impl Codel {
     pub const MIN_TARGET: Duration = Duration::from_millis(500);
 }
 
-/// What a waiter is handed.
-#[derive(Debug)]
-enum Handoff {
-    /// A worker (a waiter from [`Pool::acquire`]).
-    Lease(Lease),
-    /// Its request was started on a worker (a waiter from [`Pool::submit`]).
-    Started,
-    /// Refused by the shedding (the delay target).
-    Shed(Duration),
-}
+/// What a waiter is told: its request was started on a worker, or it was refused by the
+/// shedding (the delay target).
+type Handoff = Result<(), Duration>;
 
 /// A request a waiter brought along, started by whoever frees a worker for it.
 #[derive(Debug)]
@@ -87,7 +80,7 @@ struct Job {
 struct Waiter {
     tx: oneshot::Sender<Handoff>,
     since: Instant,
-    job: Option<Job>,
+    job: Job,
 }
 
 /// A request started on a worker by [`Pool::submit`]: its response head is on the way.
@@ -197,32 +190,10 @@ impl Pool {
         Ok(QueueSlot { pool: self.clone() })
     }
 
-    /// Sends one request to a worker: waits for an idle one (bounded), then runs the
-    /// exchange in its own task, so the worker is always brought back to a clean state
-    /// even if the caller (the client's connection) goes away.
-    pub async fn dispatch(
-        &self,
-        req: WorkerRequest,
-    ) -> Result<http::Response<ResponseBody>, DispatchError> {
-        let lease = self.acquire(req.deadline).await?;
-        Self::send(lease, req).await
-    }
-
-    /// Runs `req` on the worker of `lease` and waits for the response head. The
-    /// exchange goes on in its own task until the body is complete.
-    pub async fn send(
-        lease: Lease,
-        req: WorkerRequest,
-    ) -> Result<http::Response<ResponseBody>, DispatchError> {
-        let (tx, rx) = oneshot::channel();
-        tokio::spawn(exchange::run(lease, req, tx, 0));
-        rx.await.unwrap_or(Err(DispatchError::WorkerDied))
-    }
-
     /// Asks one worker to run the app's ready check (`[app] ready_check`): Ok with the
     /// status line's code and body, or why it could not be asked.
     pub async fn ready_check(&self, wait: Duration) -> Result<(u16, String), DispatchError> {
-        let lease = self.acquire(Some(Instant::now() + wait)).await?;
+        let queue_deadline = Instant::now() + wait;
         let mut packet = Vec::with_capacity(4);
         weir_uwsgi::packet::encode_control(&mut packet, weir_uwsgi::packet::MODIFIER_READY_CHECK);
         let req = WorkerRequest {
@@ -233,7 +204,11 @@ impl Pool {
             hold: None,
             body_timeout: wait,
         };
-        let resp = Self::send(lease, req).await?;
+        let resp = self
+            .submit_by(req, Some(queue_deadline))
+            .await?
+            .response()
+            .await?;
         let status = resp.status().as_u16();
         let body = http_body_util::BodyExt::collect(resp.into_body())
             .await
@@ -246,32 +221,29 @@ impl Pool {
     /// queue. The worker that frees writes the request to itself in the same step (no task
     /// wake-up in between), so under load a worker's next request follows its last answer
     /// as closely as the master can read that answer. Returns once the request is started.
+    /// The exchange then goes on in its own task, so the worker is always brought back to a
+    /// clean state even if the caller (the client's connection) goes away.
     pub async fn submit(&self, req: WorkerRequest) -> Result<Started, DispatchError> {
-        let (reply, head) = oneshot::channel();
         let deadline = req.deadline;
-        match self.wait(deadline, Some(Job { req, reply })).await? {
-            Handoff::Started => Ok(Started { head }),
-            Handoff::Lease(_) | Handoff::Shed(_) => {
-                unreachable!("a job's waiter is started or refused")
-            }
-        }
+        self.submit_by(req, deadline).await
     }
 
-    /// Takes an idle worker, waiting in the queue if none is.
-    pub async fn acquire(&self, deadline: Option<Instant>) -> Result<Lease, DispatchError> {
-        match self.wait(deadline, None).await? {
-            Handoff::Lease(lease) => Ok(lease),
-            Handoff::Started | Handoff::Shed(_) => {
-                unreachable!("a lease waiter is handed a lease or refused")
-            }
-        }
+    /// [`Pool::submit`], waiting in the queue until `queue_deadline` at the latest (the
+    /// request's own deadline, or a shorter wait for the ready check).
+    async fn submit_by(
+        &self,
+        req: WorkerRequest,
+        queue_deadline: Option<Instant>,
+    ) -> Result<Started, DispatchError> {
+        let (reply, head) = oneshot::channel();
+        self.wait(queue_deadline, Job { req, reply }).await?;
+        Ok(Started { head })
     }
 
     /// Runs a job on a worker: a small request is written at once, then the exchange
     /// goes on in its own task.
-    fn start(lease: Lease, job: Job) {
+    fn start(mut lease: Lease, job: Job) {
         let Job { mut req, reply } = job;
-        let mut lease = lease;
         if let crate::RequestBody::Full(b) = &req.body {
             if b.len() <= exchange::INLINE_BODY {
                 req.packet.extend_from_slice(b);
@@ -285,12 +257,8 @@ impl Pool {
         tokio::spawn(exchange::run(lease, req, reply, sent));
     }
 
-    /// Waits for a worker: hands back a lease, or starts `job` on it.
-    async fn wait(
-        &self,
-        deadline: Option<Instant>,
-        mut job: Option<Job>,
-    ) -> Result<Handoff, DispatchError> {
+    /// Waits for a worker and starts `job` on it.
+    async fn wait(&self, deadline: Option<Instant>, job: Job) -> Result<(), DispatchError> {
         if self.inner.shutting_down.load(Ordering::Relaxed) {
             return Err(DispatchError::ShuttingDown);
         }
@@ -307,14 +275,8 @@ impl Pool {
                 self.inner.stats.idle.fetch_sub(1, Ordering::Relaxed);
                 self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
                 drop(st);
-                let lease = Lease::new(worker, self.clone());
-                return Ok(match job.take() {
-                    Some(job) => {
-                        Self::start(lease, job);
-                        Handoff::Started
-                    }
-                    None => Handoff::Lease(lease),
-                });
+                Self::start(Lease::new(worker, self.clone()), job);
+                return Ok(());
             }
             let external = self.inner.external.load(Ordering::Relaxed);
             if st.waiters.len() + external >= self.inner.max_queue {
@@ -343,8 +305,8 @@ impl Pool {
             rx
         };
         match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(Handoff::Shed(target))) => Err(self.shed(target)),
-            Ok(Ok(handoff)) => Ok(handoff),
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(target))) => Err(self.shed(target)),
             Ok(Err(_)) => Err(DispatchError::ShuttingDown),
             Err(_) => Err(match by_target {
                 Some(target) => self.shed(target),
@@ -419,7 +381,6 @@ impl Pool {
 
     /// A worker is ready (new, or back from a request).
     pub(crate) fn put_idle(&self, worker: Worker) {
-        let mut worker = worker;
         let mut st = self.state();
         if self.retiring(&st, worker.generation) {
             drop(st);
@@ -441,7 +402,7 @@ impl Pool {
                     break;
                 }
                 if let Some(w) = st.waiters.pop_front() {
-                    let _ = w.tx.send(Handoff::Shed(target));
+                    let _ = w.tx.send(Err(target));
                 }
             }
         }
@@ -452,34 +413,14 @@ impl Pool {
             } else {
                 st.waiters.pop_front()
             };
-            let Some(mut waiter) = next else { break };
-            if waiter.tx.is_closed() {
-                // That client went away while queued: try the next one.
+            let Some(waiter) = next else { break };
+            if waiter.tx.send(Ok(())).is_err() {
+                // That client went away while queued: its request is dropped; next.
                 continue;
             }
             self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
-            let lease = Lease::new(worker, self.clone());
-            let sent = match waiter.job.take() {
-                Some(job) => match waiter.tx.send(Handoff::Started) {
-                    Ok(()) => {
-                        Self::start(lease, job);
-                        Ok(())
-                    }
-                    Err(_) => Err(lease),
-                },
-                None => waiter.tx.send(Handoff::Lease(lease)).map_err(|h| match h {
-                    Handoff::Lease(lease) => lease,
-                    _ => unreachable!("only a lease was sent"),
-                }),
-            };
-            match sent {
-                Ok(()) => return,
-                Err(mut lease) => {
-                    // Gone between the check and the send: try the next one.
-                    self.inner.stats.busy.fetch_sub(1, Ordering::Relaxed);
-                    worker = lease.take();
-                }
-            }
+            Self::start(Lease::new(worker, self.clone()), waiter.job);
+            return;
         }
         st.above_since = None;
         st.overloaded = false;
@@ -607,12 +548,6 @@ impl Lease {
             dirty: None,
             started: Instant::now(),
         }
-    }
-
-    fn take(&mut self) -> Worker {
-        self.worker
-            .take()
-            .expect("a lease holds its worker until dropped or taken once")
     }
 
     pub(crate) fn worker(&mut self) -> &mut Worker {
