@@ -416,20 +416,11 @@ pub fn attribute_worker_answer(
     }
 }
 
-/// Head checks hyper does not make: both Content-Length and Transfer-Encoding (RFC 9112
-/// allows a server to reject it, and a proxy must not pass on such a request: request
-/// smuggling), and `max_header_size` counted on the head itself (hyper's buffer limit
-/// depends on how the bytes arrived).
+/// `max_header_size` counted on the parsed head (the framing gate counts the raw bytes;
+/// Content-Length with Transfer-Encoding and the other framing checks are the gate's, see
+/// `crate::gate`).
 fn check_head(front: &Front, parts: &Parts) -> Result<(), Rejection> {
     let h = &parts.headers;
-    if h.contains_key(TRANSFER_ENCODING) && h.contains_key(CONTENT_LENGTH) {
-        return Err(Rejection::new(
-            StatusCode::BAD_REQUEST,
-            "bad-request",
-            "the request has both Content-Length and Transfer-Encoding",
-        )
-        .closing());
-    }
     let size = parts.method.as_str().len()
         + parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
         + 12
