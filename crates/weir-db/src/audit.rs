@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::cli::AuditArgs;
 use crate::error::{query_hint, DbError};
-use crate::output::write_json;
+use crate::output::emit;
 use crate::redundancy::{analyze, ForeignKey, Index, IndexColumn, Table};
 use crate::row::{number, text};
 
@@ -89,16 +89,7 @@ pub async fn run(args: &AuditArgs, out: &mut (dyn Write + Send)) -> Result<Audit
         tables_checked: tables.len(),
         findings,
     };
-    let json_to_stdout = args.json.as_deref().is_some_and(|p| p.as_os_str() == "-");
-    if !json_to_stdout {
-        print_text(&report, out).map_err(|source| DbError::Write {
-            path: "<stdout>".into(),
-            source,
-        })?;
-    }
-    if let Some(path) = &args.json {
-        write_json(path, &report, out)?;
-    }
+    emit(&report, args.json.as_deref(), out, print_text)?;
     Ok(report)
 }
 

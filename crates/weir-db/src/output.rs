@@ -28,6 +28,26 @@ pub fn write_json<T: Serialize>(
     })
 }
 
+/// Prints a report's text to `stdout`, unless its JSON goes there (`--json -`), then
+/// writes the JSON when `--json` was given.
+pub fn emit<T: Serialize>(
+    report: &T,
+    json: Option<&Path>,
+    stdout: &mut (dyn Write + Send),
+    print_text: fn(&T, &mut (dyn Write + Send)) -> std::io::Result<()>,
+) -> Result<(), DbError> {
+    if json != Some(Path::new("-")) {
+        print_text(report, stdout).map_err(|source| DbError::Write {
+            path: PathBuf::from("<stdout>"),
+            source,
+        })?;
+    }
+    if let Some(path) = json {
+        write_json(path, report, stdout)?;
+    }
+    Ok(())
+}
+
 /// The current UTC time as RFC 3339 with milliseconds (`2026-01-31T12:00:00.123Z`).
 pub fn now_rfc3339() -> String {
     let d = SystemTime::now()

@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use crate::cli::{SlapArgs, Stop};
 use crate::dsn::Dsn;
 use crate::error::DbError;
-use crate::output::write_json;
+use crate::output::emit;
 
 /// Latency summary in milliseconds.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -234,16 +234,7 @@ pub async fn run(
     let elapsed = start.elapsed();
 
     let report = summarize(args, stop, results, elapsed, connect_ms, interrupted);
-    let json_to_stdout = args.json.as_deref().is_some_and(|p| p.as_os_str() == "-");
-    if !json_to_stdout {
-        print_text(&report, out).map_err(|source| DbError::Write {
-            path: "<stdout>".into(),
-            source,
-        })?;
-    }
-    if let Some(path) = &args.json {
-        write_json(path, &report, out)?;
-    }
+    emit(&report, args.json.as_deref(), out, print_text)?;
     Ok(report)
 }
 
