@@ -7,6 +7,8 @@
 //! - [`frame`]: weir's body framing on the persistent master<->worker socket (length-prefixed
 //!   chunks with an end and an abort marker), so one socket carries many requests.
 //! - [`head`]: the plain HTTP/1.1 response head a worker writes before its body frames.
+//! - [`zygote`]: the control messages between the master and a zygote (`[app] preload`:
+//!   READY, FORK, FORKED, FAILED, EXITED).
 //!
 //! Nothing here does I/O: every function takes bytes and returns values, or appends to a
 //! `Vec<u8>`. A partial input is [`Incomplete`](packet::DecodeError::Incomplete), never an
@@ -38,3 +40,4 @@
 pub mod frame;
 pub mod head;
 pub mod packet;
+pub mod zygote;

@@ -52,6 +52,11 @@
 //!   a Unix socket.
 //! - PR_SET_PDEATHSIG fires when the parent *thread* exits: spawn workers from a thread that
 //!   lives as long as the master (not a `spawn_blocking` thread).
+//!
+//! # Preload: `weir worker --zygote`
+//! With `[app] preload` the master starts one zygote per generation instead: it imports the
+//! app as step 2 does, then forks workers on request; a forked worker goes on from step 3
+//! (its log line says `ready, forked from zygote <pid> in <us> us`). See `zygote`.
 #![deny(unsafe_code)]
 
 mod conn;
@@ -60,6 +65,7 @@ mod serve;
 #[allow(unsafe_code)]
 mod sys;
 mod wsgi;
+mod zygote;
 
 pub use conn::MODIFIER_CANCEL;
 
@@ -83,8 +89,9 @@ pub const EXIT_FATAL: u8 = 1;
 /// Exit status when standard input is not a socket (started by hand, not by the master).
 pub const EXIT_USAGE: u8 = 2;
 
-/// How the master starts a worker: `weir worker --app M:C [--chdir D] [--virtualenv D] --id N`.
-/// The master<->worker socket is the worker's standard input.
+/// How the master starts a worker: `weir worker --app M:C [--chdir D] [--virtualenv D] --id N`
+/// (or the zygote: `weir worker --zygote --app ...`). The master<->worker socket (the
+/// zygote's control socket) is the process's standard input.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerOptions {
     /// The WSGI app as MODULE:CALLABLE (CALLABLE defaults to `application`).
@@ -102,6 +109,10 @@ pub struct WorkerOptions {
     /// Optional `module:function` ready check, run on the master's READY_CHECK request.
     #[arg(long)]
     pub ready_check: Option<String>,
+    /// Be the zygote (`[app] preload`): import the app, then fork workers on the master's
+    /// requests; standard input is the control socket (SOCK_SEQPACKET).
+    #[arg(long)]
+    pub zygote: bool,
 }
 
 /// Writes one log line to stderr in a single write.
@@ -151,6 +162,9 @@ pub fn main(opts: WorkerOptions) -> ExitCode {
     // Not pyo3's auto-initialize: that refuses a statically linked libpython (which is
     // what makes CPython fastest, see crates/weir/build.rs).
     Python::initialize();
+    if opts.zygote {
+        return Python::attach(|py| zygote::run(py, &opts, sock.into()));
+    }
     Python::attach(|py| run(py, &opts, sock))
 }
 
@@ -228,6 +242,21 @@ fn run(py: Python<'_>, opts: &WorkerOptions, sock: UnixStream) -> ExitCode {
         }
     };
     let imported_ms = t0.elapsed().as_millis();
+    // What the import freed stays resident otherwise (see `sys::trim_heap`).
+    sys::trim_heap();
+    let how = format!("app {} imported in {imported_ms} ms", opts.app);
+    serve_loaded(py, id, loaded, sock, &how)
+}
+
+/// A worker whose app is loaded (imported here, or inherited from the zygote by fork):
+/// READY on `sock`, one log line (`weir worker <id>: pid <pid> ready, <how>`), serve.
+pub(crate) fn serve_loaded(
+    py: Python<'_>,
+    id: u32,
+    loaded: Loaded,
+    sock: UnixStream,
+    how: &str,
+) -> ExitCode {
     let shared = Arc::new(wsgi::Shared::new(conn::Conn::new(sock)));
     let mut worker = match serve::Worker::new(py, id, loaded, shared) {
         Ok(w) => w,
@@ -236,8 +265,6 @@ fn run(py: Python<'_>, opts: &WorkerOptions, sock: UnixStream) -> ExitCode {
             return ExitCode::from(EXIT_FATAL);
         }
     };
-    // What the import freed stays resident otherwise (see `sys::trim_heap`).
-    sys::trim_heap();
     let mut ready = Vec::new();
     weir_uwsgi::packet::encode_control(&mut ready, weir_uwsgi::packet::MODIFIER_READY);
     if let Err(e) = worker.send_raw(py, &ready) {
@@ -245,9 +272,8 @@ fn run(py: Python<'_>, opts: &WorkerOptions, sock: UnixStream) -> ExitCode {
         return ExitCode::from(EXIT_FATAL);
     }
     log_line(format_args!(
-        "weir worker {id}: pid {} ready, app {} imported in {imported_ms} ms",
-        std::process::id(),
-        opts.app
+        "weir worker {id}: pid {} ready, {how}",
+        std::process::id()
     ));
     worker.serve(py)
 }

@@ -1,10 +1,14 @@
 //! Every `unsafe` call of the worker, each wrapped in a small safe function: process setup
-//! (parent-death signal, SIGINT, fd 0, trimming the C heap after the import) and the
+//! (parent-death signal, SIGINT, fd 0, trimming the C heap after the import), the
 //! non-blocking socket calls of the hot path (`recv`/`sendmsg` with `MSG_DONTWAIT`, so the
-//! GIL is released only when I/O would block).
+//! GIL is released only when I/O would block), and the zygote's process calls (forking
+//! the interpreter, `SCM_RIGHTS` descriptor passing, pidfds, a SIGCHLD signalfd, `poll`,
+//! `waitpid`).
 
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use pyo3::Python;
 
 /// Asks the kernel to SIGKILL this process when its parent exits.
 ///
@@ -109,4 +113,256 @@ pub fn send_nowait(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize
         return Err(io::Error::last_os_error());
     }
     Ok(n as usize)
+}
+
+// ---------------------------------------------------------------------------------------
+// The zygote
+
+/// Room for one `SCM_RIGHTS` control message carrying one descriptor.
+// SAFETY: CMSG_SPACE is plain arithmetic on its argument (unsafe only by libc's declaration).
+const CMSG_ONE_FD: usize =
+    unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+
+/// A control-message buffer aligned for `cmsghdr`.
+#[repr(C, align(8))]
+struct CmsgBuf([u8; CMSG_ONE_FD]);
+
+/// Sends one message on a `SOCK_SEQPACKET` socket, with `fd` attached by `SCM_RIGHTS` when
+/// given. Blocks until it is sent; never raises SIGPIPE.
+pub fn send_with_fd(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fd: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    let mut cbuf = CmsgBuf([0; CMSG_ONE_FD]);
+    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(fd) = fd {
+        msg.msg_control = cbuf.0.as_mut_ptr().cast();
+        msg.msg_controllen = CMSG_ONE_FD as _;
+        // SAFETY: msg_control points at CMSG_ONE_FD aligned, writable bytes that outlive
+        // this block, so CMSG_FIRSTHDR returns a header inside them with room for one int
+        // of data (CMSG_SPACE(4) was reserved).
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>(), fd.as_raw_fd());
+        }
+    }
+    loop {
+        // SAFETY: msg points at iov (bytes, borrowed for the call) and at cbuf (alive for
+        // the call); sendmsg only reads through them.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Receives one message from a `SOCK_SEQPACKET` socket (blocking) and the descriptor passed
+/// with it, if any (close-on-exec). `Ok((0, None))` is EOF.
+pub fn recv_with_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut cbuf = CmsgBuf([0; CMSG_ONE_FD]);
+    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.0.as_mut_ptr().cast();
+    msg.msg_controllen = CMSG_ONE_FD as _;
+    let n = loop {
+        // SAFETY: iov points at `buf` (writable, buf.len() bytes) and msg_control at cbuf
+        // (writable, msg_controllen bytes); recvmsg writes within those bounds.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    let mut fd = None;
+    // SAFETY: msg was filled by recvmsg: CMSG_FIRSTHDR/NXTHDR walk only the
+    // msg_controllen bytes it reported inside cbuf; an SCM_RIGHTS message's data holds
+    // descriptors the kernel just installed in this process, which nothing else owns.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                    / std::mem::size_of::<libc::c_int>();
+                for i in 0..count {
+                    let raw = std::ptr::read_unaligned(data.add(i));
+                    let owned = OwnedFd::from_raw_fd(raw);
+                    if fd.is_none() {
+                        fd = Some(owned);
+                    }
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    if msg.msg_flags & (libc::MSG_CTRUNC | libc::MSG_TRUNC) != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "control message truncated",
+        ));
+    }
+    Ok((n, fd))
+}
+
+/// Where `fork_python` returns.
+pub enum Fork {
+    /// In the new process.
+    Child,
+    /// In the zygote: the child's pid.
+    Parent(libc::pid_t),
+}
+
+/// Forks the interpreter the way `os.fork()` does: `PyOS_BeforeFork`, fork(2), then
+/// `PyOS_AfterFork_Child` in the child and `PyOS_AfterFork_Parent` in the parent, so the
+/// hooks of `os.register_at_fork` run and the interpreter's locks are reset in the child.
+///
+/// The caller holds the GIL (`_py`) and the process has a single thread (the zygote's
+/// rule): threads do not survive fork, and a lock one of them held would stay locked in
+/// the child.
+pub fn fork_python(_py: Python<'_>) -> io::Result<Fork> {
+    // SAFETY: called with the GIL held (the token proves it), as CPython requires.
+    unsafe { pyo3::ffi::PyOS_BeforeFork() };
+    // SAFETY: the process is single-threaded (see above), so the child gets a consistent
+    // copy of every lock and of the heap; both sides continue as normal Rust code.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: in the child, on the thread that called PyOS_BeforeFork, GIL held.
+        unsafe { pyo3::ffi::PyOS_AfterFork_Child() };
+        return Ok(Fork::Child);
+    }
+    let err = (pid < 0).then(io::Error::last_os_error);
+    // SAFETY: in the parent (or after a failed fork), GIL held, after PyOS_BeforeFork.
+    unsafe { pyo3::ffi::PyOS_AfterFork_Parent() };
+    match err {
+        Some(e) => Err(e),
+        None => Ok(Fork::Parent(pid)),
+    }
+}
+
+/// `pidfd_open(pid, 0)`: a descriptor that refers to this very process (close-on-exec).
+pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just created this descriptor for us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// A saved signal mask.
+#[derive(Clone, Copy)]
+pub struct SigMask(libc::sigset_t);
+
+/// Blocks SIGCHLD and returns a signalfd that reads it (non-blocking, close-on-exec) and
+/// the mask to restore (in a forked worker).
+pub fn sigchld_fd() -> io::Result<(OwnedFd, SigMask)> {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: both sets are valid, writable sigset_t values for the calls; the process
+    // has one thread, so sigprocmask is its mask.
+    let rc = unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: set is initialised; signalfd(-1, ...) returns a new descriptor or -1.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just created this descriptor for us; nothing else owns it.
+    Ok((unsafe { OwnedFd::from_raw_fd(fd) }, SigMask(old)))
+}
+
+/// Restores a signal mask saved by [`sigchld_fd`].
+pub fn restore_sigmask(mask: &SigMask) {
+    // SAFETY: mask holds a sigset_t returned by sigprocmask; a null old-set is allowed.
+    unsafe {
+        libc::sigprocmask(libc::SIG_SETMASK, &mask.0, std::ptr::null_mut());
+    }
+}
+
+/// Reads whatever the (non-blocking) signalfd holds; the signals only say "look".
+pub fn drain_signalfd(fd: BorrowedFd<'_>) {
+    let mut info = [0u8; 128 * 4];
+    loop {
+        // SAFETY: info is a writable buffer of info.len() bytes (a multiple of
+        // sizeof(signalfd_siginfo) = 128); read writes at most that many.
+        let n = unsafe { libc::read(fd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) };
+        if n <= 0 {
+            return;
+        }
+    }
+}
+
+/// Waits until one of `fds` is readable (or hung up); returns which ones are.
+pub fn poll_readable<const N: usize>(fds: [BorrowedFd<'_>; N]) -> io::Result<[bool; N]> {
+    let mut p = fds.map(|fd| libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    loop {
+        // SAFETY: p is an array of N valid pollfd structs that poll may write revents into.
+        let rc = unsafe { libc::poll(p.as_mut_ptr(), N as libc::nfds_t, -1) };
+        if rc >= 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(p.map(|x| x.revents != 0))
+}
+
+/// `waitpid(-1, WNOHANG)`: `Some((pid, raw status))` for one exited child, `None` when none
+/// has exited (or there is none).
+pub fn reap_one() -> io::Result<Option<(libc::pid_t, libc::c_int)>> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: status is a valid, writable int for the call.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid > 0 {
+            return Ok(Some((pid, status)));
+        }
+        if pid == 0 {
+            return Ok(None);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ECHILD) => return Ok(None),
+            Some(libc::EINTR) => continue,
+            _ => return Err(e),
+        }
+    }
 }

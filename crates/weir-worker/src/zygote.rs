@@ -1,0 +1,229 @@
+//! `weir worker --zygote`: imports the app once, then forks ready-to-serve workers on the
+//! master's request (`[app] preload`), so the workers share the imported app's memory
+//! copy-on-write and a respawn is a fork (milliseconds) instead of an exec and an import.
+//!
+//! # Life
+//! 1. Same setup as a worker (control socket from fd 0, PR_SET_PDEATHSIG: the zygote dies
+//!    with the master, SIGINT ignored), then the same import ([`crate::load`]); on failure
+//!    the traceback on stderr and exit [`EXIT_IMPORT_FAILED`], as a worker.
+//! 2. Readies the memory the workers will share: `gc.collect()`, `gc.freeze()` (the
+//!    collector then leaves the imported objects alone, so it does not dirty their pages in
+//!    every worker), `malloc_trim`; warns when `threading.active_count() > 1` (threads do not
+//!    survive fork). Writes READY on the control socket.
+//! 3. Loops, single-threaded, on `poll` over the control socket and a SIGCHLD signalfd:
+//!    - FORK {slot} + a socket (`SCM_RIGHTS`): forks the interpreter
+//!      ([`sys::fork_python`]: `PyOS_BeforeFork`/`AfterFork_*`, so `os.register_at_fork`
+//!      hooks run). The child closes the control socket and the signalfd, restores the
+//!      signal mask, takes the passed socket as its master socket and goes on exactly as
+//!      a worker after its import (READY on that socket, then serve). The zygote closes its
+//!      copy of the socket and answers FORKED {slot, pid} + a pidfd of the child
+//!      (`pidfd_open`, so the master signals race-free), or FAILED {slot, errno}.
+//!    - SIGCHLD: reaps every exited child (`waitpid(-1, WNOHANG)`) and reports EXITED
+//!      {pid, wait status}, so the master can log how a worker died.
+//!    - EOF on the control socket (the master let this generation go, or died): exit 0.
+//!
+//! Workers are children of the zygote but have no parent-death signal of their own: a
+//! zygote that dies (or leaves after a reload) does not take serving workers with it. A
+//! worker whose master died still exits, because its socket reads EOF.
+//!
+//! The messages are [`weir_uwsgi::zygote::Msg`]; the control socket is `SOCK_SEQPACKET`.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use pyo3::prelude::*;
+use weir_uwsgi::zygote::{Msg, MAX_LEN};
+
+use crate::sys::{self, Fork};
+use crate::{log_line, WorkerOptions, EXIT_FATAL, EXIT_IMPORT_FAILED};
+
+/// Runs the zygote; in a forked child, returns the worker's own exit status instead.
+pub(crate) fn run(py: Python<'_>, opts: &WorkerOptions, ctl: OwnedFd) -> ExitCode {
+    let t0 = Instant::now();
+    let loaded = match crate::load(py, opts) {
+        Ok(l) => l,
+        Err(msg) => {
+            log_line(format_args!(
+                "weir zygote: cannot import app {}:\n{msg}",
+                opts.app
+            ));
+            return ExitCode::from(EXIT_IMPORT_FAILED);
+        }
+    };
+    let imported_ms = t0.elapsed().as_millis();
+    if let Err(e) = freeze(py) {
+        log_line(format_args!(
+            "weir zygote: gc.collect()/gc.freeze() failed: {e}"
+        ));
+    }
+    // What the import freed stays resident otherwise (see `sys::trim_heap`).
+    sys::trim_heap();
+    warn_threads(py);
+    let (sigfd, mask) = match sys::sigchld_fd() {
+        Ok(x) => x,
+        Err(e) => {
+            log_line(format_args!("weir zygote: cannot watch SIGCHLD: {e}"));
+            return ExitCode::from(EXIT_FATAL);
+        }
+    };
+    let zpid = std::process::id();
+    if let Err(e) = sys::send_with_fd(ctl.as_fd(), &Msg::Ready.encode(), None) {
+        log_line(format_args!("weir zygote: cannot send READY: {e}"));
+        return ExitCode::from(EXIT_FATAL);
+    }
+    log_line(format_args!(
+        "weir zygote: pid {zpid} ready, app {} imported in {imported_ms} ms; workers are forked from here",
+        opts.app
+    ));
+    let send = |m: Msg, fd: Option<&OwnedFd>| -> bool {
+        match sys::send_with_fd(ctl.as_fd(), &m.encode(), fd.map(|f| f.as_fd())) {
+            Ok(()) => true,
+            Err(e) => {
+                log_line(format_args!(
+                    "weir zygote: cannot write to the master: {e}; exiting"
+                ));
+                false
+            }
+        }
+    };
+    let mut buf = [0u8; MAX_LEN + 1];
+    loop {
+        let [ctl_ready, sig_ready] = match sys::poll_readable([ctl.as_fd(), sigfd.as_fd()]) {
+            Ok(r) => r,
+            Err(e) => {
+                log_line(format_args!("weir zygote: poll failed: {e}"));
+                return ExitCode::from(EXIT_FATAL);
+            }
+        };
+        if sig_ready {
+            sys::drain_signalfd(sigfd.as_fd());
+            loop {
+                match sys::reap_one() {
+                    Ok(Some((pid, status))) => {
+                        if !send(Msg::Exited { pid, status }, None) {
+                            return ExitCode::from(EXIT_FATAL);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        log_line(format_args!("weir zygote: waitpid failed: {e}"));
+                        break;
+                    }
+                }
+            }
+        }
+        if !ctl_ready {
+            continue;
+        }
+        let (n, fd) = match sys::recv_with_fd(ctl.as_fd(), &mut buf) {
+            Ok(x) => x,
+            Err(e) => {
+                log_line(format_args!(
+                    "weir zygote: cannot read from the master: {e}; exiting"
+                ));
+                return ExitCode::from(EXIT_FATAL);
+            }
+        };
+        if n == 0 {
+            // The master let this generation go (or died): the workers stay, we leave.
+            return ExitCode::SUCCESS;
+        }
+        let slot = match Msg::decode(&buf[..n]) {
+            Ok(Msg::Fork { slot }) => slot,
+            Ok(other) => {
+                log_line(format_args!(
+                    "weir zygote: unexpected message {other:?} from the master; exiting"
+                ));
+                return ExitCode::from(EXIT_FATAL);
+            }
+            Err(e) => {
+                log_line(format_args!("weir zygote: {e}; exiting"));
+                return ExitCode::from(EXIT_FATAL);
+            }
+        };
+        let Some(sock) = fd else {
+            log_line(format_args!(
+                "weir zygote: FORK for worker {slot} came without its socket"
+            ));
+            if !send(
+                Msg::Failed {
+                    slot,
+                    errno: libc::EBADF,
+                },
+                None,
+            ) {
+                return ExitCode::from(EXIT_FATAL);
+            }
+            continue;
+        };
+        let t_fork = Instant::now();
+        match sys::fork_python(py) {
+            Ok(Fork::Child) => {
+                drop(ctl);
+                drop(sigfd);
+                sys::restore_sigmask(&mask);
+                let how = format!(
+                    "forked from zygote {zpid} in {} us",
+                    t_fork.elapsed().as_micros()
+                );
+                return crate::serve_loaded(py, slot, loaded, UnixStream::from(sock), &how);
+            }
+            Ok(Fork::Parent(pid)) => {
+                drop(sock);
+                let ok = match sys::pidfd_open(pid) {
+                    Ok(pidfd) => send(Msg::Forked { slot, pid }, Some(&pidfd)),
+                    Err(e) => {
+                        // The master refuses a worker it cannot watch; it closes the
+                        // worker's socket, so the worker exits and is reaped here.
+                        log_line(format_args!("weir zygote: pidfd_open({pid}) failed: {e}"));
+                        send(Msg::Forked { slot, pid }, None)
+                    }
+                };
+                if !ok {
+                    return ExitCode::from(EXIT_FATAL);
+                }
+            }
+            Err(e) => {
+                log_line(format_args!(
+                    "weir zygote: fork for worker {slot} failed: {e}"
+                ));
+                let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                if !send(Msg::Failed { slot, errno }, None) {
+                    return ExitCode::from(EXIT_FATAL);
+                }
+            }
+        }
+    }
+}
+
+/// `gc.collect()` then `gc.freeze()`: the imported objects move to the permanent
+/// generation, so collections in the workers do not touch (and un-share) their pages.
+fn freeze(py: Python<'_>) -> PyResult<()> {
+    let gc = py.import("gc")?;
+    gc.call_method0("collect")?;
+    gc.call_method0("freeze")?;
+    Ok(())
+}
+
+/// Threads started by the import exist only in the zygote: say so.
+fn warn_threads(py: Python<'_>) {
+    let names = py.import("threading").and_then(|t| {
+        t.call_method0("enumerate")?
+            .try_iter()?
+            .map(|th| th?.getattr("name")?.extract::<String>())
+            .collect::<PyResult<Vec<String>>>()
+    });
+    match names {
+        Ok(names) if names.len() > 1 => log_line(format_args!(
+            "weir zygote: warning: {} threads run after the import ({}); threads do not \
+             survive fork, so the workers do not have them: start them in an \
+             os.register_at_fork(after_in_child=...) hook, or turn preload off",
+            names.len(),
+            names.join(", ")
+        )),
+        Ok(_) => {}
+        Err(e) => log_line(format_args!("weir zygote: cannot count threads: {e}")),
+    }
+}
