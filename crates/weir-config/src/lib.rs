@@ -240,6 +240,11 @@ pub struct AppConfig {
     pub startup_timeout: Seconds,
     /// `module:function` run in a worker for `/readyz` (e.g. a database ping).
     pub ready_check: Option<String>,
+    /// Import the app once in a zygote process and fork the workers from it (Gunicorn's
+    /// `--preload`; uWSGI's default, which `--lazy-apps` turns off). Workers share the
+    /// imported app's memory copy-on-write and a respawn is a fork; whatever the import
+    /// opened (connections, threads, random state) is shared or lost across the fork.
+    pub preload: bool,
 }
 
 impl Default for AppConfig {
@@ -256,6 +261,7 @@ impl Default for AppConfig {
             graceful_timeout: Seconds::from_secs(30),
             startup_timeout: Seconds::from_secs(60),
             ready_check: None,
+            preload: false,
         }
     }
 }
@@ -653,6 +659,18 @@ mod tests {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains(key), "{toml}: {e}");
         }
+    }
+
+    #[test]
+    fn preload_is_a_bool_off_by_default() {
+        let c = parse("[app]\nmodule = \"a:b\"\n").unwrap();
+        assert!(!c.app.preload);
+        let c = parse("[app]\nmodule = \"a:b\"\npreload = true\n").unwrap();
+        assert!(c.app.preload);
+        let e = parse("[app]\nmodule = \"a:b\"\npreload = \"yes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("preload"), "{e}");
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// [app] reload_on_rss
     #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
     pub reload_on_rss: Option<Size>,
+    /// Import the app once and fork the workers from that process (copy-on-write memory,
+    /// respawn by fork); see docs/config.md for the fork caveats. [app] preload
+    #[arg(long)]
+    pub preload: bool,
     /// How long in-flight requests may take to finish on stop or reload.
     /// [app] graceful_timeout
     #[arg(long, value_name = "DURATION", value_parser = parse_seconds)]
@@ -97,6 +101,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.max_requests_jitter {
             a.max_requests_jitter = v;
+        }
+        if self.preload {
+            a.preload = true;
         }
         if let Some(v) = self.graceful_timeout {
             a.graceful_timeout = v;

@@ -3,8 +3,12 @@
 //! # Layout
 //! - [`supervisor`]: starts the pool, reloads it (new generation ready before the old one
 //!   leaves) and stops it.
-//! - `slot`: one task per worker slot: spawns the `weir worker` process, waits for its
-//!   READY, respawns it (with backoff) when it dies, retires or kills it on request.
+//! - `slot`: one task per worker slot: spawns the `weir worker` process (or has the
+//!   zygote fork one), waits for its READY, respawns it (with backoff) when it dies,
+//!   retires or kills it on request.
+//! - `zygote`: `[app] preload`: one zygote per generation imports the app once and forks
+//!   the workers; its handle, the reader of its control socket, forked workers' exits.
+//! - `sys`: the only `unsafe` code (descriptor passing, pidfd_send_signal), for `zygote`.
 //! - [`pool`]: the idle workers and the bounded queue of requests waiting for one
 //!   ([`Pool::submit`]); a [`Lease`] returns its worker when dropped.
 //! - `exchange`: one request on one worker: writes the uwsgi packet and body, reads the
@@ -14,7 +18,7 @@
 //!
 //! The master dispatches only to idle workers, so it always knows who is busy and since
 //! when: a request never waits in a kernel queue behind a slow one.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod body;
@@ -23,6 +27,9 @@ mod exchange;
 pub mod pool;
 mod slot;
 pub mod supervisor;
+#[allow(unsafe_code)]
+mod sys;
+mod zygote;
 
 pub use body::{BodyError, ResponseBody};
 pub use error::{ClientBodyError, DispatchError};

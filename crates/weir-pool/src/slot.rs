@@ -1,10 +1,14 @@
-//! One task per worker slot: it spawns the `weir worker` process with the master<->worker
-//! socket as its standard input, waits for READY, hands the worker to the pool, and then
-//! waits for the process to exit or for a retire/kill command; then it starts the next
-//! one (after a backoff when the last one failed), unless its generation is over.
+//! One task per worker slot: it starts a worker (spawns `weir worker` with the
+//! master<->worker socket as its standard input, or, with `[app] preload`, asks its
+//! generation's zygote to fork one with that socket: see `zygote`), waits for READY, hands
+//! the worker to the pool, and then waits for the process to exit or for a retire/kill
+//! command; then it starts the next one (after a backoff when the last one failed), unless
+//! its generation is over. Both kinds of process ([`Proc`]) are waited for and killed the
+//! same way, so READY, startup_timeout, retire, kill (harakiri), backoff and restart
+//! reasons behave the same; with preload a respawn is a fork (milliseconds, no import).
 
 use std::os::fd::OwnedFd;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::pool::Pool;
 use crate::supervisor::{PoolConfig, SupervisorError};
+use crate::zygote::{Exit, Forked, ZygoteCell, ZygoteFailure, EXIT_IMPORT_FAILED};
 
 /// Why a worker was replaced (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,15 +134,52 @@ pub(crate) struct SlotContext {
     pub(crate) fatal: mpsc::UnboundedSender<SupervisorError>,
 }
 
+/// A worker process: exec'd by the master, or forked by the zygote (`[app] preload`).
+#[derive(Debug)]
+enum Proc {
+    Exec(Box<Child>),
+    Forked(Forked),
+}
+
+impl Proc {
+    fn id(&self) -> u32 {
+        match self {
+            Proc::Exec(c) => c.id().unwrap_or(0),
+            Proc::Forked(f) => f.pid,
+        }
+    }
+
+    /// Waits until it has exited (cancel-safe; may be called again after).
+    async fn wait(&mut self) -> Exit {
+        match self {
+            Proc::Exec(c) => match c.wait().await {
+                Ok(s) => Exit::Known(s),
+                Err(e) => Exit::Error(e.to_string()),
+            },
+            Proc::Forked(f) => f.wait().await,
+        }
+    }
+
+    /// SIGKILL; an exited process is not an error.
+    fn kill(&mut self) {
+        match self {
+            // start_kill fails only if it has exited already: fine either way.
+            Proc::Exec(c) => {
+                let _ = c.start_kill();
+            }
+            Proc::Forked(f) => f.kill(),
+        }
+    }
+}
+
 /// How a started worker turned out.
 enum Start {
-    Ready(Box<Child>, UnixStream, Duration),
-    ImportFailed(ExitStatus),
+    Ready(Proc, UnixStream, Duration),
+    /// The app cannot be imported (what failed: a worker or the zygote, and its status).
+    ImportFailed(String),
     Failed(String),
 }
 
-/// Exit status a worker uses when the app failed to import (weir-worker's contract).
-const EXIT_IMPORT_FAILED: i32 = 3;
 /// Consecutive import failures of one slot after which weir gives up.
 const MAX_IMPORT_FAILURES: u32 = 3;
 
@@ -146,6 +188,7 @@ pub(crate) async fn run(
     slot: usize,
     generation: u64,
     mut ready: Option<oneshot::Sender<Result<(), String>>>,
+    zygote: Option<Arc<ZygoteCell>>,
 ) {
     let mut failures: u32 = 0;
     let mut import_failures: u32 = 0;
@@ -153,14 +196,15 @@ pub(crate) async fn run(
         if over(&ctx, generation) {
             return;
         }
-        let start = spawn(&ctx, slot).await;
+        let start = match &zygote {
+            Some(cell) => fork(&ctx, slot, cell).await,
+            None => spawn(&ctx, slot).await,
+        };
         let (mut child, stream, took) = match start {
             Start::Ready(child, stream, took) => (child, stream, took),
-            Start::ImportFailed(status) => {
+            Start::ImportFailed(what) => {
                 import_failures += 1;
-                let msg = format!(
-                    "worker {slot} could not import the app ({status}); its traceback is above"
-                );
+                let msg = format!("{what}; its traceback is above");
                 warn!(slot, attempt = import_failures, "{msg}");
                 if let Some(tx) = ready.take() {
                     // A reload waits on this; if it stopped waiting there is no one to tell.
@@ -188,11 +232,12 @@ pub(crate) async fn run(
             }
         };
         import_failures = 0;
-        let pid = child.id().unwrap_or(0);
+        let pid = child.id();
         info!(
             slot,
             pid,
             generation,
+            forked = matches!(child, Proc::Forked(_)),
             ms = took.as_millis() as u64,
             "worker ready"
         );
@@ -219,7 +264,6 @@ pub(crate) async fn run(
                 if over(&ctx, generation) {
                     return;
                 }
-                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                 warn!(slot, pid, idle = removed, "worker {slot} (pid {pid}) exited on its own: {status}; starting a new one");
                 ctx.pool.count_restart(RestartReason::Crash);
                 if lived.elapsed() < Duration::from_secs(1) {
@@ -233,10 +277,9 @@ pub(crate) async fn run(
                 failures = 0;
                 match cmd {
                     SlotCommand::Kill(reason) => {
-                        // start_kill fails only if it has exited already: fine either way.
-                        let _ = child.start_kill();
-                        let _ = child.wait().await;
-                        info!(slot, pid, reason = reason.as_str(), "worker killed");
+                        child.kill();
+                        let status = child.wait().await;
+                        info!(slot, pid, reason = reason.as_str(), "worker killed ({status})");
                         ctx.pool.count_restart(reason);
                     }
                     SlotCommand::Retire(worker, reason) => {
@@ -244,7 +287,7 @@ pub(crate) async fn run(
                         let grace = ctx.config.graceful_timeout;
                         if tokio::time::timeout(grace, child.wait()).await.is_err() {
                             warn!(slot, pid, "worker did not leave within {grace:?}; killing it");
-                            let _ = child.start_kill();
+                            child.kill();
                             let _ = child.wait().await;
                         }
                         info!(slot, pid, reason = reason.as_str(), "worker retired");
@@ -267,18 +310,23 @@ async fn backoff(failures: u32) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
-async fn spawn(ctx: &SlotContext, slot: usize) -> Start {
-    let started = Instant::now();
-    let (ours, theirs) = match std::os::unix::net::UnixStream::pair() {
-        Ok(p) => p,
-        Err(e) => return Start::Failed(format!("socketpair: {e}")),
-    };
-    let ours = match ours
+/// A fresh master<->worker socketpair: (the master's end, ready for tokio; the worker's).
+fn socketpair() -> Result<(UnixStream, std::os::unix::net::UnixStream), String> {
+    let (ours, theirs) =
+        std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let ours = ours
         .set_nonblocking(true)
         .and_then(|()| UnixStream::from_std(ours))
-    {
-        Ok(s) => s,
-        Err(e) => return Start::Failed(format!("socket setup: {e}")),
+        .map_err(|e| format!("socket setup: {e}"))?;
+    Ok((ours, theirs))
+}
+
+/// Execs `weir worker`, which imports the app itself.
+async fn spawn(ctx: &SlotContext, slot: usize) -> Start {
+    let started = Instant::now();
+    let (ours, theirs) = match socketpair() {
+        Ok(p) => p,
+        Err(msg) => return Start::Failed(msg),
     };
     let mut cmd = Command::new(&ctx.config.exe);
     cmd.arg("worker")
@@ -289,7 +337,7 @@ async fn spawn(ctx: &SlotContext, slot: usize) -> Start {
         // print() from the app reaches the log at once, not when a pipe buffer fills.
         .env("PYTHONUNBUFFERED", "1")
         .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
+    let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             return Start::Failed(format!(
@@ -299,7 +347,51 @@ async fn spawn(ctx: &SlotContext, slot: usize) -> Start {
         }
     };
     drop(cmd);
-    let mut stream = ours;
+    await_ready(ctx, slot, Proc::Exec(Box::new(child)), ours, started).await
+}
+
+/// Asks the generation's zygote (started here if need be) to fork a worker.
+async fn fork(ctx: &SlotContext, slot: usize, cell: &ZygoteCell) -> Start {
+    let started = Instant::now();
+    let mut retried = false;
+    loop {
+        let zygote = match cell.get(&ctx.config).await {
+            Ok(z) => z,
+            Err(ZygoteFailure::Import(s)) => {
+                return Start::ImportFailed(format!("the zygote could not import the app ({s})"))
+            }
+            Err(ZygoteFailure::Other(msg)) => return Start::Failed(msg),
+        };
+        let (ours, theirs) = match socketpair() {
+            Ok(p) => p,
+            Err(msg) => return Start::Failed(msg),
+        };
+        let limit = ctx.config.startup_timeout;
+        let forked = tokio::time::timeout(limit, zygote.fork(slot, theirs))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "the zygote (pid {}) did not fork worker {slot} within startup_timeout ({limit:?})",
+                    zygote.pid
+                ))
+            });
+        match forked {
+            Ok(f) => return await_ready(ctx, slot, Proc::Forked(f), ours, started).await,
+            // It died just now: the cell starts a new one.
+            Err(_) if !retried && zygote.is_dead() => retried = true,
+            Err(msg) => return Start::Failed(msg),
+        }
+    }
+}
+
+/// Waits (up to startup_timeout) for the worker's READY on its socket.
+async fn await_ready(
+    ctx: &SlotContext,
+    slot: usize,
+    mut child: Proc,
+    mut stream: UnixStream,
+    started: Instant,
+) -> Start {
     let mut hello = [0u8; weir_uwsgi::packet::HEADER_LEN];
     let ready = tokio::time::timeout(ctx.config.startup_timeout, async {
         tokio::select! {
@@ -310,31 +402,36 @@ async fn spawn(ctx: &SlotContext, slot: usize) -> Start {
     .await;
     match ready {
         Ok(Ok(Ok(_))) if hello[0] == weir_uwsgi::packet::MODIFIER_READY => {
-            Start::Ready(Box::new(child), stream, started.elapsed())
+            Start::Ready(child, stream, started.elapsed())
         }
         Ok(Ok(Ok(_))) => {
-            let _ = child.start_kill();
+            child.kill();
             Start::Failed(format!("worker sent {hello:?} instead of READY"))
         }
         Ok(Ok(Err(e))) => {
             // The socket closed: the process is exiting; its status says why.
             match child.wait().await {
-                Ok(s) if s.code() == Some(EXIT_IMPORT_FAILED) => Start::ImportFailed(s),
-                Ok(s) => Start::Failed(format!("worker exited before it was ready ({s})")),
-                Err(_) => Start::Failed(format!("worker socket: {e}")),
+                Exit::Error(_) => Start::Failed(format!("worker socket: {e}")),
+                s => exited_early(slot, s),
             }
         }
-        Ok(Err(status)) => match status {
-            Ok(s) if s.code() == Some(EXIT_IMPORT_FAILED) => Start::ImportFailed(s),
-            Ok(s) => Start::Failed(format!("worker exited before it was ready ({s})")),
-            Err(e) => Start::Failed(format!("waiting for worker: {e}")),
-        },
+        Ok(Err(s)) => exited_early(slot, s),
         Err(_) => {
-            let _ = child.start_kill();
+            child.kill();
             Start::Failed(format!(
                 "worker was not ready within startup_timeout ({:?})",
                 ctx.config.startup_timeout
             ))
         }
+    }
+}
+
+fn exited_early(slot: usize, status: Exit) -> Start {
+    match status {
+        Exit::Known(s) if s.code() == Some(EXIT_IMPORT_FAILED) => {
+            Start::ImportFailed(format!("worker {slot} could not import the app ({s})"))
+        }
+        Exit::Error(e) => Start::Failed(format!("waiting for worker: {e}")),
+        s => Start::Failed(format!("worker exited before it was ready ({s})")),
     }
 }

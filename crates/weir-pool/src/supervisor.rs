@@ -5,6 +5,11 @@
 //! ones at once, busy ones when their request ends). A new generation that cannot import
 //! the app is abandoned and the old one keeps serving: a bad deploy does not take the
 //! site down.
+//!
+//! With `[app] preload` every generation has its own zygote (a [`ZygoteCell`] shared by the
+//! generation's slots, started by the first slot that needs a worker): a reload imports
+//! the new code once, in the new generation's zygote, and the old zygote leaves when the
+//! last slot of its generation has ended; a stop ends them the same way.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -19,6 +24,7 @@ use tracing::{info, warn};
 
 use crate::pool::Pool;
 use crate::slot::{self, SlotContext};
+use crate::zygote::ZygoteCell;
 
 /// The `weir worker` command a slot runs.
 #[derive(Debug, Clone)]
@@ -36,6 +42,8 @@ pub struct PoolConfig {
     pub exe: PathBuf,
     /// Worker arguments after `worker`.
     pub worker_args: Vec<OsString>,
+    /// Import the app once per generation in a zygote and fork the workers from it.
+    pub preload: bool,
     /// Number of workers.
     pub workers: usize,
     /// Recycle after this many requests (0: never).
@@ -110,8 +118,9 @@ impl Supervisor {
             fatal: fatal_tx,
         });
         let mut slots = JoinSet::new();
+        let zygote = ctx.config.preload.then(|| Arc::new(ZygoteCell::new(0)));
         for i in 0..ctx.config.workers {
-            slots.spawn(slot::run(ctx.clone(), i, 0, None));
+            slots.spawn(slot::run(ctx.clone(), i, 0, None, zygote.clone()));
         }
         Supervisor {
             ctx,
@@ -148,9 +157,21 @@ impl Supervisor {
         let mut waits = Vec::new();
         {
             let mut slots = self.slots.lock().await;
+            // A new zygote: the new code is imported there, once.
+            let zygote = self
+                .ctx
+                .config
+                .preload
+                .then(|| Arc::new(ZygoteCell::new(generation)));
             for i in 0..self.ctx.config.workers {
                 let (tx, rx) = oneshot::channel();
-                slots.spawn(slot::run(self.ctx.clone(), i, generation, Some(tx)));
+                slots.spawn(slot::run(
+                    self.ctx.clone(),
+                    i,
+                    generation,
+                    Some(tx),
+                    zygote.clone(),
+                ));
                 waits.push(rx);
             }
         }
