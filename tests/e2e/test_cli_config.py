@@ -63,6 +63,7 @@ BAD_CONFIGS = [
     ("graceful-timeout-garbage", "[app]\nmodule = 'sup_app:application'\ngraceful_timeout = 'forever'\n",
      "graceful_timeout"),
     ("max-requests-negative", "[app]\nmodule = 'sup_app:application'\nmax_requests = -1\n", "max_requests"),
+    ("preload-not-a-bool", "[app]\nmodule = 'sup_app:application'\npreload = 'yes'\n", "preload"),
     ("listen-garbage", "[app]\nmodule = 'sup_app:application'\n[server]\nlisten = ['not an address']\n", "listen"),
     ("uwsgi-listen-garbage", "[app]\nmodule = 'sup_app:application'\n[server]\nuwsgi_listen = ['nowhere:port']\n",
      "uwsgi_listen"),
@@ -103,7 +104,7 @@ def test_help_documents_every_flag(weir_bin):
     code, out = run_weir(weir_bin, ["serve", "--help"])
     assert code == 0, out
     for flag in ("--app", "--chdir", "--virtualenv", "--workers", "--listen", "--uwsgi-listen", "--harakiri",
-                 "--config"):
+                 "--preload", "--config"):
         assert flag in out, "%s is not in `weir serve --help`:\n%s" % (flag, out)
 
 

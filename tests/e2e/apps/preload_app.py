@@ -1,0 +1,36 @@
+"""sup_app with what the preload tests need to see: which process imported the app, and
+whether the `os.register_at_fork` hook ran in the worker.
+
+/preload[?s=SECONDS] answers JSON (after sleeping s): {"import_pid": the pid that imported this module, "pid": the
+worker's pid, "ppid": its parent, "after_fork": the pids the after_in_child hook ran in
+(in this process's memory), "version": VERSION}. Every other path is sup_app's.
+"""
+
+import json
+import os
+import time
+from urllib.parse import parse_qs
+
+from sup_app import VERSION, application as _sup
+
+IMPORT_PID = os.getpid()
+AFTER_FORK = []
+
+
+def _after_fork_in_child():
+    AFTER_FORK.append(os.getpid())
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def application(environ, start_response):
+    if environ.get("PATH_INFO") == "/preload":
+        s = parse_qs(environ.get("QUERY_STRING", "")).get("s")
+        if s:
+            time.sleep(float(s[-1]))
+        body = json.dumps({"import_pid": IMPORT_PID, "pid": os.getpid(), "ppid": os.getppid(),
+                           "after_fork": AFTER_FORK, "version": VERSION}).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+    return _sup(environ, start_response)
