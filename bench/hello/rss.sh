@@ -7,6 +7,8 @@
 # then medians over the runs; totals for the whole server (master + workers) by PSS.
 #
 #   weir         weir serve --app app:app --chdir SHOP --workers 4 --listen ... --access-log off
+#   weir-preload the same with --preload (a zygote imports the app once, the workers are
+#                forked from it; the zygote is reported apart, as uWSGI's master is)
 #   uwsgi        uwsgi --socket S --master --processes 4 --chdir SHOP --module app:app ...
 #                (run.sh's flags; nginx in front only to send the requests)
 #   uwsgi-lazy   the same with --lazy-apps (each worker imports the app after the fork;
@@ -14,7 +16,7 @@
 #   weir-base    weir as above from WEIR_BASE_BIN (another build, for before/after in one run)
 #
 # Usage: bench/hello/rss.sh [RUNS]          (default 3)
-# Environment: SERVERS (default "weir uwsgi"), WORKERS (default 4), WEIR_BIN (default
+# Environment: SERVERS (default "weir weir-preload uwsgi"), WORKERS (default 4), WEIR_BIN (default
 #   target/release/weir, not built here), WEIR_BASE_BIN (for weir-base), SETTLE (s idle
 #   before sampling, default 2),
 #   SHOP_DIR (default examples/shop), SHOP_APP (default app:app).
@@ -27,7 +29,7 @@ RUNS=${1:-${RUNS:-3}}
 WORKERS=${WORKERS:-4}
 SETTLE=${SETTLE:-2}
 READY_TIMEOUT=${READY_TIMEOUT:-60}
-SERVERS=${SERVERS:-"weir uwsgi"}
+SERVERS=${SERVERS:-"weir weir-preload uwsgi"}
 SHOP_DIR=$(cd "${SHOP_DIR:-examples/shop}" && pwd)
 SHOP_APP=${SHOP_APP:-app:app}
 WEIR_BIN=${WEIR_BIN:-$ROOT/target/release/weir}
@@ -39,7 +41,7 @@ RUN_DIR=$(mktemp -d /tmp/weir-rss-XXXXXX)
 chmod 755 "$RUN_DIR"
 log() { printf 'rss: %s\n' "$*" >&2; }
 command -v wrk >/dev/null || { log "wrk not found: run scripts/install-deps.sh"; exit 2; }
-[[ " $SERVERS " != *" weir "* || -x "$WEIR_BIN" ]] || { log "$WEIR_BIN missing: cargo build --release -p weir"; exit 2; }
+[[ " $SERVERS " != *" weir "* && " $SERVERS " != *" weir-preload "* || -x "$WEIR_BIN" ]] || { log "$WEIR_BIN missing: cargo build --release -p weir"; exit 2; }
 log "servers: $SERVERS; $WORKERS workers; $RUNS run(s); weir binary $WEIR_BIN; output in $OUT"
 
 source "$ROOT/bench/hello/lib.sh"
@@ -57,11 +59,12 @@ start_server() {  # sets URL and APP_PID (the app server's master)
   d="$RUN_DIR/$name"
   mkdir -p "$d"
   case "$name" in
-    weir | weir-base)
-      local bin=$WEIR_BIN
+    weir | weir-base | weir-preload)
+      local bin=$WEIR_BIN preload=()
       [[ $name == weir-base ]] && bin=${WEIR_BASE_BIN:?set WEIR_BASE_BIN for weir-base}
+      [[ $name == weir-preload ]] && preload=(--preload)
       start "$name" env RUST_LOG=warn "$bin" serve --app "$SHOP_APP" --chdir "$SHOP_DIR" \
-        --workers "$WORKERS" --listen "127.0.0.1:$port" --access-log off
+        --workers "$WORKERS" --listen "127.0.0.1:$port" --access-log off "${preload[@]}"
       APP_PID=${SERVER_PIDS[-1]} ;;
     uwsgi | uwsgi-lazy)
       sock="$d/uwsgi.sock"
@@ -79,7 +82,9 @@ start_server() {  # sets URL and APP_PID (the app server's master)
   wait_ready "$URL/hello"
 }
 
-# measure NAME MASTER_PID: one TSV row per process (role master|worker)
+# measure NAME MASTER_PID: one TSV row per process (role master|zygote|worker); weir's
+# zygote (a child of the master run as `weir worker --zygote`) is not a worker, its
+# children are
 measure() {
   "$PY" - "$1" "$2" "$RUN" <<'PY'
 import os, sys
@@ -118,7 +123,17 @@ def by_mapping(pid, exe):
         elif p[0] == "Rss:" and cur:
             cats[cur] += int(p[1])
     return cats
-rows = [("master", master)] + [("worker", c) for c in children(master)]
+def is_zygote(pid):
+    try:
+        return b"--zygote" in open("/proc/%d/cmdline" % pid, "rb").read().split(b"\0")
+    except OSError:
+        return False
+rows = [("master", master)]
+for c in children(master):
+    if is_zygote(c):
+        rows += [("zygote", c)] + [("worker", w) for w in children(c)]
+    else:
+        rows.append(("worker", c))
 for role, pid in rows:
     try:
         exe = os.readlink("/proc/%d/exe" % pid)
@@ -172,8 +187,11 @@ for n in order:
     vals = [per_run(n, "worker", k) for k in keys]
     if not vals[0]: continue
     print("%-11s %7d %7d %7d %7d | %22d %9d %8d %10d %5d" % ((n,) + tuple(med(v) for v in vals)))
-print("\nWhole server (master + workers), PSS KiB: " + ", ".join(
-    "%s %d (master %d)" % (n, med(total_pss(n)), med(per_run(n, "master", "pss_kib"))) for n in order if total_pss(n)))
+def parts(n):
+    z = per_run(n, "zygote", "pss_kib")
+    return "master %d%s" % (med(per_run(n, "master", "pss_kib")), ", zygote %d" % med(z) if z else "")
+print("\nWhole server (master [+ zygote] + workers), PSS KiB: " + ", ".join(
+    "%s %d (%s)" % (n, med(total_pss(n)), parts(n)) for n in order if total_pss(n)))
 print("runs (worker RSS medians): " + "; ".join("%s %s" % (n, per_run(n, "worker", "rss_kib")) for n in order))
 print("runs (worker PSS medians): " + "; ".join("%s %s" % (n, per_run(n, "worker", "pss_kib")) for n in order))
 print("(raw: %s)" % sys.argv[1])

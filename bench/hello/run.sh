@@ -2,6 +2,7 @@
 # The issue-2 benchmark: examples/shop's /hello, 4 workers each, one load tool (wrk -t2 -c50),
 # side by side, runs interleaved:
 #   weir            weir serve --listen 127.0.0.1:PORT              (target/release/weir)
+#   weir-preload    the same with --preload (workers forked from one import)
 #   nginx-uwsgi     nginx -> uWSGI 2.0.31 over a Unix socket (uwsgi_pass)
 #   nginx-gunicorn  nginx -> Gunicorn (sync) over a Unix socket (proxy_pass)
 #   granian         Granian (WSGI interface)
@@ -10,7 +11,7 @@
 #
 # Usage: bench/hello/run.sh [RUNS]          (default 3)
 # Environment: DURATION (s per measurement, default 10), WARMUP (s, default 3),
-#   SERVERS (default "weir nginx-uwsgi nginx-gunicorn granian"), WORKERS (default 4),
+#   SERVERS (default "weir weir-preload nginx-uwsgi nginx-gunicorn granian"), WORKERS (default 4),
 #   SHOP_DIR (default examples/shop), SHOP_APP (MODULE:CALLABLE, default: detected),
 #   WEIR_BIN (default target/release/weir, built here unless set), NO_BUILD=1.
 # Bounded: every start waits at most READY_TIMEOUT (default 60) s; every wrk run is
@@ -25,7 +26,7 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-3}
 WORKERS=${WORKERS:-4}
 READY_TIMEOUT=${READY_TIMEOUT:-60}
-SERVERS=${SERVERS:-"weir nginx-uwsgi nginx-gunicorn granian"}
+SERVERS=${SERVERS:-"weir weir-preload nginx-uwsgi nginx-gunicorn granian"}
 SHOP_DIR=$(cd "${SHOP_DIR:-examples/shop}" && pwd)
 PY=${PYTHON:-python3}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
@@ -49,7 +50,7 @@ log "app $SHOP_APP in $SHOP_DIR; $RUNS run(s) of ${DURATION}s; servers: $SERVERS
 command -v wrk >/dev/null || { log "wrk not found: run scripts/install-deps.sh"; exit 2; }
 if [[ -z "${WEIR_BIN:-}" ]]; then
   WEIR_BIN="$ROOT/target/release/weir"
-  if [[ "${NO_BUILD:-0}" != 1 && " $SERVERS " == *" weir "* ]]; then
+  if [[ "${NO_BUILD:-0}" != 1 && " $SERVERS " == *" weir"[" -"]* ]]; then
     log "cargo build --release -p weir"
     cargo build --release -p weir >&2
   fi
@@ -64,10 +65,12 @@ start_server() {
   d="$RUN_DIR/$name"
   mkdir -p "$d"
   case "$name" in
-    weir)
+    weir | weir-preload)
       [[ -x "$WEIR_BIN" ]] || { log "weir binary $WEIR_BIN missing"; return 1; }
-      start weir env RUST_LOG="${RUST_LOG:-warn}" "$WEIR_BIN" serve --app "$SHOP_APP" --chdir "$SHOP_DIR" \
-        --workers "$WORKERS" --listen "127.0.0.1:$port" --access-log off ;;
+      local preload=()
+      [[ $name == weir-preload ]] && preload=(--preload)
+      start "$name" env RUST_LOG="${RUST_LOG:-warn}" "$WEIR_BIN" serve --app "$SHOP_APP" --chdir "$SHOP_DIR" \
+        --workers "$WORKERS" --listen "127.0.0.1:$port" --access-log off "${preload[@]}" ;;
     nginx-uwsgi)
       sock="$d/uwsgi.sock"
       start uwsgi uwsgi --socket "$sock" --chmod-socket=666 --master --processes "$WORKERS" \
@@ -96,7 +99,7 @@ start_server() {
 }
 
 # idle RSS (KiB) of the app's worker processes: the python processes under the started
-# ones (for nginx setups: the app server's, not nginx's)
+# ones (for nginx setups: the app server's, not nginx's; for weir-preload: not its zygote)
 worker_rss() {
   "$PY" - "${SERVER_PIDS[@]}" <<'PY'
 import os, sys
@@ -108,18 +111,19 @@ for d in os.listdir("/proc"):
             stat = open("/proc/%s/stat" % d).read()
             ppid = int(stat.rsplit(")", 1)[1].split()[1])
             comm = open("/proc/%s/comm" % d).read().strip()
+            zyg = b"--zygote" in open("/proc/%s/cmdline" % d, "rb").read().split(b"\0")
             rss = 0
             for line in open("/proc/%s/status" % d):
                 if line.startswith("VmRSS:"):
                     rss = int(line.split()[1])
-            procs[int(d)] = (ppid, comm, rss)
+            procs[int(d)] = (ppid, comm, rss, zyg)
         except (OSError, ValueError, IndexError):
             pass
 def desc(root):
     out, todo = [], [root]
     while todo:
         p = todo.pop()
-        for c, (pp, comm, rss) in procs.items():
+        for c, (pp, comm, rss, zyg) in procs.items():
             if pp == p:
                 out.append(c); todo.append(c)
     return out
@@ -129,6 +133,11 @@ for r in roots:
         continue
     # the direct child of setsid is the server's main process; its descendants are workers
     for c in desc(r):
+        # weir's zygote runs `weir worker --zygote` and so do the workers it forks: the
+        # zygote is the one whose parent is not a zygote
+        parent = procs.get(procs[c][0])
+        if procs[c][3] and not (parent and parent[3]):
+            continue
         if "nginx" not in procs[c][1]:
             workers.append(procs[c][2])
 # a setsid'd server: the root itself is the master; descendants that are masters of their
