@@ -114,6 +114,17 @@ def test_workers_are_forked_from_one_import_and_fork_hooks_ran(weir, app_dir):
     assert "forked from zygote %d" % zygote in srv.output()
 
 
+@pytest.mark.e2e_timeout(60)
+def test_threads_started_at_import_are_named_in_a_warning(weir, app_dir):
+    (app_dir / "START_THREAD").write_text("")
+    srv = start_preload(weir, app_dir, workers=2)
+    out = srv.output()
+    assert "threads do not survive fork" in out and "e2e-import-thread" in out, out[-3000:]
+    # the workers do not have the thread (fork copies only the calling thread)
+    for i in concurrent_infos(srv.addr, 2):
+        assert i["threads"] == 1, i
+
+
 # ---------------------------------------------------------------------------------------
 # crash, harakiri, recycling
 

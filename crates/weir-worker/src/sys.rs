@@ -281,8 +281,9 @@ pub struct SigMask(libc::sigset_t);
 /// Blocks SIGCHLD and returns a signalfd that reads it (non-blocking, close-on-exec) and
 /// the mask to restore (in a forked worker).
 pub fn sigchld_fd() -> io::Result<(OwnedFd, SigMask)> {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
+    // SAFETY: sigset_t is plain data (an all-zero value is valid); sigemptyset initialises it.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; sigprocmask overwrites it with the old mask.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: both sets are valid, writable sigset_t values for the calls; the process
     // has one thread, so sigprocmask is its mask.

@@ -3,11 +3,14 @@ whether the `os.register_at_fork` hook ran in the worker.
 
 /preload[?s=SECONDS] answers JSON (after sleeping s): {"import_pid": the pid that imported this module, "pid": the
 worker's pid, "ppid": its parent, "after_fork": the pids the after_in_child hook ran in
-(in this process's memory), "version": VERSION}. Every other path is sup_app's.
+(in this process's memory), "version": VERSION, "threads": threading.active_count()}.
+With a START_THREAD file in the directory, the import starts a thread
+("e2e-import-thread"). Every other path is sup_app's.
 """
 
 import json
 import os
+import threading
 import time
 from urllib.parse import parse_qs
 
@@ -23,6 +26,10 @@ def _after_fork_in_child():
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
+if os.path.exists("START_THREAD"):
+    # a thread started at import: it lives only in the importing process
+    threading.Thread(target=time.sleep, args=(3600,), name="e2e-import-thread", daemon=True).start()
+
 
 def application(environ, start_response):
     if environ.get("PATH_INFO") == "/preload":
@@ -30,7 +37,8 @@ def application(environ, start_response):
         if s:
             time.sleep(float(s[-1]))
         body = json.dumps({"import_pid": IMPORT_PID, "pid": os.getpid(), "ppid": os.getppid(),
-                           "after_fork": AFTER_FORK, "version": VERSION}).encode()
+                           "after_fork": AFTER_FORK, "version": VERSION,
+                           "threads": threading.active_count()}).encode()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
     return _sup(environ, start_response)
