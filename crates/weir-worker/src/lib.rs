@@ -113,6 +113,11 @@ pub struct WorkerOptions {
     /// requests; standard input is the control socket (SOCK_SEQPACKET).
     #[arg(long)]
     pub zygote: bool,
+    /// With --zygote (`[app] preload = "auto"`): when the import left open sockets or
+    /// running threads, report them (NOT_FORK_SAFE) and exit 0 instead of forking; without
+    /// it they are reported and the zygote forks anyway.
+    #[arg(long, requires = "zygote")]
+    pub if_fork_safe: bool,
 }
 
 /// Writes one log line to stderr in a single write.

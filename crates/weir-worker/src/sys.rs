@@ -367,3 +367,100 @@ pub fn reap_one() -> io::Result<Option<(libc::pid_t, libc::c_int)>> {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The zygote's fork-safety check: what a socket the import left open is
+
+/// What `getsockname`/`getpeername` said about a socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SockAddr {
+    /// AF_INET / AF_INET6.
+    Inet(std::net::SocketAddr),
+    /// AF_UNIX with a path (`@name` for an abstract one).
+    UnixPath(String),
+    /// AF_UNIX without a name (unnamed, or a socketpair end).
+    UnixUnnamed,
+    /// Another family (netlink, ...).
+    Other(libc::c_int),
+}
+
+/// The address of socket `fd` (`peer`: its peer's), or None when it has none (not
+/// connected) or `fd` is not a socket.
+///
+/// `fd` is a raw number from /proc/self/fd that this code does not own: the calls only
+/// read the descriptor table, and a closed or reused number just gives an error.
+pub fn socket_addr(fd: libc::c_int, peer: bool) -> Option<SockAddr> {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let p = (&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
+    // SAFETY: p points at a writable sockaddr_storage of `len` bytes; the kernel writes at
+    // most `len` bytes and stores the real length in `len`.
+    let rc = unsafe {
+        if peer {
+            libc::getpeername(fd, p, &mut len)
+        } else {
+            libc::getsockname(fd, p, &mut len)
+        }
+    };
+    if rc != 0 {
+        return None;
+    }
+    let len = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+    match ss.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which fits in it.
+            let a: libc::sockaddr_in = unsafe { std::ptr::read(p.cast()) };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SockAddr::Inet((ip, u16::from_be(a.sin_port)).into()))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6, which fits in it.
+            let a: libc::sockaddr_in6 = unsafe { std::ptr::read(p.cast()) };
+            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SockAddr::Inet((ip, u16::from_be(a.sin6_port)).into()))
+        }
+        libc::AF_UNIX => {
+            // SAFETY: the family says the storage holds a sockaddr_un, which fits in it.
+            let a: libc::sockaddr_un = unsafe { std::ptr::read(p.cast()) };
+            let off = std::mem::size_of::<libc::sa_family_t>();
+            let n = len.saturating_sub(off).min(a.sun_path.len());
+            let raw: Vec<u8> = a.sun_path[..n].iter().map(|&c| c as u8).collect();
+            match raw.first() {
+                None => Some(SockAddr::UnixUnnamed),
+                Some(0) if raw.len() == 1 => Some(SockAddr::UnixUnnamed),
+                Some(0) => Some(SockAddr::UnixPath(format!(
+                    "@{}",
+                    String::from_utf8_lossy(&raw[1..])
+                ))),
+                Some(_) => {
+                    let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
+                    if end == 0 {
+                        return Some(SockAddr::UnixUnnamed);
+                    }
+                    Some(SockAddr::UnixPath(
+                        String::from_utf8_lossy(&raw[..end]).into_owned(),
+                    ))
+                }
+            }
+        }
+        f => Some(SockAddr::Other(f)),
+    }
+}
+
+/// Whether socket `fd` is listening (`SO_ACCEPTCONN`). `fd` as in [`socket_addr`].
+pub fn socket_listens(fd: libc::c_int) -> bool {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v is a writable int and len says so; getsockopt writes at most len bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && v != 0
+}

@@ -8,9 +8,14 @@
 //!    the traceback on stderr and exit [`EXIT_IMPORT_FAILED`], as a worker.
 //! 2. Readies the memory the workers will share: `gc.collect()`, `gc.freeze()` (the
 //!    collector then leaves the imported objects alone, so it does not dirty their pages in
-//!    every worker), `malloc_trim`; warns when `threading.active_count() > 1` (threads do not
-//!    survive fork). Writes READY on the control socket.
-//! 3. Loops, single-threaded, on `poll` over the control socket and a SIGCHLD signalfd:
+//!    every worker), `malloc_trim`.
+//! 3. Checks that forking is safe ([`fork_safety`]): threads besides the main one (they do
+//!    not survive fork), and sockets the import opened (every worker would share them:
+//!    /proc/self/fd before and after the import, each described by its address). Findings
+//!    go to the master as NOT_FORK_SAFE {reason}; with `--if-fork-safe` (`preload =
+//!    "auto"`) the zygote then exits 0 and the master execs the generation's workers.
+//!    Otherwise it writes READY on the control socket.
+//! 4. Loops, single-threaded, on `poll` over the control socket and a SIGCHLD signalfd:
 //!    - FORK {slot} + a socket (`SCM_RIGHTS`): forks the interpreter
 //!      ([`sys::fork_python`]: `PyOS_BeforeFork`/`AfterFork_*`, so `os.register_at_fork`
 //!      hooks run). The child closes the control socket and the signalfd, restores the
@@ -41,6 +46,8 @@ use crate::{log_line, WorkerOptions, EXIT_FATAL, EXIT_IMPORT_FAILED};
 
 /// Runs the zygote; in a forked child, returns the worker's own exit status instead.
 pub(crate) fn run(py: Python<'_>, opts: &WorkerOptions, ctl: OwnedFd) -> ExitCode {
+    // Whatever is open now (the control socket, inherited descriptors) is not the app's.
+    let before = open_sockets();
     let t0 = Instant::now();
     let loaded = match crate::load(py, opts) {
         Ok(l) => l,
@@ -60,7 +67,17 @@ pub(crate) fn run(py: Python<'_>, opts: &WorkerOptions, ctl: OwnedFd) -> ExitCod
     }
     // What the import freed stays resident otherwise (see `sys::trim_heap`).
     sys::trim_heap();
-    warn_threads(py);
+    if let Some(reason) = fork_safety(py, &before) {
+        let msg = Msg::not_fork_safe(&reason);
+        if let Err(e) = sys::send_with_fd(ctl.as_fd(), &msg.encode(), None) {
+            log_line(format_args!("weir zygote: cannot send NOT_FORK_SAFE: {e}"));
+            return ExitCode::from(EXIT_FATAL);
+        }
+        if opts.if_fork_safe {
+            // The master logs the reason and execs this generation's workers.
+            return ExitCode::SUCCESS;
+        }
+    }
     let (sigfd, mask) = match sys::sigchld_fd() {
         Ok(x) => x,
         Err(e) => {
@@ -207,23 +224,80 @@ fn freeze(py: Python<'_>) -> PyResult<()> {
     Ok(())
 }
 
-/// Threads started by the import exist only in the zygote: say so.
-fn warn_threads(py: Python<'_>) {
-    let names = py.import("threading").and_then(|t| {
-        t.call_method0("enumerate")?
-            .try_iter()?
-            .map(|th| th?.getattr("name")?.extract::<String>())
-            .collect::<PyResult<Vec<String>>>()
-    });
-    match names {
-        Ok(names) if names.len() > 1 => log_line(format_args!(
-            "weir zygote: warning: {} threads run after the import ({}); threads do not \
-             survive fork, so the workers do not have them: start them in an \
-             os.register_at_fork(after_in_child=...) hook, or turn preload off",
-            names.len(),
-            names.join(", ")
-        )),
-        Ok(_) => {}
-        Err(e) => log_line(format_args!("weir zygote: cannot count threads: {e}")),
+/// The sockets open in this process: (fd, inode) from /proc/self/fd, fds 0-2 left out.
+fn open_sockets() -> Vec<(i32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    let mut out: Vec<(i32, String)> = dir
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            let target = target.to_str()?;
+            (fd > 2 && target.starts_with("socket:")).then(|| (fd, target.to_owned()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// What the import left that forking would share (sockets) or lose (threads), as a
+/// phrase for "the app left ... after its import"; None when there is nothing.
+fn fork_safety(py: Python<'_>, before: &[(i32, String)]) -> Option<String> {
+    let mut parts = Vec::new();
+    let sockets: Vec<String> = open_sockets()
+        .into_iter()
+        .filter(|s| !before.contains(s))
+        .map(|(fd, _)| describe_socket(fd))
+        .collect();
+    if !sockets.is_empty() {
+        parts.push(format!("{} open", sockets.join(", ")));
     }
+    match other_threads(py) {
+        Ok(names) if names.len() == 1 => parts.push(format!("the thread {} running", names[0])),
+        Ok(names) if !names.is_empty() => {
+            parts.push(format!("the threads {} running", names.join(", ")))
+        }
+        Ok(_) => {}
+        Err(e) => log_line(format_args!("weir zygote: cannot list threads: {e}")),
+    }
+    (!parts.is_empty()).then(|| parts.join(" and "))
+}
+
+/// One open socket for a log line, e.g. `a socket connected to 127.0.0.1:3306 (fd 7)`.
+fn describe_socket(fd: i32) -> String {
+    use sys::SockAddr;
+    let local = sys::socket_addr(fd, false);
+    let what = if sys::socket_listens(fd) {
+        match local {
+            Some(SockAddr::Inet(a)) => format!("a socket listening on {a}"),
+            Some(SockAddr::UnixPath(p)) => format!("a Unix socket listening on {p}"),
+            _ => "a listening socket".to_owned(),
+        }
+    } else {
+        match (sys::socket_addr(fd, true), local) {
+            (Some(SockAddr::Inet(peer)), _) => format!("a socket connected to {peer}"),
+            (Some(SockAddr::UnixPath(p)), _) => format!("a Unix socket connected to {p}"),
+            (_, Some(SockAddr::Inet(a))) if a.port() != 0 => format!("a socket bound to {a}"),
+            (_, Some(SockAddr::Inet(_))) => "an unconnected socket".to_owned(),
+            (_, Some(SockAddr::UnixPath(p))) => format!("a Unix socket bound to {p}"),
+            (_, Some(SockAddr::UnixUnnamed)) => "a Unix socket".to_owned(),
+            (_, Some(SockAddr::Other(f))) => format!("a socket of address family {f}"),
+            (_, None) => "a socket".to_owned(),
+        }
+    };
+    format!("{what} (fd {fd})")
+}
+
+/// The names of the Python threads other than this one (threads do not survive fork).
+fn other_threads(py: Python<'_>) -> PyResult<Vec<String>> {
+    let threading = py.import("threading")?;
+    let me = threading.call_method0("current_thread")?;
+    threading
+        .call_method0("enumerate")?
+        .try_iter()?
+        .filter(|th| th.as_ref().map_or(true, |th| !th.is(&me)))
+        .map(|th| th?.getattr("name")?.extract::<String>())
+        .collect()
 }
