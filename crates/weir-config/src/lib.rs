@@ -244,7 +244,75 @@ pub struct AppConfig {
     /// `--preload`; uWSGI's default, which `--lazy-apps` turns off). Workers share the
     /// imported app's memory copy-on-write and a respawn is a fork; whatever the import
     /// opened (connections, threads, random state) is shared or lost across the fork.
-    pub preload: bool,
+    /// [`Preload::Auto`] (the default) forks only when the import left no sockets or
+    /// threads behind.
+    pub preload: Preload,
+}
+
+/// `[app] preload`: `true`, `false` or `"auto"`; the flag `--preload [on|off|auto]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Preload {
+    /// Fork from the zygote when the import left no open sockets and no threads; otherwise
+    /// every worker of that generation imports the app itself (with a warning).
+    #[default]
+    Auto,
+    /// Always fork (findings are only warned about).
+    On,
+    /// Never: every worker imports the app itself.
+    Off,
+}
+
+impl Preload {
+    /// The accepted values, for messages.
+    pub const ACCEPTED: &'static str = "true, false or \"auto\"";
+
+    /// As written in weir.toml.
+    pub fn as_toml(self) -> &'static str {
+        match self {
+            Preload::Auto => "\"auto\"",
+            Preload::On => "true",
+            Preload::Off => "false",
+        }
+    }
+}
+
+impl std::str::FromStr for Preload {
+    type Err = String;
+
+    /// The flag's values: `auto`, `on`, `off` (also `true`/`false`).
+    fn from_str(s: &str) -> Result<Preload, String> {
+        match s {
+            "auto" => Ok(Preload::Auto),
+            "on" | "true" => Ok(Preload::On),
+            "off" | "false" => Ok(Preload::Off),
+            _ => Err(format!("{s:?} is not a preload mode; use auto, on or off")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Preload {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Preload, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Preload;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "app.preload = {}", Preload::ACCEPTED)
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Preload, E> {
+                Ok(if v { Preload::On } else { Preload::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Preload, E> {
+                match v {
+                    "auto" => Ok(Preload::Auto),
+                    _ => Err(E::custom(format!(
+                        "invalid value {v:?} for app.preload: use {}",
+                        Preload::ACCEPTED
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl Default for AppConfig {
@@ -261,7 +329,7 @@ impl Default for AppConfig {
             graceful_timeout: Seconds::from_secs(30),
             startup_timeout: Seconds::from_secs(60),
             ready_check: None,
-            preload: false,
+            preload: Preload::Auto,
         }
     }
 }
@@ -662,15 +730,29 @@ mod tests {
     }
 
     #[test]
-    fn preload_is_a_bool_off_by_default() {
+    fn preload_is_true_false_or_auto_by_default() {
         let c = parse("[app]\nmodule = \"a:b\"\n").unwrap();
-        assert!(!c.app.preload);
-        let c = parse("[app]\nmodule = \"a:b\"\npreload = true\n").unwrap();
-        assert!(c.app.preload);
-        let e = parse("[app]\nmodule = \"a:b\"\npreload = \"yes\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("preload"), "{e}");
+        assert_eq!(c.app.preload, Preload::Auto);
+        for (v, want) in [
+            ("true", Preload::On),
+            ("false", Preload::Off),
+            ("\"auto\"", Preload::Auto),
+        ] {
+            let c = parse(&format!("[app]\nmodule = \"a:b\"\npreload = {v}\n")).unwrap();
+            assert_eq!(c.app.preload, want, "{v}");
+            assert_eq!(want.as_toml(), v);
+        }
+        for v in ["\"yes\"", "1", "\"on\""] {
+            let e = parse(&format!("[app]\nmodule = \"a:b\"\npreload = {v}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("app.preload"), "{v}: {e}");
+            assert!(e.contains(Preload::ACCEPTED), "{v}: {e}");
+        }
+        assert_eq!("on".parse(), Ok(Preload::On));
+        assert_eq!("off".parse(), Ok(Preload::Off));
+        assert_eq!("auto".parse(), Ok(Preload::Auto));
+        assert!("yes".parse::<Preload>().is_err());
     }
 
     #[test]

@@ -47,9 +47,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
     pub reload_on_rss: Option<Size>,
     /// Import the app once and fork the workers from that process (copy-on-write memory,
-    /// respawn by fork); see docs/config.md for the fork caveats. [app] preload
-    #[arg(long)]
-    pub preload: bool,
+    /// respawn by fork): auto (the default) forks unless the import left sockets or
+    /// threads open, then each worker imports the app itself; on (also a bare --preload)
+    /// always forks; off never does. See docs/config.md for the fork caveats.
+    /// [app] preload = "auto" | true | false
+    #[arg(long, value_name = "WHEN", num_args = 0..=1, default_missing_value = "on",
+          value_parser = ["auto", "on", "off"])]
+    pub preload: Option<String>,
     /// How long in-flight requests may take to finish on stop or reload.
     /// [app] graceful_timeout
     #[arg(long, value_name = "DURATION", value_parser = parse_seconds)]
@@ -102,8 +106,11 @@ impl ServeArgs {
         if let Some(v) = self.max_requests_jitter {
             a.max_requests_jitter = v;
         }
-        if self.preload {
-            a.preload = true;
+        if let Some(v) = &self.preload {
+            // clap accepts only the values above.
+            a.preload = v
+                .parse()
+                .map_err(|e: String| ConfigError::invalid("app.preload", e))?;
         }
         if let Some(v) = self.graceful_timeout {
             a.graceful_timeout = v;

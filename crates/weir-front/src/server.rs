@@ -96,7 +96,11 @@ pub fn pool_config(config: &Config) -> Result<PoolConfig, ServeError> {
     Ok(PoolConfig {
         exe: std::env::current_exe().map_err(ServeError::Exe)?,
         worker_args: args,
-        preload: app.preload,
+        preload: match app.preload {
+            weir_config::Preload::Auto => weir_pool::Preload::Auto,
+            weir_config::Preload::On => weir_pool::Preload::On,
+            weir_config::Preload::Off => weir_pool::Preload::Off,
+        },
         workers: app.workers,
         max_requests: app.max_requests,
         max_requests_jitter: app.max_requests_jitter,
@@ -208,6 +212,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         None => info!(
             app = config.app.module.as_deref().unwrap_or(""),
             workers = config.app.workers,
+            preload = %config.app.preload.as_toml(),
             "weir serving on {}",
             names.join(", ")
         ),

@@ -36,4 +36,4 @@ pub use error::{ClientBodyError, DispatchError};
 pub use exchange::{parse_head, RequestBody, WorkerRequest, HOP_BY_HOP};
 pub use pool::{Codel, Lease, Pool, PoolStats, QueueSlot, Started};
 pub use slot::RestartReason;
-pub use supervisor::{PoolConfig, Supervisor, SupervisorError, WorkerCommand};
+pub use supervisor::{PoolConfig, Preload, Supervisor, SupervisorError, WorkerCommand};

@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::pool::Pool;
-use crate::supervisor::{PoolConfig, SupervisorError};
-use crate::zygote::{Exit, Forked, ZygoteCell, ZygoteFailure, EXIT_IMPORT_FAILED};
+use crate::supervisor::{PoolConfig, Preload, SupervisorError};
+use crate::zygote::{Exit, ForkError, Forked, ZygoteCell, ZygoteFailure, EXIT_IMPORT_FAILED};
 
 /// Why a worker was replaced (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,8 +197,8 @@ pub(crate) async fn run(
             return;
         }
         let start = match &zygote {
-            Some(cell) => fork(&ctx, slot, cell).await,
-            None => spawn(&ctx, slot).await,
+            Some(cell) if !cell.execs() => fork(&ctx, slot, cell).await,
+            _ => spawn(&ctx, slot).await,
         };
         let (mut child, stream, took) = match start {
             Start::Ready(child, stream, took) => (child, stream, took),
@@ -350,7 +350,8 @@ async fn spawn(ctx: &SlotContext, slot: usize) -> Start {
     await_ready(ctx, slot, Proc::Exec(Box::new(child)), ours, started).await
 }
 
-/// Asks the generation's zygote (started here if need be) to fork a worker.
+/// Asks the generation's zygote (started here if need be) to fork a worker; execs one
+/// instead when `preload = "auto"` has fallen back for this generation.
 async fn fork(ctx: &SlotContext, slot: usize, cell: &ZygoteCell) -> Start {
     let started = Instant::now();
     let mut retried = false;
@@ -360,7 +361,12 @@ async fn fork(ctx: &SlotContext, slot: usize, cell: &ZygoteCell) -> Start {
             Err(ZygoteFailure::Import(s)) => {
                 return Start::ImportFailed(format!("the zygote could not import the app ({s})"))
             }
-            Err(ZygoteFailure::Other(msg)) => return Start::Failed(msg),
+            Err(ZygoteFailure::Exec) => return spawn(ctx, slot).await,
+            Err(
+                f @ (ZygoteFailure::Other(_)
+                | ZygoteFailure::System(_)
+                | ZygoteFailure::NotForkSafe(_)),
+            ) => return Start::Failed(f.to_string()),
         };
         let (ours, theirs) = match socketpair() {
             Ok(p) => p,
@@ -370,16 +376,23 @@ async fn fork(ctx: &SlotContext, slot: usize, cell: &ZygoteCell) -> Start {
         let forked = tokio::time::timeout(limit, zygote.fork(slot, theirs))
             .await
             .unwrap_or_else(|_| {
-                Err(format!(
+                Err(ForkError::Other(format!(
                     "the zygote (pid {}) did not fork worker {slot} within startup_timeout ({limit:?})",
                     zygote.pid
-                ))
+                )))
             });
         match forked {
             Ok(f) => return await_ready(ctx, slot, Proc::Forked(f), ours, started).await,
+            // No fork will work on this system: "auto" execs the generation's workers.
+            Err(ForkError::System(msg)) if ctx.config.preload == Preload::Auto => {
+                cell.fall_back(&format!(
+                    "workers cannot be forked here ({msg}); each worker imports the app itself"
+                ));
+                return spawn(ctx, slot).await;
+            }
             // It died just now: the cell starts a new one.
             Err(_) if !retried && zygote.is_dead() => retried = true,
-            Err(msg) => return Start::Failed(msg),
+            Err(e) => return Start::Failed(e.to_string()),
         }
     }
 }

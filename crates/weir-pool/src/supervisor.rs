@@ -35,6 +35,30 @@ pub struct WorkerCommand {
     pub args: Vec<OsString>,
 }
 
+/// `[app] preload`: how a generation's workers are started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preload {
+    /// A zygote imports the app and forks the workers, unless the import left open
+    /// sockets or running threads (or the system cannot fork them): then the generation's
+    /// workers are exec'd, each importing the app itself.
+    Auto,
+    /// A zygote forks the workers whatever the import left (findings are warned about).
+    On,
+    /// Every worker is exec'd and imports the app itself.
+    Off,
+}
+
+impl Preload {
+    /// As written in weir.toml (for log lines).
+    pub fn as_toml(self) -> &'static str {
+        match self {
+            Preload::Auto => "\"auto\"",
+            Preload::On => "true",
+            Preload::Off => "false",
+        }
+    }
+}
+
 /// How the pool runs.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -43,7 +67,7 @@ pub struct PoolConfig {
     /// Worker arguments after `worker`.
     pub worker_args: Vec<OsString>,
     /// Import the app once per generation in a zygote and fork the workers from it.
-    pub preload: bool,
+    pub preload: Preload,
     /// Number of workers.
     pub workers: usize,
     /// Recycle after this many requests (0: never).
@@ -92,6 +116,18 @@ pub enum SupervisorError {
     ReloadFailed(String),
 }
 
+/// The generation's zygote cell, or None (and one log line saying so) without preload.
+fn new_cell(config: &PoolConfig, generation: u64) -> Option<Arc<ZygoteCell>> {
+    if config.preload == Preload::Off {
+        info!(
+            generation,
+            "generation {generation}: workers are exec'd, each imports the app itself (preload = false)"
+        );
+        return None;
+    }
+    Some(Arc::new(ZygoteCell::new(generation)))
+}
+
 /// Owns the slot tasks.
 #[derive(Debug)]
 pub struct Supervisor {
@@ -118,7 +154,7 @@ impl Supervisor {
             fatal: fatal_tx,
         });
         let mut slots = JoinSet::new();
-        let zygote = ctx.config.preload.then(|| Arc::new(ZygoteCell::new(0)));
+        let zygote = new_cell(&ctx.config, 0);
         for i in 0..ctx.config.workers {
             slots.spawn(slot::run(ctx.clone(), i, 0, None, zygote.clone()));
         }
@@ -158,11 +194,7 @@ impl Supervisor {
         {
             let mut slots = self.slots.lock().await;
             // A new zygote: the new code is imported there, once.
-            let zygote = self
-                .ctx
-                .config
-                .preload
-                .then(|| Arc::new(ZygoteCell::new(generation)));
+            let zygote = new_cell(&self.ctx.config, generation);
             for i in 0..self.ctx.config.workers {
                 let (tx, rx) = oneshot::channel();
                 slots.spawn(slot::run(

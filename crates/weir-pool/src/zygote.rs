@@ -42,7 +42,7 @@ use tokio::sync::{oneshot, Mutex};
 use tracing::{info, warn};
 use weir_uwsgi::zygote::{Msg, MAX_LEN};
 
-use crate::supervisor::PoolConfig;
+use crate::supervisor::{PoolConfig, Preload};
 use crate::sys;
 
 /// Exit status of a zygote (or worker) whose app failed to import (weir-worker's contract).
@@ -57,7 +57,27 @@ const NOTICE_GRACE: Duration = Duration::from_secs(2);
 pub(crate) enum ZygoteFailure {
     /// The zygote exited with [`EXIT_IMPORT_FAILED`]: the app cannot be imported.
     Import(ExitStatus),
-    /// Anything else (cannot run weir, socket errors, startup timeout).
+    /// `preload = "auto"` fell back (the import was not fork-safe, or the system cannot
+    /// fork workers): this generation's workers are exec'd. Logged once, by the cell.
+    Exec,
+    /// The system cannot run a zygote (socketpair, descriptor registration); with
+    /// `"auto"` the cell turns this into [`ZygoteFailure::Exec`].
+    System(String),
+    /// The zygote reported what its import left (`"auto"`: it exits next).
+    NotForkSafe(String),
+    /// Anything else (cannot run weir, startup timeout).
+    Other(String),
+}
+
+/// Why a fork failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum ForkError {
+    /// The system cannot fork workers from a zygote at all (no pidfd support, fork(2)
+    /// not available): with `"auto"` the generation execs its workers.
+    #[error("{0}")]
+    System(String),
+    /// This fork failed (the zygote died, resources ran out, a timeout).
+    #[error("{0}")]
     Other(String),
 }
 
@@ -66,6 +86,8 @@ pub(crate) enum ZygoteFailure {
 pub(crate) struct ZygoteCell {
     generation: u64,
     attempts: AtomicU64,
+    /// `preload = "auto"` gave up on forking for this generation: its workers are exec'd.
+    exec: AtomicBool,
     inner: Mutex<CellState>,
 }
 
@@ -76,19 +98,49 @@ struct CellState {
     quick_deaths: u32,
 }
 
+/// The advice of both fork-safety warnings.
+const FORK_SAFETY_ADVICE: &str = "open connections lazily or in \
+    os.register_at_fork(after_in_child=...) and start threads there too";
+
 impl ZygoteCell {
     pub(crate) fn new(generation: u64) -> Self {
         ZygoteCell {
             generation,
             attempts: AtomicU64::new(0),
+            exec: AtomicBool::new(false),
             inner: Mutex::new(CellState::default()),
         }
     }
 
+    /// Whether this generation's workers are exec'd (`"auto"` fell back).
+    pub(crate) fn execs(&self) -> bool {
+        self.exec.load(Ordering::Acquire)
+    }
+
+    /// `"auto"`: from now on this generation's workers are exec'd. Logs it (once), with
+    /// `why` (what was found or what failed).
+    pub(crate) fn fall_back(&self, why: &str) {
+        if self.exec.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let generation = self.generation;
+        warn!(generation, "preload=auto: {why}");
+        info!(
+            generation,
+            "generation {generation}: workers are exec'd, each imports the app itself (preload = \"auto\" fell back)"
+        );
+    }
+
     /// The running zygote, started (or restarted) if need be.
     pub(crate) async fn get(&self, config: &PoolConfig) -> Result<Arc<Zygote>, ZygoteFailure> {
+        if self.execs() {
+            return Err(ZygoteFailure::Exec);
+        }
         let seen = self.attempts.load(Ordering::Acquire);
         let mut st = self.inner.lock().await;
+        if self.execs() {
+            return Err(ZygoteFailure::Exec);
+        }
         if let Some(z) = &st.current {
             if !z.is_dead() {
                 return Ok(z.clone());
@@ -114,11 +166,29 @@ impl ZygoteCell {
             }
         }
         self.attempts.fetch_add(1, Ordering::AcqRel);
+        let auto = config.preload == Preload::Auto;
         match Zygote::start(config, self.generation).await {
             Ok(z) => {
                 st.current = Some(z.clone());
                 st.last_failure = None;
                 Ok(z)
+            }
+            Err(ZygoteFailure::NotForkSafe(reason)) if auto => {
+                self.fall_back(&format!(
+                    "the app left {reason} after its import; forking would share sockets \
+                     between workers, and threads do not survive fork, so each worker imports \
+                     the app itself ({FORK_SAFETY_ADVICE}, or set [app] preload = false to \
+                     skip this check)"
+                ));
+                st.last_failure = Some(ZygoteFailure::Exec);
+                Err(ZygoteFailure::Exec)
+            }
+            Err(ZygoteFailure::System(msg)) if auto => {
+                self.fall_back(&format!(
+                    "cannot run a zygote ({msg}); each worker imports the app itself"
+                ));
+                st.last_failure = Some(ZygoteFailure::Exec);
+                Err(ZygoteFailure::Exec)
             }
             Err(f) => {
                 st.last_failure = Some(f.clone());
@@ -132,7 +202,7 @@ impl ZygoteCell {
 #[derive(Debug, Default)]
 struct State {
     dead: bool,
-    forks: VecDeque<oneshot::Sender<Result<Forked, String>>>,
+    forks: VecDeque<oneshot::Sender<Result<Forked, ForkError>>>,
     exits: HashMap<i32, oneshot::Sender<i32>>,
 }
 
@@ -167,18 +237,23 @@ impl Zygote {
     async fn start(config: &PoolConfig, generation: u64) -> Result<Arc<Zygote>, ZygoteFailure> {
         let started = Instant::now();
         let other = |what: &str, e: std::io::Error| ZygoteFailure::Other(format!("{what}: {e}"));
-        let (ours, theirs) = sys::seqpacket_pair().map_err(|e| other("socketpair", e))?;
+        let system = |what: &str, e: std::io::Error| {
+            ZygoteFailure::System(format!("its control socket: {what}: {e}"))
+        };
+        let (ours, theirs) = sys::seqpacket_pair().map_err(|e| system("socketpair", e))?;
         let ours = StdUnixStream::from(ours);
         ours.set_nonblocking(true)
-            .map_err(|e| other("socket setup", e))?;
+            .map_err(|e| system("socket setup", e))?;
         let ctl = Arc::new(
             sys::async_fd(ours, Interest::READABLE | Interest::WRITABLE)
-                .map_err(|e| other("socket setup", e))?,
+                .map_err(|e| system("socket setup", e))?,
         );
         let mut cmd = Command::new(&config.exe);
-        cmd.arg("worker")
-            .arg("--zygote")
-            .args(&config.worker_args)
+        cmd.arg("worker").arg("--zygote");
+        if config.preload == Preload::Auto {
+            cmd.arg("--if-fork-safe");
+        }
+        cmd.args(&config.worker_args)
             .stdin(Stdio::from(theirs))
             // print() from the app reaches the log at once (the workers inherit it).
             .env("PYTHONUNBUFFERED", "1")
@@ -196,13 +271,44 @@ impl Zygote {
             generation, "zygote started: importing the app once for this generation's workers"
         );
         let mut buf = [0u8; MAX_LEN + 1];
+        let mut findings = None;
         let ready = tokio::time::timeout(config.startup_timeout, async {
-            tokio::select! {
-                r = recv(&ctl, &mut buf) => Ok(r),
-                s = child.wait() => Err(s),
+            loop {
+                let r = tokio::select! {
+                    r = recv(&ctl, &mut buf) => r,
+                    s = child.wait() => return Err(s),
+                };
+                // NOT_FORK_SAFE comes before READY (and, with "auto", instead of it).
+                if let Ok((n, _)) = r {
+                    if let Ok(Msg::NotForkSafe { reason }) = Msg::decode(&buf[..n]) {
+                        if config.preload == Preload::Auto {
+                            // It exits 0 now; a moment for that, then kill_on_drop.
+                            let _ =
+                                tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+                            return Ok(Err(reason));
+                        }
+                        warn!(
+                            pid,
+                            generation,
+                            "preload=true: the app left {reason} after its import; forking \
+                             anyway, as preload = true asks: every worker shares those sockets, \
+                             and threads do not survive fork ({FORK_SAFETY_ADVICE}, or set \
+                             [app] preload = \"auto\" to have each worker import the app then)"
+                        );
+                        findings = Some(reason);
+                        continue;
+                    }
+                }
+                return Ok(Ok(r));
             }
         })
         .await;
+        let ready = match ready {
+            Ok(Ok(Err(reason))) => return Err(ZygoteFailure::NotForkSafe(reason)),
+            Ok(Ok(Ok(r))) => Ok(Ok(r)),
+            Ok(Err(s)) => Ok(Err(s)),
+            Err(t) => Err(t),
+        };
         let fail_status = |s: ExitStatus| {
             if s.code() == Some(EXIT_IMPORT_FAILED) {
                 ZygoteFailure::Import(s)
@@ -240,11 +346,17 @@ impl Zygote {
                 )));
             }
         }
+        let mode = config.preload.as_toml();
+        let despite = if findings.is_some() {
+            ", despite the findings above"
+        } else {
+            ""
+        };
         info!(
             pid,
             generation,
             ms = started.elapsed().as_millis() as u64,
-            "zygote ready"
+            "zygote ready: generation {generation}'s workers are forked from it (preload = {mode}{despite})"
         );
         let state = Arc::new(StdMutex::new(State::default()));
         let leaving = Arc::new(AtomicBool::new(false));
@@ -268,14 +380,21 @@ impl Zygote {
 
     /// Forks a worker for `slot` whose master socket is `theirs` (the other end stays
     /// with the caller). Errors say what failed.
-    pub(crate) async fn fork(&self, slot: usize, theirs: StdUnixStream) -> Result<Forked, String> {
+    pub(crate) async fn fork(
+        &self,
+        slot: usize,
+        theirs: StdUnixStream,
+    ) -> Result<Forked, ForkError> {
         let (tx, rx) = oneshot::channel();
         {
             let _one_at_a_time = self.send.lock().await;
             {
                 let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
                 if st.dead {
-                    return Err(format!("the zygote (pid {}) is gone", self.pid));
+                    return Err(ForkError::Other(format!(
+                        "the zygote (pid {}) is gone",
+                        self.pid
+                    )));
                 }
                 st.forks.push_back(tx);
             }
@@ -296,20 +415,20 @@ impl Zygote {
                 let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
                 // Still ours: requests are sent under `send`, so ours is the last one.
                 st.forks.pop_back();
-                return Err(format!(
+                return Err(ForkError::Other(format!(
                     "cannot send FORK to the zygote (pid {}): {e}",
                     self.pid
-                ));
+                )));
             }
         }
         // The zygote has its own copy now (or will, once it reads the message).
         drop(theirs);
         match rx.await {
             Ok(r) => r,
-            Err(_) => Err(format!(
+            Err(_) => Err(ForkError::Other(format!(
                 "the zygote (pid {}) exited before it forked worker {slot}",
                 self.pid
-            )),
+            ))),
         }
     }
 }
@@ -364,11 +483,13 @@ async fn read_loop(
                                 done: None,
                             })
                         }
-                        Err(e) => Err(format!("cannot watch worker {slot}'s pidfd: {e}")),
+                        Err(e) => Err(ForkError::System(format!(
+                            "cannot watch worker {slot}'s pidfd: {e}"
+                        ))),
                     },
-                    None => Err(format!(
+                    None => Err(ForkError::System(format!(
                         "the zygote forked worker {slot} (pid {wpid}) but could not open a pidfd for it (Linux 5.3 or later is needed)"
-                    )),
+                    ))),
                 };
                 // A slot that gave up dropped its end of the worker's socket: the worker
                 // reads EOF and exits; nothing to do here.
@@ -378,10 +499,16 @@ async fn read_loop(
             }
             Msg::Failed { slot, errno } => {
                 if let Some(tx) = st.forks.pop_front() {
-                    let _ = tx.send(Err(format!(
+                    let msg = format!(
                         "the zygote could not fork worker {slot}: {}",
                         std::io::Error::from_raw_os_error(errno)
-                    )));
+                    );
+                    // fork(2) or pidfd_open(2) missing or forbidden (seccomp): no fork
+                    // will ever work here. Anything else (EAGAIN, ENOMEM) may pass.
+                    let _ = tx.send(Err(match errno {
+                        libc::ENOSYS | libc::EPERM | libc::EACCES => ForkError::System(msg),
+                        _ => ForkError::Other(msg),
+                    }));
                 }
             }
             Msg::Exited { pid: wpid, status } => {
@@ -451,6 +578,18 @@ impl fmt::Display for Exit {
                 "exit status unknown (its zygote, pid {zygote}, is gone and cannot report it)"
             ),
             Exit::Error(e) => write!(f, "exit status unknown ({e})"),
+        }
+    }
+}
+
+/// As `kill_on_drop` for an exec'd worker: a slot that is dropped while its worker runs
+/// (the shutdown grace ran out and the slot tasks were aborted) kills it, so no forked
+/// worker outlives the master busy with a long request.
+impl Drop for Forked {
+    fn drop(&mut self) {
+        if self.done.is_none() {
+            // ESRCH (it has exited already) is fine; the pidfd cannot hit another process.
+            let _ = sys::pidfd_kill(self.pidfd.as_fd());
         }
     }
 }
@@ -531,7 +670,9 @@ impl fmt::Display for ZygoteFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ZygoteFailure::Import(s) => write!(f, "the zygote could not import the app ({s})"),
-            ZygoteFailure::Other(m) => write!(f, "{m}"),
+            ZygoteFailure::Exec => write!(f, "this generation's workers are exec'd"),
+            ZygoteFailure::System(m) | ZygoteFailure::Other(m) => write!(f, "{m}"),
+            ZygoteFailure::NotForkSafe(r) => write!(f, "the app left {r} after its import"),
         }
     }
 }
