@@ -1,6 +1,8 @@
 """`[app] preload` / `--preload`, end to end: the app is imported once, in a zygote, and the
 workers are forked from it; crash, harakiri, recycling, reload, a dying zygote and a dying
-master keep weir's promises.
+master keep weir's promises. The modes: "auto" (the default) forks unless the import left a
+socket open or a thread running, then each worker imports the app itself; true (`--preload`,
+`--preload on`) forks anyway with a warning; false (`--preload off`) never forks.
 
 The app is apps/preload_app.py (sup_app plus /preload, which reports the importing pid, the
 worker's pid and parent, and the pids its `os.register_at_fork(after_in_child=...)` hook ran
@@ -328,4 +330,133 @@ def test_bad_preload_value_exits_2_naming_the_key(weir_bin, tmp_path):
     cfg.write_text("[app]\nmodule = 'sup_app:application'\npreload = 'yes'\n")
     code, out = run_weir(weir_bin, ["serve", "--config", cfg, "--chdir", APPS, "--check"])
     assert code == 2, out
-    assert "preload" in out, out
+    assert "app.preload" in out and 'true, false or "auto"' in out, out
+    code, out = run_weir(weir_bin, ["serve", "--app", "sup_app:application", "--chdir", APPS,
+                                    "--preload", "sometimes", "--check"])
+    assert code == 2, out
+    assert "--preload" in out and "auto" in out and "off" in out, out
+
+
+# ---------------------------------------------------------------------------------------
+# the modes: "auto" (default), true, false
+
+
+@pytest.fixture
+def db_listener():
+    """A TCP listener on 127.0.0.1 standing in for a database: the app connects at import."""
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(64)
+    yield s
+    s.close()
+
+
+def connect_at_import(app_dir, listener) -> str:
+    addr = "127.0.0.1:%d" % listener.getsockname()[1]
+    (app_dir / "CONNECT_TO").write_text(addr)
+    return addr
+
+
+def assert_forked(srv, n):
+    infos = concurrent_infos(srv.addr, n)
+    assert len({i["pid"] for i in infos}) == n, infos
+    imports = {i["import_pid"] for i in infos}
+    assert len(imports) == 1 and imports.pop() not in {i["pid"] for i in infos}, \
+        "the workers were not forked from one import: %r" % infos
+    return infos
+
+
+def assert_each_imports(srv, n):
+    infos = concurrent_infos(srv.addr, n)
+    assert len({i["pid"] for i in infos}) == n, infos
+    for i in infos:
+        assert i["import_pid"] == i["pid"], "worker %d did not import the app itself: %r" % (i["pid"], infos)
+        assert i["ppid"] == srv.proc.pid, i
+    return infos
+
+
+@pytest.mark.e2e_timeout(60)
+def test_default_is_auto_and_forks_a_plain_app(weir, app_dir):
+    srv = weir(app="preload_app:application", chdir=app_dir, workers=3)
+    infos = assert_forked(srv, 3)
+    assert zygote_pids(srv.proc.pid) == [infos[0]["import_pid"]]
+    out = srv.output()
+    assert 'forked from it (preload = "auto")' in out, out[-3000:]
+    assert "preload=auto:" not in out, out[-3000:]
+
+
+@pytest.mark.e2e_timeout(60)
+def test_auto_with_a_socket_open_at_import_execs_each_worker(weir, app_dir, db_listener):
+    addr = connect_at_import(app_dir, db_listener)
+    srv = weir(app="preload_app:application", chdir=app_dir, workers=2)
+    assert_each_imports(srv, 2)
+    out = srv.output()
+    assert "preload=auto: the app left a socket connected to %s (fd " % addr in out, out[-3000:]
+    assert "each worker imports the app itself" in out, out[-3000:]
+    assert out.count("preload=auto:") == 1, out[-3000:]
+    assert "workers are exec'd" in out, out[-3000:]
+    # the zygote has left: only workers are the master's children
+    wait_for(lambda: zygote_pids(srv.proc.pid) == [], 10, what="the zygote to exit")
+    for _ in range(10):
+        assert get(srv.addr, "/pid").status == 200
+    # a crashed worker is replaced by an exec'd one too
+    assert get(srv.addr, "/crash").status == 502
+    wait_for(lambda: get(srv.addr, "/pid").status == 200, 30, what="the respawned worker")
+    assert_each_imports(srv, 2)
+
+
+@pytest.mark.e2e_timeout(60)
+def test_auto_with_a_thread_started_at_import_execs_each_worker(weir, app_dir):
+    (app_dir / "START_THREAD").write_text("")
+    srv = weir(app="preload_app:application", chdir=app_dir, workers=2)
+    for i in assert_each_imports(srv, 2):
+        assert i["threads"] == 2, i  # each worker started its own
+    out = srv.output()
+    assert "preload=auto: the app left the thread e2e-import-thread running" in out, out[-3000:]
+
+
+@pytest.mark.e2e_timeout(60)
+@pytest.mark.parametrize("how", ["bare-flag", "flag-on", "config-true"])
+def test_preload_true_forks_anyway_with_a_warning(weir, app_dir, db_listener, how):
+    addr = connect_at_import(app_dir, db_listener)
+    kw = {"bare-flag": dict(args=["--preload"]), "flag-on": dict(args=["--preload", "on"]),
+          "config-true": dict(config="[app]\npreload = true\n")}[how]
+    srv = weir(app="preload_app:application", chdir=app_dir, workers=2, **kw)
+    assert_forked(srv, 2)
+    out = srv.output()
+    assert "preload=true: the app left a socket connected to %s (fd " % addr in out, out[-3000:]
+    assert "forking anyway" in out and "despite the findings" in out, out[-3000:]
+
+
+@pytest.mark.e2e_timeout(60)
+@pytest.mark.parametrize("how", ["flag-off", "config-false"])
+def test_preload_false_execs_every_worker(weir, app_dir, how):
+    kw = {"flag-off": dict(args=["--preload", "off"]), "config-false": dict(config="[app]\npreload = false\n")}[how]
+    srv = weir(app="preload_app:application", chdir=app_dir, workers=2, **kw)
+    assert_each_imports(srv, 2)
+    assert zygote_pids(srv.proc.pid) == []
+    out = srv.output()
+    assert "workers are exec'd, each imports the app itself (preload = false)" in out, out[-3000:]
+    assert "zygote" not in out, out[-3000:]
+
+
+@pytest.mark.e2e_timeout(90)
+def test_auto_checks_again_on_each_reload(weir, app_dir, db_listener):
+    srv = weir(app="preload_app:application", chdir=app_dir, workers=2)
+    assert_forked(srv, 2)
+    # the next deploy connects at import: its generation is exec'd
+    addr = connect_at_import(app_dir, db_listener)
+    (app_dir / "VERSION").write_text("v2")
+    srv.proc.signal(signal.SIGHUP)
+    wait_for(lambda: info(srv.addr)["version"] == "v2", 60, what="the reloaded generation")
+    wait_for(lambda: "reload: new workers ready" in srv.output(), 30, what="the reload to finish")
+    assert_each_imports(srv, 2)
+    assert "socket connected to %s" % addr in srv.output()
+    # and the one after that does not: forked again
+    (app_dir / "CONNECT_TO").unlink()
+    (app_dir / "VERSION").write_text("v3")
+    srv.proc.signal(signal.SIGHUP)
+    wait_for(lambda: info(srv.addr)["version"] == "v3", 60, what="the second reload")
+    wait_for(lambda: srv.output().count("reload: new workers ready") == 2, 30, what="the second reload to finish")
+    assert_forked(srv, 2)

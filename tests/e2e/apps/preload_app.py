@@ -5,11 +5,14 @@ whether the `os.register_at_fork` hook ran in the worker.
 worker's pid, "ppid": its parent, "after_fork": the pids the after_in_child hook ran in
 (in this process's memory), "version": VERSION, "threads": threading.active_count()}.
 With a START_THREAD file in the directory, the import starts a thread
-("e2e-import-thread"). Every other path is sup_app's.
+("e2e-import-thread"); with a CONNECT_TO file holding HOST:PORT, the import connects a TCP
+socket there and keeps it open (a database connection made at import). Every other path is
+sup_app's.
 """
 
 import json
 import os
+import socket
 import threading
 import time
 from urllib.parse import parse_qs
@@ -29,6 +32,11 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 if os.path.exists("START_THREAD"):
     # a thread started at import: it lives only in the importing process
     threading.Thread(target=time.sleep, args=(3600,), name="e2e-import-thread", daemon=True).start()
+
+if os.path.exists("CONNECT_TO"):
+    # a connection made at import: forking would share it between the workers
+    _host, _port = open("CONNECT_TO").read().strip().rsplit(":", 1)
+    DB_CONN = socket.create_connection((_host, int(_port)), timeout=10)
 
 
 def application(environ, start_response):
