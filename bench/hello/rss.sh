@@ -7,16 +7,20 @@
 # then medians over the runs; totals for the whole server (master + workers) by PSS.
 #
 #   weir         weir serve --app app:app --chdir SHOP --workers 4 --listen ... --access-log off
-#   weir-preload the same with --preload (a zygote imports the app once, the workers are
-#                forked from it; the zygote is reported apart, as uWSGI's master is)
+#                (preload "auto", the default: for the shop a zygote imports the app once and
+#                the workers are forked from it; the zygote is reported apart, as uWSGI's
+#                master is)
+#   weir-lazy    the same with --preload off (every worker exec'd, importing the app itself)
+#   weir-preload the same with --preload on (not in the default set: for the shop, as weir)
 #   uwsgi        uwsgi --socket S --master --processes 4 --chdir SHOP --module app:app ...
 #                (run.sh's flags; nginx in front only to send the requests)
 #   uwsgi-lazy   the same with --lazy-apps (each worker imports the app after the fork;
 #                not in the default set)
-#   weir-base    weir as above from WEIR_BASE_BIN (another build, for before/after in one run)
+#   weir-base    weir as above from WEIR_BASE_BIN (another build, for before/after in one run;
+#                with that build's default preload mode)
 #
 # Usage: bench/hello/rss.sh [RUNS]          (default 3)
-# Environment: SERVERS (default "weir weir-preload uwsgi"), WORKERS (default 4), WEIR_BIN (default
+# Environment: SERVERS (default "weir weir-lazy uwsgi"), WORKERS (default 4), WEIR_BIN (default
 #   target/release/weir, not built here), WEIR_BASE_BIN (for weir-base), SETTLE (s idle
 #   before sampling, default 2),
 #   SHOP_DIR (default examples/shop), SHOP_APP (default app:app).
@@ -29,7 +33,7 @@ RUNS=${1:-${RUNS:-3}}
 WORKERS=${WORKERS:-4}
 SETTLE=${SETTLE:-2}
 READY_TIMEOUT=${READY_TIMEOUT:-60}
-SERVERS=${SERVERS:-"weir weir-preload uwsgi"}
+SERVERS=${SERVERS:-"weir weir-lazy uwsgi"}
 SHOP_DIR=$(cd "${SHOP_DIR:-examples/shop}" && pwd)
 SHOP_APP=${SHOP_APP:-app:app}
 WEIR_BIN=${WEIR_BIN:-$ROOT/target/release/weir}
@@ -41,7 +45,7 @@ RUN_DIR=$(mktemp -d /tmp/weir-rss-XXXXXX)
 chmod 755 "$RUN_DIR"
 log() { printf 'rss: %s\n' "$*" >&2; }
 command -v wrk >/dev/null || { log "wrk not found: run scripts/install-deps.sh"; exit 2; }
-[[ " $SERVERS " != *" weir "* && " $SERVERS " != *" weir-preload "* || -x "$WEIR_BIN" ]] || { log "$WEIR_BIN missing: cargo build --release -p weir"; exit 2; }
+[[ " $SERVERS " != *" weir "* && " $SERVERS " != *" weir-preload "* && " $SERVERS " != *" weir-lazy "* || -x "$WEIR_BIN" ]] || { log "$WEIR_BIN missing: cargo build --release -p weir"; exit 2; }
 log "servers: $SERVERS; $WORKERS workers; $RUNS run(s); weir binary $WEIR_BIN; output in $OUT"
 
 source "$ROOT/bench/hello/lib.sh"
@@ -59,10 +63,11 @@ start_server() {  # sets URL and APP_PID (the app server's master)
   d="$RUN_DIR/$name"
   mkdir -p "$d"
   case "$name" in
-    weir | weir-base | weir-preload)
+    weir | weir-base | weir-preload | weir-lazy)
       local bin=$WEIR_BIN preload=()
       [[ $name == weir-base ]] && bin=${WEIR_BASE_BIN:?set WEIR_BASE_BIN for weir-base}
-      [[ $name == weir-preload ]] && preload=(--preload)
+      [[ $name == weir-preload ]] && preload=(--preload on)
+      [[ $name == weir-lazy ]] && preload=(--preload off)
       start "$name" env RUST_LOG=warn "$bin" serve --app "$SHOP_APP" --chdir "$SHOP_DIR" \
         --workers "$WORKERS" --listen "127.0.0.1:$port" --access-log off "${preload[@]}"
       APP_PID=${SERVER_PIDS[-1]} ;;

@@ -2,7 +2,11 @@
 # The issue-2 benchmark: examples/shop's /hello, 4 workers each, one load tool (wrk -t2 -c50),
 # side by side, runs interleaved:
 #   weir            weir serve --listen 127.0.0.1:PORT              (target/release/weir)
-#   weir-preload    the same with --preload (workers forked from one import)
+#                   (preload "auto", the default: the workers are forked from one import
+#                   when the app's import leaves no socket or thread open, as the shop's)
+#   weir-lazy       the same with --preload off (every worker exec'd, importing the app)
+#   weir-preload    the same with --preload on (forked whatever the check says; not in the
+#                   default set: for the shop it runs as weir does)
 #   nginx-uwsgi     nginx -> uWSGI 2.0.31 over a Unix socket (uwsgi_pass)
 #   nginx-gunicorn  nginx -> Gunicorn (sync) over a Unix socket (proxy_pass)
 #   granian         Granian (WSGI interface)
@@ -11,7 +15,7 @@
 #
 # Usage: bench/hello/run.sh [RUNS]          (default 3)
 # Environment: DURATION (s per measurement, default 10), WARMUP (s, default 3),
-#   SERVERS (default "weir weir-preload nginx-uwsgi nginx-gunicorn granian"), WORKERS (default 4),
+#   SERVERS (default "weir weir-lazy nginx-uwsgi nginx-gunicorn granian"), WORKERS (default 4),
 #   SHOP_DIR (default examples/shop), SHOP_APP (MODULE:CALLABLE, default: detected),
 #   WEIR_BIN (default target/release/weir, built here unless set), NO_BUILD=1.
 # Bounded: every start waits at most READY_TIMEOUT (default 60) s; every wrk run is
@@ -26,7 +30,7 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-3}
 WORKERS=${WORKERS:-4}
 READY_TIMEOUT=${READY_TIMEOUT:-60}
-SERVERS=${SERVERS:-"weir weir-preload nginx-uwsgi nginx-gunicorn granian"}
+SERVERS=${SERVERS:-"weir weir-lazy nginx-uwsgi nginx-gunicorn granian"}
 SHOP_DIR=$(cd "${SHOP_DIR:-examples/shop}" && pwd)
 PY=${PYTHON:-python3}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
@@ -65,10 +69,11 @@ start_server() {
   d="$RUN_DIR/$name"
   mkdir -p "$d"
   case "$name" in
-    weir | weir-preload)
+    weir | weir-preload | weir-lazy)
       [[ -x "$WEIR_BIN" ]] || { log "weir binary $WEIR_BIN missing"; return 1; }
       local preload=()
-      [[ $name == weir-preload ]] && preload=(--preload)
+      [[ $name == weir-preload ]] && preload=(--preload on)
+      [[ $name == weir-lazy ]] && preload=(--preload off)
       start "$name" env RUST_LOG="${RUST_LOG:-warn}" "$WEIR_BIN" serve --app "$SHOP_APP" --chdir "$SHOP_DIR" \
         --workers "$WORKERS" --listen "127.0.0.1:$port" --access-log off "${preload[@]}" ;;
     nginx-uwsgi)
@@ -99,7 +104,7 @@ start_server() {
 }
 
 # idle RSS (KiB) of the app's worker processes: the python processes under the started
-# ones (for nginx setups: the app server's, not nginx's; for weir-preload: not its zygote)
+# ones (for nginx setups: the app server's, not nginx's; for weir: not its zygote)
 worker_rss() {
   "$PY" - "${SERVER_PIDS[@]}" <<'PY'
 import os, sys
