@@ -6,10 +6,11 @@
 //! the app is abandoned and the old one keeps serving: a bad deploy does not take the
 //! site down.
 //!
-//! With `[app] preload` every generation has its own zygote (a [`ZygoteCell`] shared by the
-//! generation's slots, started by the first slot that needs a worker): a reload imports
-//! the new code once, in the new generation's zygote, and the old zygote leaves when the
-//! last slot of its generation has ended; a stop ends them the same way.
+//! With `[app] preload` (`"auto"`, the default, or `true`) every generation has its own
+//! zygote (a [`ZygoteCell`] shared by the generation's slots, started by the first slot
+//! that needs a worker): a reload imports the new code once, in the new generation's
+//! zygote, and checks again whether forking is safe; the old zygote leaves when the last
+//! slot of its generation has ended; a stop ends them the same way.
 
 use std::ffi::OsString;
 use std::path::PathBuf;

@@ -1,6 +1,12 @@
 //! `[app] preload`: the master's side of the zygote, the process (`weir worker --zygote`)
 //! that imports the app once per generation and forks the workers.
 //!
+//! The zygote reports what its import left open (NOT_FORK_SAFE: sockets, threads) before
+//! READY. With `preload = "auto"` (the zygote runs with `--if-fork-safe` and exits after
+//! that report), or when the system cannot fork workers at all, [`ZygoteCell::fall_back`]
+//! logs it once and the generation's slots exec their workers instead; with `true` the
+//! report is a warning and the zygote forks anyway.
+//!
 //! - [`ZygoteCell`]: one per generation, shared by its slots. The first slot that needs a
 //!   worker starts the zygote (so it is started lazily, and again, after a backoff when
 //!   the last one died young, when it has died); slots that waited on that start share

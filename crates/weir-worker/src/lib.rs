@@ -54,8 +54,9 @@
 //!   lives as long as the master (not a `spawn_blocking` thread).
 //!
 //! # Preload: `weir worker --zygote`
-//! With `[app] preload` the master starts one zygote per generation instead: it imports the
-//! app as step 2 does, then forks workers on request; a forked worker goes on from step 3
+//! With `[app] preload` (`"auto"`, the default, or `true`) the master starts one zygote per
+//! generation instead: it imports the app as step 2 does, checks that forking is safe (no
+//! sockets opened, no threads started by the import), then forks workers on request; a forked worker goes on from step 3
 //! (its log line says `ready, forked from zygote <pid> in <us> us`). See `zygote`.
 #![deny(unsafe_code)]
 
