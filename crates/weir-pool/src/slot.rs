@@ -388,6 +388,8 @@ async fn fork(ctx: &SlotContext, slot: usize, cell: &ZygoteCell) -> Start {
                 cell.fall_back(&format!(
                     "workers cannot be forked here ({msg}); each worker imports the app itself"
                 ));
+                drop(zygote);
+                cell.let_go().await;
                 return spawn(ctx, slot).await;
             }
             // It died just now: the cell starts a new one.

@@ -137,6 +137,11 @@ impl ZygoteCell {
         );
     }
 
+    /// Lets the running zygote go (after [`ZygoteCell::fall_back`]: it will not fork).
+    pub(crate) async fn let_go(&self) {
+        self.inner.lock().await.current = None;
+    }
+
     /// The running zygote, started (or restarted) if need be.
     pub(crate) async fn get(&self, config: &PoolConfig) -> Result<Arc<Zygote>, ZygoteFailure> {
         if self.execs() {
