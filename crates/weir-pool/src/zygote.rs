@@ -46,6 +46,7 @@ use tokio::io::Interest;
 use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, Mutex};
 use tracing::{info, warn};
+use weir_fdpass::Mode;
 use weir_uwsgi::zygote::{Msg, MAX_LEN};
 
 use crate::supervisor::{PoolConfig, Preload};
@@ -251,7 +252,7 @@ impl Zygote {
         let system = |what: &str, e: std::io::Error| {
             ZygoteFailure::System(format!("its control socket: {what}: {e}"))
         };
-        let (ours, theirs) = sys::seqpacket_pair().map_err(|e| system("socketpair", e))?;
+        let (ours, theirs) = weir_fdpass::seqpacket_pair().map_err(|e| system("socketpair", e))?;
         let ours = StdUnixStream::from(ours);
         ours.set_nonblocking(true)
             .map_err(|e| system("socket setup", e))?;
@@ -415,9 +416,14 @@ impl Zygote {
                     Ok(g) => g,
                     Err(e) => break Err(e),
                 };
-                match guard
-                    .try_io(|s| sys::send_with_fd(s.get_ref().as_fd(), &msg, Some(theirs.as_fd())))
-                {
+                match guard.try_io(|s| {
+                    weir_fdpass::send_with_fd(
+                        s.get_ref().as_fd(),
+                        &msg,
+                        Some(theirs.as_fd()),
+                        Mode::NonBlocking,
+                    )
+                }) {
                     Ok(r) => break r,
                     Err(_would_block) => continue,
                 }
@@ -451,7 +457,9 @@ async fn recv(
 ) -> std::io::Result<(usize, Option<OwnedFd>)> {
     loop {
         let mut guard = ctl.readable().await?;
-        match guard.try_io(|s| sys::recv_with_fd(s.get_ref().as_fd(), buf)) {
+        match guard
+            .try_io(|s| weir_fdpass::recv_with_fd(s.get_ref().as_fd(), buf, Mode::NonBlocking))
+        {
             Ok(r) => return r,
             Err(_would_block) => continue,
         }

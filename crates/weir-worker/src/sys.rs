@@ -2,7 +2,7 @@
 //! (parent-death signal, SIGINT, fd 0, trimming the C heap after the import), the
 //! non-blocking socket calls of the hot path (`recv`/`sendmsg` with `MSG_DONTWAIT`, so the
 //! GIL is released only when I/O would block), and the zygote's process calls (forking
-//! the interpreter, `SCM_RIGHTS` descriptor passing, pidfds, a SIGCHLD signalfd, `poll`,
+//! the interpreter, pidfds, a SIGCHLD signalfd, `poll`,
 //! `waitpid`).
 
 use std::io::{self, IoSlice};
@@ -117,116 +117,6 @@ pub fn send_nowait(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize
 
 // ---------------------------------------------------------------------------------------
 // The zygote
-
-/// Room for one `SCM_RIGHTS` control message carrying one descriptor.
-// SAFETY: CMSG_SPACE is plain arithmetic on its argument (unsafe only by libc's declaration).
-const CMSG_ONE_FD: usize =
-    unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
-
-/// A control-message buffer aligned for `cmsghdr`.
-#[repr(C, align(8))]
-struct CmsgBuf([u8; CMSG_ONE_FD]);
-
-/// Sends one message on a `SOCK_SEQPACKET` socket, with `fd` attached by `SCM_RIGHTS` when
-/// given. Blocks until it is sent; never raises SIGPIPE.
-pub fn send_with_fd(
-    sock: BorrowedFd<'_>,
-    bytes: &[u8],
-    fd: Option<BorrowedFd<'_>>,
-) -> io::Result<()> {
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    let mut cbuf = CmsgBuf([0; CMSG_ONE_FD]);
-    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if let Some(fd) = fd {
-        msg.msg_control = cbuf.0.as_mut_ptr().cast();
-        msg.msg_controllen = CMSG_ONE_FD as _;
-        // SAFETY: msg_control points at CMSG_ONE_FD aligned, writable bytes that outlive
-        // this block, so CMSG_FIRSTHDR returns a header inside them with room for one int
-        // of data (CMSG_SPACE(4) was reserved).
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>(), fd.as_raw_fd());
-        }
-    }
-    loop {
-        // SAFETY: msg points at iov (bytes, borrowed for the call) and at cbuf (alive for
-        // the call); sendmsg only reads through them.
-        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-/// Receives one message from a `SOCK_SEQPACKET` socket (blocking) and the descriptor passed
-/// with it, if any (close-on-exec). `Ok((0, None))` is EOF.
-pub fn recv_with_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut cbuf = CmsgBuf([0; CMSG_ONE_FD]);
-    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.0.as_mut_ptr().cast();
-    msg.msg_controllen = CMSG_ONE_FD as _;
-    let n = loop {
-        // SAFETY: iov points at `buf` (writable, buf.len() bytes) and msg_control at cbuf
-        // (writable, msg_controllen bytes); recvmsg writes within those bounds.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
-    let mut fd = None;
-    // SAFETY: msg was filled by recvmsg: CMSG_FIRSTHDR/NXTHDR walk only the
-    // msg_controllen bytes it reported inside cbuf; an SCM_RIGHTS message's data holds
-    // descriptors the kernel just installed in this process, which nothing else owns.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
-                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
-                    / std::mem::size_of::<libc::c_int>();
-                for i in 0..count {
-                    let raw = std::ptr::read_unaligned(data.add(i));
-                    let owned = OwnedFd::from_raw_fd(raw);
-                    if fd.is_none() {
-                        fd = Some(owned);
-                    }
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    if msg.msg_flags & (libc::MSG_CTRUNC | libc::MSG_TRUNC) != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "control message truncated",
-        ));
-    }
-    Ok((n, fd))
-}
 
 /// Where `fork_python` returns.
 pub enum Fork {

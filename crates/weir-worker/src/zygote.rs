@@ -39,6 +39,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use pyo3::prelude::*;
+use weir_fdpass::Mode;
 use weir_uwsgi::zygote::{Msg, MAX_LEN};
 
 use crate::sys::{self, Fork};
@@ -69,7 +70,8 @@ pub(crate) fn run(py: Python<'_>, opts: &WorkerOptions, ctl: OwnedFd) -> ExitCod
     sys::trim_heap();
     if let Some(reason) = fork_safety(py, &before) {
         let msg = Msg::not_fork_safe(&reason);
-        if let Err(e) = sys::send_with_fd(ctl.as_fd(), &msg.encode(), None) {
+        if let Err(e) = weir_fdpass::send_with_fd(ctl.as_fd(), &msg.encode(), None, Mode::Blocking)
+        {
             log_line(format_args!("weir zygote: cannot send NOT_FORK_SAFE: {e}"));
             return ExitCode::from(EXIT_FATAL);
         }
@@ -86,7 +88,9 @@ pub(crate) fn run(py: Python<'_>, opts: &WorkerOptions, ctl: OwnedFd) -> ExitCod
         }
     };
     let zpid = std::process::id();
-    if let Err(e) = sys::send_with_fd(ctl.as_fd(), &Msg::Ready.encode(), None) {
+    if let Err(e) =
+        weir_fdpass::send_with_fd(ctl.as_fd(), &Msg::Ready.encode(), None, Mode::Blocking)
+    {
         log_line(format_args!("weir zygote: cannot send READY: {e}"));
         return ExitCode::from(EXIT_FATAL);
     }
@@ -95,7 +99,12 @@ pub(crate) fn run(py: Python<'_>, opts: &WorkerOptions, ctl: OwnedFd) -> ExitCod
         opts.app
     ));
     let send = |m: Msg, fd: Option<&OwnedFd>| -> bool {
-        match sys::send_with_fd(ctl.as_fd(), &m.encode(), fd.map(|f| f.as_fd())) {
+        match weir_fdpass::send_with_fd(
+            ctl.as_fd(),
+            &m.encode(),
+            fd.map(|f| f.as_fd()),
+            Mode::Blocking,
+        ) {
             Ok(()) => true,
             Err(e) => {
                 log_line(format_args!(
@@ -134,7 +143,7 @@ pub(crate) fn run(py: Python<'_>, opts: &WorkerOptions, ctl: OwnedFd) -> ExitCod
         if !ctl_ready {
             continue;
         }
-        let (n, fd) = match sys::recv_with_fd(ctl.as_fd(), &mut buf) {
+        let (n, fd) = match weir_fdpass::recv_with_fd(ctl.as_fd(), &mut buf, Mode::Blocking) {
             Ok(x) => x,
             Err(e) => {
                 log_line(format_args!(
