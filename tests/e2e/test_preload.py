@@ -407,6 +407,23 @@ def test_auto_with_a_socket_open_at_import_execs_each_worker(weir, app_dir, db_l
 
 
 @pytest.mark.e2e_timeout(60)
+def test_auto_with_an_sqlite_database_open_at_import_execs_each_worker(weir, app_dir):
+    (app_dir / "OPEN_SQLITE").write_text("")
+    srv = weir(app="preload_app:application", chdir=app_dir, workers=2)
+    assert_each_imports(srv, 2)
+    out = srv.output()
+    assert "preload=auto: the app left the file %s open for writing (fd " % (app_dir / "import.db") in out, out[-3000:]
+
+
+@pytest.mark.e2e_timeout(60)
+def test_auto_forks_when_the_import_only_keeps_a_log_open_for_appending(weir, app_dir):
+    (app_dir / "APPEND_LOG").write_text("")
+    srv = weir(app="preload_app:application", chdir=app_dir, workers=2)
+    assert_forked(srv, 2)
+    assert "preload=auto:" not in srv.output()
+
+
+@pytest.mark.e2e_timeout(60)
 def test_auto_with_a_thread_started_at_import_execs_each_worker(weir, app_dir):
     (app_dir / "START_THREAD").write_text("")
     srv = weir(app="preload_app:application", chdir=app_dir, workers=2)

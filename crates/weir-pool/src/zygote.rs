@@ -187,9 +187,9 @@ impl ZygoteCell {
             }
             Err(ZygoteFailure::NotForkSafe(reason)) if auto => {
                 self.fall_back(&format!(
-                    "the app left {reason} after its import; forking would share sockets \
-                     between workers, and threads do not survive fork, so each worker imports \
-                     the app itself ({FORK_SAFETY_ADVICE}, or set [app] preload = false to \
+                    "the app left {reason} after its import; forking would share sockets and \
+                     files written at an offset between workers, and threads do not survive \
+                     fork, so each worker imports the app itself ({FORK_SAFETY_ADVICE}, or set [app] preload = false to \
                      skip this check)"
                 ));
                 st.last_failure = Some(ZygoteFailure::Exec);

@@ -10,8 +10,9 @@
 //!    collector then leaves the imported objects alone, so it does not dirty their pages in
 //!    every worker), `malloc_trim`.
 //! 3. Checks that forking is safe ([`fork_safety`]): threads besides the main one (they do
-//!    not survive fork), and sockets the import opened (every worker would share them:
-//!    /proc/self/fd before and after the import, each described by its address). Findings
+//!    not survive fork), and sockets and files written at an offset (an SQLite database)
+//!    that the import opened (every worker would share them: /proc/self/fd before and
+//!    after the import, each described by its address or path; append-only logs pass). Findings
 //!    go to the master as NOT_FORK_SAFE {reason}; with `--if-fork-safe` (`preload =
 //!    "auto"`) the zygote then exits 0 and the master execs the generation's workers.
 //!    Otherwise it writes READY on the control socket.
@@ -48,7 +49,7 @@ use crate::{log_line, WorkerOptions, EXIT_FATAL, EXIT_IMPORT_FAILED};
 /// Runs the zygote; in a forked child, returns the worker's own exit status instead.
 pub(crate) fn run(py: Python<'_>, opts: &WorkerOptions, ctl: OwnedFd) -> ExitCode {
     // Whatever is open now (the control socket, inherited descriptors) is not the app's.
-    let before = open_sockets();
+    let before = open_shared_fds();
     let t0 = Instant::now();
     let loaded = match crate::load(py, opts) {
         Ok(l) => l,
@@ -233,8 +234,12 @@ fn freeze(py: Python<'_>) -> PyResult<()> {
     Ok(())
 }
 
-/// The sockets open in this process: (fd, inode) from /proc/self/fd, fds 0-2 left out.
-fn open_sockets() -> Vec<(i32, String)> {
+/// The descriptors forking would share in a harmful way: sockets (a connection, a
+/// listener) and regular files open for writing but not append-only (an SQLite database,
+/// a file written at an offset: the workers would share one offset and one lock). Logs
+/// opened for appending and files opened read-only are fine to share. (fd, target) from
+/// /proc/self/fd, fds 0-2 left out.
+fn open_shared_fds() -> Vec<(i32, String)> {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return Vec::new();
     };
@@ -242,23 +247,54 @@ fn open_sockets() -> Vec<(i32, String)> {
         .filter_map(|e| {
             let e = e.ok()?;
             let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+            if fd <= 2 {
+                return None;
+            }
             let target = std::fs::read_link(e.path()).ok()?;
             let target = target.to_str()?;
-            (fd > 2 && target.starts_with("socket:")).then(|| (fd, target.to_owned()))
+            let keep = target.starts_with("socket:")
+                || (target.starts_with('/')
+                    && !target.starts_with("/dev/")
+                    && written_at_an_offset(fd));
+            keep.then(|| (fd, target.to_owned()))
         })
         .collect();
     out.sort();
     out
 }
 
-/// What the import left that forking would share (sockets) or lose (threads), as a
+/// Whether `fd` is open for writing without O_APPEND (its `flags:` in /proc/self/fdinfo,
+/// octal) and is a regular file.
+fn written_at_an_offset(fd: i32) -> bool {
+    let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")) else {
+        return false;
+    };
+    let Some(flags) = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|v| i64::from_str_radix(v.trim(), 8).ok())
+    else {
+        return false;
+    };
+    let writable = matches!(flags & 0o3, 0o1 | 0o2); // O_WRONLY, O_RDWR
+    let append = flags & 0o2000 != 0; // O_APPEND
+    writable
+        && !append
+        && std::fs::metadata(format!("/proc/self/fd/{fd}")).is_ok_and(|m| m.is_file())
+}
+
+/// What the import left that forking would share (sockets, files written at an offset)
+/// or lose (threads), as a
 /// phrase for "the app left ... after its import"; None when there is nothing.
 fn fork_safety(py: Python<'_>, before: &[(i32, String)]) -> Option<String> {
     let mut parts = Vec::new();
-    let sockets: Vec<String> = open_sockets()
+    let sockets: Vec<String> = open_shared_fds()
         .into_iter()
         .filter(|s| !before.contains(s))
-        .map(|(fd, _)| describe_socket(fd))
+        .map(|(fd, target)| match target.strip_prefix("socket:") {
+            Some(_) => describe_socket(fd),
+            None => format!("the file {target} open for writing (fd {fd})"),
+        })
         .collect();
     if !sockets.is_empty() {
         parts.push(format!("{} open", sockets.join(", ")));

@@ -6,8 +6,10 @@ worker's pid, "ppid": its parent, "after_fork": the pids the after_in_child hook
 (in this process's memory), "version": VERSION, "threads": threading.active_count()}.
 With a START_THREAD file in the directory, the import starts a thread
 ("e2e-import-thread"); with a CONNECT_TO file holding HOST:PORT, the import connects a TCP
-socket there and keeps it open (a database connection made at import). Every other path is
-sup_app's.
+socket there and keeps it open (a database connection made at import); with an OPEN_SQLITE
+file, the import opens (and writes) the SQLite database import.db and keeps the connection;
+with an APPEND_LOG file, it keeps import.log open for appending (a log: fine to share).
+Every other path is sup_app's.
 """
 
 import json
@@ -37,6 +39,20 @@ if os.path.exists("CONNECT_TO"):
     # a connection made at import: forking would share it between the workers
     _host, _port = open("CONNECT_TO").read().strip().rsplit(":", 1)
     DB_CONN = socket.create_connection((_host, int(_port)), timeout=10)
+
+
+if os.path.exists("OPEN_SQLITE"):
+    # an SQLite connection made at import: forking would share its file offset and locks
+    import sqlite3
+
+    SQLITE = sqlite3.connect("import.db")
+    SQLITE.execute("CREATE TABLE IF NOT EXISTS t (x)")
+
+if os.path.exists("APPEND_LOG"):
+    # a log opened at import, append-only: forking may share it
+    LOG = open("import.log", "a")
+    LOG.write("imported\n")
+    LOG.flush()
 
 
 def application(environ, start_response):
