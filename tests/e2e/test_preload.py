@@ -170,27 +170,6 @@ def test_harakiri_is_504(weir, app_dir, tmp_path):
     assert killed not in pids and len(pids) == 2, pids
 
 
-@pytest.mark.e2e_timeout(120)
-def test_max_requests_under_concurrency_has_zero_failures(weir, app_dir):
-    srv = start_preload(weir, app_dir, workers=None,
-                        config={"app": {"workers": 2, "max_requests": 4, "max_requests_jitter": 4}})
-    stop = threading.Event()
-    res, threads = run_load(srv.addr, "/pid", threads=4, stop=stop, max_per_thread=50, max_seconds=60,
-                            keep_bodies=True)
-    for t in threads:
-        t.join(90)
-    stop.set()
-    assert res.failures == [], res.summary()
-    assert res.ok == 200
-    pids = [int(b) for _, b in res.bodies]
-    assert len(set(pids)) >= 200 // 8, "too few worker lives: %d" % len(set(pids))
-    assert max(pids.count(p) for p in set(pids)) <= 8
-
-
-# ---------------------------------------------------------------------------------------
-# reload
-
-
 @pytest.mark.e2e_timeout(180)
 def test_sighup_reload_under_load_imports_new_code_in_a_new_zygote(weir, app_dir, tmp_path):
     (app_dir / "IMPORT_DELAY").write_text("1.0")

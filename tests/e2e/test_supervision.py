@@ -178,9 +178,12 @@ def test_max_requests_recycles_without_failures(weir, app_dir):
 
 
 @pytest.mark.e2e_timeout(120)
-def test_max_requests_with_jitter_under_concurrency(weir, app_dir):
+@pytest.mark.parametrize("preload", ["auto", False], ids=["forked", "exec"])
+def test_max_requests_with_jitter_under_concurrency(weir, app_dir, preload):
+    # both process models: workers forked by the zygote (the default) and exec'd ones
     srv = start_sup(weir, app_dir, workers=None,
-                    config={"app": {"workers": 2, "max_requests": 4, "max_requests_jitter": 4}})
+                    config={"app": {"workers": 2, "max_requests": 4, "max_requests_jitter": 4,
+                                    "preload": preload}})
     stop = threading.Event()
     res, threads = run_load(srv.addr, "/pid", threads=4, stop=stop, max_per_thread=40, max_seconds=60,
                             keep_bodies=True)
