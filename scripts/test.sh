@@ -52,10 +52,15 @@ fi
 
 # -- 2b. a private MariaDB for the database tests (weir db, examples/shop on MySQL) --------
 banner "MariaDB (scripts/mariadb.sh)"
+# One that already runs (someone's benchmark, a second test run) is used and left running.
+MARIADB_WAS_RUNNING=0
+scripts/mariadb.sh status >/dev/null 2>&1 && MARIADB_WAS_RUNNING=1
 if scripts/mariadb.sh start; then
   export WEIR_TEST_MYSQL_URL; WEIR_TEST_MYSQL_URL=$(scripts/mariadb.sh url)
   record mariadb ok "$WEIR_TEST_MYSQL_URL"
-  trap 'scripts/mariadb.sh stop >/dev/null 2>&1 || true' EXIT
+  if [[ $MARIADB_WAS_RUNNING == 0 ]]; then
+    trap 'scripts/mariadb.sh stop >/dev/null 2>&1 || true' EXIT
+  fi
 else
   record mariadb FAILED "database tests will fail or skip"; N_FAILED=$((N_FAILED + 1))
 fi
