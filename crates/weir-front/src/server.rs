@@ -96,11 +96,7 @@ pub fn pool_config(config: &Config) -> Result<PoolConfig, ServeError> {
     Ok(PoolConfig {
         exe: std::env::current_exe().map_err(ServeError::Exe)?,
         worker_args: args,
-        preload: match app.preload {
-            weir_config::Preload::Auto => weir_pool::Preload::Auto,
-            weir_config::Preload::On => weir_pool::Preload::On,
-            weir_config::Preload::Off => weir_pool::Preload::Off,
-        },
+        preload: app.preload,
         workers: app.workers,
         max_requests: app.max_requests,
         max_requests_jitter: app.max_requests_jitter,

@@ -36,29 +36,9 @@ pub struct WorkerCommand {
     pub args: Vec<OsString>,
 }
 
-/// `[app] preload`: how a generation's workers are started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Preload {
-    /// A zygote imports the app and forks the workers, unless the import left open
-    /// sockets or running threads (or the system cannot fork them): then the generation's
-    /// workers are exec'd, each importing the app itself.
-    Auto,
-    /// A zygote forks the workers whatever the import left (findings are warned about).
-    On,
-    /// Every worker is exec'd and imports the app itself.
-    Off,
-}
-
-impl Preload {
-    /// As written in weir.toml (for log lines).
-    pub fn as_toml(self) -> &'static str {
-        match self {
-            Preload::Auto => "\"auto\"",
-            Preload::On => "true",
-            Preload::Off => "false",
-        }
-    }
-}
+/// `[app] preload`: how a generation's workers are started (the config's own type: the
+/// pool acts on exactly the three values the file and the flag accept).
+pub use weir_config::Preload;
 
 /// How the pool runs.
 #[derive(Debug, Clone)]
