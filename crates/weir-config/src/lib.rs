@@ -244,16 +244,18 @@ pub struct AppConfig {
     /// `--preload`; uWSGI's default, which `--lazy-apps` turns off). Workers share the
     /// imported app's memory copy-on-write and a respawn is a fork; whatever the import
     /// opened (connections, threads, random state) is shared or lost across the fork.
-    /// [`Preload::Auto`] (the default) forks only when the import left no sockets or
-    /// threads behind.
+    /// [`Preload::Auto`] (the default) forks only when the import left no sockets, no
+    /// files open for writing at an offset and no threads behind.
     pub preload: Preload,
 }
 
 /// `[app] preload`: `true`, `false` or `"auto"`; the flag `--preload [on|off|auto]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Preload {
-    /// Fork from the zygote when the import left no open sockets and no threads; otherwise
-    /// every worker of that generation imports the app itself (with a warning).
+    /// Fork from the zygote when the import left no open sockets, no files open for
+    /// writing at an offset (an SQLite database) and no threads, and the system can fork
+    /// them; otherwise every worker of that generation imports the app itself (with a
+    /// warning).
     #[default]
     Auto,
     /// Always fork (findings are only warned about).

@@ -47,8 +47,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
     pub reload_on_rss: Option<Size>,
     /// Import the app once and fork the workers from that process (copy-on-write memory,
-    /// respawn by fork): auto (the default) forks unless the import left sockets or
-    /// threads open, then each worker imports the app itself; on (also a bare --preload)
+    /// respawn by fork): auto (the default) forks unless the import left sockets, files
+    /// open for writing (an SQLite database) or threads behind, then each worker imports
+    /// the app itself; on (also a bare --preload)
     /// always forks; off never does. See docs/config.md for the fork caveats.
     /// [app] preload = "auto" | true | false
     #[arg(long, value_name = "WHEN", num_args = 0..=1, default_missing_value = "on",

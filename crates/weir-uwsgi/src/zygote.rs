@@ -12,7 +12,8 @@
 //! zygote -> master   FAILED slot:u32 errno:i32           instead of FORKED when fork failed
 //! zygote -> master   EXITED pid:i32 status:i32           a forked worker was reaped (wait status)
 //! zygote -> master   NOT_FORK_SAFE reason:UTF-8          before READY: the import left
-//!                                                        sockets or threads (the rest of
+//!                                                        sockets, files written at an
+//!                                                        offset or threads (the rest of
 //!                                                        the message, at most MAX_REASON bytes)
 //! ```
 //! With `[app] preload = "auto"` a zygote that sends NOT_FORK_SAFE exits 0 next (the master

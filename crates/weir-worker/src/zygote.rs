@@ -288,7 +288,7 @@ fn written_at_an_offset(fd: i32) -> bool {
 /// phrase for "the app left ... after its import"; None when there is nothing.
 fn fork_safety(py: Python<'_>, before: &[(i32, String)]) -> Option<String> {
     let mut parts = Vec::new();
-    let sockets: Vec<String> = open_shared_fds()
+    let shared: Vec<String> = open_shared_fds()
         .into_iter()
         .filter(|s| !before.contains(s))
         .map(|(fd, target)| match target.strip_prefix("socket:") {
@@ -296,8 +296,8 @@ fn fork_safety(py: Python<'_>, before: &[(i32, String)]) -> Option<String> {
             None => format!("the file {target} open for writing (fd {fd})"),
         })
         .collect();
-    if !sockets.is_empty() {
-        parts.push(format!("{} open", sockets.join(", ")));
+    if !shared.is_empty() {
+        parts.push(format!("{} open", shared.join(", ")));
     }
     match other_threads(py) {
         Ok(names) if names.len() == 1 => parts.push(format!("the thread {} running", names[0])),
