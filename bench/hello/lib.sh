@@ -1,4 +1,4 @@
-# Shared by bench/hello/run.sh and bench/hello/rss.sh (sourced): free ports, servers
+# Shared by bench/hello/run.sh, rss.sh and cpu.sh (sourced): free ports, servers
 # started in their own sessions and stopped whole, bounded readiness waits, an nginx
 # config. The caller sets PY, OUT, RUN (the run number, for log names), RUN_DIR,
 # READY_TIMEOUT and defines log().
@@ -69,4 +69,49 @@ wait_socket() {  # wait_socket PATH
   local deadline=$((SECONDS + READY_TIMEOUT))
   while ((SECONDS < deadline)); do [[ -S "$1" ]] && return 0; sleep 0.1; done
   log "socket $1 did not appear"; return 1
+}
+
+# -- the servers of bench/hello/run.sh and cpu.sh --------------------------------------
+# start_server NAME: sets the server up, waits until ready, sets URL to its /hello.
+# NAME: weir (defaults), weir-preload (--preload on), weir-lazy (--preload off),
+# nginx-uwsgi, nginx-gunicorn, granian. Also needs WEIR_BIN, SHOP_APP, SHOP_DIR, WORKERS
+# and NGINX from the caller.
+start_server() {
+  local name=$1 port d sock
+  port=$(free_port)
+  d="$RUN_DIR/$name"
+  mkdir -p "$d"
+  case "$name" in
+    weir | weir-preload | weir-lazy)
+      [[ -x "$WEIR_BIN" ]] || { log "weir binary $WEIR_BIN missing"; return 1; }
+      local preload=()
+      [[ $name == weir-preload ]] && preload=(--preload on)
+      [[ $name == weir-lazy ]] && preload=(--preload off)
+      start "$name" env RUST_LOG="${RUST_LOG:-warn}" "$WEIR_BIN" serve --app "$SHOP_APP" --chdir "$SHOP_DIR" \
+        --workers "$WORKERS" --listen "127.0.0.1:$port" --access-log off "${preload[@]}" ;;
+    nginx-uwsgi)
+      sock="$d/uwsgi.sock"
+      start uwsgi uwsgi --socket "$sock" --chmod-socket=666 --master --processes "$WORKERS" \
+        --chdir "$SHOP_DIR" --module "$SHOP_APP" --need-app --die-on-term --disable-logging \
+        --listen 1024
+      wait_socket "$sock" || return 1
+      nginx_conf "$d/nginx" "$port" "            include /etc/nginx/uwsgi_params;
+            uwsgi_pass unix:$sock;"
+      start nginx-for-uwsgi "$NGINX" -p "$d/nginx" -c "$d/nginx/nginx.conf" -e "$d/nginx/error.log" ;;
+    nginx-gunicorn)
+      sock="$d/gunicorn.sock"
+      start gunicorn gunicorn -w "$WORKERS" -k sync -b "unix:$sock" --chdir "$SHOP_DIR" --backlog 1024 \
+        "$SHOP_APP"
+      wait_socket "$sock" || return 1
+      nginx_conf "$d/nginx" "$port" "            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_pass http://unix:$sock;"
+      start nginx-for-gunicorn "$NGINX" -p "$d/nginx" -c "$d/nginx/nginx.conf" -e "$d/nginx/error.log" ;;
+    granian)
+      start granian granian --interface wsgi --workers "$WORKERS" --host 127.0.0.1 --port "$port" \
+        --working-dir "$SHOP_DIR" --no-access-log --no-ws "$SHOP_APP" ;;
+    *) log "unknown server $name"; return 1 ;;
+  esac
+  URL="http://127.0.0.1:$port/hello"
+  wait_ready "$URL"
 }

@@ -57,7 +57,7 @@ nginx_for() {  # nginx_for DIR PORT SOCK: nginx passing to a uwsgi socket
   start "nginx" "$NGINX" -p "$1" -c "$1/nginx.conf" -e "$1/error.log"
 }
 
-start_server() {  # sets URL and APP_PID (the app server's master)
+start_rss_server() {  # sets URL and APP_PID (the app server's master); not lib.sh's start_server: other names (uwsgi, uwsgi-lazy, weir-base), and the app server's pid
   local name=$1 port d sock
   port=$(free_port)
   d="$RUN_DIR/$name"
@@ -157,7 +157,7 @@ printf 'run\tserver\trole\tpid\tthreads\trss_kib\tpss_kib\tuss_kib\tanon_kib\tex
 for RUN in $(seq 1 "$RUNS"); do
   for name in $SERVERS; do
     log "run $RUN/$RUNS: $name"
-    if ! start_server "$name"; then log "$name did not start (see $OUT)"; stop_all; continue; fi
+    if ! start_rss_server "$name"; then log "$name did not start (see $OUT)"; stop_all; continue; fi
     # a few requests, concurrent enough that every worker serves some
     timeout 30 wrk -t1 -c8 -d1s "$URL/hello" >/dev/null 2>&1 || true
     timeout 30 wrk -t1 -c8 -d1s "$URL/items" >/dev/null 2>&1 || true
