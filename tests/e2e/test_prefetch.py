@@ -10,10 +10,15 @@ only must hold:
 - recycling (max_requests, reload_on_rss) and SIGHUP reloads under load fail nothing;
 - a request whose client left before it started never reaches the app.
 
-Those behavioural tests do not name the `prefetch` setting (it is on by default), so they
-hold for a pool with or without the feature. The setting itself (`[app] prefetch`,
-`--prefetch on|off`, exit 2 for a bad value) and its counters on the admin /metrics
-(`weir_prefetch_total{outcome="offered"|"revoked"}`) are checked at the end.
+The pool offers a request only when a worker frees while at least two wait: it starts the
+first and writes the second behind it. So each behavioural test sets that up on purpose
+(workers kept busy with short sleeps, the queue filled, `weir_queue_depth` polled on the
+admin /metrics) and asserts from `weir_prefetch_total{outcome="offered"|"revoked"}` that
+the request was offered behind a busy worker and, where the scenario takes it back
+(harakiri, death, client gone, a free worker while the holder is slow), revoked. They use
+the default setting (on); with `--prefetch off` they fail at the offered count. The
+setting itself (`[app] prefetch`, `--prefetch on|off`, exit 2 for a bad value) is checked
+at the end.
 
 The app is apps/prefetch_app.py (sup_app plus /touch?marker= and /crash-after?marker=),
 copied with sup_app.py into a fresh directory per test.
@@ -76,9 +81,18 @@ _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 def metric(admin: Addr, name: str, **labels):
     """One series of the admin /metrics (labels must match exactly); None when absent."""
+    return series(metrics_text(admin), name, **labels)
+
+
+def metrics_text(admin: Addr) -> str:
     r = get(admin, "/metrics", timeout=10)
     assert r.status == 200, r
-    for line in r.text.splitlines():
+    return r.text
+
+
+def series(text: str, name: str, **labels):
+    """One series of a /metrics text (labels must match exactly); None when absent."""
+    for line in text.splitlines():
         m = _SAMPLE.match(line.strip())
         if not m or line.startswith("#") or m.group(1) != name:
             continue
@@ -106,32 +120,131 @@ def load_for(addr: Addr, path: str, threads: int, seconds: float, max_per_thread
     return res
 
 
+def prefetch_counts(admin: Addr) -> tuple[int, int]:
+    """(offered, revoked) from weir_prefetch_total on the admin /metrics."""
+    text = metrics_text(admin)
+    offered = series(text, "weir_prefetch_total", outcome="offered")
+    revoked = series(text, "weir_prefetch_total", outcome="revoked")
+    assert offered is not None and revoked is not None, \
+        "weir_prefetch_total{outcome=offered|revoked} missing from /metrics:\n%s" % text
+    return int(offered), int(revoked)
+
+
+def wait_counts(admin: Addr, offered: int = 0, revoked: int = 0, timeout: float = 10, what: str = ""):
+    """Polls until offered and revoked reach at least the given values; returns them."""
+    last = {}
+
+    def reached():
+        last["v"] = prefetch_counts(admin)
+        return last["v"][0] >= offered and last["v"][1] >= revoked
+    try:
+        wait_for(reached, timeout, interval=0.02, what=what or "offered >= %d, revoked >= %d" % (offered, revoked))
+    except TimeoutError as e:
+        raise AssertionError("%s; last (offered, revoked): %r" % (e, last.get("v"))) from None
+    return last["v"]
+
+
+def wait_queue_depth(admin: Addr, n: int, what: str, timeout: float = 10):
+    """Polls weir_queue_depth until it is n (a readiness poll: the requests have reached the
+    pool's queue)."""
+    wait_for(lambda: metric(admin, "weir_queue_depth") == n, timeout, interval=0.01,
+             what="weir_queue_depth == %d (%s)" % (n, what))
+
+
+def in_background(addr: Addr, path: str, timeout: float = 60):
+    """sleep_in_background that also notes when the answer arrived (box["end"])."""
+    box = {}
+
+    def run():
+        try:
+            box["resp"] = get(addr, path, timeout=timeout)
+        except Exception as e:
+            box["error"] = e
+        box["end"] = time.monotonic()
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
+
+
+def offer_b_behind_a(srv, tmp_path, path_a: str, send_b, busy_s: float = 1.5):
+    """The only way the pool offers a request: a worker frees while two requests wait. With
+    one worker: occupies it with X (/sleep?s=busy_s), sends A (path_a, which must write a
+    marker) and then B (send_b()), polling weir_queue_depth so both are known to wait, A
+    first. When X ends the worker starts A and B is written behind it. Returns
+    ((tx, box_x), (ta, box_a), B's handle, x's pid) once the worker has started A and the
+    offer is counted."""
+    mx = tmp_path / "x"
+    tx, box_x = in_background(srv.addr, "/sleep?s=%s&marker=%s" % (busy_s, mx))
+    pid_x = marker_pid(mx)
+    ta, box_a = in_background(srv.addr, path_a)
+    wait_queue_depth(srv.admin, 1, "A waits behind X")
+    b = send_b()
+    wait_queue_depth(srv.admin, 2, "A and B wait behind X (X sleeps %s s)" % busy_s)
+    assert "end" not in box_x, "X ended before A and B were both queued: %r" % box_x
+    assert prefetch_counts(srv.admin) == (0, 0), "an offer before X ended: nothing was ever behind a busy worker"
+    tx.join(30)
+    rx = box_x.get("resp")
+    assert rx is not None and pid_of(rx) == pid_x, box_x
+    # X's worker frees with A and B waiting: it starts A, B is offered behind it
+    offered, revoked = wait_counts(srv.admin, offered=1, what="B to be offered behind A")
+    assert (offered, revoked) == (1, 0), (offered, revoked)
+    return (tx, box_x), (ta, box_a), b, pid_x
+
+
 # ---------------------------------------------------------------------------------------
 # no head-of-line blocking
 
 
 @pytest.mark.e2e_timeout(90)
 def test_fast_requests_never_wait_behind_a_slow_one(weir, app_dir, tmp_path):
-    srv = start_app(weir, app_dir, workers=2)
-    marker = tmp_path / "slow"
-    t_slow, box = sleep_in_background(srv.addr, "/sleep?s=4&marker=%s" % marker)
-    slow_pid = marker_pid(marker)
-    # 4 clients on 2 workers, one of them asleep for 4 s: every worker is busy most of the
-    # time, so requests wait; none may wait for the sleeper
-    res = load_for(srv.addr, "/pid", threads=4, seconds=1.5, max_per_thread=2000)
-    assert "resp" not in box and "error" not in box, "the slow request ended during the load: %r" % box
-    assert res.failures == [], res.summary()
-    assert res.ok >= 20, res.summary()
-    durations = sorted(en - st for st, en, _ in res.timed)
-    assert durations[-1] < 1.0, ("the slowest of %d fast requests took %.2fs while one worker was free "
-                                 "(the slow one sleeps 4 s); slowest five: %r"
-                                 % (len(durations), durations[-1], [round(d, 3) for d in durations[-5:]]))
-    fast_pids = {int(b) for _, b in res.bodies}
-    assert slow_pid not in fast_pids, "the sleeping worker %d answered fast requests: %r" % (slow_pid, fast_pids)
-    t_slow.join(30)
-    r = box.get("resp")
-    assert r is not None, box
-    assert pid_of(r) == slow_pid, r
+    """Two workers, both busy with short sleeps (W1 1.5 s, W2 2.5 s); queued: S (slow, 5 s),
+    then three fast ones. W1 frees first and starts S with a fast one (F1) offered behind it;
+    W2 frees a second later: every fast request, F1 included, must be served by W2 within a
+    second of that, while S still sleeps: F1 is taken back from S's worker (revoked)."""
+    srv = start_app(weir, app_dir, workers=2, admin=True)
+    m1, m2, ms = tmp_path / "w1", tmp_path / "w2", tmp_path / "slow"
+    t1, box1 = in_background(srv.addr, "/sleep?s=1.5&marker=%s" % m1)
+    p1 = marker_pid(m1)
+    t2, box2 = in_background(srv.addr, "/sleep?s=2.5&marker=%s" % m2)
+    p2 = marker_pid(m2)
+    assert p1 != p2
+    ts, box_s = in_background(srv.addr, "/sleep?s=5&marker=%s" % ms)
+    wait_queue_depth(srv.admin, 1, "S waits, both workers busy")
+    fms = [tmp_path / ("f%d" % i) for i in range(3)]
+    fast = [in_background(srv.addr, "/touch?marker=%s" % m, timeout=30) for m in fms]
+    wait_queue_depth(srv.admin, 4, "S and three fast requests wait")
+    assert "end" not in box1 and "end" not in box2, "a worker freed before the queue was set up"
+    assert prefetch_counts(srv.admin) == (0, 0)
+    slow_pid = marker_pid(ms)
+    assert slow_pid == p1, "S started on %d, not on W1 (%d), the first to free" % (slow_pid, p1)
+    # W1 freed with four waiting: it started S, and a fast one was written behind it
+    offered, _ = wait_counts(srv.admin, offered=1, what="a fast request offered behind S")
+    assert "end" not in box2, "W2 freed too early for the scenario: %r" % box2
+    t2.join(30)
+    assert box2.get("resp") is not None and pid_of(box2["resp"]) == p2, box2
+    w2_free = box2["end"]
+    for t, _ in fast:
+        t.join(30)
+    assert "end" not in box_s, "S ended before the fast requests were checked: %r" % box_s
+    offered, revoked = prefetch_counts(srv.admin)
+    print("head-of-line: offered=%d revoked=%d" % (offered, revoked))
+    for (t, box), m in zip(fast, fms):
+        r = box.get("resp")
+        assert r is not None and r.status == 200, box
+        pid = pid_of(r)
+        assert pid != slow_pid, "a fast request was answered by the sleeping worker %d: %r" % (slow_pid, r)
+        assert int(m.read_text()) == pid
+        waited = box["end"] - w2_free
+        assert waited < 1.0, ("a fast request ended %.2fs after W2 freed while S still sleeps (5 s): it "
+                              "waited behind S" % waited)
+    assert revoked >= 1, ("the fast request offered behind S was never taken back (offered %d, revoked %d)"
+                          % (offered, revoked))
+    assert revoked <= offered
+    ts.join(30)
+    r = box_s.get("resp")
+    assert r is not None and pid_of(r) == slow_pid, box_s
+    t1.join(30)
+    assert box1.get("resp") is not None and pid_of(box1["resp"]) == p1, box1
 
 
 # ---------------------------------------------------------------------------------------
@@ -141,22 +254,31 @@ def test_fast_requests_never_wait_behind_a_slow_one(weir, app_dir, tmp_path):
 @pytest.mark.e2e_timeout(90)
 @PROCESS_MODELS
 def test_harakiri_of_the_busy_worker_does_not_fail_the_request_behind_it(weir, app_dir, tmp_path, preload):
-    srv = start_app(weir, app_dir, workers=1, preload=preload, args=["--harakiri", "2"])
+    """B is offered behind A (see offer_b_behind_a); A is harakiri'd at 2 s: B is taken back
+    and served by the fresh worker."""
+    srv = start_app(weir, app_dir, workers=1, preload=preload, admin=True, args=["--harakiri", "2"])
     ma, mb = tmp_path / "a", tmp_path / "b"
-    ta, box = sleep_in_background(srv.addr, "/sleep?s=10&marker=%s" % ma)
+    _, (ta, box), (tb, box_b), pid_x = offer_b_behind_a(
+        srv, tmp_path, "/sleep?s=10&marker=%s" % ma,
+        lambda: in_background(srv.addr, "/touch?marker=%s" % mb, timeout=30))
     pid_a = marker_pid(ma)
+    assert pid_a == pid_x
     t0 = time.monotonic()
-    rb = get(srv.addr, "/touch?marker=%s" % mb, timeout=30)  # waits behind A, the only worker
+    tb.join(30)
     took = time.monotonic() - t0
     ta.join(30)
-    ra = box.get("resp")
+    ra, rb = box.get("resp"), box_b.get("resp")
     assert ra is not None, box
     assert ra.status == 504 and ra.header("x-weir-error") == "harakiri", ra
+    assert rb is not None, box_b
     assert rb.status == 200, "the request behind the harakiri'd one: %r" % rb
     pid_b = pid_of(rb)
     assert pid_b != pid_a, "B was answered by the harakiri'd worker %d" % pid_a
     assert int(mb.read_text()) == pid_b, "B ran in %s but was answered by %d" % (mb.read_text(), pid_b)
     assert took < 15, "B took %.1fs (harakiri 2 s, then a fresh worker)" % took
+    offered, revoked = prefetch_counts(srv.admin)
+    print("harakiri[%s]: offered=%d revoked=%d" % (preload, offered, revoked))
+    assert offered >= 1 and revoked >= 1, "B was not taken back from the harakiri'd worker: %r" % ((offered, revoked),)
     wait_for(lambda: not pid_alive(pid_a), 10, what="the harakiri'd worker %d to be gone" % pid_a)
     assert get(srv.addr, "/pid").status == 200
 
@@ -165,31 +287,32 @@ def test_harakiri_of_the_busy_worker_does_not_fail_the_request_behind_it(weir, a
 @PROCESS_MODELS
 @pytest.mark.parametrize("how", ["exit", "sigkill"])
 def test_death_of_the_busy_worker_does_not_fail_the_request_behind_it(weir, app_dir, tmp_path, preload, how):
-    srv = start_app(weir, app_dir, workers=1, preload=preload)
+    """B is offered behind A (see offer_b_behind_a); A's worker dies (os._exit after 1.5 s,
+    or SIGKILL from the test): B is taken back and served by the fresh worker."""
+    srv = start_app(weir, app_dir, workers=1, preload=preload, admin=True)
     ma, mb = tmp_path / "a", tmp_path / "b"
-    if how == "exit":
-        # A marks, sleeps 1.5 s, then os._exit(3) under its own steam
-        ta, box = sleep_in_background(srv.addr, "/crash-after?s=1.5&marker=%s" % ma)
-        pid_a = marker_pid(ma)
-        rb = get(srv.addr, "/touch?marker=%s" % mb, timeout=30)
-    else:
-        ta, box = sleep_in_background(srv.addr, "/sleep?s=20&marker=%s" % ma)
-        pid_a = marker_pid(ma)
-        tb, box_b = sleep_in_background(srv.addr, "/touch?marker=%s" % mb, timeout=30)
-        time.sleep(0.3)  # the scenario, not a readiness wait: B waits behind A a while
-        assert not mb.exists(), "B ran while the only worker was busy with A"
+    # exit: A marks, sleeps 1.5 s, then os._exit(3) under its own steam
+    path_a = ("/crash-after?s=1.5&marker=%s" if how == "exit" else "/sleep?s=20&marker=%s") % ma
+    _, (ta, box), (tb, box_b), pid_x = offer_b_behind_a(
+        srv, tmp_path, path_a, lambda: in_background(srv.addr, "/touch?marker=%s" % mb, timeout=30))
+    pid_a = marker_pid(ma)
+    assert pid_a == pid_x
+    assert not mb.exists(), "B ran while the only worker was busy with A"
+    if how == "sigkill":
         os.kill(pid_a, signal.SIGKILL)  # the worker of the weir this test started
-        tb.join(30)
-        rb = box_b.get("resp")
-        assert rb is not None, box_b
+    tb.join(30)
     ta.join(30)
-    ra = box.get("resp")
+    ra, rb = box.get("resp"), box_b.get("resp")
     assert ra is not None, box
     assert ra.status == 502 and ra.header("x-weir-error") == "worker-died", ra
+    assert rb is not None, box_b
     assert rb.status == 200, "the request behind the one that died: %r" % rb
     pid_b = pid_of(rb)
     assert pid_b != pid_a, "B was answered by the dead worker %d" % pid_a
     assert int(mb.read_text()) == pid_b
+    offered, revoked = prefetch_counts(srv.admin)
+    print("death[%s-%s]: offered=%d revoked=%d" % (preload, how, offered, revoked))
+    assert offered >= 1 and revoked >= 1, "B was not taken back from the dead worker: %r" % ((offered, revoked),)
     assert get(srv.addr, "/pid").status == 200
 
 
@@ -200,24 +323,31 @@ def test_death_of_the_busy_worker_does_not_fail_the_request_behind_it(weir, app_
 @pytest.mark.e2e_timeout(90)
 @pytest.mark.parametrize("how", ["close", "reset"])
 def test_client_gone_while_waiting_behind_a_busy_worker_never_reaches_the_app(weir, app_dir, tmp_path, how):
-    srv = start_app(weir, app_dir, workers=1)
+    """B is offered behind A (see offer_b_behind_a), already written to A's worker; B's
+    client leaves while A runs: B is taken back (revoked) and never runs, and the worker
+    goes on from A to the next request."""
+    srv = start_app(weir, app_dir, workers=1, admin=True)
     ma, mb = tmp_path / "a", tmp_path / "b"
-    ta, box = sleep_in_background(srv.addr, "/sleep?s=2&marker=%s" % ma)
+    _, (ta, box), s, pid_x = offer_b_behind_a(srv, tmp_path, "/sleep?s=3&marker=%s" % ma,
+                                              lambda: raw_get(srv.addr, "/touch?marker=%s" % mb))
     pid_a = marker_pid(ma)
-    s = raw_get(srv.addr, "/touch?marker=%s" % mb)
-    time.sleep(0.3)  # the scenario, not a readiness wait: give the master time to offer B
+    assert pid_a == pid_x
     if how == "reset":
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     s.close()
+    offered, revoked = wait_counts(srv.admin, offered=1, revoked=1, what="B to be taken back once its client left")
+    assert "end" not in box, "A (3 s) ended before B was taken back: %r" % box
+    print("client-gone[%s]: offered=%d revoked=%d" % (how, offered, revoked))
     ta.join(30)
     ra = box.get("resp")
-    assert ra is not None and ra.status == 200, box
+    assert ra is not None and ra.status == 200 and pid_of(ra) == pid_a, box
     # the only worker went on from A to C: had B been started, it would have run before C
     rc = get(srv.addr, "/pid", timeout=30)
     assert pid_of(rc) == pid_a, "C was answered by %d, not the worker %d (replaced to drop B?)" % (pid_of(rc), pid_a)
     assert not mb.exists(), "the request of a client that left (B) reached the app (pid %s)" % mb.read_text()
     assert get(srv.addr, "/pid", timeout=30).status == 200
     assert not mb.exists(), "B reached the app late"
+    assert prefetch_counts(srv.admin) == (offered, revoked)
 
 
 # ---------------------------------------------------------------------------------------
@@ -303,15 +433,18 @@ def test_sighup_reload_under_load_zero_failures(weir, app_dir, tmp_path, preload
 
 @pytest.mark.e2e_timeout(90)
 def test_sigterm_answers_the_request_waiting_behind_a_busy_worker(weir, app_dir, tmp_path):
-    """A request that had not started at SIGTERM gets 503 `shutting-down` (docs/errors.md:
-    it had not reached a worker) and the app never sees it, or it is served (200, and the
-    app saw it); never a 502/504, a reset, or an answer that disagrees with what ran."""
-    srv = start_app(weir, app_dir, workers=1)
+    """B is offered behind A (see offer_b_behind_a) when SIGTERM comes. A request that had
+    not started at SIGTERM gets 503 `shutting-down` (docs/errors.md: it had not reached a
+    worker) and the app never sees it, or it is served (200, and the app saw it); never a
+    502/504, a reset, or an answer that disagrees with what ran."""
+    srv = start_app(weir, app_dir, workers=1, admin=True)
     ma, mb = tmp_path / "a", tmp_path / "b"
-    ta, box_a = sleep_in_background(srv.addr, "/sleep?s=2&marker=%s" % ma)
+    _, (ta, box_a), (tb, box_b), pid_x = offer_b_behind_a(
+        srv, tmp_path, "/sleep?s=2&marker=%s" % ma,
+        lambda: in_background(srv.addr, "/touch?marker=%s" % mb, timeout=60))
     pid_a = marker_pid(ma)
-    tb, box_b = sleep_in_background(srv.addr, "/touch?marker=%s" % mb)
-    time.sleep(0.3)  # the scenario, not a readiness wait: B waits behind A a while
+    assert pid_a == pid_x
+    assert not mb.exists(), "B ran while the only worker was busy with A"
     srv.proc.signal(signal.SIGTERM)
     code = srv.proc.wait(30)
     ta.join(30)
@@ -320,6 +453,7 @@ def test_sigterm_answers_the_request_waiting_behind_a_busy_worker(weir, app_dir,
     ra, rb = box_a.get("resp"), box_b.get("resp")
     assert ra is not None and pid_of(ra) == pid_a, box_a
     assert rb is not None, box_b
+    print("sigterm: B answered %d" % rb.status)
     if rb.status == 200:
         assert int(mb.read_text()) == pid_of(rb), rb
     else:
