@@ -5,6 +5,8 @@
 #                   (preload "auto", the default: the workers are forked from one import
 #                   when the app's import leaves no socket or thread open, as the shop's)
 #   weir-lazy       the same with --preload off (every worker exec'd, importing the app)
+#   weir-noprefetch the same with --prefetch off (requests go only to idle workers: no
+#                   request is written behind a busy worker's current one)
 #   weir-preload    the same with --preload on (forked whatever the check says; not in the
 #                   default set: for the shop it runs as weir does)
 #   nginx-uwsgi     nginx -> uWSGI 2.0.31 over a Unix socket (uwsgi_pass)

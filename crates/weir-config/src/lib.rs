@@ -247,6 +247,11 @@ pub struct AppConfig {
     /// [`Preload::Auto`] (the default) forks only when the import left no sockets, no
     /// files open for writing at an offset and no threads behind.
     pub preload: Preload,
+    /// When every worker is busy, write the next waiting request behind a busy worker's
+    /// current one, so the worker goes on without sleeping; the master takes it back and
+    /// serves it elsewhere when another worker frees first while that one is on a slow
+    /// request, or when that worker dies. `false`: requests go only to idle workers.
+    pub prefetch: bool,
 }
 
 /// `[app] preload`: `true`, `false` or `"auto"`; the flag `--preload [on|off|auto]`.
@@ -332,6 +337,7 @@ impl Default for AppConfig {
             startup_timeout: Seconds::from_secs(60),
             ready_check: None,
             preload: Preload::Auto,
+            prefetch: true,
         }
     }
 }

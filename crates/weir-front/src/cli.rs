@@ -55,6 +55,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "WHEN", num_args = 0..=1, default_missing_value = "on",
           value_parser = ["auto", "on", "off"])]
     pub preload: Option<String>,
+    /// Write the next waiting request behind a busy worker's current one (taken back and
+    /// served elsewhere when another worker frees first while that one is on a slow
+    /// request, or when it dies); off: only idle workers get requests.
+    /// [app] prefetch = true | false
+    #[arg(long, value_name = "WHEN", value_parser = ["on", "off"])]
+    pub prefetch: Option<String>,
     /// How long in-flight requests may take to finish on stop or reload.
     /// [app] graceful_timeout
     #[arg(long, value_name = "DURATION", value_parser = parse_seconds)]
@@ -106,6 +112,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.max_requests_jitter {
             a.max_requests_jitter = v;
+        }
+        if let Some(v) = &self.prefetch {
+            a.prefetch = v == "on";
         }
         if let Some(v) = &self.preload {
             // clap accepts only the values above.

@@ -395,7 +395,20 @@ pub async fn dispatch(
     rec.queued = queued_at.elapsed();
     let started = started?;
     let at = Instant::now();
-    let resp = started.response().await;
+    // A request written behind a busy worker's current one has not started yet: if its
+    // client leaves now, dropping `started` takes it back, so it is never run.
+    let resp = if started.is_offered() {
+        tokio::select! {
+            biased;
+            r = started.response() => r,
+            () = watch.gone() => {
+                rec.worker = at.elapsed();
+                return Err(client_gone());
+            }
+        }
+    } else {
+        started.response().await
+    };
     rec.worker = at.elapsed();
     resp.map_err(reject)
 }

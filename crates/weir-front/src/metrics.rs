@@ -130,6 +130,12 @@ impl Metrics {
                 st.restarts[r as usize].load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP weir_prefetch_total Requests written behind a busy worker's current one ([app] prefetch), and of those, taken back before they started.\n# TYPE weir_prefetch_total counter\nweir_prefetch_total{{outcome=\"offered\"}} {}\nweir_prefetch_total{{outcome=\"revoked\"}} {}",
+            st.prefetch_offered.load(Ordering::Relaxed),
+            st.prefetch_revoked.load(Ordering::Relaxed)
+        );
         out
     }
 }

@@ -97,6 +97,7 @@ pub fn pool_config(config: &Config) -> Result<PoolConfig, ServeError> {
         exe: std::env::current_exe().map_err(ServeError::Exe)?,
         worker_args: args,
         preload: app.preload,
+        prefetch: app.prefetch,
         workers: app.workers,
         max_requests: app.max_requests,
         max_requests_jitter: app.max_requests_jitter,
@@ -209,6 +210,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             app = config.app.module.as_deref().unwrap_or(""),
             workers = config.app.workers,
             preload = %config.app.preload.as_toml(),
+            prefetch = config.app.prefetch,
             "weir serving on {}",
             names.join(", ")
         ),

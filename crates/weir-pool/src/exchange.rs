@@ -20,7 +20,7 @@ use weir_uwsgi::head;
 
 use crate::body::{BodyError, ResponseBody};
 use crate::error::{ClientBodyError, DispatchError};
-use crate::pool::Lease;
+use crate::pool::{Lease, Pool};
 use crate::slot::RestartReason;
 
 /// A streamed request body.
@@ -168,8 +168,12 @@ async fn exchange(
     sent: usize,
     out: &mut Reply,
 ) -> Result<(), Ended> {
-    let worker = lease.worker();
+    let Lease { worker, pool, .. } = lease;
+    let worker = worker
+        .as_mut()
+        .expect("a lease holds its worker until dropped");
     worker.served += 1;
+    let pid = worker.pid;
     let (mut rd, mut wr) = worker.stream.split();
     let rbuf = &mut worker.rbuf;
     let WorkerRequest {
@@ -183,12 +187,12 @@ async fn exchange(
             wr.write_all(&packet[sent.min(packet.len())..])
                 .await
                 .map_err(|_| Ended::Died)?;
-            read_response(&mut rd, rbuf, out, Some(&mut wr)).await
+            read_response(&mut rd, rbuf, out, Some((&mut wr, &*pool, pid))).await
         }
         RequestBody::Full(b) if b.len() <= INLINE_BODY => {
             packet.extend_from_slice(&b);
             wr.write_all(&packet).await.map_err(|_| Ended::Died)?;
-            read_response(&mut rd, rbuf, out, Some(&mut wr)).await
+            read_response(&mut rd, rbuf, out, Some((&mut wr, &*pool, pid))).await
         }
         body => {
             // The write half is busy with the body: no CANCEL for these (rare) requests;
@@ -291,7 +295,7 @@ async fn read_response(
     rd: &mut ReadHalf<'_>,
     rbuf: &mut bytes::BytesMut,
     out: &mut Reply,
-    mut cancel: Option<&mut WriteHalf<'_>>,
+    mut cancel: Option<(&mut WriteHalf<'_>, &Pool, u32)>,
 ) -> Result<(), Ended> {
     let head_len = loop {
         if let Some(n) = head::find_end(rbuf) {
@@ -397,7 +401,11 @@ async fn read_response(
                 if had_client && sink.is_none() {
                     // The client went away: ask the worker to stop the app's iterable
                     // (it answers with ABORT), instead of running it to its end.
-                    if let Some(wr) = cancel.take() {
+                    if let Some((wr, pool, pid)) = cancel.take() {
+                        // A request offered behind this one would sit between the
+                        // worker and the CANCEL: it is taken back first (served
+                        // elsewhere), so the worker can look past it.
+                        pool.requeue_offer(pid);
                         let mut c = Vec::with_capacity(4);
                         weir_uwsgi::packet::encode_control(
                             &mut c,

@@ -19,6 +19,30 @@
 //! at least 500 ms (a wait people hardly notice; a lower floor would shed a saturated but
 //! healthy closed-loop load, whose waits are long only because every client is waiting).
 //!
+//! Prefetch (`[app] prefetch`, on by default): when a worker frees and more than one
+//! request waits, the worker's next request is written right behind the one it starts, so
+//! under load the worker goes from one answer to the next request without sleeping in
+//! `recv` and without waiting for the master to read its answer first (uWSGI's workers get
+//! the same from their shared listen queue). A written request cannot be taken back from
+//! the socket, so such an *offer* is settled by the worker's claim word (weir-claim): the
+//! worker compare-and-swaps it before it starts the request; the master compare-and-swaps
+//! it to take the request back. The master takes an offer back and serves it elsewhere:
+//! - when another worker frees, or starts its next request, while the offer's holder has
+//!   been on its current request for longer than [`Pool::steal_after`] (a slow request, or
+//!   a worker the kernel is not running just now): the offer moves to that worker, as its
+//!   current request or offered behind it, ahead of the queue (it has waited longest). A
+//!   free worker with nothing else waiting takes any offer. So a request does not stay
+//!   behind a slow one while other workers go on, which is what weir's dispatch to free
+//!   workers exists for;
+//! - when the holder is killed (harakiri, deadline) or dies: the offered request goes to
+//!   the front of the queue, and is served as if it had waited there;
+//! - when the holder's client-side stream is cancelled (CANCEL must not sit behind it);
+//! - when the offered request's own client goes away (it is never started).
+//!
+//! If the worker took the request first, it runs there; if that worker is then killed
+//! while running it, that request fails as `worker-died` like any running request. A
+//! worker that will retire after its current request (max_requests) is not offered one.
+//!
 //! A waiter whose client went away is
 //! simply dropped: the worker handed to it comes back through [`Lease`]'s `Drop`, so a
 //! cancelled request can never lose a worker. Written by hand rather than with a
@@ -31,6 +55,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
+use weir_uwsgi::packet;
 
 use crate::error::DispatchError;
 use crate::exchange::{self, WorkerRequest};
@@ -46,6 +71,11 @@ pub struct PoolStats {
     pub busy: AtomicUsize,
     /// Worker restarts, by [`RestartReason`] (index = `reason as usize`).
     pub restarts: [AtomicU64; RestartReason::COUNT],
+    /// Requests written behind a busy worker's current one (prefetch).
+    pub prefetch_offered: AtomicU64,
+    /// Of those, taken back before the worker started them and served elsewhere (or
+    /// dropped, when their client left).
+    pub prefetch_revoked: AtomicU64,
 }
 
 /// Delay-based shedding of an overloaded queue (see the module doc).
@@ -64,9 +94,9 @@ impl Codel {
     pub const MIN_TARGET: Duration = Duration::from_millis(500);
 }
 
-/// What a waiter is told: its request was started on a worker, or it was refused by the
-/// shedding (the delay target).
-type Handoff = Result<(), Duration>;
+/// What a waiter is told: its request was started on a worker (`Some`: offered to a busy
+/// one, see the module doc), or it was refused by the shedding (the delay target).
+type Handoff = Result<Option<u64>, Duration>;
 
 /// A request a waiter brought along, started by whoever frees a worker for it.
 #[derive(Debug)]
@@ -78,21 +108,94 @@ struct Job {
 /// A request waiting for a worker.
 #[derive(Debug)]
 struct Waiter {
-    tx: oneshot::Sender<Handoff>,
+    /// Its submitter, waiting to be told; `None` for an offered request taken back from a
+    /// worker that died (its submitter already waits for the response head).
+    tx: Option<oneshot::Sender<Handoff>>,
     since: Instant,
     job: Job,
+    /// The offer key its submitter holds, for such a taken back offer.
+    key: Option<u64>,
+}
+
+impl Waiter {
+    /// Nobody waits for this request any more (its client went away).
+    fn gone(&self) -> bool {
+        match &self.tx {
+            Some(tx) => tx.is_closed(),
+            None => self.job.reply.is_closed(),
+        }
+    }
+
+    /// Tells the submitter its request starts now (`seq`: as an offer). `None`: nobody
+    /// waits any more; the job is dropped.
+    fn hand_off(self, offer: Option<u64>) -> Option<Job> {
+        match self.tx {
+            Some(tx) => tx.send(Ok(offer)).ok().map(|()| self.job),
+            None => (!self.job.reply.is_closed()).then_some(self.job),
+        }
+    }
+
+    /// Refuses it: shed by the delay target.
+    fn shed(self, target: Duration, err: DispatchError) {
+        match self.tx {
+            Some(tx) => drop(tx.send(Err(target))),
+            None => drop(self.job.reply.send(Err(err))),
+        }
+    }
+}
+
+/// A request written to a busy worker behind its current one (see the module doc).
+#[derive(Debug)]
+struct Offer {
+    /// Which offered request this is (what its [`Started`] withdraws), kept when it moves
+    /// to another worker.
+    key: u64,
+    /// The holder.
+    pid: u32,
+    /// The claim sequence number on the holder.
+    seq: u64,
+    claim: Arc<weir_claim::ClaimWords>,
+    job: Job,
+    /// When the request began waiting.
+    since: Instant,
+    /// When the holder started its current request.
+    holder_since: Instant,
+    /// A revoke lost: the holder runs it (its release finds it here).
+    taken: bool,
 }
 
 /// A request started on a worker by [`Pool::submit`]: its response head is on the way.
 #[derive(Debug)]
 pub struct Started {
     head: oneshot::Receiver<Result<http::Response<ResponseBody>, DispatchError>>,
+    /// An offer not yet known to have started: dropping this takes it back.
+    offer: Option<(Pool, u64)>,
 }
 
 impl Started {
+    /// Whether the request was written behind a busy worker's current one and may not have
+    /// started yet: the caller should drop this when its client goes away, which takes the
+    /// request back (it is then never started).
+    pub fn is_offered(&self) -> bool {
+        self.offer.is_some()
+    }
+
     /// The response head (and body), or why there is none.
-    pub async fn response(self) -> Result<http::Response<ResponseBody>, DispatchError> {
-        self.head.await.unwrap_or(Err(DispatchError::WorkerDied))
+    pub async fn response(mut self) -> Result<http::Response<ResponseBody>, DispatchError> {
+        let r = (&mut self.head)
+            .await
+            .unwrap_or(Err(DispatchError::WorkerDied));
+        // Answered: nothing left to take back.
+        self.offer = None;
+        r
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let Some((pool, id)) = self.offer.take() {
+            pool.withdraw(id);
+        }
     }
 }
 
@@ -111,6 +214,8 @@ pub(crate) struct Inner {
     /// Mean time a request holds a worker (exponentially weighted), in microseconds.
     worker_time_us: AtomicU64,
     reload_on_rss: Option<u64>,
+    /// `[app] prefetch`.
+    prefetch: bool,
     /// Workers of an older generation retire when they come back.
     generation: AtomicU64,
     /// Requests waiting in front of the pool (for a route slot): they count against
@@ -124,6 +229,10 @@ pub(crate) struct Inner {
 struct State {
     idle: Vec<Worker>,
     waiters: VecDeque<Waiter>,
+    /// Requests offered to busy workers (at most one per worker).
+    offers: Vec<Offer>,
+    /// The last offer key given out.
+    offer_keys: u64,
     /// Since when the queue's delay has been above the target (CoDel's first-above time).
     above_since: Option<Instant>,
     /// Shedding (CoDel's dropping state).
@@ -138,6 +247,7 @@ impl Pool {
         queue_timeout: Duration,
         codel: Option<Codel>,
         reload_on_rss: Option<u64>,
+        prefetch: bool,
     ) -> Pool {
         Pool {
             inner: Arc::new(Inner {
@@ -147,6 +257,7 @@ impl Pool {
                 codel,
                 worker_time_us: AtomicU64::new(0),
                 reload_on_rss,
+                prefetch,
                 generation: AtomicU64::new(0),
                 external: AtomicUsize::new(0),
                 shutting_down: AtomicBool::new(false),
@@ -169,12 +280,7 @@ impl Pool {
     /// Requests waiting now: for a worker (not counting those whose client left) and for
     /// a route slot in front of the pool.
     pub fn queue_depth(&self) -> usize {
-        let live = self
-            .state()
-            .waiters
-            .iter()
-            .filter(|w| !w.tx.is_closed())
-            .count();
+        let live = self.state().waiters.iter().filter(|w| !w.gone()).count();
         live + self.inner.external.load(Ordering::Relaxed)
     }
 
@@ -236,29 +342,237 @@ impl Pool {
         queue_deadline: Option<Instant>,
     ) -> Result<Started, DispatchError> {
         let (reply, head) = oneshot::channel();
-        self.wait(queue_deadline, Job { req, reply }).await?;
-        Ok(Started { head })
+        let offer = self.wait(queue_deadline, Job { req, reply }).await?;
+        Ok(Started {
+            head,
+            offer: offer.map(|id| (self.clone(), id)),
+        })
     }
 
-    /// Runs a job on a worker: a small request is written at once, then the exchange
-    /// goes on in its own task.
-    fn start(mut lease: Lease, job: Job) {
+    /// Runs a job on a worker: a small request is written at once (its first `sent` bytes
+    /// were already, when it was offered), with `behind` after it (a CLAIM and the next
+    /// request, when one is offered); then the exchange goes on in its own task.
+    fn start(mut lease: Lease, job: Job, sent: usize, behind: Vec<u8>) {
         let Job { mut req, reply } = job;
-        if let crate::RequestBody::Full(b) = &req.body {
-            if b.len() <= exchange::INLINE_BODY {
-                req.packet.extend_from_slice(b);
-                req.body = crate::RequestBody::Empty;
-            }
-        }
+        inline_body(&mut req);
         let sent = match req.body {
-            crate::RequestBody::Empty => lease.worker().stream.try_write(&req.packet).unwrap_or(0),
-            _ => 0,
+            crate::RequestBody::Empty => {
+                req.packet.extend_from_slice(&behind);
+                let rest = &req.packet[sent.min(req.packet.len())..];
+                sent + lease.worker().stream.try_write(rest).unwrap_or(0)
+            }
+            _ => {
+                debug_assert!(
+                    behind.is_empty(),
+                    "nothing is offered behind a streamed body"
+                );
+                0
+            }
         };
         tokio::spawn(exchange::run(lease, req, reply, sent));
     }
 
+    /// Offers the next waiting request to `worker`, which is about to start a request
+    /// whose whole packet is written at once (`current` is that request: an offer goes
+    /// only behind one without a streamed body): pops it, registers the offer, tells its
+    /// submitter, and returns the bytes to write behind the current request.
+    fn offer_next(&self, st: &mut State, worker: &mut Worker, current: &WorkerRequest) -> Vec<u8> {
+        let retiring = worker.recycle_after != 0 && worker.served + 2 > worker.recycle_after;
+        if worker.claim.is_none()
+            || !self.inner.prefetch
+            || retiring
+            || st.overloaded
+            || !sendable_at_once(current)
+            || self.retiring(st, worker.generation)
+        {
+            return Vec::new();
+        }
+        // First, a request offered to a worker that has been on its current request too
+        // long (a slow request, or a worker the kernel is not running) moves here: it
+        // waited longest.
+        if let Some(offer) = self.take_stale_offer(st, worker.pid, Instant::now()) {
+            return self.place_offer(st, worker, offer.key, offer.job, offer.since);
+        }
+        loop {
+            let Some(front) = st.waiters.front() else {
+                return Vec::new();
+            };
+            if !sendable_at_once(&front.job.req) {
+                return Vec::new();
+            }
+            let waiter = st.waiters.pop_front().expect("front checked");
+            let since = waiter.since;
+            let key = waiter.key.unwrap_or_else(|| {
+                st.offer_keys += 1;
+                st.offer_keys
+            });
+            // The submitter cannot act on this (withdraw) before the offer is in place:
+            // that needs the state lock, which is held until then.
+            let Some(job) = waiter.hand_off(Some(key)) else {
+                continue;
+            };
+            return self.place_offer(st, worker, key, job, since);
+        }
+    }
+
+    /// Registers `job` as offered to `worker` and returns the bytes to write behind the
+    /// worker's current request: the CLAIM and the request.
+    fn place_offer(
+        &self,
+        st: &mut State,
+        worker: &mut Worker,
+        key: u64,
+        mut job: Job,
+        since: Instant,
+    ) -> Vec<u8> {
+        let claim = worker.claim.clone().expect("checked by offer_next");
+        worker.offers += 1;
+        let seq = worker.offers;
+        // Before any byte of it is written.
+        claim.offer(seq);
+        inline_body(&mut job.req);
+        let mut behind = Vec::with_capacity(packet::CLAIM_LEN + job.req.packet.len());
+        packet::encode_claim(
+            &mut behind,
+            packet::Claim {
+                seq,
+                len: job.req.packet.len() as u32,
+            },
+        );
+        behind.extend_from_slice(&job.req.packet);
+        st.offers.push(Offer {
+            key,
+            pid: worker.pid,
+            seq,
+            claim,
+            job,
+            since,
+            holder_since: Instant::now(),
+            taken: false,
+        });
+        self.inner
+            .stats
+            .prefetch_offered
+            .fetch_add(1, Ordering::Relaxed);
+        behind
+    }
+
+    /// Takes back the offer (not `pid`'s) whose holder has been on its current request
+    /// longest, if that is longer than [`Pool::steal_after`] (or `any`).
+    fn take_stale_offer(&self, st: &mut State, pid: u32, now: Instant) -> Option<Offer> {
+        self.take_offer_from_slowest(st, pid, now, false)
+    }
+
+    fn take_offer_from_slowest(
+        &self,
+        st: &mut State,
+        pid: u32,
+        now: Instant,
+        any: bool,
+    ) -> Option<Offer> {
+        let i = st
+            .offers
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| !o.taken && o.pid != pid)
+            .min_by_key(|(_, o)| o.holder_since)
+            .map(|(i, _)| i)?;
+        let o = &mut st.offers[i];
+        if !any && now.saturating_duration_since(o.holder_since) < self.steal_after() {
+            return None;
+        }
+        if !o.claim.revoke(o.seq) {
+            o.taken = true;
+            return None;
+        }
+        let offer = st.offers.swap_remove(i);
+        self.inner
+            .stats
+            .prefetch_revoked
+            .fetch_add(1, Ordering::Relaxed);
+        // Its client gone: dropped here (never started).
+        (!offer.job.reply.is_closed()).then_some(offer)
+    }
+
+    /// How long an offer's holder must have been on its current request before a freed
+    /// worker takes the offer from it: twice the mean time a request holds a worker, at
+    /// least 1 ms (a request that has run that long is likely a slow one).
+    fn steal_after(&self) -> Duration {
+        let mean = Duration::from_micros(self.inner.worker_time_us.load(Ordering::Relaxed));
+        (mean * 2).max(Duration::from_millis(1))
+    }
+
+    /// Takes back the offer held by `pid`, whose current request ended badly (the worker
+    /// was killed or died) or is being cancelled: it is served by an idle worker or goes
+    /// to the front of the queue. If the worker had started it, it failed with the worker.
+    pub(crate) fn requeue_offer(&self, pid: u32) {
+        let mut st = self.state();
+        let Some(i) = st.offers.iter().position(|o| o.pid == pid) else {
+            return;
+        };
+        let offer = st.offers.swap_remove(i);
+        if !offer.claim.revoke(offer.seq) {
+            drop(st);
+            let _ = offer.job.reply.send(Err(DispatchError::WorkerDied));
+            return;
+        }
+        self.inner
+            .stats
+            .prefetch_revoked
+            .fetch_add(1, Ordering::Relaxed);
+        if offer.job.reply.is_closed() {
+            return;
+        }
+        if let Some(worker) = st.idle.pop() {
+            self.inner.stats.idle.fetch_sub(1, Ordering::Relaxed);
+            self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
+            drop(st);
+            Self::start(Lease::new(worker, self.clone()), offer.job, 0, Vec::new());
+            return;
+        }
+        st.waiters.push_front(Waiter {
+            tx: None,
+            since: offer.since,
+            job: offer.job,
+            key: Some(offer.key),
+        });
+    }
+
+    /// The submitter of an offer went away: take it back unless it has started.
+    fn withdraw(&self, key: u64) {
+        let mut st = self.state();
+        let Some(i) = st.offers.iter().position(|o| o.key == key) else {
+            return;
+        };
+        let seq = st.offers[i].seq;
+        if st.offers[i].claim.revoke(seq) {
+            st.offers.swap_remove(i);
+            self.inner
+                .stats
+                .prefetch_revoked
+                .fetch_add(1, Ordering::Relaxed);
+        } else {
+            st.offers[i].taken = true;
+        }
+    }
+
+    /// A worker with nothing offered to it is free: takes over the offer of the holder that
+    /// has been busy longest, when that has run past [`Pool::steal_after`] or nothing else
+    /// waits. Returns the job to start on `worker` and what to write behind it.
+    fn steal(&self, st: &mut State, worker: &mut Worker, now: Instant) -> Option<(Job, Vec<u8>)> {
+        let nothing_waits = st.waiters.iter().all(Waiter::gone);
+        let offer = self.take_offer_from_slowest(st, worker.pid, now, nothing_waits)?;
+        self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
+        let behind = self.offer_next(st, worker, &offer.job.req);
+        Some((offer.job, behind))
+    }
+
     /// Waits for a worker and starts `job` on it.
-    async fn wait(&self, deadline: Option<Instant>, job: Job) -> Result<(), DispatchError> {
+    async fn wait(
+        &self,
+        deadline: Option<Instant>,
+        job: Job,
+    ) -> Result<Option<u64>, DispatchError> {
         if self.inner.shutting_down.load(Ordering::Relaxed) {
             return Err(DispatchError::ShuttingDown);
         }
@@ -275,12 +589,12 @@ impl Pool {
                 self.inner.stats.idle.fetch_sub(1, Ordering::Relaxed);
                 self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
                 drop(st);
-                Self::start(Lease::new(worker, self.clone()), job);
-                return Ok(());
+                Self::start(Lease::new(worker, self.clone()), job, 0, Vec::new());
+                return Ok(None);
             }
             let external = self.inner.external.load(Ordering::Relaxed);
             if st.waiters.len() + external >= self.inner.max_queue {
-                st.waiters.retain(|w| !w.tx.is_closed());
+                st.waiters.retain(|w| !w.gone());
                 if st.waiters.len() + external >= self.inner.max_queue {
                     return Err(DispatchError::QueueFull {
                         max: self.inner.max_queue,
@@ -298,14 +612,15 @@ impl Pool {
             }
             let (tx, rx) = oneshot::channel();
             st.waiters.push_back(Waiter {
-                tx,
+                tx: Some(tx),
                 since: now,
                 job,
+                key: None,
             });
             rx
         };
         match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Ok(offer))) => Ok(offer),
             Ok(Ok(Err(target))) => Err(self.shed(target)),
             Ok(Err(_)) => Err(DispatchError::ShuttingDown),
             Err(_) => Err(match by_target {
@@ -337,7 +652,7 @@ impl Pool {
     /// queue's delay (the oldest live waiter's age) and returns the target when shedding.
     fn control(&self, st: &mut State, now: Instant) -> Option<Duration> {
         let codel = self.inner.codel.as_ref()?;
-        while st.waiters.front().is_some_and(|w| w.tx.is_closed()) {
+        while st.waiters.front().is_some_and(Waiter::gone) {
             st.waiters.pop_front();
         }
         let Some(oldest) = st.waiters.front() else {
@@ -380,7 +695,7 @@ impl Pool {
     }
 
     /// A worker is ready (new, or back from a request).
-    pub(crate) fn put_idle(&self, worker: Worker) {
+    pub(crate) fn put_idle(&self, mut worker: Worker) {
         let mut st = self.state();
         if self.retiring(&st, worker.generation) {
             drop(st);
@@ -393,18 +708,11 @@ impl Pool {
             return;
         }
         let now = Instant::now();
-        let shedding = self.control(&mut st, now);
-        if let Some(target) = shedding {
-            // Overloaded: whoever has waited past the target is refused now, so the rest
-            // are served fast (their clients would likely give up anyway).
-            while let Some(w) = st.waiters.front() {
-                if !w.tx.is_closed() && now.saturating_duration_since(w.since) <= target {
-                    break;
-                }
-                if let Some(w) = st.waiters.pop_front() {
-                    let _ = w.tx.send(Err(target));
-                }
-            }
+        let shedding = self.regulate(&mut st, now);
+        if let Some((job, behind)) = self.steal(&mut st, &mut worker, now) {
+            drop(st);
+            Self::start(Lease::new(worker, self.clone()), job, 0, behind);
+            return;
         }
         let lifo = shedding.is_some() && self.inner.codel.is_some_and(|c| c.lifo);
         loop {
@@ -414,18 +722,38 @@ impl Pool {
                 st.waiters.pop_front()
             };
             let Some(waiter) = next else { break };
-            if waiter.tx.send(Ok(())).is_err() {
+            let Some(job) = waiter.hand_off(None) else {
                 // That client went away while queued: its request is dropped; next.
                 continue;
-            }
+            };
             self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
-            Self::start(Lease::new(worker, self.clone()), waiter.job);
+            let behind = self.offer_next(&mut st, &mut worker, &job.req);
+            drop(st);
+            Self::start(Lease::new(worker, self.clone()), job, 0, behind);
             return;
         }
         st.above_since = None;
         st.overloaded = false;
         st.idle.push(worker);
         self.inner.stats.idle.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Runs when a worker frees: CoDel's control law on the queue, and, when overloaded,
+    /// refuses whoever has waited past the target (so the rest are served fast: their
+    /// clients would likely give up anyway). Returns the target while shedding.
+    fn regulate(&self, st: &mut State, now: Instant) -> Option<Duration> {
+        let shedding = self.control(st, now);
+        if let Some(target) = shedding {
+            while let Some(w) = st.waiters.front() {
+                if !w.gone() && now.saturating_duration_since(w.since) <= target {
+                    break;
+                }
+                if let Some(w) = st.waiters.pop_front() {
+                    w.shed(target, self.shed(target));
+                }
+            }
+        }
+        shedding
     }
 
     fn retiring(&self, st: &State, generation: u64) -> bool {
@@ -435,7 +763,23 @@ impl Pool {
     }
 
     /// A worker is back from a clean request: recycle it or make it idle again.
-    fn release(&self, worker: Worker) {
+    fn release(&self, mut worker: Worker) {
+        {
+            let mut st = self.state();
+            if let Some(i) = st.offers.iter().position(|o| o.pid == worker.pid) {
+                // The worker has started (or is starting) the request offered to it: it
+                // runs there, already written; the next one may be offered behind it
+                // (not while the queue is overloaded: then the next is chosen when the
+                // worker is free, newest first).
+                let offer = st.offers.swap_remove(i);
+                self.regulate(&mut st, Instant::now());
+                let sent = offer.job.req.packet.len();
+                let behind = self.offer_next(&mut st, &mut worker, &offer.job.req);
+                drop(st);
+                Self::start(Lease::new(worker, self.clone()), offer.job, sent, behind);
+                return;
+            }
+        }
         self.inner.stats.busy.fetch_sub(1, Ordering::Relaxed);
         if worker.recycle_after != 0 && worker.served >= worker.recycle_after {
             worker.retire(RestartReason::MaxRequests);
@@ -491,7 +835,14 @@ impl Pool {
     /// workers retire, busy ones retire when done.
     pub(crate) fn begin_shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::Relaxed);
-        self.state().waiters.clear();
+        let waiters = std::mem::take(&mut self.state().waiters);
+        for w in waiters {
+            // Submitters still waiting hear ShuttingDown when their sender drops; a taken
+            // back offer's submitter waits for a head instead.
+            if w.tx.is_none() {
+                let _ = w.job.reply.send(Err(DispatchError::ShuttingDown));
+            }
+        }
         self.retire_idle(|_| true, RestartReason::Shutdown);
     }
 
@@ -516,6 +867,26 @@ impl Pool {
     }
 }
 
+/// Puts a small whole body into the packet (one write).
+fn inline_body(req: &mut WorkerRequest) {
+    if let crate::RequestBody::Full(b) = &req.body {
+        if b.len() <= exchange::INLINE_BODY {
+            req.packet.extend_from_slice(b);
+            req.body = crate::RequestBody::Empty;
+        }
+    }
+}
+
+/// Whether a request goes to the worker in one write (no streamed or large body): only
+/// such a request can be offered, or have one offered behind it.
+fn sendable_at_once(req: &WorkerRequest) -> bool {
+    match &req.body {
+        crate::RequestBody::Empty => true,
+        crate::RequestBody::Full(b) => b.len() <= exchange::INLINE_BODY,
+        crate::RequestBody::Stream { .. } => false,
+    }
+}
+
 /// A place in the queue held from outside the pool (see [`Pool::enter_queue`]).
 #[derive(Debug)]
 pub struct QueueSlot {
@@ -533,8 +904,8 @@ impl Drop for QueueSlot {
 /// is no longer at a request boundary.
 #[derive(Debug)]
 pub struct Lease {
-    worker: Option<Worker>,
-    pool: Pool,
+    pub(crate) worker: Option<Worker>,
+    pub(crate) pool: Pool,
     dirty: Option<RestartReason>,
     /// When the lease was handed out (for the time-in-worker figure).
     pub started: Instant,
@@ -579,7 +950,9 @@ impl Drop for Lease {
             match self.dirty {
                 Some(reason) => {
                     self.pool.inner.stats.busy.fetch_sub(1, Ordering::Relaxed);
+                    let pid = worker.pid;
                     worker.kill(reason);
+                    self.pool.requeue_offer(pid);
                 }
                 None => self.pool.release(worker),
             }

@@ -7,13 +7,12 @@
 //! same way, so READY, startup_timeout, retire, kill (harakiri), backoff and restart
 //! reasons behave the same; with preload a respawn is a fork (milliseconds, no import).
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
@@ -98,6 +97,10 @@ pub struct Worker {
     pub(crate) rbuf: BytesMut,
     pub(crate) served: u64,
     pub(crate) recycle_after: u64,
+    /// Its claim words (see weir-claim); `None`: nothing is offered to it.
+    pub(crate) claim: Option<Arc<weir_claim::ClaimWords>>,
+    /// Offers made to it so far (the last offer's claim sequence number).
+    pub(crate) offers: u64,
     control: mpsc::UnboundedSender<SlotCommand>,
 }
 
@@ -174,7 +177,13 @@ impl Proc {
 
 /// How a started worker turned out.
 enum Start {
-    Ready(Proc, UnixStream, Duration),
+    /// Ready; with its claim words when it passed them (prefetch).
+    Ready(
+        Proc,
+        UnixStream,
+        Option<Arc<weir_claim::ClaimWords>>,
+        Duration,
+    ),
     /// The app cannot be imported (what failed: a worker or the zygote, and its status).
     ImportFailed(String),
     Failed(String),
@@ -200,8 +209,8 @@ pub(crate) async fn run(
             Some(cell) if !cell.execs() => fork(&ctx, slot, cell).await,
             _ => spawn(&ctx, slot).await,
         };
-        let (mut child, stream, took) = match start {
-            Start::Ready(child, stream, took) => (child, stream, took),
+        let (mut child, stream, claim, took) = match start {
+            Start::Ready(child, stream, claim, took) => (child, stream, claim, took),
             Start::ImportFailed(what) => {
                 import_failures += 1;
                 let msg = format!("{what}; its traceback is above");
@@ -251,6 +260,8 @@ pub(crate) async fn run(
             rbuf: BytesMut::with_capacity(8 * 1024),
             served: 0,
             recycle_after,
+            claim,
+            offers: 0,
             control,
         });
         if let Some(tx) = ready.take() {
@@ -404,22 +415,33 @@ async fn await_ready(
     ctx: &SlotContext,
     slot: usize,
     mut child: Proc,
-    mut stream: UnixStream,
+    stream: UnixStream,
     started: Instant,
 ) -> Start {
     let mut hello = [0u8; weir_uwsgi::packet::HEADER_LEN];
+    let mut claim_fd = None;
     let ready = tokio::time::timeout(ctx.config.startup_timeout, async {
         tokio::select! {
-            r = stream.read_exact(&mut hello) => Ok(r),
+            r = read_ready(&stream, &mut hello, &mut claim_fd) => Ok(r),
             s = child.wait() => Err(s),
         }
     })
     .await;
     match ready {
-        Ok(Ok(Ok(_))) if hello[0] == weir_uwsgi::packet::MODIFIER_READY => {
-            Start::Ready(child, stream, started.elapsed())
+        Ok(Ok(Ok(()))) if hello[0] == weir_uwsgi::packet::MODIFIER_READY => {
+            let claim = claim_fd.and_then(|fd| match weir_claim::ClaimWords::open(fd) {
+                Ok(w) => Some(Arc::new(w)),
+                Err(e) => {
+                    warn!(
+                        slot,
+                        "worker {slot}: its claim word cannot be mapped ({e}); no prefetch to it"
+                    );
+                    None
+                }
+            });
+            Start::Ready(child, stream, claim, started.elapsed())
         }
-        Ok(Ok(Ok(_))) => {
+        Ok(Ok(Ok(()))) => {
             child.kill();
             Start::Failed(format!("worker sent {hello:?} instead of READY"))
         }
@@ -439,6 +461,37 @@ async fn await_ready(
             ))
         }
     }
+}
+
+/// Reads the READY packet and the claim word's descriptor the worker passes with it.
+async fn read_ready(
+    stream: &UnixStream,
+    hello: &mut [u8],
+    claim_fd: &mut Option<OwnedFd>,
+) -> std::io::Result<()> {
+    let mut got = 0;
+    while got < hello.len() {
+        stream.readable().await?;
+        let r = stream.try_io(tokio::io::Interest::READABLE, || {
+            weir_fdpass::recv_with_fd(
+                stream.as_fd(),
+                &mut hello[got..],
+                weir_fdpass::Mode::NonBlocking,
+            )
+        });
+        match r {
+            Ok((0, _)) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok((n, fd)) => {
+                got += n;
+                if fd.is_some() {
+                    *claim_fd = fd;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn exited_early(slot: usize, status: Exit) -> Start {

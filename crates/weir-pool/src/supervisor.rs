@@ -49,6 +49,8 @@ pub struct PoolConfig {
     pub worker_args: Vec<OsString>,
     /// Import the app once per generation in a zygote and fork the workers from it.
     pub preload: Preload,
+    /// Write the next waiting request behind a busy worker's current one (see `pool`).
+    pub prefetch: bool,
     /// Number of workers.
     pub workers: usize,
     /// Recycle after this many requests (0: never).
@@ -127,6 +129,7 @@ impl Supervisor {
             config.queue_timeout,
             config.codel,
             config.reload_on_rss,
+            config.prefetch,
         );
         let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
         let ctx = Arc::new(SlotContext {

@@ -20,9 +20,17 @@ pub const MODIFIER_READY_CHECK: u8 = 0xF1;
 /// after the whole request body; never answered; the worker stops iterating the app's
 /// body, calls its close() and ends the response with ABORT).
 pub const MODIFIER_CANCEL: u8 = 0xF2;
+/// modifier1 of the master's CLAIM packet (`[app] prefetch`): it goes right before a
+/// request written behind the one the worker is running, and carries that request's
+/// claim sequence number and byte length (packet and inline body). The worker runs the
+/// request only if it wins the claim (see the weir-claim crate); otherwise it skips that
+/// many bytes. 12 bytes of payload: `seq: u64 LE`, `len: u32 LE`. Never answered.
+pub const MODIFIER_CLAIM: u8 = 0xF3;
+/// Size of a whole CLAIM packet.
+pub const CLAIM_LEN: usize = HEADER_LEN + 12;
 
 /// Why bytes are not (yet) a packet.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum DecodeError {
     /// The buffer holds only part of a packet; at least `needed` bytes in all are required.
     #[error("incomplete uwsgi packet: need {needed} bytes")]
@@ -37,6 +45,16 @@ pub enum DecodeError {
         offset: usize,
         /// Length of the vars block.
         len: usize,
+    },
+    /// A CLAIM packet whose datasize or modifier2 is not CLAIM's.
+    #[error(
+        "malformed CLAIM packet: datasize {datasize}, modifier2 {modifier2} (expected 12 and 0)"
+    )]
+    BadClaim {
+        /// The datasize it declared.
+        datasize: u16,
+        /// Its modifier2.
+        modifier2: u8,
     },
 }
 
@@ -122,18 +140,6 @@ fn split_var(block: &[u8], offset: usize) -> Result<Option<Split<'_>>, DecodeErr
     let start = 4 + klen;
     let value = block.get(start..start + vlen).ok_or(overrun)?;
     Ok(Some((key, value, start + vlen)))
-}
-
-impl Clone for DecodeError {
-    fn clone(&self) -> Self {
-        match self {
-            Self::Incomplete { needed } => Self::Incomplete { needed: *needed },
-            Self::VarOverrun { offset, len } => Self::VarOverrun {
-                offset: *offset,
-                len: *len,
-            },
-        }
-    }
 }
 
 /// Decodes one packet from the front of `buf`: the packet and how many bytes it used.
@@ -225,9 +231,78 @@ pub fn encode_control(out: &mut Vec<u8>, modifier1: u8) {
     out.extend_from_slice(&[modifier1, 0, 0, 0]);
 }
 
+/// A decoded CLAIM packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The claim's sequence number (what the worker compare-and-swaps).
+    pub seq: u64,
+    /// Bytes of the request that follows (packet and inline body), to skip when the
+    /// claim is lost.
+    pub len: u32,
+}
+
+/// Encodes a CLAIM packet.
+pub fn encode_claim(out: &mut Vec<u8>, claim: Claim) {
+    out.extend_from_slice(&[MODIFIER_CLAIM, 12, 0, 0]);
+    out.extend_from_slice(&claim.seq.to_le_bytes());
+    out.extend_from_slice(&claim.len.to_le_bytes());
+}
+
+/// Decodes a CLAIM packet at the start of `buf`: `Ok(None)` when the next packet is not a
+/// CLAIM (its first byte is another modifier1), `Incomplete` when it is one but not all
+/// here. Consumes [`CLAIM_LEN`] bytes.
+pub fn decode_claim(buf: &[u8]) -> Result<Option<Claim>, DecodeError> {
+    match buf.first() {
+        None => return Err(DecodeError::Incomplete { needed: HEADER_LEN }),
+        Some(&m) if m != MODIFIER_CLAIM => return Ok(None),
+        Some(_) => {}
+    }
+    if buf.len() < HEADER_LEN {
+        return Err(DecodeError::Incomplete { needed: CLAIM_LEN });
+    }
+    let datasize = u16::from_le_bytes([buf[1], buf[2]]);
+    if datasize != 12 || buf[3] != 0 {
+        return Err(DecodeError::BadClaim {
+            datasize,
+            modifier2: buf[3],
+        });
+    }
+    if buf.len() < CLAIM_LEN {
+        return Err(DecodeError::Incomplete { needed: CLAIM_LEN });
+    }
+    let seq = u64::from_le_bytes(buf[4..12].try_into().expect("8 bytes"));
+    let len = u32::from_le_bytes(buf[12..16].try_into().expect("4 bytes"));
+    Ok(Some(Claim { seq, len }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claim_round_trip_and_every_cut_is_incomplete() {
+        let c = Claim {
+            seq: 0x0102_0304_0506_0708,
+            len: 517,
+        };
+        let mut out = Vec::new();
+        encode_claim(&mut out, c);
+        assert_eq!(out.len(), CLAIM_LEN);
+        assert_eq!(decode_claim(&out), Ok(Some(c)));
+        for cut in 0..out.len() {
+            assert!(matches!(
+                decode_claim(&out[..cut]),
+                Err(DecodeError::Incomplete { .. })
+            ));
+        }
+        // A request packet is not a claim.
+        assert_eq!(decode_claim(&[0, 5, 0, 0]), Ok(None));
+        // A CLAIM header with another size is refused, not misread.
+        assert!(matches!(
+            decode_claim(&[MODIFIER_CLAIM, 4, 0, 0, 1, 2, 3, 4]),
+            Err(DecodeError::BadClaim { datasize: 4, .. })
+        ));
+    }
 
     fn build(vars: &[(&[u8], &[u8])]) -> Vec<u8> {
         let mut out = Vec::new();

@@ -122,6 +122,10 @@ pub struct Conn {
     pub broken: Option<io::Error>,
     /// The master cancelled the current response (client gone).
     pub cancelled: bool,
+    /// The claim word of prefetched requests, shared with the master (see weir-claim).
+    claim: Option<weir_claim::ClaimWords>,
+    /// Bytes of a revoked prefetched request still to discard before the next packet.
+    skip: usize,
 }
 
 fn eof() -> io::Error {
@@ -129,8 +133,10 @@ fn eof() -> io::Error {
 }
 
 impl Conn {
-    pub fn new(sock: UnixStream) -> Self {
+    pub fn new(sock: UnixStream, claim: Option<weir_claim::ClaimWords>) -> Self {
         Conn {
+            claim,
+            skip: 0,
             sock,
             buf: Vec::new(),
             start: 0,
@@ -188,6 +194,15 @@ impl Conn {
         if self.buf.is_empty() {
             self.buf.resize(READ_BUF, 0);
         }
+        while self.skip > 0 {
+            // A revoked prefetched request: the master wrote all of it, so this ends.
+            if self.buffered() == 0 && !self.ensure(py, 1, false).map_err(Fatal::Io)? {
+                return Err(Fatal::Io(eof()));
+            }
+            let n = self.skip.min(self.buffered());
+            self.start += n;
+            self.skip -= n;
+        }
         if !self
             .ensure(py, packet::HEADER_LEN, true)
             .map_err(Fatal::Io)?
@@ -216,6 +231,18 @@ impl Conn {
         self.start += n;
     }
 
+    /// Handles a CLAIM packet (consumed by the caller): `true` when this worker won the
+    /// claim and runs the request that follows; `false` when the master revoked it, and
+    /// its `len` bytes are skipped before the next packet.
+    pub fn claim(&mut self, claim: packet::Claim) -> bool {
+        // Without a claim word the master never offers; a CLAIM anyway is run as sent.
+        let won = self.claim.as_ref().is_none_or(|w| w.take(claim.seq));
+        if !won {
+            self.skip = claim.len as usize;
+        }
+        won
+    }
+
     /// Starts a new request: body framing and a fresh response state.
     pub fn begin(&mut self, body: Body, head_request: bool) {
         self.seq = self.seq.wrapping_add(1);
@@ -238,34 +265,75 @@ impl Conn {
         if !matches!(self.body, Body::End | Body::Aborted | Body::Length(0)) {
             return false;
         }
-        if self.buffered() < packet::HEADER_LEN {
-            if self.start == self.end {
-                self.start = 0;
-                self.end = 0;
-            } else if self.buf.len() - self.end < packet::HEADER_LEN {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            if self.buf.len() - self.end < packet::HEADER_LEN {
-                self.buf
-                    .resize(READ_BUF.max(self.end + packet::HEADER_LEN), 0);
-            }
-            match sys::recv_nowait(self.sock.as_fd(), &mut self.buf[self.end..]) {
-                Ok(0) => {
-                    self.broken = Some(eof());
-                    return true;
+        loop {
+            if self.skip > 0 {
+                // The rest of a revoked prefetched request (see below).
+                let n = self.skip.min(self.buffered());
+                self.start += n;
+                self.skip -= n;
+                if self.skip > 0 && !self.fill_nowait() {
+                    return self.broken.is_some();
                 }
-                Ok(n) => self.end += n,
-                Err(_) => return false,
+                continue;
             }
+            if self.buffered() < packet::HEADER_LEN && !self.fill_nowait() {
+                return self.broken.is_some();
+            }
+            if self.buffered() < packet::HEADER_LEN {
+                continue;
+            }
+            let b = &self.buf[self.start..self.end];
+            if b[0] == MODIFIER_CANCEL && b[1] == 0 && b[2] == 0 {
+                self.start += packet::HEADER_LEN;
+                return true;
+            }
+            // A request prefetched behind this one: the master revokes it before it sends
+            // CANCEL, so a CANCEL can only be behind a revoked one. Look past it.
+            if b[0] != packet::MODIFIER_CLAIM {
+                return false;
+            }
+            if self.buffered() < packet::CLAIM_LEN && !self.fill_nowait() {
+                return self.broken.is_some();
+            }
+            let Ok(Some(claim)) = packet::decode_claim(&self.buf[self.start..self.end]) else {
+                // Not all here yet (or malformed: the request loop reports that).
+                return false;
+            };
+            let revoked = self.claim.as_ref().is_some_and(|w| w.is_revoked(claim.seq));
+            if !revoked {
+                return false;
+            }
+            self.start += packet::CLAIM_LEN;
+            self.skip = claim.len as usize;
         }
-        let b = &self.buf[self.start..self.end];
-        if b.len() >= packet::HEADER_LEN && b[0] == MODIFIER_CANCEL && b[1] == 0 && b[2] == 0 {
-            self.start += packet::HEADER_LEN;
-            return true;
+    }
+
+    /// Reads what is there without blocking, after compacting the buffer. `false` when
+    /// nothing came (would block, or EOF: then `broken` is set).
+    fn fill_nowait(&mut self) -> bool {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.buf.len() - self.end < packet::CLAIM_LEN {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
         }
-        false
+        if self.buf.len() - self.end < packet::CLAIM_LEN {
+            self.buf
+                .resize(READ_BUF.max(self.end + packet::CLAIM_LEN), 0);
+        }
+        match sys::recv_nowait(self.sock.as_fd(), &mut self.buf[self.end..]) {
+            Ok(0) => {
+                self.broken = Some(eof());
+                false
+            }
+            Ok(n) => {
+                self.end += n;
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Moves past frame prefixes: the bytes left in the current body segment (0 at the end

@@ -263,7 +263,30 @@ pub(crate) fn serve_loaded(
     sock: UnixStream,
     how: &str,
 ) -> ExitCode {
-    let shared = Arc::new(wsgi::Shared::new(conn::Conn::new(sock)));
+    // The claim word of prefetched requests goes to the master with READY; without one
+    // the master never prefetches to this worker (it still serves).
+    let claim = match weir_claim::ClaimWords::create() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log_line(format_args!(
+                "weir worker {id}: no shared claim word ({e}); requests will not be prefetched to this worker"
+            ));
+            None
+        }
+    };
+    let mut ready = Vec::new();
+    weir_uwsgi::packet::encode_control(&mut ready, weir_uwsgi::packet::MODIFIER_READY);
+    let sent = weir_fdpass::send_with_fd(
+        sock.as_fd(),
+        &ready,
+        claim.as_ref().map(|c| c.fd()),
+        weir_fdpass::Mode::Blocking,
+    );
+    if let Err(e) = sent {
+        log_line(format_args!("weir worker {id}: cannot send READY: {e}"));
+        return ExitCode::from(EXIT_FATAL);
+    }
+    let shared = Arc::new(wsgi::Shared::new(conn::Conn::new(sock, claim)));
     let mut worker = match serve::Worker::new(py, id, loaded, shared) {
         Ok(w) => w,
         Err(e) => {
@@ -271,12 +294,6 @@ pub(crate) fn serve_loaded(
             return ExitCode::from(EXIT_FATAL);
         }
     };
-    let mut ready = Vec::new();
-    weir_uwsgi::packet::encode_control(&mut ready, weir_uwsgi::packet::MODIFIER_READY);
-    if let Err(e) = worker.send_raw(py, &ready) {
-        log_line(format_args!("weir worker {id}: cannot send READY: {e}"));
-        return ExitCode::from(EXIT_FATAL);
-    }
     log_line(format_args!(
         "weir worker {id}: pid {} ready, {how}",
         std::process::id()

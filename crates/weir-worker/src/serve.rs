@@ -65,10 +65,6 @@ impl Worker {
         })
     }
 
-    pub(crate) fn send_raw(&self, py: Python<'_>, bytes: &[u8]) -> std::io::Result<()> {
-        self.shared.lock(py).send(py, &[bytes])
-    }
-
     fn fatal(&self, what: &Fatal) -> ExitCode {
         log_line(format_args!("weir worker {}: exiting: {what}", self.id));
         ExitCode::from(EXIT_FATAL)
@@ -92,6 +88,17 @@ impl Worker {
         let Some(total) = c.next_packet(py)? else {
             return Ok(false);
         };
+        match packet::decode_claim(c.packet_bytes(total)) {
+            Ok(None) => {}
+            Ok(Some(claim)) => {
+                // A prefetched request follows: run it only if the master did not take it
+                // back (see weir-claim); either way the loop reads on.
+                c.consume(total);
+                c.claim(claim);
+                return Ok(true);
+            }
+            Err(e) => return Err(Fatal::Desync(e.to_string())),
+        }
         let decoded = packet::decode(c.packet_bytes(total));
         let (modifier1, modifier2) = match &decoded {
             Ok((p, _)) => (p.modifier1, p.modifier2),
