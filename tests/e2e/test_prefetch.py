@@ -8,7 +8,9 @@ only must hold:
 - a request waiting behind a worker that is harakiri'd, crashes or is killed is served by a
   fresh worker (200), never answered 502/504 for someone else's request;
 - recycling (max_requests, reload_on_rss) and SIGHUP reloads under load fail nothing;
-- a request whose client left before it started never reaches the app.
+- a request whose client left before it started never reaches the app;
+- a streamed response whose client leaves is stopped (CANCEL) even with a request offered
+  behind it, and that request is then served once, by the same worker.
 
 The pool offers a request only when a worker frees while at least two wait: it starts the
 first and writes the second behind it. So each behavioural test sets that up on purpose
@@ -20,8 +22,8 @@ the default setting (on); with `--prefetch off` they fail at the offered count. 
 setting itself (`[app] prefetch`, `--prefetch on|off`, exit 2 for a bad value) is checked
 at the end.
 
-The app is apps/prefetch_app.py (sup_app plus /touch?marker= and /crash-after?marker=),
-copied with sup_app.py into a fresh directory per test.
+The app is apps/prefetch_app.py (sup_app plus /touch?marker=, /crash-after?marker= and
+/stream?marker=&closed=), copied with sup_app.py into a fresh directory per test.
 """
 
 from __future__ import annotations
@@ -166,17 +168,18 @@ def in_background(addr: Addr, path: str, timeout: float = 60):
     return t, box
 
 
-def offer_b_behind_a(srv, tmp_path, path_a: str, send_b, busy_s: float = 1.5):
+def offer_b_behind_a(srv, tmp_path, path_a, send_b, busy_s: float = 1.5):
     """The only way the pool offers a request: a worker frees while two requests wait. With
-    one worker: occupies it with X (/sleep?s=busy_s), sends A (path_a, which must write a
-    marker) and then B (send_b()), polling weir_queue_depth so both are known to wait, A
-    first. When X ends the worker starts A and B is written behind it. Returns
-    ((tx, box_x), (ta, box_a), B's handle, x's pid) once the worker has started A and the
-    offer is counted."""
+    one worker: occupies it with X (/sleep?s=busy_s), sends A and then B (send_b()),
+    polling weir_queue_depth so both are known to wait, A first. A is path_a (a path, sent
+    with in_background: its handle is (ta, box_a)) or a callable that sends it and returns
+    its handle; A must write a marker. When X ends the worker starts A and B is written
+    behind it. Returns ((tx, box_x), A's handle, B's handle, x's pid) once the worker has
+    started A and the offer is counted."""
     mx = tmp_path / "x"
     tx, box_x = in_background(srv.addr, "/sleep?s=%s&marker=%s" % (busy_s, mx))
     pid_x = marker_pid(mx)
-    ta, box_a = in_background(srv.addr, path_a)
+    a = path_a() if callable(path_a) else in_background(srv.addr, path_a)
     wait_queue_depth(srv.admin, 1, "A waits behind X")
     b = send_b()
     wait_queue_depth(srv.admin, 2, "A and B wait behind X (X sleeps %s s)" % busy_s)
@@ -188,7 +191,7 @@ def offer_b_behind_a(srv, tmp_path, path_a: str, send_b, busy_s: float = 1.5):
     # X's worker frees with A and B waiting: it starts A, B is offered behind it
     offered, revoked = wait_counts(srv.admin, offered=1, what="B to be offered behind A")
     assert (offered, revoked) == (1, 0), (offered, revoked)
-    return (tx, box_x), (ta, box_a), b, pid_x
+    return (tx, box_x), a, b, pid_x
 
 
 # ---------------------------------------------------------------------------------------
@@ -348,6 +351,88 @@ def test_client_gone_while_waiting_behind_a_busy_worker_never_reaches_the_app(we
     assert get(srv.addr, "/pid", timeout=30).status == 200
     assert not mb.exists(), "B reached the app late"
     assert prefetch_counts(srv.admin) == (offered, revoked)
+
+
+# ---------------------------------------------------------------------------------------
+# the client of a streamed response leaves while a request is offered behind it
+
+
+def restarts_total(admin: Addr) -> float:
+    """weir_worker_restarts_total summed over its reasons (0 when absent)."""
+    total = 0.0
+    for line in metrics_text(admin).splitlines():
+        m = _SAMPLE.match(line.strip())
+        if m and not line.startswith("#") and m.group(1) == "weir_worker_restarts_total":
+            total += float(m.group(3))
+    return total
+
+
+def read_some_body(s: socket.socket, timeout: float = 10) -> bytes:
+    """Reads from s until the response head and at least one byte of body have come;
+    returns what was read."""
+    s.settimeout(timeout)
+    data = b""
+    deadline = time.monotonic() + timeout
+    while True:
+        head_end = data.find(b"\r\n\r\n")
+        if head_end >= 0 and len(data) > head_end + 4:
+            return data
+        assert time.monotonic() < deadline, "no body byte of the stream within %.0fs: %r" % (timeout, data)
+        chunk = s.recv(4096)
+        assert chunk, "the stream's connection closed before any body byte: %r" % data
+        data += chunk
+
+
+@pytest.mark.e2e_timeout(90)
+@PROCESS_MODELS
+def test_cancel_of_a_stream_reaches_the_worker_past_the_request_offered_behind_it(weir, app_dir, tmp_path,
+                                                                                  preload):
+    """A streams (a chunk every 50 ms for up to 30 s) and B is offered behind it (see
+    offer_b_behind_a); A's client reads a few chunks and leaves. The master takes B back
+    (revoked) and writes CANCEL, which the worker sees past B's revoked bytes: it stops A's
+    body (close() runs within seconds, not after 30 s), skips B, and stays in sync: B is
+    then served exactly once, by the same worker, and so is C; no worker restarts."""
+    srv = start_app(weir, app_dir, workers=1, preload=preload, admin=True)
+    restarts0 = restarts_total(srv.admin)
+    ma, mclosed, mb = tmp_path / "a", tmp_path / "a-closed", tmp_path / "b"
+    _, sa, (tb, box_b), pid_x = offer_b_behind_a(
+        srv, tmp_path, lambda: raw_get(srv.addr, "/stream?s=30&every=0.05&marker=%s&closed=%s" % (ma, mclosed)),
+        lambda: in_background(srv.addr, "/touch?append=1&marker=%s" % mb, timeout=30))
+    pid_a = marker_pid(ma)
+    assert pid_a == pid_x
+    got = read_some_body(sa)
+    assert got.startswith(b"HTTP/1.1 200"), got
+    assert not mclosed.exists(), "A's body was closed before its client left"
+    assert not mb.exists(), "B ran while the only worker was streaming A"
+    assert "end" not in box_b, "B was answered while the only worker was streaming A: %r" % box_b
+    t_gone = time.monotonic()
+    sa.close()
+    wait_for(lambda: mclosed.exists() and mclosed.read_text().strip(), 10, interval=0.02,
+             what="A's close() after its client left (no CANCEL reached the worker past B: the stream "
+                  "runs 30 s)")
+    stopped = time.monotonic() - t_gone
+    assert int(mclosed.read_text()) == pid_a
+    tb.join(30)
+    rb = box_b.get("resp")
+    assert rb is not None, box_b
+    assert rb.status == 200, "B, offered behind the cancelled stream: %r" % rb
+    pid_b = pid_of(rb)
+    lines = mb.read_text().splitlines()
+    assert lines == [str(pid_b)], "B ran %d times (pids %r), answered by %d" % (len(lines), lines, pid_b)
+    assert pid_b == pid_a, ("B was answered by %d, not by A's worker %d: the worker was replaced "
+                            "(desynced by the CANCEL behind B?)" % (pid_b, pid_a))
+    offered, revoked = prefetch_counts(srv.admin)
+    print("cancel-stream[%s]: offered=%d revoked=%d, A closed %.2fs after its client left"
+          % (preload, offered, revoked, stopped))
+    assert offered >= 1 and revoked >= 1, \
+        "B was not taken back before the CANCEL: %r" % ((offered, revoked),)
+    rc = get(srv.addr, "/pid", timeout=30)
+    assert rc.status == 200 and pid_of(rc) == pid_a, "C: %r (A's worker was %d)" % (rc, pid_a)
+    assert pid_alive(pid_a)
+    assert mb.read_text().splitlines() == [str(pid_b)], "B ran again: %r" % mb.read_text()
+    assert restarts_total(srv.admin) == restarts0, "a worker restarted: %s" % [
+        l for l in metrics_text(srv.admin).splitlines() if l.startswith("weir_worker_restarts_total")]
+    assert "framing broken" not in srv.output(), srv.output()[-3000:]
 
 
 # ---------------------------------------------------------------------------------------
