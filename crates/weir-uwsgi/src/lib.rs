@@ -34,6 +34,12 @@
 //! A control packet (modifier1 = [`MODIFIER_READY_CHECK`](packet::MODIFIER_READY_CHECK))
 //! asks the worker to run the app's ready check; it answers with a response head and body
 //! frames like any request.
+//!
+//! With `[app] prefetch` the master may write a request behind the one the worker is
+//! running, preceded by a CLAIM packet ([`MODIFIER_CLAIM`](packet::MODIFIER_CLAIM):
+//! [`encode_claim`](packet::encode_claim), [`decode_claim`](packet::decode_claim)) that
+//! carries the claim's sequence number and the request's length; whether the worker runs it
+//! is settled in shared memory (the weir-claim crate), not on the wire.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -15,10 +15,12 @@
 //!
 //! # What the master can rely on (beyond `weir_uwsgi`'s protocol overview)
 //! - READY (`MODIFIER_READY`, no vars) is written once, after the app and the ready check
-//!   imported; then one log line `weir worker <id>: pid <pid> ready, app <app> imported in
+//!   imported, with the descriptor of the worker's claim words attached (`SCM_RIGHTS`; see
+//!   weir-claim; none when the memfd could not be made, and then nothing is offered to this
+//!   worker); then one log line `weir worker <id>: pid <pid> ready, app <app> imported in
 //!   <ms> ms`.
 //! - Every packet gets exactly one framed answer (head, data frames, END or ABORT), except
-//!   [`MODIFIER_CANCEL`], which never gets one. Packets are handled strictly in order, so the
+//!   [`MODIFIER_CANCEL`] and CLAIM, which never get one. Packets are handled strictly in order, so the
 //!   master may write the next packet before the previous answer is read.
 //! - The request body is read while the app runs and the rest is drained *after* the answer
 //!   is written: the master must write the body concurrently with reading the response.
@@ -46,6 +48,12 @@
 //!   sends it only after the whole request body; the worker checks for it before each
 //!   streamed chunk, then stops iterating, calls `close()` and writes ABORT. One that
 //!   arrives after the response ended is read at the next packet boundary and ignored.
+//! - CLAIM (`MODIFIER_CLAIM` = 0xF3, a 12-byte payload: claim sequence number and the
+//!   length of the request that follows): the next request was offered behind the current
+//!   one (`[app] prefetch`). The worker swaps its claim word from offered to taken and runs
+//!   the request only if that won; if the master revoked it first, the worker skips its
+//!   `len` bytes. While streaming a response, the CANCEL check looks past a revoked CLAIM
+//!   and its request (the master revokes before it sends CANCEL).
 //! - Exit codes: 0 after EOF at a packet boundary, [`EXIT_IMPORT_FAILED`] (3) when the app
 //!   or the ready check cannot be imported, [`EXIT_FATAL`] (1) on a socket error, EOF inside
 //!   a packet or body, or broken request-body framing, [`EXIT_USAGE`] (2) when stdin is not
