@@ -5,7 +5,8 @@
 //! from one request to the next without sleeping. Bytes written to a socket cannot be
 //! taken back, so whether the offered request runs there is decided by this word instead:
 //! a page of shared memory (a `memfd` the worker creates and passes to the master with its
-//! READY) holding two `u64` words, `seq << 2 | state`; offer `seq` uses word `seq % 2`.
+//! READY) holding [`WORDS`] `u64` words, `seq << 2 | state`; offer `seq` uses word
+//! `seq % WORDS`.
 //!
 //! - The master [`offers`](ClaimWords::offer) request `seq` (state OFFERED) before writing it.
 //! - The worker, on reading the request's CLAIM packet, [`takes`](ClaimWords::take) it:
@@ -18,12 +19,14 @@
 //! Exactly one of the two swaps can win, so a request is never run twice and never lost.
 //! The `seq` in the word keeps an old CLAIM from matching a newer offer.
 //!
-//! Why two words: the master offers the next request (`seq + 1`) as soon as it has read the
-//! answer of the one before the offered one, which may be before the worker has swapped
-//! the claim of `seq`; with one word the new offer would overwrite it and the worker would
-//! skip a request the master counts as running. The master offers to a worker only when
-//! that worker starts a new request, so by the time `seq + 2` reuses a word, `seq` (the
-//! request before the one now starting) has been settled. Sequence numbers are per worker.
+//! Why several words: the master tops up a worker's offers as soon as it has read the
+//! answer of the request before the first offered one, which may be before the worker has
+//! swapped the claim of that first one; with one word the new offer would overwrite it and
+//! the worker would skip a request the master counts as running. The master offers to a
+//! worker only when that worker starts a new request, and keeps at most `WORDS - 1` offers
+//! outstanding on it, so by the time an offer reuses a word, the one that had it (a
+//! request before the one now starting, whose answer has been read) has been settled.
+//! Sequence numbers are per worker.
 //!
 //! Written over `libc` by hand: memfd + mmap of one page is four calls, and the crates that
 //! wrap shared memory bring far more than that. All `unsafe` of the feature is in this
@@ -39,6 +42,8 @@ const TAKEN: u64 = 2;
 const REVOKED: u64 = 3;
 /// Bytes mapped: one page is the smallest mapping anyway.
 const LEN: usize = 4096;
+/// Claim words per worker: a worker may have up to `WORDS - 1` offers outstanding.
+pub const WORDS: u64 = 4;
 
 /// The claim words of one worker in a shared mapping (the master's view and the worker's
 /// are two mappings of the same memfd).
@@ -113,10 +118,10 @@ impl ClaimWords {
 
     /// The word of offer `seq`.
     fn atomic(&self, seq: u64) -> &AtomicU64 {
-        let i = (seq % 2) as usize;
+        let i = (seq % WORDS) as usize;
         // SAFETY: word points at the start of a live, page-aligned (so 8-aligned) shared
-        // mapping of LEN >= 16 bytes, unmapped only by Drop, so words 0 and 1 are in it;
-        // all access to them in either process is atomic.
+        // mapping of LEN = 4096 >= 8 * WORDS bytes, unmapped only by Drop, so word i is in
+        // it; all access to the words in either process is atomic.
         unsafe { &*self.word.as_ptr().add(i) }
     }
 
@@ -215,15 +220,15 @@ mod tests {
     fn the_next_offer_does_not_overwrite_one_not_yet_taken() {
         let (master, worker) = pair();
         master.offer(4);
-        // The master read the answer before 4 and offers 5 behind 4 before the worker
-        // has swapped 4's claim.
         master.offer(5);
+        // The master read the answer before 4 and offers 6 behind 5 before the worker
+        // has swapped 4's claim (WORDS - 1 = 3 outstanding).
+        master.offer(6);
         assert!(
             worker.take(4),
             "4 is the request the master counts as running"
         );
         assert!(worker.take(5));
-        master.offer(6);
         assert!(master.revoke(6));
         assert!(!worker.take(6));
     }

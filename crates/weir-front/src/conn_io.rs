@@ -22,7 +22,10 @@ pub trait Socket: Send + Sync + 'static {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     /// `poll_write_ready`.
     fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
-    /// `try_read`.
+    /// `try_read`, except that a read shorter than `buf` also clears the read readiness
+    /// (as tokio's own `poll_read` does: with edge-triggered epoll a short read means the
+    /// socket was drained, and new bytes bring a new edge). Without that, the next read
+    /// after every request is a `recvfrom` that fails with EAGAIN.
     fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
     /// `try_write`.
     fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
@@ -44,7 +47,20 @@ macro_rules! socket_impl {
                 <$t>::poll_write_ready(self, cx)
             }
             fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-                <$t>::try_read(self, buf)
+                let len = buf.len();
+                let mut got = 0;
+                let r = self.try_io(Interest::READABLE, || {
+                    got = <$t>::try_read(self, buf)?;
+                    if got > 0 && got < len {
+                        // Drained: tell tokio so (try_io clears readiness on WouldBlock).
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    Ok(got)
+                });
+                match r {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+                    r => r,
+                }
             }
             fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
                 <$t>::try_write(self, buf)

@@ -20,7 +20,8 @@
 //! healthy closed-loop load, whose waits are long only because every client is waiting).
 //!
 //! Prefetch (`[app] prefetch`, on by default): when a worker frees and more than one
-//! request waits, the worker's next request is written right behind the one it starts, so
+//! request waits, the worker's next requests (up to [`PREFETCH_DEPTH`]) are written right
+//! behind the one it starts, and topped up each time it goes on to the next, so
 //! under load the worker goes from one answer to the next request without sleeping in
 //! `recv` and without waiting for the master to read its answer first (uWSGI's workers get
 //! the same from their shared listen queue). A written request cannot be taken back from
@@ -34,14 +35,14 @@
 //!   free worker with nothing else waiting takes any offer. So a request does not stay
 //!   behind a slow one while other workers go on, which is what weir's dispatch to free
 //!   workers exists for;
-//! - when the holder is killed (harakiri, deadline) or dies: the offered request goes to
-//!   the front of the queue, and is served as if it had waited there;
+//! - when the holder is killed (harakiri, deadline) or dies: its offered requests go to
+//!   the front of the queue, in order, and are served as if they had waited there;
 //! - when the holder's client-side stream is cancelled (CANCEL must not sit behind it);
 //! - when the offered request's own client goes away (it is never started).
 //!
 //! If the worker took the request first, it runs there; if that worker is then killed
 //! while running it, that request fails as `worker-died` like any running request. A
-//! worker that will retire after its current request (max_requests) is not offered one.
+//! worker is not offered more than it serves before max_requests retires it.
 //!
 //! A waiter whose client went away is
 //! simply dropped: the worker handed to it comes back through [`Lease`]'s `Drop`, so a
@@ -229,7 +230,7 @@ pub(crate) struct Inner {
 struct State {
     idle: Vec<Worker>,
     waiters: VecDeque<Waiter>,
-    /// Requests offered to busy workers (at most one per worker).
+    /// Requests offered to busy workers (at most `PREFETCH_DEPTH` per worker).
     offers: Vec<Offer>,
     /// The last offer key given out.
     offer_keys: u64,
@@ -377,28 +378,48 @@ impl Pool {
     /// only behind one without a streamed body): pops it, registers the offer, tells its
     /// submitter, and returns the bytes to write behind the current request.
     fn offer_next(&self, st: &mut State, worker: &mut Worker, current: &WorkerRequest) -> Vec<u8> {
-        let retiring = worker.recycle_after != 0 && worker.served + 2 > worker.recycle_after;
-        if worker.claim.is_none()
+        // Room: PREFETCH_DEPTH, less what is already offered to it, and no more than it
+        // serves before it retires (max_requests; the current request counts).
+        let offered = st.offers.iter().filter(|o| o.pid == worker.pid).count();
+        let mut room = PREFETCH_DEPTH.saturating_sub(offered);
+        if worker.recycle_after != 0 {
+            let after = worker.served + 1 + offered as u64;
+            let left = worker.recycle_after.saturating_sub(after);
+            room = room.min(usize::try_from(left).unwrap_or(usize::MAX));
+        }
+        if room == 0
+            || worker.claim.is_none()
             || !self.inner.prefetch
-            || retiring
             || st.overloaded
             || !sendable_at_once(current)
             || self.retiring(st, worker.generation)
         {
             return Vec::new();
         }
+        let mut behind = Vec::new();
+        while room > 0 {
+            let Some(more) = self.offer_one(st, worker) else {
+                break;
+            };
+            behind.extend_from_slice(&more);
+            room -= 1;
+        }
+        behind
+    }
+
+    /// One offer to `worker` (see [`Pool::offer_next`]): the bytes to write, or `None` when
+    /// nothing can be offered.
+    fn offer_one(&self, st: &mut State, worker: &mut Worker) -> Option<Vec<u8>> {
         // First, a request offered to a worker that has been on its current request too
         // long (a slow request, or a worker the kernel is not running) moves here: it
         // waited longest.
         if let Some(offer) = self.take_stale_offer(st, worker.pid, Instant::now()) {
-            return self.place_offer(st, worker, offer.key, offer.job, offer.since);
+            return Some(self.place_offer(st, worker, offer.key, offer.job, offer.since));
         }
         loop {
-            let Some(front) = st.waiters.front() else {
-                return Vec::new();
-            };
+            let front = st.waiters.front()?;
             if !sendable_at_once(&front.job.req) {
-                return Vec::new();
+                return None;
             }
             let waiter = st.waiters.pop_front().expect("front checked");
             let since = waiter.since;
@@ -411,7 +432,7 @@ impl Pool {
             let Some(job) = waiter.hand_off(Some(key)) else {
                 continue;
             };
-            return self.place_offer(st, worker, key, job, since);
+            return Some(self.place_offer(st, worker, key, job, since));
         }
     }
 
@@ -470,12 +491,13 @@ impl Pool {
         now: Instant,
         any: bool,
     ) -> Option<Offer> {
+        // The holder busy longest; of its offers, the first (it has waited longest).
         let i = st
             .offers
             .iter()
             .enumerate()
             .filter(|(_, o)| !o.taken && o.pid != pid)
-            .min_by_key(|(_, o)| o.holder_since)
+            .min_by_key(|(_, o)| (o.holder_since, o.seq))
             .map(|(i, _)| i)?;
         let o = &mut st.offers[i];
         if !any && now.saturating_duration_since(o.holder_since) < self.steal_after() {
@@ -507,35 +529,56 @@ impl Pool {
     /// to the front of the queue. If the worker had started it, it failed with the worker.
     pub(crate) fn requeue_offer(&self, pid: u32) {
         let mut st = self.state();
-        let Some(i) = st.offers.iter().position(|o| o.pid == pid) else {
-            return;
-        };
-        let offer = st.offers.swap_remove(i);
-        if !offer.claim.revoke(offer.seq) {
-            drop(st);
-            let _ = offer.job.reply.send(Err(DispatchError::WorkerDied));
+        let mut mine = Vec::new();
+        let mut i = 0;
+        while i < st.offers.len() {
+            if st.offers[i].pid == pid {
+                mine.push(st.offers.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        if mine.is_empty() {
             return;
         }
-        self.inner
-            .stats
-            .prefetch_revoked
-            .fetch_add(1, Ordering::Relaxed);
-        if offer.job.reply.is_closed() {
-            return;
+        mine.sort_by_key(|o| o.seq);
+        let mut starts = Vec::new();
+        let mut queued = Vec::new();
+        for offer in mine {
+            if !offer.claim.revoke(offer.seq) {
+                // It had started: it failed with the worker.
+                let _ = offer.job.reply.send(Err(DispatchError::WorkerDied));
+                continue;
+            }
+            self.inner
+                .stats
+                .prefetch_revoked
+                .fetch_add(1, Ordering::Relaxed);
+            if offer.job.reply.is_closed() {
+                continue;
+            }
+            match st.idle.pop() {
+                Some(worker) => {
+                    self.inner.stats.idle.fetch_sub(1, Ordering::Relaxed);
+                    self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
+                    starts.push((worker, offer.job));
+                }
+                None => queued.push(offer),
+            }
         }
-        if let Some(worker) = st.idle.pop() {
-            self.inner.stats.idle.fetch_sub(1, Ordering::Relaxed);
-            self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
-            drop(st);
-            Self::start(Lease::new(worker, self.clone()), offer.job, 0, Vec::new());
-            return;
+        // To the front of the queue, in their order.
+        for offer in queued.into_iter().rev() {
+            st.waiters.push_front(Waiter {
+                tx: None,
+                since: offer.since,
+                job: offer.job,
+                key: Some(offer.key),
+            });
         }
-        st.waiters.push_front(Waiter {
-            tx: None,
-            since: offer.since,
-            job: offer.job,
-            key: Some(offer.key),
-        });
+        drop(st);
+        for (worker, job) in starts {
+            Self::start(Lease::new(worker, self.clone()), job, 0, Vec::new());
+        }
     }
 
     /// The submitter of an offer went away: take it back unless it has started.
@@ -766,13 +809,24 @@ impl Pool {
     fn release(&self, mut worker: Worker) {
         {
             let mut st = self.state();
-            if let Some(i) = st.offers.iter().position(|o| o.pid == worker.pid) {
-                // The worker has started (or is starting) the request offered to it: it
-                // runs there, already written; the next one may be offered behind it
-                // (not while the queue is overloaded: then the next is chosen when the
-                // worker is free, newest first).
+            let first = st
+                .offers
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| o.pid == worker.pid)
+                .min_by_key(|(_, o)| o.seq)
+                .map(|(i, _)| i);
+            if let Some(i) = first {
+                // The worker has started (or is starting) the first request offered to it:
+                // it runs there, already written; more may be offered behind it (not while
+                // the queue is overloaded: then the next is chosen when the worker is
+                // free, newest first).
                 let offer = st.offers.swap_remove(i);
-                self.regulate(&mut st, Instant::now());
+                let now = Instant::now();
+                for o in st.offers.iter_mut().filter(|o| o.pid == worker.pid) {
+                    o.holder_since = now;
+                }
+                self.regulate(&mut st, now);
                 let sent = offer.job.req.packet.len();
                 let behind = self.offer_next(&mut st, &mut worker, &offer.job.req);
                 drop(st);
@@ -866,6 +920,12 @@ impl Pool {
         self.inner.stats.restarts[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 }
+
+/// Requests offered to one worker at most (behind its current one). Two give the master a
+/// whole request's time to top up before the worker runs dry; the claim words allow
+/// `weir_claim::WORDS - 1`.
+const PREFETCH_DEPTH: usize = 2;
+const _: () = assert!(PREFETCH_DEPTH < weir_claim::WORDS as usize);
 
 /// Puts a small whole body into the packet (one write).
 fn inline_body(req: &mut WorkerRequest) {
