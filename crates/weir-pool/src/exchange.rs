@@ -173,7 +173,7 @@ async fn exchange(
         .as_mut()
         .expect("a lease holds its worker until dropped");
     worker.served += 1;
-    let pid = worker.pid;
+    let holder = worker.id;
     let (mut rd, mut wr) = worker.stream.split();
     let rbuf = &mut worker.rbuf;
     let WorkerRequest {
@@ -187,12 +187,12 @@ async fn exchange(
             wr.write_all(&packet[sent.min(packet.len())..])
                 .await
                 .map_err(|_| Ended::Died)?;
-            read_response(&mut rd, rbuf, out, Some((&mut wr, &*pool, pid))).await
+            read_response(&mut rd, rbuf, out, Some((&mut wr, &*pool, holder))).await
         }
         RequestBody::Full(b) if b.len() <= INLINE_BODY => {
             packet.extend_from_slice(&b);
             wr.write_all(&packet).await.map_err(|_| Ended::Died)?;
-            read_response(&mut rd, rbuf, out, Some((&mut wr, &*pool, pid))).await
+            read_response(&mut rd, rbuf, out, Some((&mut wr, &*pool, holder))).await
         }
         body => {
             // The write half is busy with the body: no CANCEL for these (rare) requests;
@@ -295,7 +295,7 @@ async fn read_response(
     rd: &mut ReadHalf<'_>,
     rbuf: &mut bytes::BytesMut,
     out: &mut Reply,
-    mut cancel: Option<(&mut WriteHalf<'_>, &Pool, u32)>,
+    mut cancel: Option<(&mut WriteHalf<'_>, &Pool, u64)>,
 ) -> Result<(), Ended> {
     let head_len = loop {
         if let Some(n) = head::find_end(rbuf) {
@@ -401,11 +401,14 @@ async fn read_response(
                 if had_client && sink.is_none() {
                     // The client went away: ask the worker to stop the app's iterable
                     // (it answers with ABORT), instead of running it to its end.
-                    if let Some((wr, pool, pid)) = cancel.take() {
-                        // A request offered behind this one would sit between the
-                        // worker and the CANCEL: it is taken back first (served
-                        // elsewhere), so the worker can look past it.
-                        pool.requeue_offer(pid);
+                    // Requests offered behind this one are taken back first (served
+                    // elsewhere), so the worker can look past them to the CANCEL. If
+                    // the worker already took one, it has ended this response (it is
+                    // all in the socket): no CANCEL then, the rest is read to its end.
+                    let cancel = cancel
+                        .take()
+                        .filter(|(_, pool, holder)| pool.revoke_offers_for_cancel(*holder));
+                    if let Some((wr, _, _)) = cancel {
                         let mut c = Vec::with_capacity(4);
                         weir_uwsgi::packet::encode_control(
                             &mut c,

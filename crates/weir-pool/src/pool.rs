@@ -151,8 +151,8 @@ struct Offer {
     /// Which offered request this is (what its [`Started`] withdraws), kept when it moves
     /// to another worker.
     key: u64,
-    /// The holder.
-    pid: u32,
+    /// The holder ([`Worker::id`]).
+    holder: u64,
     /// The claim sequence number on the holder.
     seq: u64,
     claim: Arc<weir_claim::ClaimWords>,
@@ -380,7 +380,7 @@ impl Pool {
     fn offer_next(&self, st: &mut State, worker: &mut Worker, current: &WorkerRequest) -> Vec<u8> {
         // Room: PREFETCH_DEPTH, less what is already offered to it, and no more than it
         // serves before it retires (max_requests; the current request counts).
-        let offered = st.offers.iter().filter(|o| o.pid == worker.pid).count();
+        let offered = st.offers.iter().filter(|o| o.holder == worker.id).count();
         let mut room = PREFETCH_DEPTH.saturating_sub(offered);
         if worker.recycle_after != 0 {
             let after = worker.served + 1 + offered as u64;
@@ -396,29 +396,45 @@ impl Pool {
         {
             return Vec::new();
         }
+        // A worker over reload_on_rss gets nothing more: it retires once what it has is done.
+        if let Some(limit) = self.inner.reload_on_rss {
+            if worker.rss_bytes().is_some_and(|rss| rss > limit) {
+                return Vec::new();
+            }
+        }
+        let ahead = wire_len(current)
+            + st.offers
+                .iter()
+                .filter(|o| o.holder == worker.id)
+                .map(|o| packet::CLAIM_LEN + wire_len(&o.job.req))
+                .sum::<usize>();
+        let mut budget = OFFER_BYTES.saturating_sub(ahead);
         let mut behind = Vec::new();
         while room > 0 {
-            let Some(more) = self.offer_one(st, worker) else {
+            let Some(more) = self.offer_one(st, worker, budget) else {
                 break;
             };
+            budget -= more.len();
             behind.extend_from_slice(&more);
             room -= 1;
         }
         behind
     }
 
-    /// One offer to `worker` (see [`Pool::offer_next`]): the bytes to write, or `None` when
-    /// nothing can be offered.
-    fn offer_one(&self, st: &mut State, worker: &mut Worker) -> Option<Vec<u8>> {
+    /// One offer to `worker` (see [`Pool::offer_next`]), at most `budget` bytes: the bytes
+    /// to write, or `None` when nothing can be offered.
+    fn offer_one(&self, st: &mut State, worker: &mut Worker, budget: usize) -> Option<Vec<u8>> {
+        let now = Instant::now();
+        let fits = |req: &WorkerRequest| packet::CLAIM_LEN + wire_len(req) <= budget;
         // First, a request offered to a worker that has been on its current request too
         // long (a slow request, or a worker the kernel is not running) moves here: it
         // waited longest.
-        if let Some(offer) = self.take_stale_offer(st, worker.pid, Instant::now()) {
+        if let Some(offer) = self.take_offer_from_slowest(st, worker.id, now, false, budget) {
             return Some(self.place_offer(st, worker, offer.key, offer.job, offer.since));
         }
         loop {
             let front = st.waiters.front()?;
-            if !sendable_at_once(&front.job.req) {
+            if !offerable(&front.job.req) || !fits(&front.job.req) {
                 return None;
             }
             let waiter = st.waiters.pop_front().expect("front checked");
@@ -427,13 +443,31 @@ impl Pool {
                 st.offer_keys += 1;
                 st.offer_keys
             });
-            // The submitter cannot act on this (withdraw) before the offer is in place:
-            // that needs the state lock, which is held until then.
-            let Some(job) = waiter.hand_off(Some(key)) else {
+            let Some(job) = self.hand_off(waiter, Some(key), now) else {
                 continue;
             };
+            // The submitter cannot act on this (withdraw) before the offer is in place:
+            // that needs the state lock, which is held until then.
             return Some(self.place_offer(st, worker, key, job, since));
         }
+    }
+
+    /// Hands a waiter's job over to be started (`key`: as an offer); `None` when nobody
+    /// waits for it any more, or when a taken back offer's time is up (answered here: its
+    /// submitter has no timer of its own any more).
+    fn hand_off(&self, waiter: Waiter, key: Option<u64>, now: Instant) -> Option<Job> {
+        if waiter.tx.is_none() {
+            if now.saturating_duration_since(waiter.since) > self.inner.queue_timeout {
+                let _ = waiter
+                    .job
+                    .reply
+                    .send(Err(DispatchError::QueueTimeout(self.inner.queue_timeout)));
+                return None;
+            }
+            let job = answer_if_expired(waiter.job, now)?;
+            return (!job.reply.is_closed()).then_some(job);
+        }
+        waiter.hand_off(key)
     }
 
     /// Registers `job` as offered to `worker` and returns the bytes to write behind the
@@ -463,7 +497,7 @@ impl Pool {
         behind.extend_from_slice(&job.req.packet);
         st.offers.push(Offer {
             key,
-            pid: worker.pid,
+            holder: worker.id,
             seq,
             claim,
             job,
@@ -478,42 +512,54 @@ impl Pool {
         behind
     }
 
-    /// Takes back the offer (not `pid`'s) whose holder has been on its current request
-    /// longest, if that is longer than [`Pool::steal_after`] (or `any`).
-    fn take_stale_offer(&self, st: &mut State, pid: u32, now: Instant) -> Option<Offer> {
-        self.take_offer_from_slowest(st, pid, now, false)
-    }
-
+    /// Takes back the offer (not held by `skip`, at most `max_len` bytes on the wire) whose
+    /// holder has been on its current request longest, if that is longer than
+    /// [`Pool::steal_after`] (or `any`). An offer whose client has gone, or whose deadline
+    /// has passed (answered), is dropped and the next one looked at.
     fn take_offer_from_slowest(
         &self,
         st: &mut State,
-        pid: u32,
+        skip: u64,
         now: Instant,
         any: bool,
+        max_len: usize,
     ) -> Option<Offer> {
-        // The holder busy longest; of its offers, the first (it has waited longest).
-        let i = st
-            .offers
-            .iter()
-            .enumerate()
-            .filter(|(_, o)| !o.taken && o.pid != pid)
-            .min_by_key(|(_, o)| (o.holder_since, o.seq))
-            .map(|(i, _)| i)?;
-        let o = &mut st.offers[i];
-        if !any && now.saturating_duration_since(o.holder_since) < self.steal_after() {
-            return None;
+        let steal_after = self.steal_after();
+        loop {
+            // The holder busy longest; of its offers, the first (it has waited longest).
+            let i = st
+                .offers
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| {
+                    !o.taken
+                        && o.holder != skip
+                        && packet::CLAIM_LEN + wire_len(&o.job.req) <= max_len
+                })
+                .min_by_key(|(_, o)| (o.holder_since, o.seq))
+                .map(|(i, _)| i)?;
+            let o = &mut st.offers[i];
+            if !any && now.saturating_duration_since(o.holder_since) < steal_after {
+                return None;
+            }
+            if !o.claim.revoke(o.seq) {
+                // Its holder has started it; the next one may still be behind a slow one.
+                o.taken = true;
+                continue;
+            }
+            let offer = st.offers.swap_remove(i);
+            self.inner
+                .stats
+                .prefetch_revoked
+                .fetch_add(1, Ordering::Relaxed);
+            match answer_if_expired(offer.job, now) {
+                // Its client gone: dropped here (never started); or past its deadline.
+                Some(job) if !job.reply.is_closed() => {
+                    return Some(Offer { job, ..offer });
+                }
+                _ => continue,
+            }
         }
-        if !o.claim.revoke(o.seq) {
-            o.taken = true;
-            return None;
-        }
-        let offer = st.offers.swap_remove(i);
-        self.inner
-            .stats
-            .prefetch_revoked
-            .fetch_add(1, Ordering::Relaxed);
-        // Its client gone: dropped here (never started).
-        (!offer.job.reply.is_closed()).then_some(offer)
     }
 
     /// How long an offer's holder must have been on its current request before a freed
@@ -524,49 +570,78 @@ impl Pool {
         (mean * 2).max(Duration::from_millis(1))
     }
 
-    /// Takes back the offer held by `pid`, whose current request ended badly (the worker
-    /// was killed or died) or is being cancelled: it is served by an idle worker or goes
-    /// to the front of the queue. If the worker had started it, it failed with the worker.
-    pub(crate) fn requeue_offer(&self, pid: u32) {
+    /// Takes back the offers held by worker `holder`, whose current request ended badly
+    /// (the worker was killed or died): each is served by an idle worker or goes to the
+    /// front of the queue, in order. One the worker had started failed with it.
+    pub(crate) fn requeue_offer(&self, holder: u64) {
         let mut st = self.state();
-        let mut mine = Vec::new();
-        let mut i = 0;
-        while i < st.offers.len() {
-            if st.offers[i].pid == pid {
-                mine.push(st.offers.swap_remove(i));
+        let mut revoked = Vec::new();
+        for offer in take_offers_of(&mut st, holder) {
+            if offer.claim.revoke(offer.seq) {
+                revoked.push(offer);
             } else {
-                i += 1;
-            }
-        }
-        if mine.is_empty() {
-            return;
-        }
-        mine.sort_by_key(|o| o.seq);
-        let mut starts = Vec::new();
-        let mut queued = Vec::new();
-        for offer in mine {
-            if !offer.claim.revoke(offer.seq) {
                 // It had started: it failed with the worker.
                 let _ = offer.job.reply.send(Err(DispatchError::WorkerDied));
-                continue;
             }
+        }
+        self.requeue(st, revoked);
+    }
+
+    /// Before a CANCEL for worker `holder`'s current request: takes back what is offered
+    /// behind it (to the front of the queue). `false` when the worker had already started
+    /// one: it has ended the current response then (all of it is in the socket), a CANCEL
+    /// would reach the offered request instead, and the one it started stays offered (its
+    /// exchange starts when the current one has been read to its end).
+    pub(crate) fn revoke_offers_for_cancel(&self, holder: u64) -> bool {
+        let mut st = self.state();
+        let mut all = true;
+        let mut revoked = Vec::new();
+        for mut offer in take_offers_of(&mut st, holder) {
+            if offer.claim.revoke(offer.seq) {
+                revoked.push(offer);
+            } else {
+                all = false;
+                offer.taken = true;
+                st.offers.push(offer);
+            }
+        }
+        self.requeue(st, revoked);
+        all
+    }
+
+    /// Serves offers just taken back (in offer order) as if they had waited at the front
+    /// of the queue: on idle workers, else first in the queue. While shutting down they
+    /// are answered `shutting-down` (nothing serves the queue then); past their deadline,
+    /// `deadline`; with their client gone, dropped.
+    fn requeue(&self, mut st: MutexGuard<'_, State>, revoked: Vec<Offer>) {
+        let now = Instant::now();
+        let shutting_down = self.is_shutting_down();
+        let mut starts = Vec::new();
+        let mut queued = Vec::new();
+        for offer in revoked {
             self.inner
                 .stats
                 .prefetch_revoked
                 .fetch_add(1, Ordering::Relaxed);
-            if offer.job.reply.is_closed() {
+            if shutting_down {
+                let _ = offer.job.reply.send(Err(DispatchError::ShuttingDown));
+                continue;
+            }
+            let Some(job) = answer_if_expired(offer.job, now) else {
+                continue;
+            };
+            if job.reply.is_closed() {
                 continue;
             }
             match st.idle.pop() {
                 Some(worker) => {
                     self.inner.stats.idle.fetch_sub(1, Ordering::Relaxed);
                     self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
-                    starts.push((worker, offer.job));
+                    starts.push((worker, job));
                 }
-                None => queued.push(offer),
+                None => queued.push(Offer { job, ..offer }),
             }
         }
-        // To the front of the queue, in their order.
         for offer in queued.into_iter().rev() {
             st.waiters.push_front(Waiter {
                 tx: None,
@@ -604,7 +679,7 @@ impl Pool {
     /// waits. Returns the job to start on `worker` and what to write behind it.
     fn steal(&self, st: &mut State, worker: &mut Worker, now: Instant) -> Option<(Job, Vec<u8>)> {
         let nothing_waits = st.waiters.iter().all(Waiter::gone);
-        let offer = self.take_offer_from_slowest(st, worker.pid, now, nothing_waits)?;
+        let offer = self.take_offer_from_slowest(st, worker.id, now, nothing_waits, usize::MAX)?;
         self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
         let behind = self.offer_next(st, worker, &offer.job.req);
         Some((offer.job, behind))
@@ -765,7 +840,7 @@ impl Pool {
                 st.waiters.pop_front()
             };
             let Some(waiter) = next else { break };
-            let Some(job) = waiter.hand_off(None) else {
+            let Some(job) = self.hand_off(waiter, None, now) else {
                 // That client went away while queued: its request is dropped; next.
                 continue;
             };
@@ -809,21 +884,33 @@ impl Pool {
     fn release(&self, mut worker: Worker) {
         {
             let mut st = self.state();
-            let first = st
-                .offers
-                .iter()
-                .enumerate()
-                .filter(|(_, o)| o.pid == worker.pid)
-                .min_by_key(|(_, o)| o.seq)
-                .map(|(i, _)| i);
-            if let Some(i) = first {
-                // The worker has started (or is starting) the first request offered to it:
-                // it runs there, already written; more may be offered behind it (not while
+            let now = Instant::now();
+            loop {
+                let first = st
+                    .offers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, o)| o.holder == worker.id)
+                    .min_by_key(|(_, o)| o.seq)
+                    .map(|(i, _)| i);
+                let Some(i) = first else { break };
+                let offer = st.offers.swap_remove(i);
+                if offer.job.req.deadline.is_some_and(|d| d <= now) && offer.claim.revoke(offer.seq)
+                {
+                    // Past its deadline and not started: answered here, the worker skips
+                    // it (rather than start it and be killed for it at once).
+                    self.inner
+                        .stats
+                        .prefetch_revoked
+                        .fetch_add(1, Ordering::Relaxed);
+                    let _ = offer.job.reply.send(Err(DispatchError::DeadlineExceeded));
+                    continue;
+                }
+                // The worker has started (or is starting) this request offered to it: it
+                // runs there, already written; more may be offered behind it (not while
                 // the queue is overloaded: then the next is chosen when the worker is
                 // free, newest first).
-                let offer = st.offers.swap_remove(i);
-                let now = Instant::now();
-                for o in st.offers.iter_mut().filter(|o| o.pid == worker.pid) {
+                for o in st.offers.iter_mut().filter(|o| o.holder == worker.id) {
                     o.holder_since = now;
                 }
                 self.regulate(&mut st, now);
@@ -927,6 +1014,45 @@ impl Pool {
 const PREFETCH_DEPTH: usize = 2;
 const _: () = assert!(PREFETCH_DEPTH < weir_claim::WORDS as usize);
 
+/// Removes and returns the offers held by worker `holder`, in offer order.
+fn take_offers_of(st: &mut State, holder: u64) -> Vec<Offer> {
+    let mut mine = Vec::new();
+    let mut i = 0;
+    while i < st.offers.len() {
+        if st.offers[i].holder == holder {
+            mine.push(st.offers.swap_remove(i));
+        } else {
+            i += 1;
+        }
+    }
+    mine.sort_by_key(|o| o.seq);
+    mine
+}
+
+/// `job`, or `None` when its deadline has passed: then it is answered `deadline` here (it
+/// is never started).
+fn answer_if_expired(job: Job, now: Instant) -> Option<Job> {
+    if job.req.deadline.is_some_and(|d| d <= now) {
+        let _ = job.reply.send(Err(DispatchError::DeadlineExceeded));
+        return None;
+    }
+    Some(job)
+}
+
+/// Bytes written ahead of what a worker has read at most: its current request and what is
+/// offered behind it. Under a Unix socket's send buffer, so the master never blocks writing
+/// offers while the worker writes an answer without reading its request first.
+const OFFER_BYTES: usize = 64 * 1024;
+
+/// The bytes a request takes on the worker's socket when written at once.
+fn wire_len(req: &WorkerRequest) -> usize {
+    req.packet.len()
+        + match &req.body {
+            crate::RequestBody::Full(b) if b.len() <= exchange::INLINE_BODY => b.len(),
+            _ => 0,
+        }
+}
+
 /// Puts a small whole body into the packet (one write).
 fn inline_body(req: &mut WorkerRequest) {
     if let crate::RequestBody::Full(b) = &req.body {
@@ -935,6 +1061,12 @@ fn inline_body(req: &mut WorkerRequest) {
             req.body = crate::RequestBody::Empty;
         }
     }
+}
+
+/// Whether a request can be offered: it goes to the worker in one write, and it is not the
+/// ready check (whose short limit must not start behind another request).
+fn offerable(req: &WorkerRequest) -> bool {
+    sendable_at_once(req) && req.packet.first() != Some(&packet::MODIFIER_READY_CHECK)
 }
 
 /// Whether a request goes to the worker in one write (no streamed or large body): only
@@ -1010,9 +1142,9 @@ impl Drop for Lease {
             match self.dirty {
                 Some(reason) => {
                     self.pool.inner.stats.busy.fetch_sub(1, Ordering::Relaxed);
-                    let pid = worker.pid;
+                    let holder = worker.id;
                     worker.kill(reason);
-                    self.pool.requeue_offer(pid);
+                    self.pool.requeue_offer(holder);
                 }
                 None => self.pool.release(worker),
             }

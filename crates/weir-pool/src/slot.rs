@@ -91,6 +91,8 @@ pub(crate) enum SlotCommand {
 pub struct Worker {
     /// Slot number (shown in logs and by `weir worker --id`).
     pub slot: usize,
+    /// Unique for the master's life (unlike a pid, never reused): what offers are held by.
+    pub(crate) id: u64,
     pub(crate) generation: u64,
     pub(crate) pid: u32,
     pub(crate) stream: UnixStream,
@@ -127,6 +129,9 @@ impl Worker {
         Some(kb * 1024)
     }
 }
+
+/// The next [`Worker::id`].
+static NEXT_WORKER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// What every slot shares.
 #[derive(Debug)]
@@ -254,6 +259,7 @@ pub(crate) async fn run(
         let recycle_after = ctx.config.recycle_after();
         ctx.pool.put_idle(Worker {
             slot,
+            id: NEXT_WORKER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             generation,
             pid,
             stream,
