@@ -243,13 +243,17 @@ def first_v2_answers(res) -> dict:
 
 
 @pytest.mark.e2e_timeout(180)
-@pytest.mark.parametrize("via", ["http", "nginx"])
+@pytest.mark.parametrize("via", ["http", "nginx", "http-exec"])
 def test_sighup_reload_under_load_serves_new_code_with_zero_failures(weir, nginx, app_dir, tmp_path, short_tmp, via):
     # importing takes a second: a supervisor that sends traffic to workers before they are
-    # ready, or kills the old ones first, fails requests here
+    # ready, or kills the old ones first, fails requests here. Under this load requests
+    # are offered behind busy workers ([app] prefetch, the default), forked workers by
+    # default, exec'd ones with "http-exec".
     (app_dir / "IMPORT_DELAY").write_text("1.0")
     uw = [sock_path(short_tmp, "hup")] if via == "nginx" else []
-    srv = start_sup(weir, app_dir, workers=2, ready_path="/version", uwsgi_listen=["unix:" + u for u in uw])
+    args = ["--preload", "off"] if via == "http-exec" else []
+    srv = start_sup(weir, app_dir, workers=2, ready_path="/version", uwsgi_listen=["unix:" + u for u in uw],
+                    args=args)
     addr = nginx("unix:" + uw[0]).addr if uw else srv.addr
     v1 = get(addr, "/version").text
     assert v1.startswith("v1 "), v1
