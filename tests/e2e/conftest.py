@@ -186,12 +186,14 @@ def toml_value(v) -> str:
 
 
 def toml_text(sections: dict) -> str:
+    """A section whose value is a list of dicts is an array of tables ([[route]])."""
     out = []
     for sec, kv in sections.items():
-        out.append("[%s]" % sec)
-        for k, v in kv.items():
-            out.append("%s = %s" % (k, toml_value(v)))
-        out.append("")
+        for table in kv if isinstance(kv, list) else [kv]:
+            out.append(("[[%s]]" if isinstance(kv, list) else "[%s]") % sec)
+            for k, v in table.items():
+                out.append("%s = %s" % (k, toml_value(v)))
+            out.append("")
     return "\n".join(out)
 
 

@@ -195,6 +195,31 @@ def offer_b_behind_a(srv, tmp_path, path_a, send_b, busy_s: float = 1.5):
     return (tx, box_x), a, b, pid_x
 
 
+@pytest.mark.e2e_timeout(90)
+@PROCESS_MODELS
+def test_an_offered_request_past_its_deadline_is_answered_without_killing_its_worker(
+        weir, app_dir, tmp_path, preload):
+    """B (/touch, route request_timeout 2 s) is offered behind A (a 2 s sleep, no deadline)
+    that starts after X (1.5 s): B's deadline passes before the worker gets to it. B is
+    answered 504 `deadline` and never runs; A's worker, which did nothing wrong, is not
+    killed for it (before the fix it started B and was killed at once)."""
+    srv = start_app(weir, app_dir, workers=1, preload=preload, admin=True,
+                    config={"route": [{"path": "/touch", "request_timeout": "2s"}]})
+    ma, mb = tmp_path / "a", tmp_path / "b"
+    _, (ta, box_a), (tb, box_b), pid_x = offer_b_behind_a(
+        srv, tmp_path, "/sleep?s=2&marker=%s" % ma,
+        lambda: in_background(srv.addr, "/touch?marker=%s" % mb, timeout=30))
+    ta.join(30)
+    tb.join(30)
+    ra, rb = box_a.get("resp"), box_b.get("resp")
+    assert ra is not None and ra.status == 200 and pid_of(ra) == pid_x, box_a
+    assert rb is not None and rb.status == 504 and rb.header("x-weir-error") == "deadline", box_b
+    assert not mb.exists(), "B ran after its deadline"
+    rc = get(srv.addr, "/pid")
+    assert rc.status == 200 and pid_of(rc) == pid_x, "the worker was replaced: %r" % rc
+    assert restarts_total(srv.admin) == 0
+
+
 # ---------------------------------------------------------------------------------------
 # no head-of-line blocking
 

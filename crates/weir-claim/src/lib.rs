@@ -165,6 +165,31 @@ impl ClaimWords {
     }
 }
 
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock of a CLAIM's start-by time, the same in
+/// every process of the machine (Rust's `Instant` reads it too, but has no absolute value
+/// to pass to another process).
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: an all-zero timespec is a valid value for clock_gettime to overwrite.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: clock_gettime writes into ts, which lives for the call; CLOCK_MONOTONIC is
+    // always available on Linux, so it cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// The CLOCK_MONOTONIC time (see [`monotonic_ns`]) of `at`.
+pub fn monotonic_ns_at(at: std::time::Instant) -> u64 {
+    let now = std::time::Instant::now();
+    let base = monotonic_ns();
+    if at >= now {
+        base.saturating_add((at - now).as_nanos().min(u128::from(u64::MAX)) as u64)
+    } else {
+        base.saturating_sub((now - at).as_nanos().min(u128::from(u64::MAX)) as u64)
+    }
+}
+
 impl Drop for ClaimWords {
     fn drop(&mut self) {
         // SAFETY: word is the start of our LEN-byte mapping, and nothing can use it after
@@ -231,6 +256,14 @@ mod tests {
         assert!(worker.take(5));
         assert!(master.revoke(6));
         assert!(!worker.take(6));
+    }
+
+    #[test]
+    fn the_monotonic_clock_agrees_with_instant() {
+        let soon = std::time::Instant::now() + std::time::Duration::from_millis(50);
+        let at = monotonic_ns_at(soon);
+        let now = monotonic_ns();
+        assert!(at > now && at - now <= 51_000_000, "{at} vs {now}");
     }
 
     #[test]

@@ -413,9 +413,10 @@ pub async fn dispatch(
     resp.map_err(reject)
 }
 
-/// A worker's own answers (the app raised before its response started) carry
-/// `x-weir-error`; they get the same body as every weir-made answer (JSON or text, with
-/// the request id) so the contract holds whichever part of weir answered.
+/// A worker's own answers (the app raised before its response started; a prefetched
+/// request whose deadline passed before the worker got to it) carry `x-weir-error`; they
+/// get the same body as every weir-made answer (JSON or text, with the request id) so the
+/// contract holds whichever part of weir answered.
 pub fn attribute_worker_answer(
     resp: Response<ResponseBody>,
 ) -> Result<Response<ResponseBody>, Rejection> {
@@ -424,6 +425,10 @@ pub fn attribute_worker_answer(
             StatusCode::INTERNAL_SERVER_ERROR,
             "app-exception",
             "the app raised an exception before starting its response; the traceback is in weir's log under this request id",
+        )),
+        Some(b"deadline") => Err(Rejection::from_dispatch(
+            &weir_pool::DispatchError::DeadlineExceeded,
+            0,
         )),
         _ => Ok(resp),
     }

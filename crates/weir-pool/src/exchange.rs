@@ -85,6 +85,9 @@ enum Ended {
 
 pub(crate) type HeadReply = oneshot::Sender<Result<Response<ResponseBody>, DispatchError>>;
 
+/// See `run`: how long a request whose deadline passed before its exchange started gets.
+const LATE_START_GRACE: Duration = Duration::from_millis(500);
+
 /// Request bodies up to this size go in the same write as the packet.
 pub(crate) const INLINE_BODY: usize = 64 * 1024;
 
@@ -123,9 +126,15 @@ pub(crate) async fn run(mut lease: Lease, mut req: WorkerRequest, reply: HeadRep
         chunks: None,
     };
     let harakiri = req.harakiri;
-    // The worker's limit is harakiri or the request's deadline, whichever comes first.
+    // The worker's limit is harakiri or the request's deadline, whichever comes first. A
+    // request whose deadline has passed before its exchange starts was offered behind
+    // another (prefetch) and taken by its worker: if the worker took it late, it answers
+    // 504 `deadline` itself at once; if it took it in time, it runs, and is ended like any
+    // request still running at its deadline, after a short grace for that answer to come.
     let now = Instant::now();
-    let by_deadline = req.deadline.map(|d| d.saturating_duration_since(now));
+    let by_deadline = req
+        .deadline
+        .map(|d| d.checked_duration_since(now).unwrap_or(LATE_START_GRACE));
     let limit = match (harakiri, by_deadline) {
         (Some(h), Some(d)) if d < h => Some((d, Ended::Deadline)),
         (Some(h), _) => Some((h, Ended::Harakiri(h))),

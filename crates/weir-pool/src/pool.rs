@@ -492,6 +492,10 @@ impl Pool {
             packet::Claim {
                 seq,
                 len: job.req.packet.len() as u32,
+                start_by: job
+                    .req
+                    .deadline
+                    .map_or(0, |d| weir_claim::monotonic_ns_at(d).max(1)),
             },
         );
         behind.extend_from_slice(&job.req.packet);

@@ -22,12 +22,17 @@ pub const MODIFIER_READY_CHECK: u8 = 0xF1;
 pub const MODIFIER_CANCEL: u8 = 0xF2;
 /// modifier1 of the master's CLAIM packet (`[app] prefetch`): it goes right before a
 /// request written behind the one the worker is running, and carries that request's
-/// claim sequence number and byte length (packet and inline body). The worker runs the
-/// request only if it wins the claim (see the weir-claim crate); otherwise it skips that
-/// many bytes. 12 bytes of payload: `seq: u64 LE`, `len: u32 LE`. Never answered.
+/// claim sequence number, byte length (packet and inline body) and start-by time. The
+/// worker runs the request only if it wins the claim (see the weir-claim crate);
+/// otherwise it skips that many bytes. A request it wins after its start-by time is
+/// answered `504` with `x-weir-error: deadline` instead of run. 20 bytes of payload:
+/// `seq: u64 LE`, `len: u32 LE`, `start_by: u64 LE` (CLOCK_MONOTONIC nanoseconds; 0: none).
+/// The CLAIM itself is never answered.
 pub const MODIFIER_CLAIM: u8 = 0xF3;
+/// Bytes of a CLAIM packet's payload.
+const CLAIM_PAYLOAD: u16 = 20;
 /// Size of a whole CLAIM packet.
-pub const CLAIM_LEN: usize = HEADER_LEN + 12;
+pub const CLAIM_LEN: usize = HEADER_LEN + CLAIM_PAYLOAD as usize;
 
 /// Why bytes are not (yet) a packet.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -48,7 +53,7 @@ pub enum DecodeError {
     },
     /// A CLAIM packet whose datasize or modifier2 is not CLAIM's.
     #[error(
-        "malformed CLAIM packet: datasize {datasize}, modifier2 {modifier2} (expected 12 and 0)"
+        "malformed CLAIM packet: datasize {datasize}, modifier2 {modifier2} (expected 20 and 0)"
     )]
     BadClaim {
         /// The datasize it declared.
@@ -239,13 +244,18 @@ pub struct Claim {
     /// Bytes of the request that follows (packet and inline body), to skip when the
     /// claim is lost.
     pub len: u32,
+    /// Not to be started after this CLOCK_MONOTONIC time, in nanoseconds (0: no limit):
+    /// the request's deadline.
+    pub start_by: u64,
 }
 
 /// Encodes a CLAIM packet.
 pub fn encode_claim(out: &mut Vec<u8>, claim: Claim) {
-    out.extend_from_slice(&[MODIFIER_CLAIM, 12, 0, 0]);
+    let [lo, hi] = CLAIM_PAYLOAD.to_le_bytes();
+    out.extend_from_slice(&[MODIFIER_CLAIM, lo, hi, 0]);
     out.extend_from_slice(&claim.seq.to_le_bytes());
     out.extend_from_slice(&claim.len.to_le_bytes());
+    out.extend_from_slice(&claim.start_by.to_le_bytes());
 }
 
 /// Decodes a CLAIM packet at the start of `buf`: `Ok(None)` when the next packet is not a
@@ -261,7 +271,7 @@ pub fn decode_claim(buf: &[u8]) -> Result<Option<Claim>, DecodeError> {
         return Err(DecodeError::Incomplete { needed: CLAIM_LEN });
     }
     let datasize = u16::from_le_bytes([buf[1], buf[2]]);
-    if datasize != 12 || buf[3] != 0 {
+    if datasize != CLAIM_PAYLOAD || buf[3] != 0 {
         return Err(DecodeError::BadClaim {
             datasize,
             modifier2: buf[3],
@@ -272,7 +282,8 @@ pub fn decode_claim(buf: &[u8]) -> Result<Option<Claim>, DecodeError> {
     }
     let seq = u64::from_le_bytes(buf[4..12].try_into().expect("8 bytes"));
     let len = u32::from_le_bytes(buf[12..16].try_into().expect("4 bytes"));
-    Ok(Some(Claim { seq, len }))
+    let start_by = u64::from_le_bytes(buf[16..24].try_into().expect("8 bytes"));
+    Ok(Some(Claim { seq, len, start_by }))
 }
 
 #[cfg(test)]
@@ -284,6 +295,7 @@ mod tests {
         let c = Claim {
             seq: 0x0102_0304_0506_0708,
             len: 517,
+            start_by: 0x1112_1314_1516_1718,
         };
         let mut out = Vec::new();
         encode_claim(&mut out, c);

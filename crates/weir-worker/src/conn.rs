@@ -126,6 +126,8 @@ pub struct Conn {
     claim: Option<weir_claim::ClaimWords>,
     /// Bytes of a revoked prefetched request still to discard before the next packet.
     skip: usize,
+    /// The next request was won past its start-by time: answer 504 `deadline`, do not run.
+    pub expired_next: bool,
 }
 
 fn eof() -> io::Error {
@@ -137,6 +139,7 @@ impl Conn {
         Conn {
             claim,
             skip: 0,
+            expired_next: false,
             sock,
             buf: Vec::new(),
             start: 0,
@@ -232,12 +235,15 @@ impl Conn {
     }
 
     /// Handles a CLAIM packet (consumed by the caller): `true` when this worker won the
-    /// claim and runs the request that follows; `false` when the master revoked it, and
-    /// its `len` bytes are skipped before the next packet.
+    /// claim, and the request that follows is its next one (answered 504 `deadline`
+    /// instead of run when it is past its start-by time: `expired_next`); `false` when the
+    /// master revoked it, and its `len` bytes are skipped before the next packet.
     pub fn claim(&mut self, claim: packet::Claim) -> bool {
         // Without a claim word the master never offers; a CLAIM anyway is run as sent.
         let won = self.claim.as_ref().is_none_or(|w| w.take(claim.seq));
-        if !won {
+        if won {
+            self.expired_next = claim.start_by != 0 && weir_claim::monotonic_ns() > claim.start_by;
+        } else {
             self.skip = claim.len as usize;
         }
         won

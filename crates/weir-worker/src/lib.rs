@@ -48,11 +48,12 @@
 //!   sends it only after the whole request body; the worker checks for it before each
 //!   streamed chunk, then stops iterating, calls `close()` and writes ABORT. One that
 //!   arrives after the response ended is read at the next packet boundary and ignored.
-//! - CLAIM (`MODIFIER_CLAIM` = 0xF3, a 12-byte payload: claim sequence number and the
-//!   length of the request that follows): the next request was offered behind the current
-//!   one (`[app] prefetch`). The worker swaps its claim word from offered to taken and runs
-//!   the request only if that won; if the master revoked it first, the worker skips its
-//!   `len` bytes. While streaming a response, the CANCEL check looks past a revoked CLAIM
+//! - CLAIM (`MODIFIER_CLAIM` = 0xF3, a 20-byte payload: claim sequence number, the length
+//!   of the request that follows, its start-by time): the next request was offered behind
+//!   the current one (`[app] prefetch`). The worker swaps its claim word from offered to
+//!   taken and runs the request only if that won (past its start-by time it answers it
+//!   `504` with `x-weir-error: deadline` instead, without calling the app); if the master
+//!   revoked it first, the worker skips its `len` bytes. While streaming a response, the CANCEL check looks past a revoked CLAIM
 //!   and its request (the master revokes before it sends CANCEL).
 //! - Exit codes: 0 after EOF at a packet boundary, [`EXIT_IMPORT_FAILED`] (3) when the app
 //!   or the ready check cannot be imported, [`EXIT_FATAL`] (1) on a socket error, EOF inside

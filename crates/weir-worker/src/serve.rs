@@ -99,6 +99,7 @@ impl Worker {
             }
             Err(e) => return Err(Fatal::Desync(e.to_string())),
         }
+        let expired = std::mem::take(&mut c.expired_next);
         let decoded = packet::decode(c.packet_bytes(total));
         let (modifier1, modifier2) = match &decoded {
             Ok((p, _)) => (p.modifier1, p.modifier2),
@@ -167,6 +168,23 @@ impl Worker {
                     }
                 };
                 c.begin(body, info.head_request);
+                if expired {
+                    // Prefetched, and its deadline passed while it waited behind the
+                    // request before: answered as the master would, not run.
+                    log_line(format_args!(
+                        "weir worker {} request {}: not started: its deadline passed while it waited behind the worker's previous request",
+                        self.id, self.rid
+                    ));
+                    c.simple_response(
+                        py,
+                        "504 Gateway Timeout",
+                        Some("deadline"),
+                        "the request's deadline passed before a worker started it",
+                    )
+                    .map_err(Fatal::Io)?;
+                    c.drain_body(py)?;
+                    return Ok(true);
+                }
                 let seq = c.seq;
                 drop(c);
                 self.log.begin(&self.rid);
