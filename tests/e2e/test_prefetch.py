@@ -154,19 +154,8 @@ def wait_queue_depth(admin: Addr, n: int, what: str, timeout: float = 10):
              what="weir_queue_depth == %d (%s)" % (n, what))
 
 
-def in_background(addr: Addr, path: str, timeout: float = 60):
-    """sleep_in_background that also notes when the answer arrived (box["end"])."""
-    box = {}
-
-    def run():
-        try:
-            box["resp"] = get(addr, path, timeout=timeout)
-        except Exception as e:
-            box["error"] = e
-        box["end"] = time.monotonic()
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, box
+# GET path in a thread: (thread, box) with box["resp"|"error"] and box["end"].
+in_background = sleep_in_background
 
 
 def offer_b_behind_a(srv, tmp_path, path_a, send_b, busy_s: float = 1.5):

@@ -41,7 +41,8 @@ def pid_of(r) -> int:
 
 
 def sleep_in_background(addr: Addr, path: str, timeout: float = 60):
-    """Starts GET path in a thread; returns (thread, box) where box["resp"|"error"] is set."""
+    """Starts GET path in a thread; returns (thread, box) where box["resp"|"error"] is set,
+    and box["end"] (time.monotonic()) once the answer (or the error) came."""
     box = {}
 
     def run():
@@ -49,6 +50,7 @@ def sleep_in_background(addr: Addr, path: str, timeout: float = 60):
             box["resp"] = get(addr, path, timeout=timeout)
         except Exception as e:
             box["error"] = e
+        box["end"] = time.monotonic()
     t = threading.Thread(target=run, daemon=True)
     t.start()
     return t, box
