@@ -169,8 +169,11 @@ pub struct ServerConfig {
     pub uwsgi_listen: Vec<ListenAddr>,
     /// listen(2) backlog for every listener (NGINX's `listen ... backlog=`).
     pub backlog: u32,
-    /// Threads of the master's event loop; 1 runs everything on one thread (the lowest
-    /// CPU per request when Python workers need the other cores).
+    /// Threads of the master's event loop (default 2). With prefetch the workers go on to
+    /// their next request as soon as the master has read new ones from the clients, so the
+    /// master's promptness, not its cost, sets the pace: two threads cost the same CPU per
+    /// request as one (bench/RESULTS.md) and keep the workers fed on a busy machine. 1 runs
+    /// everything on one thread.
     pub threads: usize,
     /// Deadline for a whole request, from its arrival. Its remaining budget reaches the
     /// app as `environ["weir.deadline"]`; a request past it is not started (504
@@ -200,7 +203,7 @@ impl Default for ServerConfig {
             listen: Vec::new(),
             uwsgi_listen: Vec::new(),
             backlog: 1024,
-            threads: 1,
+            threads: 2,
             request_timeout: None,
             max_header_size: Size::from_bytes(32 * 1024),
             max_body_size: Size::from_bytes(10 << 20),

@@ -72,7 +72,7 @@ pub struct ServeArgs {
     /// Admin listener for /metrics, /livez, /readyz (loopback or unix:PATH). [admin] listen
     #[arg(long, value_name = "ADDR")]
     pub admin_listen: Option<ListenAddr>,
-    /// Event-loop threads of the master (default 1). [server] threads
+    /// Event-loop threads of the master (default 2). [server] threads
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Read settings from this weir.toml; flags override it.
