@@ -127,15 +127,6 @@ impl Waiter {
         }
     }
 
-    /// Tells the submitter its request starts now (`seq`: as an offer). `None`: nobody
-    /// waits any more; the job is dropped.
-    fn hand_off(self, offer: Option<u64>) -> Option<Job> {
-        match self.tx {
-            Some(tx) => tx.send(Ok(offer)).ok().map(|()| self.job),
-            None => (!self.job.reply.is_closed()).then_some(self.job),
-        }
-    }
-
     /// Refuses it: shed by the delay target.
     fn shed(self, target: Duration, err: DispatchError) {
         match self.tx {
@@ -380,7 +371,13 @@ impl Pool {
     fn offer_next(&self, st: &mut State, worker: &mut Worker, current: &WorkerRequest) -> Vec<u8> {
         // Room: PREFETCH_DEPTH, less what is already offered to it, and no more than it
         // serves before it retires (max_requests; the current request counts).
-        let offered = st.offers.iter().filter(|o| o.holder == worker.id).count();
+        let (offered, offered_bytes) = st
+            .offers
+            .iter()
+            .filter(|o| o.holder == worker.id)
+            .fold((0, 0), |(n, b), o| {
+                (n + 1, b + packet::CLAIM_LEN + wire_len(&o.job.req))
+            });
         let mut room = PREFETCH_DEPTH.saturating_sub(offered);
         if worker.recycle_after != 0 {
             let after = worker.served + 1 + offered as u64;
@@ -402,13 +399,7 @@ impl Pool {
                 return Vec::new();
             }
         }
-        let ahead = wire_len(current)
-            + st.offers
-                .iter()
-                .filter(|o| o.holder == worker.id)
-                .map(|o| packet::CLAIM_LEN + wire_len(&o.job.req))
-                .sum::<usize>();
-        let mut budget = OFFER_BYTES.saturating_sub(ahead);
+        let mut budget = OFFER_BYTES.saturating_sub(wire_len(current) + offered_bytes);
         let mut behind = Vec::new();
         while room > 0 {
             let Some(more) = self.offer_one(st, worker, budget) else {
@@ -456,18 +447,17 @@ impl Pool {
     /// waits for it any more, or when a taken back offer's time is up (answered here: its
     /// submitter has no timer of its own any more).
     fn hand_off(&self, waiter: Waiter, key: Option<u64>, now: Instant) -> Option<Job> {
-        if waiter.tx.is_none() {
-            if now.saturating_duration_since(waiter.since) > self.inner.queue_timeout {
+        match waiter.tx {
+            Some(tx) => tx.send(Ok(key)).ok().map(|()| waiter.job),
+            None if now.saturating_duration_since(waiter.since) > self.inner.queue_timeout => {
                 let _ = waiter
                     .job
                     .reply
                     .send(Err(DispatchError::QueueTimeout(self.inner.queue_timeout)));
-                return None;
+                None
             }
-            let job = answer_if_expired(waiter.job, now)?;
-            return (!job.reply.is_closed()).then_some(job);
+            None => still_wanted(waiter.job, now),
         }
-        waiter.hand_off(key)
     }
 
     /// Registers `job` as offered to `worker` and returns the bytes to write behind the
@@ -546,24 +536,28 @@ impl Pool {
             if !any && now.saturating_duration_since(o.holder_since) < steal_after {
                 return None;
             }
-            if !o.claim.revoke(o.seq) {
+            if !self.revoke(o) {
                 // Its holder has started it; the next one may still be behind a slow one.
                 o.taken = true;
                 continue;
             }
             let offer = st.offers.swap_remove(i);
+            if let Some(job) = still_wanted(offer.job, now) {
+                return Some(Offer { job, ..offer });
+            }
+        }
+    }
+
+    /// Takes `offer` back (see weir-claim) and counts it; `false`: its holder started it.
+    fn revoke(&self, offer: &Offer) -> bool {
+        let won = offer.claim.revoke(offer.seq);
+        if won {
             self.inner
                 .stats
                 .prefetch_revoked
                 .fetch_add(1, Ordering::Relaxed);
-            match answer_if_expired(offer.job, now) {
-                // Its client gone: dropped here (never started); or past its deadline.
-                Some(job) if !job.reply.is_closed() => {
-                    return Some(Offer { job, ..offer });
-                }
-                _ => continue,
-            }
         }
+        won
     }
 
     /// How long an offer's holder must have been on its current request before a freed
@@ -581,7 +575,7 @@ impl Pool {
         let mut st = self.state();
         let mut revoked = Vec::new();
         for offer in take_offers_of(&mut st, holder) {
-            if offer.claim.revoke(offer.seq) {
+            if self.revoke(&offer) {
                 revoked.push(offer);
             } else {
                 // It had started: it failed with the worker.
@@ -601,7 +595,7 @@ impl Pool {
         let mut all = true;
         let mut revoked = Vec::new();
         for mut offer in take_offers_of(&mut st, holder) {
-            if offer.claim.revoke(offer.seq) {
+            if self.revoke(&offer) {
                 revoked.push(offer);
             } else {
                 all = false;
@@ -623,36 +617,29 @@ impl Pool {
         let mut starts = Vec::new();
         let mut queued = Vec::new();
         for offer in revoked {
-            self.inner
-                .stats
-                .prefetch_revoked
-                .fetch_add(1, Ordering::Relaxed);
             if shutting_down {
                 let _ = offer.job.reply.send(Err(DispatchError::ShuttingDown));
                 continue;
             }
-            let Some(job) = answer_if_expired(offer.job, now) else {
+            let Some(job) = still_wanted(offer.job, now) else {
                 continue;
             };
-            if job.reply.is_closed() {
-                continue;
-            }
             match st.idle.pop() {
                 Some(worker) => {
                     self.inner.stats.idle.fetch_sub(1, Ordering::Relaxed);
                     self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
                     starts.push((worker, job));
                 }
-                None => queued.push(Offer { job, ..offer }),
+                None => queued.push(Waiter {
+                    tx: None,
+                    since: offer.since,
+                    job,
+                    key: Some(offer.key),
+                }),
             }
         }
-        for offer in queued.into_iter().rev() {
-            st.waiters.push_front(Waiter {
-                tx: None,
-                since: offer.since,
-                job: offer.job,
-                key: Some(offer.key),
-            });
+        for waiter in queued.into_iter().rev() {
+            st.waiters.push_front(waiter);
         }
         drop(st);
         for (worker, job) in starts {
@@ -666,13 +653,8 @@ impl Pool {
         let Some(i) = st.offers.iter().position(|o| o.key == key) else {
             return;
         };
-        let seq = st.offers[i].seq;
-        if st.offers[i].claim.revoke(seq) {
+        if self.revoke(&st.offers[i]) {
             st.offers.swap_remove(i);
-            self.inner
-                .stats
-                .prefetch_revoked
-                .fetch_add(1, Ordering::Relaxed);
         } else {
             st.offers[i].taken = true;
         }
@@ -899,14 +881,9 @@ impl Pool {
                     .map(|(i, _)| i);
                 let Some(i) = first else { break };
                 let offer = st.offers.swap_remove(i);
-                if offer.job.req.deadline.is_some_and(|d| d <= now) && offer.claim.revoke(offer.seq)
-                {
+                if offer.job.req.deadline.is_some_and(|d| d <= now) && self.revoke(&offer) {
                     // Past its deadline and not started: answered here, the worker skips
                     // it (rather than start it and be killed for it at once).
-                    self.inner
-                        .stats
-                        .prefetch_revoked
-                        .fetch_add(1, Ordering::Relaxed);
                     let _ = offer.job.reply.send(Err(DispatchError::DeadlineExceeded));
                     continue;
                 }
@@ -1033,9 +1010,12 @@ fn take_offers_of(st: &mut State, holder: u64) -> Vec<Offer> {
     mine
 }
 
-/// `job`, or `None` when its deadline has passed: then it is answered `deadline` here (it
-/// is never started).
-fn answer_if_expired(job: Job, now: Instant) -> Option<Job> {
+/// `job`, or `None` when nobody waits for it any more (dropped) or its deadline has passed
+/// (answered `deadline` here): either way it is never started.
+fn still_wanted(job: Job, now: Instant) -> Option<Job> {
+    if job.reply.is_closed() {
+        return None;
+    }
     if job.req.deadline.is_some_and(|d| d <= now) {
         let _ = job.reply.send(Err(DispatchError::DeadlineExceeded));
         return None;
