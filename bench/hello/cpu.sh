@@ -6,9 +6,12 @@
 #   WORKERS (4) workers, 127.0.0.1.
 # Warms up 3 s with `wrk -t2 -c50`, then reads utime+stime of every process of the
 # server's sessions from /proc/PID/stat (and voluntary/involuntary context switches from
-# /proc/PID/status) around SECONDS (10) of the same load, and prints per kind of process:
-# CPU us per request (and its user part), switches per request. Interleave servers in a
-# loop and compare within a round: the machine's speed drifts between rounds.
+# /proc/PID/task/*/status, all threads) around SECONDS (10) of the same load, and prints per
+# kind of process: CPU us per request (and its user part), switches per request; then
+# wrk's own CPU per request and the machine's idle time (idle + iowait of /proc/stat, all
+# cores) per request: at equal server cost, a server that serves less leaves more idle time
+# or costs wrk more. Interleave servers in a loop and compare within a round: the
+# machine's speed drifts between rounds.
 # Environment: WEIR_BIN (target/release/weir, not built here), WORKERS, HOOK (shell run
 # after readiness). Needs wrk and the peers (scripts/install-deps.sh). Bounded: readiness
 # READY_TIMEOUT (60) s, every load run by time; the servers are stopped whole at the end.
@@ -42,12 +45,16 @@ snap() {
   local s p
   for s in "${SERVER_PIDS[@]}"; do ps -s "$s" -o pid=; done | while read -r p; do
     read -r cpu ut < <(awk '{print $14+$15, $14}' "/proc/$p/stat" 2>/dev/null) || continue
-    read -r v n < <(awk '/^voluntary_ctxt/{v=$2} /^nonvoluntary_ctxt/{n=$2} END{print v, n}' "/proc/$p/status")
+    read -r v n < <(cat /proc/"$p"/task/*/status 2>/dev/null |
+      awk '/^voluntary_ctxt/{v+=$2} /^nonvoluntary_ctxt/{n+=$2} END{print v+0, n+0}')
     echo "$p $(tr '\0' ' ' <"/proc/$p/cmdline" | awk '{print $1 ($2=="worker"?"-worker":"")}') $cpu $ut $v $n"
   done
 }
 snap >"$RUN_DIR/s0"
-timeout $((DUR + 60)) wrk -t2 -c50 -d"${DUR}s" "$URL" >"$RUN_DIR/wrk"
+head -1 /proc/stat >"$RUN_DIR/stat0"
+TIMEFORMAT='%U %S'
+{ time timeout $((DUR + 60)) wrk -t2 -c50 -d"${DUR}s" "$URL" >"$RUN_DIR/wrk"; } 2>"$RUN_DIR/wrk-time"
+head -1 /proc/stat >"$RUN_DIR/stat1"
 snap >"$RUN_DIR/s1"
 "$PY" - "$RUN_DIR" "$NAME" "$(getconf CLK_TCK)" <<'PY'
 import collections, re, sys
@@ -74,5 +81,11 @@ for kind, (cpu, user, vcs, ics, n) in sorted(agg.items()):
     total += cpu * us
     out.append("%s(x%d) %.1fus (user %.1f) vcs %.2f ics %.2f" % (kind, n, cpu * us, user * us, vcs / req, ics / req))
 out.append("total %.1fus" % total)
+# the load tool's own cost, and the machine's idle time (idle + iowait), per request
+wu, ws = (float(x) for x in open(d + "/wrk-time").read().split()[-2:])
+out.append("wrk %.1fus" % ((wu + ws) * 1e6 / req))
+s0, s1 = ([int(x) for x in open(d + f).read().split()[1:]] for f in ("/stat0", "/stat1"))
+idle = (s1[3] + s1[4]) - (s0[3] + s0[4])
+out.append("idle %.1fus" % (idle * us))
 print(" | ".join(out))
 PY

@@ -74,8 +74,8 @@ wait_socket() {  # wait_socket PATH
 # -- the servers of bench/hello/run.sh and cpu.sh --------------------------------------
 # start_server NAME: sets the server up, waits until ready, sets URL to its /hello.
 # NAME: weir (defaults), weir-preload (--preload on), weir-lazy (--preload off),
-# weir-noprefetch (--prefetch off: requests go only to idle workers), weir-threads2
-# ([server] threads = 2: two event-loop threads in the master), nginx-uwsgi, nginx-gunicorn, granian. Also needs WEIR_BIN, SHOP_APP, SHOP_DIR, WORKERS
+# weir-noprefetch (--prefetch off: requests go only to idle workers), weir-threads1 and weir-threads2
+# ([server] threads = 1 or 2: event-loop threads in the master), nginx-uwsgi, nginx-gunicorn, granian. Also needs WEIR_BIN, SHOP_APP, SHOP_DIR, WORKERS
 # and NGINX from the caller.
 start_server() {
   local name=$1 port d sock
@@ -83,14 +83,14 @@ start_server() {
   d="$RUN_DIR/$name"
   mkdir -p "$d"
   case "$name" in
-    weir | weir-preload | weir-lazy | weir-noprefetch | weir-threads2)
+    weir | weir-preload | weir-lazy | weir-noprefetch | weir-threads1 | weir-threads2)
       [[ -x "$WEIR_BIN" ]] || { log "weir binary $WEIR_BIN missing"; return 1; }
       local preload=()
       [[ $name == weir-preload ]] && preload=(--preload on)
       [[ $name == weir-lazy ]] && preload=(--preload off)
       [[ $name == weir-noprefetch ]] && preload=(--prefetch off)
-      if [[ $name == weir-threads2 ]]; then
-        printf '[server]\nthreads = 2\n' > "$d/weir.toml"
+      if [[ $name == weir-threads[12] ]]; then
+        printf '[server]\nthreads = %s\n' "${name#weir-threads}" > "$d/weir.toml"
         preload=(--config "$d/weir.toml")
       fi
       start "$name" env RUST_LOG="${RUST_LOG:-warn}" "$WEIR_BIN" serve --app "$SHOP_APP" --chdir "$SHOP_DIR" \

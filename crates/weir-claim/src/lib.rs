@@ -43,7 +43,7 @@ const REVOKED: u64 = 3;
 /// Bytes mapped: one page is the smallest mapping anyway.
 const LEN: usize = 4096;
 /// Claim words per worker: a worker may have up to `WORDS - 1` offers outstanding.
-pub const WORDS: u64 = 4;
+pub const WORDS: u64 = 8;
 
 /// The claim words of one worker in a shared mapping (the master's view and the worker's
 /// are two mappings of the same memfd).
@@ -247,7 +247,7 @@ mod tests {
         master.offer(4);
         master.offer(5);
         // The master read the answer before 4 and offers 6 behind 5 before the worker
-        // has swapped 4's claim (WORDS - 1 = 3 outstanding).
+        // has swapped 4's claim (three outstanding; up to WORDS - 1 may be).
         master.offer(6);
         assert!(
             worker.take(4),

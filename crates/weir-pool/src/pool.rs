@@ -989,10 +989,12 @@ impl Pool {
     }
 }
 
-/// Requests offered to one worker at most (behind its current one). Two give the master a
-/// whole request's time to top up before the worker runs dry; the claim words allow
-/// `weir_claim::WORDS - 1`.
-const PREFETCH_DEPTH: usize = 2;
+/// Requests offered to one worker at most (behind its current one): the master has that
+/// many requests' time to top up before the worker runs dry. Two left /hello's workers dry
+/// 0.27 times a request, five 0.12, for 10-30% more requests a second (bench/RESULTS.md);
+/// a slow request does not hold more back for it (offers are taken back past twice the
+/// mean time). The claim words allow `weir_claim::WORDS - 1`.
+const PREFETCH_DEPTH: usize = 5;
 const _: () = assert!(PREFETCH_DEPTH < weir_claim::WORDS as usize);
 
 /// Removes and returns the offers held by worker `holder`, in offer order.
