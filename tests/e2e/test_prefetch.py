@@ -12,6 +12,8 @@ only must hold:
 - a request whose client left before it started never reaches the app;
 - a streamed response whose client leaves is stopped (CANCEL) even with a request offered
   behind it, and that request is then served once, by the same worker.
+- no more than five requests are written behind a busy worker; the rest wait in the
+  master's queue.
 
 The pool offers a request only when a worker frees while at least two wait: it starts the
 first and writes the second behind it. So each behavioural test sets that up on purpose
@@ -263,6 +265,41 @@ def test_fast_requests_never_wait_behind_a_slow_one(weir, app_dir, tmp_path):
     assert r is not None and pid_of(r) == slow_pid, box_s
     t1.join(30)
     assert box1.get("resp") is not None and pid_of(box1["resp"]) == p1, box1
+
+
+@pytest.mark.e2e_timeout(90)
+def test_at_most_five_requests_are_offered_behind_a_busy_worker(weir, app_dir, tmp_path):
+    """One worker, busy with X (1.5 s); queued: S (3 s), then six fast ones. When X ends the
+    worker starts S and five fast ones are written behind it (PREFETCH_DEPTH): the sixth
+    waits in the master's queue while S sleeps. Once S is done, all six are served by that
+    worker, the sixth offered behind the others when the first of them starts."""
+    srv = start_app(weir, app_dir, workers=1, admin=True)
+    mx, ms = tmp_path / "x", tmp_path / "s"
+    tx, box_x = in_background(srv.addr, "/sleep?s=1.5&marker=%s" % mx)
+    pid = marker_pid(mx)
+    ts, box_s = in_background(srv.addr, "/sleep?s=3&marker=%s" % ms)
+    wait_queue_depth(srv.admin, 1, "S waits behind X")
+    fms = [tmp_path / ("f%d" % i) for i in range(6)]
+    fast = [in_background(srv.addr, "/touch?marker=%s" % m, timeout=30) for m in fms]
+    wait_queue_depth(srv.admin, 7, "S and six fast requests wait behind X")
+    assert "end" not in box_x, "X ended before the queue was set up: %r" % box_x
+    assert prefetch_counts(srv.admin) == (0, 0)
+    assert marker_pid(ms) == pid
+    wait_counts(srv.admin, offered=5, what="five fast requests offered behind S")
+    wait_queue_depth(srv.admin, 1, "the sixth fast request waits in the master")
+    assert "end" not in box_s, "S ended before the offers were checked: %r" % box_s
+    assert prefetch_counts(srv.admin) == (5, 0), "more than five offered behind S"
+    for t, _ in fast:
+        t.join(30)
+    for (t, box), m in zip(fast, fms):
+        r = box.get("resp")
+        assert r is not None and r.status == 200, box
+        assert pid_of(r) == pid and int(m.read_text()) == pid
+    assert prefetch_counts(srv.admin) == (6, 0), "the sixth was not offered when the first started"
+    ts.join(30)
+    tx.join(30)
+    for box in (box_s, box_x):
+        assert box.get("resp") is not None and box["resp"].status == 200, box
 
 
 # ---------------------------------------------------------------------------------------
