@@ -13,7 +13,9 @@
 #                              that stops everything started here
 #   paper_db mariadb|sqlite    the shop's database; DB=... in the environment overrides the
 #                              script's choice. mariadb: scripts/mariadb.sh start and
-#                              DATABASE_URL exported, so uWSGI's and weir's workers both use it
+#                              DATABASE_URL exported, so uWSGI's and weir's workers both use it;
+#                              a server this script started is stopped at exit (one left on
+#                              its port would clash with the test suite's own)
 #   case_begin LABEL           names the logs of the servers started next ($OUT/LABEL.*.log)
 #   start_weir PORT WORKERS [TOML LINE...]
 #                              weir serve from a generated weir.toml ([server] listen, access
@@ -50,6 +52,7 @@ RUN=
 OUT=
 CASE=
 PIDS=()
+STOP_MARIADB=0
 
 log() { printf '%s: %s\n' "${PAPER_NAME:-paper}" "$*" >&2; }
 
@@ -58,6 +61,7 @@ paper_cleanup() {
   for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   sleep 0.5
   for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  if [[ $STOP_MARIADB == 1 ]]; then "$ROOT/scripts/mariadb.sh" stop >&2 || true; fi
   [[ -n "$RUN" ]] && rm -rf "$RUN"
 }
 
@@ -99,6 +103,7 @@ paper_db() {
   local want=${DB:-$1}
   case $want in
     mariadb)
+      "$ROOT/scripts/mariadb.sh" status >/dev/null 2>&1 || STOP_MARIADB=1
       "$ROOT/scripts/mariadb.sh" start >&2
       DATABASE_URL=$("$ROOT/scripts/mariadb.sh" url)
       export DATABASE_URL ;;

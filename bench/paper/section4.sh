@@ -42,6 +42,8 @@ for run in $(seq 1 "$RUNS"); do
     wait_http "http://127.0.0.1:$port/hello"
     "$WEIR" load "http://127.0.0.1:$port/" --rate "$RATE" --duration "$DURATION" --mix "$RUN/mix.toml" \
       --timeout 30s --seed "$run" --json "$OUT/$server-$run.json" > "$OUT/$server-$run.txt" 2>&1 || true
+    # (a non-zero exit may only mean 5xx were seen; no JSON means the load never ran)
+    [[ -s "$OUT/$server-$run.json" ]] || { log "weir load failed: $(tail -1 "$OUT/$server-$run.txt")"; exit 1; }
     stop_all
   done
 done
