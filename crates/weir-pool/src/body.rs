@@ -1,6 +1,14 @@
 //! The response body a dispatch hands to a listener: the whole body when the worker's
 //! answer arrived at once (the common case: one read, no channel), or a stream of chunks
 //! while the worker is still producing them (generators, big files).
+//!
+//! A stream that fails is cut only after what came before the failure has been flushed:
+//! hyper's connection writes a response's head and chunks into its buffer while the body
+//! has frames ready and flushes when the body is pending, and a body error drops the
+//! connection with that buffer. So the error is held back one turn (`Failing`): the body
+//! returns pending once, hyper flushes, and the client sees the head and the partial body
+//! before the connection closes (an app that raised right after its first chunk otherwise
+//! gave the client nothing at all, a race that depended on when the chunk arrived).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -33,6 +41,8 @@ pub enum ResponseBody {
     /// that closes without it means the worker ended mid-body, and the body fails (so
     /// the listener cuts the connection instead of presenting a truncated body as whole).
     Stream(mpsc::Receiver<Result<Bytes, BodyError>>),
+    /// A stream that failed: the error, returned at the next poll (see the module doc).
+    Failing(Option<BodyError>),
 }
 
 impl ResponseBody {
@@ -44,6 +54,19 @@ impl ResponseBody {
         } else {
             ResponseBody::Full(Some(b))
         }
+    }
+}
+
+impl ResponseBody {
+    /// Holds `e` back one turn: pending now (woken at once), the error at the next poll.
+    fn fail_next_turn(
+        &mut self,
+        e: BodyError,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        *self = ResponseBody::Failing(Some(e));
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -65,16 +88,15 @@ impl Body for ResponseBody {
                     *this = ResponseBody::Empty;
                     Poll::Ready(None)
                 }
-                Poll::Ready(Some(Err(e))) => {
-                    *this = ResponseBody::Empty;
-                    Poll::Ready(Some(Err(e)))
-                }
                 Poll::Ready(Some(Ok(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
-                Poll::Ready(None) => {
-                    *this = ResponseBody::Empty;
-                    Poll::Ready(Some(Err(BodyError::WorkerEnded("worker-died"))))
-                }
+                Poll::Ready(Some(Err(e))) => this.fail_next_turn(e, cx),
+                Poll::Ready(None) => this.fail_next_turn(BodyError::WorkerEnded("worker-died"), cx),
             },
+            ResponseBody::Failing(e) => {
+                let e = e.take();
+                *this = ResponseBody::Empty;
+                Poll::Ready(e.map(Err))
+            }
         }
     }
 
@@ -82,7 +104,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Empty => true,
             ResponseBody::Full(b) => b.is_none(),
-            ResponseBody::Stream(_) => false,
+            ResponseBody::Stream(_) | ResponseBody::Failing(_) => false,
         }
     }
 
@@ -90,7 +112,78 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Empty => SizeHint::with_exact(0),
             ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ResponseBody::Stream(_) => SizeHint::default(),
+            ResponseBody::Stream(_) | ResponseBody::Failing(_) => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Wake, Waker};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct CountWakes(AtomicUsize);
+
+    impl Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn poll(
+        body: &mut ResponseBody,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        Pin::new(body).poll_frame(cx)
+    }
+
+    /// The chunks before a failure, then one pending turn (woken at once, so the listener
+    /// flushes them), then the failure, then the end.
+    fn fails_after_a_flush_turn(last: Option<BodyError>, want: &str) {
+        let (tx, rx) = mpsc::channel(4);
+        tx.try_send(Ok(Bytes::from_static(b"partial-"))).unwrap();
+        match last {
+            Some(e) => tx.try_send(Err(e)).unwrap(),
+            None => drop(tx),
+        }
+        let wakes = Arc::new(CountWakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut body = ResponseBody::Stream(rx);
+        match poll(&mut body, &mut cx) {
+            Poll::Ready(Some(Ok(f))) => assert_eq!(f.into_data().unwrap(), "partial-"),
+            other => panic!("expected the chunk, got {other:?}"),
+        }
+        assert!(
+            poll(&mut body, &mut cx).is_pending(),
+            "the failure must wait a turn"
+        );
+        assert_eq!(
+            wakes.0.load(Ordering::Relaxed),
+            1,
+            "and wake the task for it"
+        );
+        match poll(&mut body, &mut cx) {
+            Poll::Ready(Some(Err(e))) => assert_eq!(e.to_string(), want),
+            other => panic!("expected the failure, got {other:?}"),
+        }
+        assert!(matches!(poll(&mut body, &mut cx), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn an_app_failure_mid_body_comes_after_a_flush_turn() {
+        fails_after_a_flush_turn(
+            Some(BodyError::AppAborted),
+            "the app failed after the response started",
+        );
+    }
+
+    #[test]
+    fn a_worker_gone_mid_body_comes_after_a_flush_turn() {
+        fails_after_a_flush_turn(None, "the worker ended mid-body: worker-died");
     }
 }
