@@ -55,9 +55,7 @@ impl ResponseBody {
             ResponseBody::Full(Some(b))
         }
     }
-}
 
-impl ResponseBody {
     /// Holds `e` back one turn: pending now (woken at once), the error at the next poll.
     fn fail_next_turn(
         &mut self,
