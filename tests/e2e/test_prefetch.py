@@ -371,6 +371,78 @@ def test_death_of_the_busy_worker_does_not_fail_the_request_behind_it(weir, app_
     assert get(srv.addr, "/pid").status == 200
 
 
+@pytest.mark.e2e_timeout(90)
+def test_worker_dying_after_its_answer_does_not_fail_the_request_offered_behind_it(weir, app_dir, tmp_path):
+    """B is offered behind A (see offer_b_behind_a); A answers 200, then its worker dies in
+    the body's close() (where Flask runs teardown functions) half a second later, before it
+    starts B. B never ran there: it is taken back and served once, by the fresh worker."""
+    srv = start_app(weir, app_dir, workers=1, admin=True)
+    ma, runs = tmp_path / "a", tmp_path / "runs"
+    _, (ta, box), (tb, box_b), pid_x = offer_b_behind_a(
+        srv, tmp_path, "/crash-in-close?s=0.5&marker=%s" % ma,
+        lambda: in_background(srv.addr, "/touch?marker=%s&append=1" % runs, timeout=30))
+    ta.join(30)
+    tb.join(30)
+    ra, rb = box.get("resp"), box_b.get("resp")
+    assert ra is not None and ra.status == 200 and pid_of(ra) == pid_x, box
+    assert marker_pid(ma) == pid_x
+    assert rb is not None, box_b
+    assert rb.status == 200, "the request behind the one whose worker died after answering: %r" % rb
+    assert pid_of(rb) != pid_x, "B was answered by the dead worker %d" % pid_x
+    assert runs.read_text().split() == [str(pid_of(rb))], "B ran other than once, on its answering worker"
+    offered, revoked = prefetch_counts(srv.admin)
+    assert (offered, revoked) == (1, 1), "B was not taken back from the dead worker: %r" % ((offered, revoked),)
+    assert get(srv.addr, "/pid").status == 200
+
+
+@pytest.mark.e2e_timeout(120)
+def test_answers_read_after_the_worker_died_reach_their_clients(weir, app_dir, tmp_path):
+    """The master reads a worker's answers only after the worker has died (the master is
+    stopped with SIGSTOP meanwhile): X1 runs with A, B, C, D, E offered behind it; the
+    worker answers X1, A and B, then dies in C. Every answer it wrote before dying reaches
+    its client (200), although writing more offers to the dead worker fails on the way; C
+    gets 502 worker-died; D..G, which it never started, run once each on a fresh worker."""
+    srv = start_app(weir, app_dir, workers=1, admin=True)
+    m0, m1, mc, runs = tmp_path / "x0", tmp_path / "x1", tmp_path / "c", tmp_path / "runs"
+    t0, box0 = in_background(srv.addr, "/sleep?s=2.5&marker=%s" % m0)
+    pid_x = marker_pid(m0)
+    touch = "/touch?marker=%s&append=1" % runs
+    names = ["X1", "A", "B", "C", "D", "E", "F", "G"]
+    paths = ["/sleep?s=1&marker=%s" % m1, touch, touch, "/crash-after?s=0&marker=%s" % mc] + [touch] * 4
+    handles = {}
+    for i, (name, path) in enumerate(zip(names, paths)):
+        handles[name] = in_background(srv.addr, path)
+        wait_queue_depth(srv.admin, i + 1, "%s waits behind X0" % name)
+    assert "end" not in box0, "X0 ended before X1..G were all queued: %r" % box0
+    # X0 ends: X1 starts with A..E (five) offered behind it, in the same write
+    wait_counts(srv.admin, offered=5, what="A..E to be offered behind X1")
+    assert marker_pid(m1) == pid_x
+    srv.proc.signal(signal.SIGSTOP)  # the master of the weir this test started
+    try:
+        wait_for(lambda: mc.exists() and not pid_alive(pid_x), 30,
+                 what="the worker to answer X1, A and B and die in C while the master is stopped")
+    finally:
+        srv.proc.signal(signal.SIGCONT)
+    for t, _ in [(t0, box0)] + list(handles.values()):
+        t.join(60)
+    resp = {name: box.get("resp") for name, (_, box) in handles.items()}
+    assert all(r is not None for r in resp.values()), {n: b for n, (_, b) in handles.items()}
+    assert box0.get("resp") is not None and pid_of(box0["resp"]) == pid_x, box0
+    for name in ("X1", "A", "B"):
+        assert resp[name].status == 200 and pid_of(resp[name]) == pid_x, \
+            "%s, answered by the worker before it died: %r" % (name, resp[name])
+    assert resp["C"].status == 502 and resp["C"].header("x-weir-error") == "worker-died", resp["C"]
+    fresh = set()
+    for name in ("D", "E", "F", "G"):
+        assert resp[name].status == 200, "%s, never started by the dead worker: %r" % (name, resp[name])
+        fresh.add(pid_of(resp[name]))
+    assert pid_x not in fresh, fresh
+    lines = runs.read_text().split()
+    assert sorted(lines) == sorted([str(pid_x)] * 2 + [str(pid_of(resp[n])) for n in "DEFG"]), \
+        "a /touch ran other than once: %r" % lines
+    assert get(srv.addr, "/pid").status == 200
+
+
 # ---------------------------------------------------------------------------------------
 # the client leaves before its request started
 

@@ -119,8 +119,16 @@ impl Reply {
     }
 }
 
-/// Runs one exchange; `sent` bytes of the packet were already written.
-pub(crate) async fn run(mut lease: Lease, mut req: WorkerRequest, reply: HeadReply, sent: usize) {
+/// Runs one exchange; `sent` bytes of the packet were already written. `unstarted`: the
+/// request was offered to this worker and may not have been started by it yet (see
+/// [`Unstarted`]).
+pub(crate) async fn run(
+    mut lease: Lease,
+    req: WorkerRequest,
+    reply: HeadReply,
+    sent: usize,
+    unstarted: Option<Unstarted>,
+) {
     let mut out = Reply {
         head: Some(reply),
         chunks: None,
@@ -141,9 +149,16 @@ pub(crate) async fn run(mut lease: Lease, mut req: WorkerRequest, reply: HeadRep
         (None, Some(d)) => Some((d, Ended::Deadline)),
         (None, None) => None,
     };
-    let _hold = req.hold.take();
+    let WorkerRequest {
+        mut packet,
+        body,
+        harakiri: _,
+        deadline,
+        hold,
+        body_timeout,
+    } = req;
     let result = {
-        let fut = exchange(&mut lease, req, sent, &mut out);
+        let fut = exchange(&mut lease, &mut packet, body, body_timeout, sent, &mut out);
         match limit {
             Some((limit, ended)) => match tokio::time::timeout(limit, fut).await {
                 Ok(r) => r,
@@ -153,6 +168,29 @@ pub(crate) async fn run(mut lease: Lease, mut req: WorkerRequest, reply: HeadRep
         }
     };
     if let Err(end) = result {
+        // An offered request its worker never started (it died, or was killed, between
+        // its previous answer and this request's claim) goes back to the queue's front,
+        // ahead of the ones offered behind it, as they do: it never ran. One whose head
+        // came was started.
+        let requeue = match (unstarted, out.head.take()) {
+            (Some(u), Some(head)) if lease.pool.take_back(&u.claim, u.seq) => {
+                packet.truncate(u.own_len);
+                let req = WorkerRequest {
+                    packet,
+                    body: RequestBody::Empty,
+                    harakiri,
+                    deadline,
+                    hold,
+                    body_timeout,
+                };
+                Some((u, req, head))
+            }
+            (_, head) => {
+                out.head = head;
+                drop(hold);
+                None
+            }
+        };
         let reason = match end {
             Ended::Harakiri(_) => RestartReason::Harakiri,
             Ended::Deadline => RestartReason::Deadline,
@@ -164,6 +202,9 @@ pub(crate) async fn run(mut lease: Lease, mut req: WorkerRequest, reply: HeadRep
             tracing::error!(pid = lease.pid(), "worker protocol error: {m}");
         }
         lease.poison(reason);
+        if let Some((u, req, head)) = requeue {
+            lease.requeue_first(u, req, head);
+        }
         // Kill first (dropping the lease), then tell the client, so a 504 never waits
         // on a slow reader.
         drop(lease);
@@ -171,9 +212,26 @@ pub(crate) async fn run(mut lease: Lease, mut req: WorkerRequest, reply: HeadRep
     }
 }
 
+/// An offered request that became its worker's current one when the answer before it was
+/// read: the worker has most likely started it, but only its claim word says so for sure.
+#[derive(Debug)]
+pub(crate) struct Unstarted {
+    /// The offer's key (what its submitter withdraws).
+    pub(crate) key: u64,
+    /// Its claim sequence number on the worker.
+    pub(crate) seq: u64,
+    pub(crate) claim: std::sync::Arc<weir_claim::ClaimWords>,
+    /// When it began waiting.
+    pub(crate) since: Instant,
+    /// The length of its own packet (what is written behind it follows).
+    pub(crate) own_len: usize,
+}
+
 async fn exchange(
     lease: &mut Lease,
-    req: WorkerRequest,
+    packet: &mut Vec<u8>,
+    body: RequestBody,
+    body_timeout: Duration,
     sent: usize,
     out: &mut Reply,
 ) -> Result<(), Ended> {
@@ -185,29 +243,29 @@ async fn exchange(
     let holder = worker.id;
     let (mut rd, mut wr) = worker.stream.split();
     let rbuf = &mut worker.rbuf;
-    let WorkerRequest {
-        mut packet,
-        body,
-        body_timeout,
-        ..
-    } = req;
     match body {
         RequestBody::Empty => {
-            wr.write_all(&packet[sent.min(packet.len())..])
+            // A write fails only when the worker is gone. What is left to write may be
+            // only requests offered behind this one, this one having been written (and
+            // perhaps answered) long before: what the worker wrote before it went is
+            // still in the socket, so reading decides (the answer, or EOF: died).
+            let written = wr
+                .write_all(&packet[sent.min(packet.len())..])
                 .await
-                .map_err(|_| Ended::Died)?;
-            read_response(&mut rd, rbuf, out, Some((&mut wr, &*pool, holder))).await
+                .is_ok();
+            let cancel = written.then_some((&mut wr, &*pool, holder));
+            read_response(&mut rd, rbuf, out, cancel).await
         }
         RequestBody::Full(b) if b.len() <= INLINE_BODY => {
             packet.extend_from_slice(&b);
-            wr.write_all(&packet).await.map_err(|_| Ended::Died)?;
+            wr.write_all(packet).await.map_err(|_| Ended::Died)?;
             read_response(&mut rd, rbuf, out, Some((&mut wr, &*pool, holder))).await
         }
         body => {
             // The write half is busy with the body: no CANCEL for these (rare) requests;
             // their answer is read to its end instead. A body that fails ends the
             // exchange at once (the worker waits for bytes that will never come).
-            let write = write_body(&mut wr, packet, body, body_timeout);
+            let write = write_body(&mut wr, std::mem::take(packet), body, body_timeout);
             let read = read_response(&mut rd, rbuf, out, None);
             tokio::pin!(write, read);
             let (mut wrote, mut answered) = (false, None);

@@ -36,7 +36,12 @@
 //!   behind a slow one while other workers go on, which is what weir's dispatch to free
 //!   workers exists for;
 //! - when the holder is killed (harakiri, deadline) or dies: its offered requests go to
-//!   the front of the queue, in order, and are served as if they had waited there;
+//!   the front of the queue, in order, and are served as if they had waited there. So
+//!   does its current request when that was an offer the worker never started (it died
+//!   between its last answer and this claim, say in the answer's `close()`): the master
+//!   makes an offer current once it has read the answer before it, without knowing
+//!   whether the worker has swapped the claim yet, so a death there is settled by
+//!   taking the claim back;
 //! - when the holder's client-side stream is cancelled (CANCEL must not sit behind it);
 //! - when the offered request's own client goes away (it is never started).
 //!
@@ -59,7 +64,7 @@ use tokio::sync::oneshot;
 use weir_uwsgi::packet;
 
 use crate::error::DispatchError;
-use crate::exchange::{self, WorkerRequest};
+use crate::exchange::{self, Unstarted, WorkerRequest};
 use crate::slot::{RestartReason, Worker};
 use crate::ResponseBody;
 
@@ -154,6 +159,24 @@ struct Offer {
     holder_since: Instant,
     /// A revoke lost: the holder runs it (its release finds it here).
     taken: bool,
+}
+
+/// An offered request taken back, to be served as if it had waited at the queue's front.
+#[derive(Debug)]
+struct Requeued {
+    key: u64,
+    since: Instant,
+    job: Job,
+}
+
+impl From<Offer> for Requeued {
+    fn from(o: Offer) -> Requeued {
+        Requeued {
+            key: o.key,
+            since: o.since,
+            job: o.job,
+        }
+    }
 }
 
 /// A request started on a worker by [`Pool::submit`]: its response head is on the way.
@@ -342,9 +365,16 @@ impl Pool {
     }
 
     /// Runs a job on a worker: a small request is written at once (its first `sent` bytes
-    /// were already, when it was offered), with `behind` after it (a CLAIM and the next
-    /// request, when one is offered); then the exchange goes on in its own task.
-    fn start(mut lease: Lease, job: Job, sent: usize, behind: Vec<u8>) {
+    /// were already, when it was offered: then `unstarted` says which offer it was), with
+    /// `behind` after it (a CLAIM and the next request, when one is offered); then the
+    /// exchange goes on in its own task.
+    fn start(
+        mut lease: Lease,
+        job: Job,
+        sent: usize,
+        behind: Vec<u8>,
+        unstarted: Option<Unstarted>,
+    ) {
         let Job { mut req, reply } = job;
         inline_body(&mut req);
         let sent = match req.body {
@@ -361,7 +391,7 @@ impl Pool {
                 0
             }
         };
-        tokio::spawn(exchange::run(lease, req, reply, sent));
+        tokio::spawn(exchange::run(lease, req, reply, sent, unstarted));
     }
 
     /// Offers the next waiting request to `worker`, which is about to start a request
@@ -550,7 +580,13 @@ impl Pool {
 
     /// Takes `offer` back (see weir-claim) and counts it; `false`: its holder started it.
     fn revoke(&self, offer: &Offer) -> bool {
-        let won = offer.claim.revoke(offer.seq);
+        self.take_back(&offer.claim, offer.seq)
+    }
+
+    /// Takes offer `seq` back from the worker whose claim words are `claim`, and counts
+    /// it; `false`: the worker started it.
+    pub(crate) fn take_back(&self, claim: &weir_claim::ClaimWords, seq: u64) -> bool {
+        let won = claim.revoke(seq);
         if won {
             self.inner
                 .stats
@@ -570,13 +606,14 @@ impl Pool {
 
     /// Takes back the offers held by worker `holder`, whose current request ended badly
     /// (the worker was killed or died): each is served by an idle worker or goes to the
-    /// front of the queue, in order. One the worker had started failed with it.
-    pub(crate) fn requeue_offer(&self, holder: u64) {
+    /// front of the queue, in order, after `first` (its current request, when the worker
+    /// had not started it: taken back already). One the worker had started failed with it.
+    fn requeue_offer(&self, holder: u64, first: Option<Requeued>) {
         let mut st = self.state();
-        let mut revoked = Vec::new();
+        let mut revoked: Vec<Requeued> = first.into_iter().collect();
         for offer in take_offers_of(&mut st, holder) {
             if self.revoke(&offer) {
-                revoked.push(offer);
+                revoked.push(offer.into());
             } else {
                 // It had started: it failed with the worker.
                 let _ = offer.job.reply.send(Err(DispatchError::WorkerDied));
@@ -596,7 +633,7 @@ impl Pool {
         let mut revoked = Vec::new();
         for mut offer in take_offers_of(&mut st, holder) {
             if self.revoke(&offer) {
-                revoked.push(offer);
+                revoked.push(offer.into());
             } else {
                 all = false;
                 offer.taken = true;
@@ -611,7 +648,7 @@ impl Pool {
     /// of the queue: on idle workers, else first in the queue. While shutting down they
     /// are answered `shutting-down` (nothing serves the queue then); past their deadline,
     /// `deadline`; with their client gone, dropped.
-    fn requeue(&self, mut st: MutexGuard<'_, State>, revoked: Vec<Offer>) {
+    fn requeue(&self, mut st: MutexGuard<'_, State>, revoked: Vec<Requeued>) {
         let now = Instant::now();
         let shutting_down = self.is_shutting_down();
         let mut starts = Vec::new();
@@ -643,7 +680,7 @@ impl Pool {
         }
         drop(st);
         for (worker, job) in starts {
-            Self::start(Lease::new(worker, self.clone()), job, 0, Vec::new());
+            Self::start(Lease::new(worker, self.clone()), job, 0, Vec::new(), None);
         }
     }
 
@@ -693,7 +730,7 @@ impl Pool {
                 self.inner.stats.idle.fetch_sub(1, Ordering::Relaxed);
                 self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
                 drop(st);
-                Self::start(Lease::new(worker, self.clone()), job, 0, Vec::new());
+                Self::start(Lease::new(worker, self.clone()), job, 0, Vec::new(), None);
                 return Ok(None);
             }
             let external = self.inner.external.load(Ordering::Relaxed);
@@ -815,7 +852,7 @@ impl Pool {
         let shedding = self.regulate(&mut st, now);
         if let Some((job, behind)) = self.steal(&mut st, &mut worker, now) {
             drop(st);
-            Self::start(Lease::new(worker, self.clone()), job, 0, behind);
+            Self::start(Lease::new(worker, self.clone()), job, 0, behind, None);
             return;
         }
         let lifo = shedding.is_some() && self.inner.codel.is_some_and(|c| c.lifo);
@@ -833,7 +870,7 @@ impl Pool {
             self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
             let behind = self.offer_next(&mut st, &mut worker, &job.req);
             drop(st);
-            Self::start(Lease::new(worker, self.clone()), job, 0, behind);
+            Self::start(Lease::new(worker, self.clone()), job, 0, behind, None);
             return;
         }
         st.above_since = None;
@@ -898,7 +935,15 @@ impl Pool {
                 let sent = offer.job.req.packet.len();
                 let behind = self.offer_next(&mut st, &mut worker, &offer.job.req);
                 drop(st);
-                Self::start(Lease::new(worker, self.clone()), offer.job, sent, behind);
+                let unstarted = Unstarted {
+                    key: offer.key,
+                    seq: offer.seq,
+                    claim: offer.claim,
+                    since: offer.since,
+                    own_len: sent,
+                };
+                let lease = Lease::new(worker, self.clone());
+                Self::start(lease, offer.job, sent, behind, Some(unstarted));
                 return;
             }
         }
@@ -1085,6 +1130,9 @@ pub struct Lease {
     pub(crate) worker: Option<Worker>,
     pub(crate) pool: Pool,
     dirty: Option<RestartReason>,
+    /// The worker's current request, when it turned out not started (see
+    /// [`Lease::requeue_first`]).
+    first: Option<Requeued>,
     /// When the lease was handed out (for the time-in-worker figure).
     pub started: Instant,
 }
@@ -1095,6 +1143,7 @@ impl Lease {
             worker: Some(worker),
             pool,
             dirty: None,
+            first: None,
             started: Instant::now(),
         }
     }
@@ -1108,6 +1157,22 @@ impl Lease {
     /// Marks the worker as not reusable: it will be killed when the lease drops.
     pub(crate) fn poison(&mut self, reason: RestartReason) {
         self.dirty = Some(reason);
+    }
+
+    /// The worker's current request, an offer, turned out not started when the worker
+    /// ended (its claim was taken back: `unstarted`): when the lease drops, it is served
+    /// elsewhere, ahead of the requests offered behind it.
+    pub(crate) fn requeue_first(
+        &mut self,
+        unstarted: Unstarted,
+        req: WorkerRequest,
+        reply: exchange::HeadReply,
+    ) {
+        self.first = Some(Requeued {
+            key: unstarted.key,
+            since: unstarted.since,
+            job: Job { req, reply },
+        });
     }
 
     /// The worker's process id.
@@ -1130,7 +1195,7 @@ impl Drop for Lease {
                     self.pool.inner.stats.busy.fetch_sub(1, Ordering::Relaxed);
                     let holder = worker.id;
                     worker.kill(reason);
-                    self.pool.requeue_offer(holder);
+                    self.pool.requeue_offer(holder, self.first.take());
                 }
                 None => self.pool.release(worker),
             }

@@ -11,6 +11,9 @@ that says when it started, and a long stream that says when it was stopped.
   (or finished) the body".
 - /crash-after?s=SECONDS&marker=PATH: writes the pid to PATH, sleeps, then os._exit(3)
   (sup_app's /crash-after, with a marker so a test can tell it is running).
+- /crash-in-close?marker=PATH: answers 200 with the pid at once; the body's close() (where
+  Flask runs its teardown functions) writes the pid to PATH, sleeps `s` s (0), then
+  os._exit(3): a worker that dies after its answer was sent, before its next request.
 
 Every other path is sup_app's (/pid, /version, /sleep?s=&marker=, /crash, ...).
 """
@@ -62,6 +65,24 @@ class _Stream:
             _mark(self.closed)
 
 
+class _CrashInClose:
+    """A one-chunk body whose close() marks, sleeps, and ends the process."""
+
+    def __init__(self, body, marker, seconds):
+        self.body = body
+        self.marker = marker
+        self.seconds = seconds
+
+    def __iter__(self):
+        return iter([self.body])
+
+    def close(self):
+        if self.marker:
+            _mark(self.marker)
+        time.sleep(self.seconds)
+        os._exit(3)
+
+
 def application(environ, start_response):
     path = environ.get("PATH_INFO", "")
     q = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
@@ -79,6 +100,10 @@ def application(environ, start_response):
             _mark(q["marker"])
         start_response("200 OK", [("Content-Type", "text/plain")])
         return _Stream(float(q.get("s", "30")), float(q.get("every", "0.05")), q.get("closed"))
+    if path == "/crash-in-close":
+        body = str(os.getpid()).encode()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return _CrashInClose(body, q.get("marker"), float(q.get("s", "0")))
     if path == "/crash-after" and q.get("marker"):
         _mark(q["marker"])
         time.sleep(float(q.get("s", "0.5")))
