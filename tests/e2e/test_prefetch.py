@@ -186,6 +186,16 @@ def offer_b_behind_a(srv, tmp_path, path_a, send_b, busy_s: float = 1.5):
     return (tx, box_x), a, b, pid_x
 
 
+def answers_of_a_and_b(srv, tmp_path, path_a, path_b):
+    """offer_b_behind_a with B = GET path_b; waits for both answers. Returns (box_a, box_b,
+    X's pid)."""
+    _, (ta, box_a), (tb, box_b), pid_x = offer_b_behind_a(
+        srv, tmp_path, path_a, lambda: in_background(srv.addr, path_b, timeout=30))
+    ta.join(30)
+    tb.join(30)
+    return box_a, box_b, pid_x
+
+
 @pytest.mark.e2e_timeout(90)
 @PROCESS_MODELS
 def test_an_offered_request_past_its_deadline_is_answered_without_killing_its_worker(
@@ -197,11 +207,7 @@ def test_an_offered_request_past_its_deadline_is_answered_without_killing_its_wo
     srv = start_app(weir, app_dir, workers=1, preload=preload, admin=True,
                     config={"route": [{"path": "/touch", "request_timeout": "2s"}]})
     ma, mb = tmp_path / "a", tmp_path / "b"
-    _, (ta, box_a), (tb, box_b), pid_x = offer_b_behind_a(
-        srv, tmp_path, "/sleep?s=2&marker=%s" % ma,
-        lambda: in_background(srv.addr, "/touch?marker=%s" % mb, timeout=30))
-    ta.join(30)
-    tb.join(30)
+    box_a, box_b, pid_x = answers_of_a_and_b(srv, tmp_path, "/sleep?s=2&marker=%s" % ma, "/touch?marker=%s" % mb)
     ra, rb = box_a.get("resp"), box_b.get("resp")
     assert ra is not None and ra.status == 200 and pid_of(ra) == pid_x, box_a
     assert rb is not None and rb.status == 504 and rb.header("x-weir-error") == "deadline", box_b
@@ -378,13 +384,10 @@ def test_worker_dying_after_its_answer_does_not_fail_the_request_offered_behind_
     starts B. B never ran there: it is taken back and served once, by the fresh worker."""
     srv = start_app(weir, app_dir, workers=1, admin=True)
     ma, runs = tmp_path / "a", tmp_path / "runs"
-    _, (ta, box), (tb, box_b), pid_x = offer_b_behind_a(
-        srv, tmp_path, "/crash-in-close?s=0.5&marker=%s" % ma,
-        lambda: in_background(srv.addr, "/touch?marker=%s&append=1" % runs, timeout=30))
-    ta.join(30)
-    tb.join(30)
-    ra, rb = box.get("resp"), box_b.get("resp")
-    assert ra is not None and ra.status == 200 and pid_of(ra) == pid_x, box
+    box_a, box_b, pid_x = answers_of_a_and_b(
+        srv, tmp_path, "/crash-in-close?s=0.5&marker=%s" % ma, "/touch?marker=%s&append=1" % runs)
+    ra, rb = box_a.get("resp"), box_b.get("resp")
+    assert ra is not None and ra.status == 200 and pid_of(ra) == pid_x, box_a
     assert marker_pid(ma) == pid_x
     assert rb is not None, box_b
     assert rb.status == 200, "the request behind the one whose worker died after answering: %r" % rb
