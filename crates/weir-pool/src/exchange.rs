@@ -133,30 +133,27 @@ pub(crate) async fn run(
         head: Some(reply),
         chunks: None,
     };
-    let harakiri = req.harakiri;
+    let WorkerRequest {
+        mut packet,
+        body,
+        harakiri,
+        deadline,
+        hold,
+        body_timeout,
+    } = req;
     // The worker's limit is harakiri or the request's deadline, whichever comes first. A
     // request whose deadline has passed before its exchange starts was offered behind
     // another (prefetch) and taken by its worker: if the worker took it late, it answers
     // 504 `deadline` itself at once; if it took it in time, it runs, and is ended like any
     // request still running at its deadline, after a short grace for that answer to come.
     let now = Instant::now();
-    let by_deadline = req
-        .deadline
-        .map(|d| d.checked_duration_since(now).unwrap_or(LATE_START_GRACE));
+    let by_deadline = deadline.map(|d| d.checked_duration_since(now).unwrap_or(LATE_START_GRACE));
     let limit = match (harakiri, by_deadline) {
         (Some(h), Some(d)) if d < h => Some((d, Ended::Deadline)),
         (Some(h), _) => Some((h, Ended::Harakiri(h))),
         (None, Some(d)) => Some((d, Ended::Deadline)),
         (None, None) => None,
     };
-    let WorkerRequest {
-        mut packet,
-        body,
-        harakiri: _,
-        deadline,
-        hold,
-        body_timeout,
-    } = req;
     let result = {
         let fut = exchange(&mut lease, &mut packet, body, body_timeout, sent, &mut out);
         match limit {
@@ -187,7 +184,6 @@ pub(crate) async fn run(
             }
             (_, head) => {
                 out.head = head;
-                drop(hold);
                 None
             }
         };
@@ -255,11 +251,6 @@ async fn exchange(
                 .is_ok();
             let cancel = written.then_some((&mut wr, &*pool, holder));
             read_response(&mut rd, rbuf, out, cancel).await
-        }
-        RequestBody::Full(b) if b.len() <= INLINE_BODY => {
-            packet.extend_from_slice(&b);
-            wr.write_all(packet).await.map_err(|_| Ended::Died)?;
-            read_response(&mut rd, rbuf, out, Some((&mut wr, &*pool, holder))).await
         }
         body => {
             // The write half is busy with the body: no CANCEL for these (rare) requests;
