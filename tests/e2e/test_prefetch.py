@@ -69,6 +69,8 @@ def start_app(weir, app_dir, preload=None, admin=False, config=None, **kw):
     if preload is not None:
         kw["args"] = ["--preload", preload] + list(kw.get("args", ()))
     config = dict(config or {})
+    # /hold (a /sleep) on a route of its own: see offer_b_behind_a.
+    config["route"] = list(config.get("route", ())) + [{"path": "/hold"}]
     admin_addr = None
     if admin:
         admin_addr = Addr("127.0.0.1", free_port())
@@ -160,16 +162,27 @@ def wait_queue_depth(admin: Addr, n: int, what: str, timeout: float = 10):
 in_background = sleep_in_background
 
 
+def warm_up(srv, n: int = 3):
+    """A few fast requests on the default route: the pool offers a request only behind one
+    whose route it knows to be short against the request's queue budget (prefetch's offer
+    policy), so the tests that need an offer give A's route a typical time first."""
+    for _ in range(n):
+        assert get(srv.addr, "/pid").status == 200
+
+
 def offer_b_behind_a(srv, tmp_path, path_a, send_b, busy_s: float = 1.5):
-    """The only way the pool offers a request: a worker frees while two requests wait. With
-    one worker: occupies it with X (/sleep?s=busy_s), sends A and then B (send_b()),
+    """The only way the pool offers a request: a worker frees while two requests wait, and
+    the one it starts is expected to be short. With one worker: warms up the default route
+    (warm_up), occupies the worker with X (/hold?s=busy_s: a sleep on a route of its own,
+    so the default route stays fast in the pool's eyes), sends A and then B (send_b()),
     polling weir_queue_depth so both are known to wait, A first. A is path_a (a path, sent
     with in_background: its handle is (ta, box_a)) or a callable that sends it and returns
     its handle; A must write a marker. When X ends the worker starts A and B is written
     behind it. Returns ((tx, box_x), A's handle, B's handle, x's pid) once the worker has
     started A and the offer is counted."""
     mx = tmp_path / "x"
-    tx, box_x = in_background(srv.addr, "/sleep?s=%s&marker=%s" % (busy_s, mx))
+    warm_up(srv)
+    tx, box_x = in_background(srv.addr, "/hold?s=%s&marker=%s" % (busy_s, mx))
     pid_x = marker_pid(mx)
     a = path_a() if callable(path_a) else in_background(srv.addr, path_a)
     wait_queue_depth(srv.admin, 1, "A waits behind X")
@@ -275,13 +288,15 @@ def test_fast_requests_never_wait_behind_a_slow_one(weir, app_dir, tmp_path):
 
 @pytest.mark.e2e_timeout(90)
 def test_at_most_five_requests_are_offered_behind_a_busy_worker(weir, app_dir, tmp_path):
-    """One worker, busy with X (1.5 s); queued: S (3 s), then six fast ones. When X ends the
-    worker starts S and five fast ones are written behind it (PREFETCH_DEPTH): the sixth
+    """One worker, busy with X (1.5 s, on a route of its own: see offer_b_behind_a); queued:
+    S (3 s, on the default route, which the pool knows as fast), then six fast ones. When X
+    ends the worker starts S and five fast ones are written behind it (PREFETCH_DEPTH): the sixth
     waits in the master's queue while S sleeps. Once S is done, all six are served by that
     worker, the sixth offered behind the others when the first of them starts."""
     srv = start_app(weir, app_dir, workers=1, admin=True)
     mx, ms = tmp_path / "x", tmp_path / "s"
-    tx, box_x = in_background(srv.addr, "/sleep?s=1.5&marker=%s" % mx)
+    warm_up(srv)
+    tx, box_x = in_background(srv.addr, "/hold?s=1.5&marker=%s" % mx)
     pid = marker_pid(mx)
     ts, box_s = in_background(srv.addr, "/sleep?s=3&marker=%s" % ms)
     wait_queue_depth(srv.admin, 1, "S waits behind X")
@@ -292,7 +307,9 @@ def test_at_most_five_requests_are_offered_behind_a_busy_worker(weir, app_dir, t
     assert prefetch_counts(srv.admin) == (0, 0)
     assert marker_pid(ms) == pid
     wait_counts(srv.admin, offered=5, what="five fast requests offered behind S")
-    wait_queue_depth(srv.admin, 1, "the sixth fast request waits in the master")
+    # The five offered still wait (behind S), and count in the queue's depth; the sixth
+    # waits in the master.
+    wait_queue_depth(srv.admin, 6, "five offered behind S and the sixth in the master")
     assert "end" not in box_s, "S ended before the offers were checked: %r" % box_s
     assert prefetch_counts(srv.admin) == (5, 0), "more than five offered behind S"
     for t, _ in fast:

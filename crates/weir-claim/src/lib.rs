@@ -153,6 +153,12 @@ impl ClaimWords {
         self.atomic(seq).load(Ordering::Acquire) == seq << 2 | REVOKED
     }
 
+    /// Master: whether request `seq` is still offered, neither started nor taken back (a
+    /// look that changes nothing: the queue's depth counts such requests as waiting).
+    pub fn is_offered(&self, seq: u64) -> bool {
+        self.atomic(seq).load(Ordering::Acquire) == seq << 2 | OFFERED
+    }
+
     fn swap(&self, seq: u64, to: u64) -> bool {
         self.atomic(seq)
             .compare_exchange(

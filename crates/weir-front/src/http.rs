@@ -385,6 +385,7 @@ pub async fn dispatch(
         deadline,
         hold: permit.map(|p| Box::new(p) as Box<dyn std::any::Any + Send>),
         body_timeout: front.body_timeout,
+        service: Some(route.service.clone()),
     };
     // Waiting for a worker: likewise. The worker that frees starts the request itself.
     let started = tokio::select! {
@@ -410,6 +411,20 @@ pub async fn dispatch(
         started.response().await
     };
     rec.worker = at.elapsed();
+    // An offered request waited until its worker started it (or until its wait ran out).
+    match &resp {
+        Ok(r) => {
+            if let Some(weir_pool::StartedAt(t)) = r.extensions().get() {
+                rec.queued = t.saturating_duration_since(queued_at);
+                rec.worker = t.elapsed();
+            }
+        }
+        Err(DispatchError::QueueTimeout(_) | DispatchError::QueueShed { .. }) => {
+            rec.queued = queued_at.elapsed();
+            rec.worker = Duration::ZERO;
+        }
+        Err(_) => {}
+    }
     resp.map_err(reject)
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use weir_config::Config;
+use weir_pool::ServiceTime;
 
 /// One route.
 #[derive(Debug)]
@@ -20,6 +21,9 @@ pub struct Route {
     pub request_timeout: Option<Duration>,
     /// Its harakiri.
     pub harakiri: Option<Duration>,
+    /// The typical time its requests hold a worker: what the pool judges a wait behind
+    /// one of them by (prefetch offers, see weir-pool's `offer_policy`).
+    pub service: Arc<ServiceTime>,
 }
 
 /// The route table, longest prefix first, plus the defaults for everything else.
@@ -51,6 +55,7 @@ impl Routes {
                 limit: r.max_concurrency.map(|n| Arc::new(Semaphore::new(n))),
                 request_timeout: r.request_timeout.map(|s| s.as_duration()).or(timeout),
                 harakiri: r.harakiri.map(|s| s.as_duration()).or(harakiri),
+                service: Arc::default(),
             })
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
@@ -61,6 +66,7 @@ impl Routes {
                 limit: None,
                 request_timeout: timeout,
                 harakiri,
+                service: Arc::default(),
             },
         }
     }

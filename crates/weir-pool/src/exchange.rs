@@ -70,6 +70,9 @@ pub struct WorkerRequest {
     pub hold: Option<Box<dyn std::any::Any + Send>>,
     /// Longest pause between two pieces of a streamed request body.
     pub body_timeout: Duration,
+    /// The typical service time of the request's route: what the pool judges a wait
+    /// behind this request by (prefetch), updated when it ends. `None`: the pool's own.
+    pub service: Option<std::sync::Arc<crate::ServiceTime>>,
 }
 
 /// How an exchange ended early.
@@ -96,9 +99,28 @@ pub(crate) const INLINE_BODY: usize = 64 * 1024;
 struct Reply {
     head: Option<HeadReply>,
     chunks: Option<mpsc::Sender<Result<Bytes, BodyError>>>,
+    /// When the request started on its worker, for a request that was offered (its wait
+    /// ended then, not when its submitter was told): put on the head as [`StartedAt`].
+    started_at: Option<Instant>,
 }
 
+/// On the response head of a request that was offered behind a busy worker (prefetch):
+/// when it started on its worker, which is when its wait in the queue ended.
+#[derive(Debug, Clone, Copy)]
+pub struct StartedAt(pub Instant);
+
 impl Reply {
+    /// Sends the response head (once); `false` when nobody waits for it any more.
+    fn answer(&mut self, mut response: Response<ResponseBody>) -> bool {
+        let Some(tx) = self.head.take() else {
+            return false;
+        };
+        if let Some(at) = self.started_at {
+            response.extensions_mut().insert(StartedAt(at));
+        }
+        tx.send(Ok(response)).is_ok()
+    }
+
     /// Tells the caller how the exchange failed: an error status before the head, a cut
     /// body after it.
     fn fail(&mut self, end: &Ended) {
@@ -121,17 +143,20 @@ impl Reply {
 
 /// Runs one exchange; `sent` bytes of the packet were already written. `unstarted`: the
 /// request was offered to this worker and may not have been started by it yet (see
-/// [`Unstarted`]).
+/// [`Unstarted`]). `started_at`: the request was offered, and started then (see
+/// [`StartedAt`]).
 pub(crate) async fn run(
     mut lease: Lease,
     req: WorkerRequest,
     reply: HeadReply,
     sent: usize,
     unstarted: Option<Unstarted>,
+    started_at: Option<Instant>,
 ) {
     let mut out = Reply {
         head: Some(reply),
         chunks: None,
+        started_at,
     };
     let WorkerRequest {
         mut packet,
@@ -140,6 +165,7 @@ pub(crate) async fn run(
         deadline,
         hold,
         body_timeout,
+        service,
     } = req;
     // The worker's limit is harakiri or the request's deadline, whichever comes first. A
     // request whose deadline has passed before its exchange starts was offered behind
@@ -179,6 +205,7 @@ pub(crate) async fn run(
                     deadline,
                     hold,
                     body_timeout,
+                    service,
                 };
                 Some((u, req, head))
             }
@@ -221,6 +248,8 @@ pub(crate) struct Unstarted {
     pub(crate) since: Instant,
     /// The length of its own packet (what is written behind it follows).
     pub(crate) own_len: usize,
+    /// When its wait ends, should it go back to the queue.
+    pub(crate) expires: crate::pool::Expiry,
 }
 
 async fn exchange(
@@ -382,10 +411,8 @@ async fn read_response(
                     _ => ResponseBody::full(chunks.concat()),
                 };
                 *response.body_mut() = body;
-                if let Some(tx) = out.head.take() {
-                    // A client gone is fine: the worker is back at a boundary anyway.
-                    let _ = tx.send(Ok(response));
-                }
+                // A client gone is fine: the worker is back at a boundary anyway.
+                out.answer(response);
                 return Ok(());
             }
             Ok(Prefix::Data(n)) if rbuf.len() >= frame::PREFIX_LEN + n => {
@@ -400,9 +427,7 @@ async fn read_response(
                 for c in chunks {
                     let _ = tx.try_send(Ok(c));
                 }
-                if let Some(h) = out.head.take() {
-                    let _ = h.send(Ok(response));
-                }
+                out.answer(response);
                 let _ = tx.send(Err(BodyError::AppAborted)).await;
                 return Ok(());
             }
@@ -416,12 +441,7 @@ async fn read_response(
 
     let (tx, rx) = mpsc::channel(16);
     *response.body_mut() = ResponseBody::Stream(rx);
-    let mut sink = Some(tx);
-    if let Some(h) = out.head.take() {
-        if h.send(Ok(response)).is_err() {
-            sink = None;
-        }
-    }
+    let mut sink = out.answer(response).then_some(tx);
     for c in chunks {
         send_chunk(&mut sink, Ok(c)).await;
     }

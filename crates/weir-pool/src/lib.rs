@@ -11,6 +11,9 @@
 //! - `sys`: the only `unsafe` code (descriptor passing, pidfd_send_signal), for `zygote`.
 //! - [`pool`]: the idle workers and the bounded queue of requests waiting for one
 //!   ([`Pool::submit`]); a [`Lease`] returns its worker when dropped.
+//! - `offer_policy`: when a waiting request may be offered behind a busy worker
+//!   (prefetch) and when an offer's holder is overdue, judged by each route's typical
+//!   service time ([`ServiceTime`]) against the request's remaining queue budget.
 //! - `exchange`: one request on one worker: writes the uwsgi packet and body, reads the
 //!   response head and body frames, enforces harakiri.
 //! - [`body`]: the response body handed to the listeners.
@@ -24,6 +27,7 @@
 pub mod body;
 pub mod error;
 mod exchange;
+mod offer_policy;
 pub mod pool;
 mod slot;
 pub mod supervisor;
@@ -33,7 +37,8 @@ mod zygote;
 
 pub use body::{BodyError, ResponseBody};
 pub use error::{ClientBodyError, DispatchError};
-pub use exchange::{parse_head, RequestBody, WorkerRequest, HOP_BY_HOP};
+pub use exchange::{parse_head, RequestBody, StartedAt, WorkerRequest, HOP_BY_HOP};
+pub use offer_policy::ServiceTime;
 pub use pool::{Codel, Lease, Pool, PoolStats, QueueSlot, Started};
 pub use slot::RestartReason;
 pub use supervisor::{PoolConfig, Preload, Supervisor, SupervisorError, WorkerCommand};

@@ -27,14 +27,25 @@
 //! the same from their shared listen queue). A written request cannot be taken back from
 //! the socket, so such an *offer* is settled by the worker's claim word (weir-claim): the
 //! worker compare-and-swaps it before it starts the request; the master compare-and-swaps
-//! it to take the request back. The master takes an offer back and serves it elsewhere:
-//! - when another worker frees, or starts its next request, while the offer's holder has
-//!   been on its current request for longer than [`Pool::steal_after`] (a slow request, or
-//!   a worker the kernel is not running just now): the offer moves to that worker, as its
-//!   current request or offered behind it, ahead of the queue (it has waited longest). A
-//!   free worker with nothing else waiting takes any offer. So a request does not stay
-//!   behind a slow one while other workers go on, which is what weir's dispatch to free
-//!   workers exists for;
+//! it to take the request back.
+//!
+//! An offered request is still a waiting one. It is offered only where its expected wait
+//! is short against what it may still wait (`offer_policy`: each route's typical service
+//! time against the request's remaining queue budget), it counts in the queue's depth, and
+//! its wait (the `queue_ms` of the access log, the queue-wait histogram) ends when its
+//! worker starts it ([`crate::StartedAt`]). The master takes an offer back and serves it
+//! elsewhere, or answers it:
+//! - when its queue budget runs out (the queue timeout, its deadline, or the delay target
+//!   it was admitted under, whichever is soonest) before its holder started it: answered
+//!   `queue-timeout` (or `deadline`) by its submitter's timer ([`Started::response`]), as
+//!   it would have been in the master's queue; never started late;
+//! - when another worker frees, or starts its next request, while the offer's holder is
+//!   overdue (its current request has run past twice its route's typical time: a slow
+//!   request, or a worker the kernel is not running just now): the offer moves to that
+//!   worker, as its current request or offered behind it, ahead of the queue (it has
+//!   waited longest). A free worker with nothing else waiting takes any offer. So a
+//!   request does not stay behind a slow one while other workers go on, which is what
+//!   weir's dispatch to free workers exists for;
 //! - when the holder is killed (harakiri, deadline) or dies: its offered requests go to
 //!   the front of the queue, in order, and are served as if they had waited there. So
 //!   does its current request when that was an offer the worker never started (it died
@@ -65,6 +76,7 @@ use weir_uwsgi::packet;
 
 use crate::error::DispatchError;
 use crate::exchange::{self, Unstarted, WorkerRequest};
+use crate::offer_policy::{self, ServiceTime};
 use crate::slot::{RestartReason, Worker};
 use crate::ResponseBody;
 
@@ -109,6 +121,44 @@ type Handoff = Result<Option<u64>, Duration>;
 struct Job {
     req: WorkerRequest,
     reply: exchange::HeadReply,
+    /// When its wait ends, wherever it waits (in the queue, offered, taken back).
+    expires: Expiry,
+    /// It was offered behind a busy worker: its wait ends when a worker starts it.
+    offered: bool,
+}
+
+/// When a request's wait ends, and how it is answered then: whichever of the queue
+/// timeout, its deadline and (while the queue is overloaded) the delay target it was
+/// admitted under comes first.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Expiry {
+    at: Instant,
+    why: ExpiryWhy,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ExpiryWhy {
+    /// `[queue] timeout` (this long).
+    QueueTimeout(Duration),
+    /// The request's deadline.
+    Deadline,
+    /// The delay target of an overloaded queue (this long).
+    Shed(Duration),
+}
+
+impl Expiry {
+    /// Not a real limit: for a request started at once (it never waits).
+    fn never(now: Instant) -> Expiry {
+        Expiry {
+            at: now + Duration::from_secs(365 * 24 * 3600),
+            why: ExpiryWhy::Deadline,
+        }
+    }
+
+    /// What its wait has left at `now`.
+    fn left(&self, now: Instant) -> Duration {
+        self.at.saturating_duration_since(now)
+    }
 }
 
 /// A request waiting for a worker.
@@ -157,6 +207,10 @@ struct Offer {
     since: Instant,
     /// When the holder started its current request.
     holder_since: Instant,
+    /// The typical time of the holder's current request (see `offer_policy`).
+    holder_typical: Option<Duration>,
+    /// The typical time of this request, as judged when it was offered.
+    typical: Option<Duration>,
     /// A revoke lost: the holder runs it (its release finds it here).
     taken: bool,
 }
@@ -183,8 +237,9 @@ impl From<Offer> for Requeued {
 #[derive(Debug)]
 pub struct Started {
     head: oneshot::Receiver<Result<http::Response<ResponseBody>, DispatchError>>,
-    /// An offer not yet known to have started: dropping this takes it back.
-    offer: Option<(Pool, u64)>,
+    /// An offer not yet known to have started: dropping this takes it back, and its wait
+    /// ends at `expires`.
+    offer: Option<(Pool, u64, Expiry)>,
 }
 
 impl Started {
@@ -195,20 +250,38 @@ impl Started {
         self.offer.is_some()
     }
 
-    /// The response head (and body), or why there is none.
+    /// The response head (and body), or why there is none. An offered request still
+    /// waiting for its worker when its queue budget runs out is taken back and answered
+    /// `queue-timeout` (or `deadline`) here, as it would have been in the queue; if its
+    /// worker took it first, it runs and this waits for its answer.
     pub async fn response(mut self) -> Result<http::Response<ResponseBody>, DispatchError> {
-        let r = (&mut self.head)
-            .await
-            .unwrap_or(Err(DispatchError::WorkerDied));
+        let r = match &self.offer {
+            None => (&mut self.head).await,
+            Some((pool, key, expires)) => {
+                let timer = tokio::time::sleep_until(expires.at.into());
+                tokio::select! {
+                    biased;
+                    r = &mut self.head => r,
+                    () = timer => {
+                        if pool.expire(*key) {
+                            let err = pool.expiry_error(expires);
+                            self.offer = None;
+                            return Err(err);
+                        }
+                        (&mut self.head).await
+                    }
+                }
+            }
+        };
         // Answered: nothing left to take back.
         self.offer = None;
-        r
+        r.unwrap_or(Err(DispatchError::WorkerDied))
     }
 }
 
 impl Drop for Started {
     fn drop(&mut self) {
-        if let Some((pool, id)) = self.offer.take() {
+        if let Some((pool, id, _)) = self.offer.take() {
             pool.withdraw(id);
         }
     }
@@ -226,8 +299,8 @@ pub(crate) struct Inner {
     max_queue: usize,
     queue_timeout: Duration,
     codel: Option<Codel>,
-    /// Mean time a request holds a worker (exponentially weighted), in microseconds.
-    worker_time_us: AtomicU64,
+    /// The typical time a request holds a worker, over all routes.
+    service: ServiceTime,
     reload_on_rss: Option<u64>,
     /// `[app] prefetch`.
     prefetch: bool,
@@ -270,7 +343,7 @@ impl Pool {
                 max_queue,
                 queue_timeout,
                 codel,
-                worker_time_us: AtomicU64::new(0),
+                service: ServiceTime::new(),
                 reload_on_rss,
                 prefetch,
                 generation: AtomicU64::new(0),
@@ -292,11 +365,15 @@ impl Pool {
         &self.inner.stats
     }
 
-    /// Requests waiting now: for a worker (not counting those whose client left) and for
-    /// a route slot in front of the pool.
+    /// Requests waiting now: for a worker (not counting those whose client left), offered
+    /// behind a busy worker and not yet started there, and for a route slot in front of
+    /// the pool.
     pub fn queue_depth(&self) -> usize {
-        let live = self.state().waiters.iter().filter(|w| !w.gone()).count();
-        live + self.inner.external.load(Ordering::Relaxed)
+        let st = self.state();
+        let live = st.waiters.iter().filter(|w| !w.gone()).count();
+        let offered = offered_waiting(&st);
+        drop(st);
+        live + offered + self.inner.external.load(Ordering::Relaxed)
     }
 
     /// Joins the queue from outside the pool (a request waiting for a route slot): it
@@ -324,6 +401,7 @@ impl Pool {
             deadline: None,
             hold: None,
             body_timeout: wait,
+            service: None,
         };
         let resp = self
             .submit_by(req, Some(queue_deadline))
@@ -357,10 +435,16 @@ impl Pool {
         queue_deadline: Option<Instant>,
     ) -> Result<Started, DispatchError> {
         let (reply, head) = oneshot::channel();
-        let offer = self.wait(queue_deadline, Job { req, reply }).await?;
+        let job = Job {
+            req,
+            reply,
+            expires: Expiry::never(Instant::now()),
+            offered: false,
+        };
+        let offer = self.wait(queue_deadline, job).await?;
         Ok(Started {
             head,
-            offer: offer.map(|id| (self.clone(), id)),
+            offer: offer.map(|(id, expires)| (self.clone(), id, expires)),
         })
     }
 
@@ -375,7 +459,14 @@ impl Pool {
         behind: Vec<u8>,
         unstarted: Option<Unstarted>,
     ) {
-        let Job { mut req, reply } = job;
+        let Job {
+            mut req,
+            reply,
+            offered,
+            ..
+        } = job;
+        lease.service = req.service.clone();
+        let started_at = offered.then_some(lease.started);
         inline_body(&mut req);
         let sent = match req.body {
             crate::RequestBody::Empty => {
@@ -391,7 +482,9 @@ impl Pool {
                 0
             }
         };
-        tokio::spawn(exchange::run(lease, req, reply, sent, unstarted));
+        tokio::spawn(exchange::run(
+            lease, req, reply, sent, unstarted, started_at,
+        ));
     }
 
     /// Offers the next waiting request to `worker`, which is about to start a request
@@ -430,32 +523,56 @@ impl Pool {
             }
         }
         let mut budget = OFFER_BYTES.saturating_sub(wire_len(current) + offered_bytes);
+        // What a request offered now would wait: the worker's current request (it starts
+        // now) and each one offered to it already.
+        let holder_typical = self.typical(current);
+        let ahead: Vec<Option<Duration>> = st
+            .offers
+            .iter()
+            .filter(|o| o.holder == worker.id)
+            .map(|o| o.typical)
+            .collect();
+        let mut expected = offer_policy::expected_wait(Duration::ZERO, holder_typical, ahead);
         let mut behind = Vec::new();
         while room > 0 {
-            let Some(more) = self.offer_one(st, worker, budget) else {
+            let Some((more, typical)) =
+                self.offer_one(st, worker, budget, expected, holder_typical)
+            else {
                 break;
             };
             budget -= more.len();
             behind.extend_from_slice(&more);
             room -= 1;
+            expected = expected.zip(typical).map(|(w, t)| w + t);
         }
         behind
     }
 
-    /// One offer to `worker` (see [`Pool::offer_next`]), at most `budget` bytes: the bytes
-    /// to write, or `None` when nothing can be offered.
-    fn offer_one(&self, st: &mut State, worker: &mut Worker, budget: usize) -> Option<Vec<u8>> {
+    /// One offer to `worker` (see [`Pool::offer_next`]), at most `budget` bytes, for a
+    /// request that would wait `expected` there: the bytes to write and the request's
+    /// typical time, or `None` when nothing can be offered.
+    fn offer_one(
+        &self,
+        st: &mut State,
+        worker: &mut Worker,
+        budget: usize,
+        expected: Option<Duration>,
+        holder_typical: Option<Duration>,
+    ) -> Option<(Vec<u8>, Option<Duration>)> {
         let now = Instant::now();
         let fits = |req: &WorkerRequest| packet::CLAIM_LEN + wire_len(req) <= budget;
-        // First, a request offered to a worker that has been on its current request too
-        // long (a slow request, or a worker the kernel is not running) moves here: it
-        // waited longest.
-        if let Some(offer) = self.take_offer_from_slowest(st, worker.id, now, false, budget) {
-            return Some(self.place_offer(st, worker, offer.key, offer.job, offer.since));
+        let worth = |job: &Job| offer_policy::worth_offering(expected, job.expires.left(now));
+        // First, a request offered to an overdue worker (a slow request, or a worker the
+        // kernel is not running) moves here: it waited longest.
+        if let Some(offer) =
+            self.take_offer_from_slowest(st, worker.id, now, false, budget, |o| worth(&o.job))
+        {
+            let placed = (offer.key, offer.job, offer.since, offer.typical);
+            return Some(self.place_offer(st, worker, placed, holder_typical));
         }
         loop {
             let front = st.waiters.front()?;
-            if !offerable(&front.job.req) || !fits(&front.job.req) {
+            if !offerable(&front.job.req) || !fits(&front.job.req) || !worth(&front.job) {
                 return None;
             }
             let waiter = st.waiters.pop_front().expect("front checked");
@@ -467,39 +584,42 @@ impl Pool {
             let Some(job) = self.hand_off(waiter, Some(key), now) else {
                 continue;
             };
+            let typical = self.typical(&job.req);
             // The submitter cannot act on this (withdraw) before the offer is in place:
             // that needs the state lock, which is held until then.
-            return Some(self.place_offer(st, worker, key, job, since));
+            return Some(self.place_offer(st, worker, (key, job, since, typical), holder_typical));
         }
+    }
+
+    /// The typical time `req` will hold a worker: its route's, else the pool's (`None`
+    /// before the first request ends).
+    fn typical(&self, req: &WorkerRequest) -> Option<Duration> {
+        req.service
+            .as_deref()
+            .and_then(ServiceTime::typical)
+            .or_else(|| self.inner.service.typical())
     }
 
     /// Hands a waiter's job over to be started (`key`: as an offer); `None` when nobody
-    /// waits for it any more, or when a taken back offer's time is up (answered here: its
-    /// submitter has no timer of its own any more).
+    /// waits for it any more, or when a taken back offer's time is up (answered here).
     fn hand_off(&self, waiter: Waiter, key: Option<u64>, now: Instant) -> Option<Job> {
         match waiter.tx {
             Some(tx) => tx.send(Ok(key)).ok().map(|()| waiter.job),
-            None if now.saturating_duration_since(waiter.since) > self.inner.queue_timeout => {
-                let _ = waiter
-                    .job
-                    .reply
-                    .send(Err(DispatchError::QueueTimeout(self.inner.queue_timeout)));
-                None
-            }
-            None => still_wanted(waiter.job, now),
+            None => self.still_wanted(waiter.job, now),
         }
     }
 
-    /// Registers `job` as offered to `worker` and returns the bytes to write behind the
-    /// worker's current request: the CLAIM and the request.
+    /// Registers a job (its key, the job, since when it waits, its typical time) as
+    /// offered to `worker`, whose current request's typical time is `holder_typical`, and
+    /// returns the bytes to write behind the worker's current request (the CLAIM and the
+    /// request) with the job's typical time.
     fn place_offer(
         &self,
         st: &mut State,
         worker: &mut Worker,
-        key: u64,
-        mut job: Job,
-        since: Instant,
-    ) -> Vec<u8> {
+        (key, mut job, since, typical): (u64, Job, Instant, Option<Duration>),
+        holder_typical: Option<Duration>,
+    ) -> (Vec<u8>, Option<Duration>) {
         let claim = worker.claim.clone().expect("checked by offer_next");
         worker.offers += 1;
         let seq = worker.offers;
@@ -519,6 +639,7 @@ impl Pool {
             },
         );
         behind.extend_from_slice(&job.req.packet);
+        job.offered = true;
         st.offers.push(Offer {
             key,
             holder: worker.id,
@@ -527,19 +648,21 @@ impl Pool {
             job,
             since,
             holder_since: Instant::now(),
+            holder_typical,
+            typical,
             taken: false,
         });
         self.inner
             .stats
             .prefetch_offered
             .fetch_add(1, Ordering::Relaxed);
-        behind
+        (behind, typical)
     }
 
-    /// Takes back the offer (not held by `skip`, at most `max_len` bytes on the wire) whose
-    /// holder has been on its current request longest, if that is longer than
-    /// [`Pool::steal_after`] (or `any`). An offer whose client has gone, or whose deadline
-    /// has passed (answered), is dropped and the next one looked at.
+    /// Takes back the offer (not held by `skip`, at most `max_len` bytes on the wire,
+    /// `accept`ed) whose holder has been on its current request longest, if that holder is
+    /// overdue (see `offer_policy`; or `any`). An offer whose client has gone, or whose
+    /// wait is over (answered), is dropped and the next one looked at.
     fn take_offer_from_slowest(
         &self,
         st: &mut State,
@@ -547,8 +670,8 @@ impl Pool {
         now: Instant,
         any: bool,
         max_len: usize,
+        accept: impl Fn(&Offer) -> bool,
     ) -> Option<Offer> {
-        let steal_after = self.steal_after();
         loop {
             // The holder busy longest; of its offers, the first (it has waited longest).
             let i = st
@@ -559,20 +682,23 @@ impl Pool {
                     !o.taken
                         && o.holder != skip
                         && packet::CLAIM_LEN + wire_len(&o.job.req) <= max_len
+                        && (any
+                            || offer_policy::overdue(
+                                now.saturating_duration_since(o.holder_since),
+                                o.holder_typical,
+                            ))
+                        && accept(o)
                 })
                 .min_by_key(|(_, o)| (o.holder_since, o.seq))
                 .map(|(i, _)| i)?;
             let o = &mut st.offers[i];
-            if !any && now.saturating_duration_since(o.holder_since) < steal_after {
-                return None;
-            }
             if !self.revoke(o) {
                 // Its holder has started it; the next one may still be behind a slow one.
                 o.taken = true;
                 continue;
             }
             let offer = st.offers.swap_remove(i);
-            if let Some(job) = still_wanted(offer.job, now) {
+            if let Some(job) = self.still_wanted(offer.job, now) {
                 return Some(Offer { job, ..offer });
             }
         }
@@ -594,14 +720,6 @@ impl Pool {
                 .fetch_add(1, Ordering::Relaxed);
         }
         won
-    }
-
-    /// How long an offer's holder must have been on its current request before a freed
-    /// worker takes the offer from it: twice the mean time a request holds a worker, at
-    /// least 1 ms (a request that has run that long is likely a slow one).
-    fn steal_after(&self) -> Duration {
-        let mean = Duration::from_micros(self.inner.worker_time_us.load(Ordering::Relaxed));
-        (mean * 2).max(Duration::from_millis(1))
     }
 
     /// Takes back the offers held by worker `holder`, whose current request ended badly
@@ -658,7 +776,7 @@ impl Pool {
                 let _ = offer.job.reply.send(Err(DispatchError::ShuttingDown));
                 continue;
             }
-            let Some(job) = still_wanted(offer.job, now) else {
+            let Some(job) = self.still_wanted(offer.job, now) else {
                 continue;
             };
             match st.idle.pop() {
@@ -684,6 +802,53 @@ impl Pool {
         }
     }
 
+    /// An offer's wait is over (see [`Started::response`]): takes it back, wherever it
+    /// is (offered, or at the queue's front after its holder died), and drops it; `false`
+    /// when a worker has started it (it runs, and its answer is awaited).
+    fn expire(&self, key: u64) -> bool {
+        let mut st = self.state();
+        if let Some(i) = st.offers.iter().position(|o| o.key == key) {
+            if st.offers[i].taken || !self.revoke(&st.offers[i]) {
+                st.offers[i].taken = true;
+                return false;
+            }
+            st.offers.swap_remove(i);
+            return true;
+        }
+        if let Some(i) = st.waiters.iter().position(|w| w.key == Some(key)) {
+            st.waiters.remove(i);
+            return true;
+        }
+        false
+    }
+
+    /// The answer of a request whose wait is over.
+    fn expiry_error(&self, expires: &Expiry) -> DispatchError {
+        match expires.why {
+            ExpiryWhy::QueueTimeout(d) => DispatchError::QueueTimeout(d),
+            ExpiryWhy::Deadline => DispatchError::DeadlineExceeded,
+            ExpiryWhy::Shed(target) => self.shed(target),
+        }
+    }
+
+    /// `job`, or `None` when nobody waits for it any more (dropped) or its wait is over
+    /// (answered `queue-timeout` or `deadline` here): either way it is never started.
+    fn still_wanted(&self, job: Job, now: Instant) -> Option<Job> {
+        if job.reply.is_closed() {
+            return None;
+        }
+        if job.expires.at <= now || job.req.deadline.is_some_and(|d| d <= now) {
+            let err = if job.expires.at <= now {
+                self.expiry_error(&job.expires)
+            } else {
+                DispatchError::DeadlineExceeded
+            };
+            let _ = job.reply.send(Err(err));
+            return None;
+        }
+        Some(job)
+    }
+
     /// The submitter of an offer went away: take it back unless it has started.
     fn withdraw(&self, key: u64) {
         let mut st = self.state();
@@ -698,22 +863,24 @@ impl Pool {
     }
 
     /// A worker with nothing offered to it is free: takes over the offer of the holder that
-    /// has been busy longest, when that has run past [`Pool::steal_after`] or nothing else
+    /// has been busy longest, when that holder is overdue (see `offer_policy`) or nothing else
     /// waits. Returns the job to start on `worker` and what to write behind it.
     fn steal(&self, st: &mut State, worker: &mut Worker, now: Instant) -> Option<(Job, Vec<u8>)> {
         let nothing_waits = st.waiters.iter().all(Waiter::gone);
-        let offer = self.take_offer_from_slowest(st, worker.id, now, nothing_waits, usize::MAX)?;
+        let offer =
+            self.take_offer_from_slowest(st, worker.id, now, nothing_waits, usize::MAX, |_| true)?;
         self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
         let behind = self.offer_next(st, worker, &offer.job.req);
         Some((offer.job, behind))
     }
 
-    /// Waits for a worker and starts `job` on it.
+    /// Waits for a worker and starts `job` on it: `Some` with its offer key and when its
+    /// wait ends, when it was offered behind a busy worker (it is still waiting then).
     async fn wait(
         &self,
         deadline: Option<Instant>,
-        job: Job,
-    ) -> Result<Option<u64>, DispatchError> {
+        mut job: Job,
+    ) -> Result<Option<(u64, Expiry)>, DispatchError> {
         if self.inner.shutting_down.load(Ordering::Relaxed) {
             return Err(DispatchError::ShuttingDown);
         }
@@ -733,10 +900,11 @@ impl Pool {
                 Self::start(Lease::new(worker, self.clone()), job, 0, Vec::new(), None);
                 return Ok(None);
             }
-            let external = self.inner.external.load(Ordering::Relaxed);
-            if st.waiters.len() + external >= self.inner.max_queue {
+            // Offered requests not yet started wait too: they count against the bound.
+            let others = self.inner.external.load(Ordering::Relaxed) + offered_waiting(&st);
+            if st.waiters.len() + others >= self.inner.max_queue {
                 st.waiters.retain(|w| !w.gone());
-                if st.waiters.len() + external >= self.inner.max_queue {
+                if st.waiters.len() + others >= self.inner.max_queue {
                     return Err(DispatchError::QueueFull {
                         max: self.inner.max_queue,
                     });
@@ -751,6 +919,15 @@ impl Pool {
                     }
                 }
             }
+            job.expires = Expiry {
+                at: now + wait,
+                why: match by_target {
+                    Some(target) => ExpiryWhy::Shed(target),
+                    None if by_deadline => ExpiryWhy::Deadline,
+                    None => ExpiryWhy::QueueTimeout(wait),
+                },
+            };
+            let expires = job.expires;
             let (tx, rx) = oneshot::channel();
             st.waiters.push_back(Waiter {
                 tx: Some(tx),
@@ -758,10 +935,11 @@ impl Pool {
                 job,
                 key: None,
             });
-            rx
+            (rx, expires)
         };
+        let (rx, expires) = rx;
         match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(Ok(offer))) => Ok(offer),
+            Ok(Ok(Ok(offer))) => Ok(offer.map(|key| (key, expires))),
             Ok(Ok(Err(target))) => Err(self.shed(target)),
             Ok(Err(_)) => Err(DispatchError::ShuttingDown),
             Err(_) => Err(match by_target {
@@ -782,7 +960,7 @@ impl Pool {
     /// The delay target now.
     fn target(&self, codel: &Codel) -> Duration {
         codel.target.unwrap_or_else(|| {
-            let mean = Duration::from_micros(self.inner.worker_time_us.load(Ordering::Relaxed));
+            let mean = self.inner.service.typical().unwrap_or_default();
             (mean * 4)
                 .max(Codel::MIN_TARGET)
                 .min(self.inner.queue_timeout)
@@ -817,22 +995,14 @@ impl Pool {
         st.overloaded.then_some(target)
     }
 
-    /// Folds one request's time on a worker into the mean: quick to rise (a slow phase
-    /// raises the target within a few requests, before waiters behind it are shed), slow
-    /// to fall.
-    fn record_worker_time(&self, held: Duration) {
-        let us = held.as_micros().min(u128::from(u64::MAX)) as u64;
-        let old = self.inner.worker_time_us.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            us
-        } else if us > old {
-            old + (us - old) / 2
-        } else {
-            old - (old - us) / 8
-        };
-        self.inner
-            .worker_time_us
-            .store(new.max(1), Ordering::Relaxed);
+    /// Folds one request's time on a worker into the pool's typical time (and its
+    /// route's): quick to rise (a slow phase raises the delay target within a few
+    /// requests, before waiters behind it are shed), slow to fall.
+    fn record_worker_time(&self, held: Duration, route: Option<&ServiceTime>) {
+        self.inner.service.record(held);
+        if let Some(route) = route {
+            route.record(held);
+        }
     }
 
     /// A worker is ready (new, or back from a request).
@@ -918,18 +1088,24 @@ impl Pool {
                     .map(|(i, _)| i);
                 let Some(i) = first else { break };
                 let offer = st.offers.swap_remove(i);
-                if offer.job.req.deadline.is_some_and(|d| d <= now) && self.revoke(&offer) {
-                    // Past its deadline and not started: answered here, the worker skips
-                    // it (rather than start it and be killed for it at once).
-                    let _ = offer.job.reply.send(Err(DispatchError::DeadlineExceeded));
+                if offer.job.expires.at <= now && self.revoke(&offer) {
+                    // Its wait is over (the queue timeout, its deadline) and it has not
+                    // started: answered here, the worker skips it (rather than start it
+                    // late, or be killed for it at once).
+                    let _ = offer
+                        .job
+                        .reply
+                        .send(Err(self.expiry_error(&offer.job.expires)));
                     continue;
                 }
                 // The worker has started (or is starting) this request offered to it: it
                 // runs there, already written; more may be offered behind it (not while
                 // the queue is overloaded: then the next is chosen when the worker is
                 // free, newest first).
+                let holder_typical = offer.typical;
                 for o in st.offers.iter_mut().filter(|o| o.holder == worker.id) {
                     o.holder_since = now;
+                    o.holder_typical = holder_typical;
                 }
                 self.regulate(&mut st, now);
                 let sent = offer.job.req.packet.len();
@@ -941,6 +1117,7 @@ impl Pool {
                     claim: offer.claim,
                     since: offer.since,
                     own_len: sent,
+                    expires: offer.job.expires,
                 };
                 let lease = Lease::new(worker, self.clone());
                 Self::start(lease, offer.job, sent, behind, Some(unstarted));
@@ -1042,6 +1219,15 @@ impl Pool {
 const PREFETCH_DEPTH: usize = 5;
 const _: () = assert!(PREFETCH_DEPTH < weir_claim::WORDS as usize);
 
+/// Offered requests that their worker has not started (nor the master taken back): they
+/// still wait.
+fn offered_waiting(st: &State) -> usize {
+    st.offers
+        .iter()
+        .filter(|o| !o.taken && o.claim.is_offered(o.seq))
+        .count()
+}
+
 /// Removes and returns the offers held by worker `holder`, in offer order.
 fn take_offers_of(st: &mut State, holder: u64) -> Vec<Offer> {
     let mut mine = Vec::new();
@@ -1055,19 +1241,6 @@ fn take_offers_of(st: &mut State, holder: u64) -> Vec<Offer> {
     }
     mine.sort_by_key(|o| o.seq);
     mine
-}
-
-/// `job`, or `None` when nobody waits for it any more (dropped) or its deadline has passed
-/// (answered `deadline` here): either way it is never started.
-fn still_wanted(job: Job, now: Instant) -> Option<Job> {
-    if job.reply.is_closed() {
-        return None;
-    }
-    if job.req.deadline.is_some_and(|d| d <= now) {
-        let _ = job.reply.send(Err(DispatchError::DeadlineExceeded));
-        return None;
-    }
-    Some(job)
 }
 
 /// Bytes written ahead of what a worker has read at most: its current request and what is
@@ -1133,6 +1306,8 @@ pub struct Lease {
     /// The worker's current request, when it turned out not started (see
     /// [`Lease::requeue_first`]).
     first: Option<Requeued>,
+    /// The typical time of the request's route, updated when the lease drops.
+    service: Option<Arc<ServiceTime>>,
     /// When the lease was handed out (for the time-in-worker figure).
     pub started: Instant,
 }
@@ -1144,6 +1319,7 @@ impl Lease {
             pool,
             dirty: None,
             first: None,
+            service: None,
             started: Instant::now(),
         }
     }
@@ -1171,7 +1347,12 @@ impl Lease {
         self.first = Some(Requeued {
             key: unstarted.key,
             since: unstarted.since,
-            job: Job { req, reply },
+            job: Job {
+                req,
+                reply,
+                expires: unstarted.expires,
+                offered: true,
+            },
         });
     }
 
@@ -1189,7 +1370,8 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(worker) = self.worker.take() {
-            self.pool.record_worker_time(self.started.elapsed());
+            self.pool
+                .record_worker_time(self.started.elapsed(), self.service.as_deref());
             match self.dirty {
                 Some(reason) => {
                     self.pool.inner.stats.busy.fetch_sub(1, Ordering::Relaxed);
