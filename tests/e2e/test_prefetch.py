@@ -31,6 +31,7 @@ The app is apps/prefetch_app.py (sup_app plus /touch?marker=, /crash-after?marke
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -323,6 +324,108 @@ def test_at_most_five_requests_are_offered_behind_a_busy_worker(weir, app_dir, t
     tx.join(30)
     for box in (box_s, box_x):
         assert box.get("resp") is not None and box["resp"].status == 200, box
+
+
+# ---------------------------------------------------------------------------------------
+# an offered request is still waiting: its queue budget holds (issue: prefetch brought back
+# head-of-line blocking)
+
+
+def access_records(srv, path: str) -> list:
+    """The access log lines (JSON, weir's stdout) of requests to `path`."""
+    out = []
+    for line in srv.proc.stdout_path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("path") == path:
+                out.append(rec)
+    return out
+
+
+@pytest.mark.e2e_timeout(90)
+def test_an_offered_request_is_answered_queue_timeout_when_its_wait_runs_out(weir, app_dir, tmp_path):
+    """`[queue] timeout = 3s`, one worker. B is offered behind A (the default route is
+    known as fast, so the pool expects a short wait), but A sleeps 6 s. B must be taken
+    back and answered 503 `queue-timeout` when its 3 s are up, as it would have been in the
+    master's queue; it never runs. Before the fix it waited for A and ran at about 7.5 s.
+    While offered it counts in weir_queue_depth, and its log line's queue_ms is its whole
+    wait."""
+    srv = start_app(weir, app_dir, workers=1, admin=True, config={"queue": {"timeout": "3s"}})
+    ma, mb = tmp_path / "a", tmp_path / "b"
+    sent_b = {}
+
+    def send_b():
+        sent_b["at"] = time.monotonic()
+        return in_background(srv.addr, "/touch?marker=%s" % mb, timeout=30)
+    _, (ta, box_a), (tb, box_b), pid_x = offer_b_behind_a(
+        srv, tmp_path, "/sleep?s=6&marker=%s" % ma, send_b)
+    assert marker_pid(ma) == pid_x
+    # B, offered, has not started: it still waits.
+    assert metric(srv.admin, "weir_queue_depth") == 1
+    tb.join(30)
+    rb = box_b.get("resp")
+    assert rb is not None and rb.status == 503 and rb.header("x-weir-error") == "queue-timeout", box_b
+    assert rb.header("retry-after"), rb
+    waited = box_b["end"] - sent_b["at"]
+    assert 2.5 < waited < 4.5, "B answered after %.2f s: its queue timeout is 3 s" % waited
+    assert "end" not in box_a, "A ended before B's wait ran out: the scenario did not hold"
+    assert prefetch_counts(srv.admin) == (1, 1), "B was not taken back"
+    wait_for(lambda: metric(srv.admin, "weir_queue_depth") == 0, 5, what="queue depth back to 0")
+    ta.join(30)
+    ra = box_a.get("resp")
+    assert ra is not None and ra.status == 200 and pid_of(ra) == pid_x, box_a
+    assert not mb.exists(), "B ran although it was answered queue-timeout"
+    # A fresh request is served by the same worker: nothing was killed for B.
+    rc = get(srv.addr, "/pid")
+    assert rc.status == 200 and pid_of(rc) == pid_x
+    assert restarts_total(srv.admin) == 0
+    recs = access_records(srv, "/touch")
+    assert len(recs) == 1 and recs[0]["status"] == 503 and recs[0]["error"] == "queue-timeout", recs
+    assert 2500 < recs[0]["queue_ms"] < 4500 and recs[0]["worker_ms"] == 0, recs
+
+
+@pytest.mark.e2e_timeout(120)
+def test_every_request_slow_at_five_times_capacity_no_answer_later_than_timeout_plus_request(
+        weir, app_dir, tmp_path):
+    """The paper's Figure 3 shape, scaled down: ten workers, every request a 1 s sleep,
+    50 req/s offered for 2 s (five times capacity), `[queue] timeout = 2s`, everything
+    else (prefetch included) the default. Each answer is 200 or 503 `queue-timeout`, and
+    none comes later than queue timeout + request time (3 s, plus slack): a request is
+    never left waiting behind a slow one past its budget. Before the fix up to five
+    requests were offered behind each busy worker, and the last ones ran 5-6 s after they
+    were sent."""
+    srv = start_app(weir, app_dir, workers=10, admin=True, config={"queue": {"timeout": "2s"}})
+    warm_up(srv)
+    rate, n = 50, 100
+    t0 = time.monotonic() + 0.2
+    handles = []
+    for i in range(n):
+        at = t0 + i / rate
+        delay = at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)  # pacing an open-loop load, not waiting for an event
+        handles.append((at, in_background(srv.addr, "/sleep?s=1", timeout=30)))
+    for _, (t, _) in handles:
+        t.join(60)
+    statuses, late = {}, []
+    for at, (_, box) in handles:
+        r = box.get("resp")
+        assert r is not None, box
+        key = (r.status, r.header("x-weir-error"))
+        statuses[key] = statuses.get(key, 0) + 1
+        took = box["end"] - at
+        if took > 3.0 + 1.5:
+            late.append(round(took, 2))
+    print("statuses %r" % statuses)
+    assert set(statuses) <= {(200, None), (503, "queue-timeout")}, statuses
+    assert not late, "answers later than queue timeout + request time (+1.5 s): %r" % sorted(late)
+    # The workers were kept busy: about ten requests a second for the 2 s of load and the
+    # 2 s its last requests may wait.
+    assert statuses.get((200, None), 0) >= 25, statuses
+    assert statuses.get((503, "queue-timeout"), 0) >= 25, statuses
 
 
 # ---------------------------------------------------------------------------------------
