@@ -75,16 +75,20 @@ wait_socket() {  # wait_socket PATH
 # start_server NAME: sets the server up, waits until ready, sets URL to its /hello.
 # NAME: weir (defaults), weir-preload (--preload on), weir-lazy (--preload off),
 # weir-noprefetch (--prefetch off: requests go only to idle workers), weir-threads1 and weir-threads2
-# ([server] threads = 1 or 2: event-loop threads in the master), nginx-uwsgi, nginx-gunicorn, granian. Also needs WEIR_BIN, SHOP_APP, SHOP_DIR, WORKERS
-# and NGINX from the caller.
+# ([server] threads = 1 or 2: event-loop threads in the master), weir-base (the defaults, run
+# by WEIR_BASE_BIN: another build, for a before/after in one interleaved run), nginx-uwsgi,
+# nginx-gunicorn, granian. Also needs WEIR_BIN, SHOP_APP, SHOP_DIR, WORKERS and NGINX from
+# the caller.
 start_server() {
   local name=$1 port d sock
   port=$(free_port)
   d="$RUN_DIR/$name"
   mkdir -p "$d"
   case "$name" in
-    weir | weir-preload | weir-lazy | weir-noprefetch | weir-threads1 | weir-threads2)
-      [[ -x "$WEIR_BIN" ]] || { log "weir binary $WEIR_BIN missing"; return 1; }
+    weir | weir-preload | weir-lazy | weir-noprefetch | weir-threads1 | weir-threads2 | weir-base)
+      local bin=$WEIR_BIN
+      [[ $name == weir-base ]] && bin=${WEIR_BASE_BIN:-}
+      [[ -x "$bin" ]] || { log "weir binary '$bin' missing (weir-base needs WEIR_BASE_BIN)"; return 1; }
       local preload=()
       [[ $name == weir-preload ]] && preload=(--preload on)
       [[ $name == weir-lazy ]] && preload=(--preload off)
@@ -93,7 +97,7 @@ start_server() {
         printf '[server]\nthreads = %s\n' "${name#weir-threads}" > "$d/weir.toml"
         preload=(--config "$d/weir.toml")
       fi
-      start "$name" env RUST_LOG="${RUST_LOG:-warn}" "$WEIR_BIN" serve --app "$SHOP_APP" --chdir "$SHOP_DIR" \
+      start "$name" env RUST_LOG="${RUST_LOG:-warn}" "$bin" serve --app "$SHOP_APP" --chdir "$SHOP_DIR" \
         --workers "$WORKERS" --listen "127.0.0.1:$port" --access-log off "${preload[@]}" ;;
     nginx-uwsgi)
       sock="$d/uwsgi.sock"

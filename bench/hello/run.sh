@@ -7,6 +7,8 @@
 #   weir-lazy       the same with --preload off (every worker exec'd, importing the app)
 #   weir-noprefetch the same with --prefetch off (requests go only to idle workers: no
 #                   request is written behind a busy worker's current one)
+#   weir-base       the defaults, run by WEIR_BASE_BIN (another build: a before/after of a
+#                   change in one interleaved run)
 #   weir-preload    the same with --preload on (forked whatever the check says; not in the
 #                   default set: for the shop it runs as weir does)
 #   nginx-uwsgi     nginx -> uWSGI 2.0.31 over a Unix socket (uwsgi_pass)

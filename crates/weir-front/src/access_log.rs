@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
+use weir_errors::ErrorClass;
 
 use bytes::Bytes;
 use http::Response;
@@ -84,8 +85,8 @@ pub struct Record {
     pub path: String,
     /// Status.
     pub status: u16,
-    /// weir's error class, "" when the app answered.
-    pub class: &'static str,
+    /// weir's error class, `None` when the app answered.
+    pub class: Option<ErrorClass>,
     /// Waiting for a route slot and a worker.
     pub queued: Duration,
     /// When the wait began (for a request abandoned while waiting).
@@ -105,7 +106,7 @@ impl Record {
             method: method.to_owned(),
             path: path.to_owned(),
             status: 0,
-            class: "",
+            class: None,
             queued: Duration::ZERO,
             queue_started: None,
             worker: Duration::ZERO,
@@ -179,10 +180,13 @@ impl AccessLog {
         line.push_str(",\"path\":");
         line.push_str(&json_string(&rec.path));
         line.push_str(&format!(",\"status\":{},\"error\":", rec.status));
-        if rec.class.is_empty() {
-            line.push_str("null");
-        } else {
-            line.push_str(&json_string(rec.class));
+        match rec.class {
+            None => line.push_str("null"),
+            Some(class) => {
+                line.push_str(&json_string(class.as_str()));
+                line.push_str(",\"origin\":");
+                line.push_str(&json_string(class.origin().as_str()));
+            }
         }
         line.push_str(&format!(
             ",\"bytes\":{bytes},\"queue_ms\":{:.3},\"worker_ms\":{:.3},\"send_ms\":{:.3},\"total_ms\":{:.3}",

@@ -25,7 +25,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use http::StatusCode;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 use weir_http1::{Limits, Refusal, RequestFramer, Step};
@@ -117,13 +117,12 @@ impl<S> GatedIo<S> {
     fn refuse(&mut self, r: Refusal) {
         let id = crate::request_id::make();
         let head = r.head.unwrap_or_default();
-        let status = StatusCode::from_u16(r.error.status()).unwrap_or(StatusCode::BAD_REQUEST);
-        let rejection = Rejection::new(status, r.error.class(), r.error.to_string()).closing();
+        let rejection = Rejection::new(r.error.class(), r.error.to_string()).closing();
         let json = wants_json(head.accept.as_deref());
         self.answer = rejection.to_http1(&id, json, head.method == "HEAD");
         let mut rec = Record::new(&id, self.refusals.peer, &head.method, &head.path);
-        rec.status = status.as_u16();
-        rec.class = rejection.class;
+        rec.status = rejection.status().as_u16();
+        rec.class = Some(rejection.class);
         self.refusals.log.refused(rec);
     }
 

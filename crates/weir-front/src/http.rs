@@ -11,11 +11,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use weir_errors::ErrorClass;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
@@ -155,16 +156,16 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// A request hyper refused itself (it could not be parsed, or its head was too large):
 /// hyper has already answered 400 or 431 and closed; weir still logs and counts it.
 fn log_refusal(log: &Arc<AccessLog>, peer: Option<std::net::IpAddr>, e: &hyper::Error) {
-    let (status, class) = if e.is_parse_too_large() {
-        (431, "header-too-large")
+    let class = if e.is_parse_too_large() {
+        ErrorClass::HeaderTooLarge
     } else if e.is_parse() {
-        (400, "bad-request")
+        ErrorClass::BadRequest
     } else {
         return;
     };
     let mut rec = Record::new(&crate::request_id::make(), peer, "", "");
-    rec.status = status;
-    rec.class = class;
+    rec.status = class.status().as_u16();
+    rec.class = Some(class);
     log.refused(rec);
 }
 
@@ -195,7 +196,7 @@ pub async fn handle(
     let mut resp = match result.and_then(attribute_worker_answer) {
         Ok(resp) => resp,
         Err(rej) => {
-            rec.class = rej.class;
+            rec.class = Some(rej.class);
             rej.respond(&id.request_id, json)
         }
     };
@@ -251,13 +252,8 @@ async fn stages(
         request_id: &id.request_id,
         deadline_unix,
     };
-    environ::encode(&mut packet, &parts, conn, length, facts).map_err(|e| {
-        Rejection::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "header-too-large",
-            e.to_string(),
-        )
-    })?;
+    environ::encode(&mut packet, &parts, conn, length, facts)
+        .map_err(|e| Rejection::new(ErrorClass::HeaderTooLarge, e.to_string()))?;
     dispatch(
         front,
         &conn.watch,
@@ -358,8 +354,7 @@ pub async fn dispatch(
                 RequestBody::Stream { body, .. } => {
                     body.collect().await.map(|c| c.to_bytes()).map_err(|e| {
                         Rejection::new(
-                            StatusCode::BAD_REQUEST,
-                            "bad-request",
+                            ErrorClass::BadRequest,
                             format!("the request body could not be read: {e}"),
                         )
                     })?
@@ -429,24 +424,27 @@ pub async fn dispatch(
 }
 
 /// A worker's own answers (the app raised before its response started; a prefetched
-/// request whose deadline passed before the worker got to it) carry `x-weir-error`; they
-/// get the same body as every weir-made answer (JSON or text, with the request id) so the
-/// contract holds whichever part of weir answered.
+/// request whose deadline passed before the worker got to it; a packet it could not read)
+/// carry `x-weir-error`; they get the same body as every weir-made answer (JSON or text,
+/// with the request id) and their class reaches the log, so the contract holds whichever
+/// part of weir answered.
 pub fn attribute_worker_answer(
     resp: Response<ResponseBody>,
 ) -> Result<Response<ResponseBody>, Rejection> {
-    match resp.headers().get("x-weir-error").map(|v| v.as_bytes()) {
-        Some(b"app-exception") => Err(Rejection::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "app-exception",
-            "the app raised an exception before starting its response; the traceback is in weir's log under this request id",
-        )),
-        Some(b"deadline") => Err(Rejection::from_dispatch(
-            &weir_pool::DispatchError::DeadlineExceeded,
-            0,
-        )),
-        _ => Ok(resp),
-    }
+    let Some(class) = resp
+        .headers()
+        .get("x-weir-error")
+        .and_then(|v| ErrorClass::from_name(v.as_bytes()))
+    else {
+        return Ok(resp);
+    };
+    let message = match class {
+        ErrorClass::AppException => "the app raised an exception before starting its response; the traceback is in weir's log under this request id".to_string(),
+        ErrorClass::Deadline => weir_pool::DispatchError::DeadlineExceeded.to_string(),
+        ErrorClass::BadRequest => "the worker could not read the request".to_string(),
+        other => format!("the worker answered {other}"),
+    };
+    Err(Rejection::new(class, message))
 }
 
 /// `max_header_size` counted on the parsed head (the framing gate counts the raw bytes;
@@ -463,8 +461,7 @@ fn check_head(front: &Front, parts: &Parts) -> Result<(), Rejection> {
         + 2;
     if size > front.max_header_size {
         return Err(Rejection::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "header-too-large",
+            ErrorClass::HeaderTooLarge,
             format!(
                 "the request head is {size} bytes, over max_header_size ({})",
                 front.max_header_size
@@ -485,8 +482,8 @@ impl Drop for DropGuard<'_> {
     fn drop(&mut self) {
         if let Some(mut rec) = self.rec.take() {
             let r = client_gone();
-            rec.class = r.class;
-            rec.status = r.status.as_u16();
+            rec.class = Some(r.class);
+            rec.status = r.status().as_u16();
             self.log.abandoned(rec);
         }
     }
@@ -496,16 +493,14 @@ impl Drop for DropGuard<'_> {
 /// and metrics only (nobody reads the answer).
 fn client_gone() -> Rejection {
     Rejection::new(
-        StatusCode::from_u16(499).expect("499 is a valid status code"),
-        "client-closed",
+        ErrorClass::ClientClosed,
         "the client closed the connection while the request waited for a worker",
     )
 }
 
 fn too_large(max: u64) -> Rejection {
     Rejection::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body-too-large",
+        ErrorClass::BodyTooLarge,
         format!("the request body is over max_body_size ({max} bytes)"),
     )
 }
@@ -549,8 +544,7 @@ async fn read_body(
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
                 Rejection::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad-request",
+                    ErrorClass::BadRequest,
                     format!("malformed request body: {e}"),
                 )
             })?;
@@ -569,8 +563,7 @@ async fn read_body(
     .await
     .map_err(|_| {
         Rejection::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "client-timeout",
+            ErrorClass::ClientTimeout,
             format!(
                 "the request body did not arrive within client_body_timeout ({:?})",
                 front.body_timeout

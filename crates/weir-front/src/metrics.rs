@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
+use weir_errors::ErrorClass;
 
 use weir_pool::RestartReason;
 
@@ -54,15 +55,21 @@ impl Histogram {
 /// Everything weir counts.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(u16, &'static str), u64>>,
+    requests: Mutex<BTreeMap<(u16, Option<ErrorClass>), u64>>,
     duration: Histogram,
     queue_wait: Histogram,
 }
 
 impl Metrics {
-    /// One finished request: its status, weir's error class ("" when the app answered),
+    /// One finished request: its status, weir's error class (`None` when the app answered),
     /// total time and time queued.
-    pub fn record(&self, status: u16, class: &'static str, total: Duration, queued: Duration) {
+    pub fn record(
+        &self,
+        status: u16,
+        class: Option<ErrorClass>,
+        total: Duration,
+        queued: Duration,
+    ) {
         *self
             .requests
             .lock()
@@ -83,6 +90,7 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner())
             .iter()
         {
+            let class = class.map_or("", ErrorClass::as_str);
             let _ = writeln!(
                 out,
                 "weir_requests_total{{status=\"{status}\",class=\"{class}\"}} {n}"

@@ -1,22 +1,22 @@
 //! The error contract: every answer weir makes itself, rather than the app, comes from
-//! [`Rejection::respond`], with its status, `x-weir-error: <class>`, Retry-After where a
-//! retry can help, `X-Request-ID`, and a body: JSON when the client accepts JSON, a short
-//! text otherwise.
+//! [`Rejection::respond`] (or [`Rejection::to_http1`] for the framing gate's raw answers),
+//! with its status, `x-weir-error: <class>`, Retry-After where a retry can help,
+//! `X-Request-ID`, and a body: JSON when the client accepts JSON, a short text otherwise.
+//! The classes, their statuses and Retry-After are defined once in weir-errors.
 
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
-use weir_pool::{ClientBodyError, DispatchError, ResponseBody};
+use weir_errors::ErrorClass;
+use weir_pool::{DispatchError, ResponseBody};
 
 use crate::access_log::json_string;
 
 /// A request ended by weir.
 #[derive(Debug, Clone)]
 pub struct Rejection {
-    /// The status.
-    pub status: StatusCode,
-    /// The attribution class.
-    pub class: &'static str,
-    /// Seconds for Retry-After.
+    /// The class, which gives the status (weir-errors).
+    pub class: ErrorClass,
+    /// Seconds for Retry-After (only on a class that carries it).
     pub retry_after: Option<u64>,
     /// One sentence for the text body.
     pub message: String,
@@ -25,15 +25,25 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    /// A rejection.
-    pub fn new(status: StatusCode, class: &'static str, message: impl Into<String>) -> Self {
+    /// A rejection of `class`, without Retry-After (see [`Rejection::retry`]).
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
         Rejection {
-            status,
             class,
             retry_after: None,
             message: message.into(),
             close: false,
         }
+    }
+
+    /// The status of its answer.
+    pub fn status(&self) -> StatusCode {
+        self.class.status()
+    }
+
+    /// Retry-After: `seconds`, when the class carries it (a refusal about load).
+    pub fn retry(mut self, seconds: u64) -> Self {
+        self.retry_after = self.class.retry_after().then_some(seconds);
+        self
     }
 
     /// The connection is closed after this answer (the request's framing cannot be
@@ -45,62 +55,29 @@ impl Rejection {
 
     /// The one mapping from a dispatch failure to what the client sees.
     pub fn from_dispatch(e: &DispatchError, retry_after: u64) -> Self {
-        let status = match e {
-            DispatchError::QueueFull { .. }
-            | DispatchError::QueueTimeout(_)
-            | DispatchError::QueueShed { .. }
-            | DispatchError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            DispatchError::Harakiri(_) | DispatchError::DeadlineExceeded => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
-            DispatchError::WorkerDied | DispatchError::Protocol(_) => StatusCode::BAD_GATEWAY,
-            DispatchError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            DispatchError::ClientBody(ClientBodyError::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
-            DispatchError::ClientBody(ClientBodyError::Timeout) => StatusCode::REQUEST_TIMEOUT,
-            DispatchError::ClientBody(ClientBodyError::Closed) => {
-                StatusCode::from_u16(499).expect("499 is a valid status code")
-            }
-        };
-        let retry = matches!(status, StatusCode::SERVICE_UNAVAILABLE).then_some(retry_after);
-        Rejection {
-            status,
-            class: e.class(),
-            retry_after: retry,
-            message: e.to_string(),
-            close: false,
-        }
+        Rejection::new(e.class(), e.to_string()).retry(retry_after)
     }
 
     /// The one mapping from an upstream failure to what the client sees.
     pub fn from_upstream(e: &weir_upstream::UpstreamError, retry_after: u64) -> Self {
-        use weir_upstream::UpstreamError as E;
-        let status = match e {
-            E::QueueFull { .. } | E::QueueTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
-            E::DeadlineExceeded | E::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            E::Connect { .. } | E::Protocol { .. } => StatusCode::BAD_GATEWAY,
-        };
-        let retry = matches!(status, StatusCode::SERVICE_UNAVAILABLE).then_some(retry_after);
-        Rejection {
-            status,
-            class: e.class(),
-            retry_after: retry,
-            message: e.to_string(),
-            close: false,
-        }
+        Rejection::new(e.class(), e.to_string()).retry(retry_after)
     }
 
     /// The response.
     pub fn respond(&self, request_id: &str, wants_json: bool) -> Response<ResponseBody> {
         let (ctype, mut body) = self.body(request_id, wants_json);
-        if self.status.as_u16() == 499 {
+        if self.class == ErrorClass::ClientClosed {
             // The client has gone (NGINX's 499): nothing is sent to nobody.
             body.clear();
         }
         let mut r = Response::new(ResponseBody::full(body));
-        *r.status_mut() = self.status;
+        *r.status_mut() = self.status();
         let h = r.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
-        h.insert("x-weir-error", HeaderValue::from_static(self.class));
+        h.insert(
+            "x-weir-error",
+            HeaderValue::from_static(self.class.as_str()),
+        );
         if let Ok(v) = HeaderValue::from_str(request_id) {
             h.insert("x-request-id", v);
         }
@@ -119,8 +96,8 @@ impl Rejection {
         let (ctype, body) = self.body(request_id, wants_json);
         let mut out = format!(
             "HTTP/1.1 {} {}\r\ncontent-type: {ctype}\r\nx-weir-error: {}\r\n",
-            self.status.as_u16(),
-            self.status.canonical_reason().unwrap_or(""),
+            self.status().as_u16(),
+            self.status().canonical_reason().unwrap_or(""),
             self.class
         );
         if crate::request_id::is_well_formed(request_id.as_bytes()) {
@@ -146,7 +123,7 @@ impl Rejection {
                 format!(
                     "{{\"error\":\"{}\",\"status\":{},\"request_id\":\"{}\",\"message\":{}}}\n",
                     self.class,
-                    self.status.as_u16(),
+                    self.status().as_u16(),
                     request_id,
                     json_string(&self.message)
                 ),
@@ -156,7 +133,7 @@ impl Rejection {
                 "text/plain; charset=utf-8",
                 format!(
                     "{} {}: {} (request {})\n",
-                    self.status.as_u16(),
+                    self.status().as_u16(),
                     self.class,
                     self.message,
                     request_id
@@ -181,12 +158,12 @@ mod tests {
     #[test]
     fn maps_and_renders() {
         let r = Rejection::from_dispatch(&DispatchError::QueueFull { max: 3 }, 2);
-        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         let resp = r.respond("abc", true);
         assert_eq!(resp.headers()["x-weir-error"], "queue-full");
         assert_eq!(resp.headers()["retry-after"], "2");
         let r = Rejection::from_dispatch(&DispatchError::WorkerDied, 1);
-        assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
         assert!(r.retry_after.is_none());
         assert!(wants_json(Some(b"application/json")));
         assert!(!wants_json(Some(b"text/html,*/*")));

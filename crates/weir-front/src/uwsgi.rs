@@ -3,9 +3,10 @@
 //! response is a plain HTTP/1.1 head and the body, ended by closing the connection.
 
 use std::sync::Arc;
+use weir_errors::ErrorClass;
 
 use bytes::{Bytes, BytesMut};
-use http::{Response, StatusCode};
+use http::Response;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, warn};
@@ -42,9 +43,9 @@ where
             Err(e) => {
                 warn!("closing uwsgi connection: {e}");
                 let rid = request_id::make();
-                let r = Rejection::new(StatusCode::BAD_REQUEST, "bad-request", e.to_string());
+                let r = Rejection::new(ErrorClass::BadRequest, e.to_string());
                 let mut rec = Record::new(&rid, None, "", "");
-                rec.class = r.class;
+                rec.class = Some(r.class);
                 write_response(&mut io, front.log.wrap(r.respond(&rid, false), rec)).await;
                 return;
             }
@@ -79,8 +80,7 @@ where
     if pkt.modifier1 != MODIFIER_WSGI || length > front.max_body_size {
         let r = if length > front.max_body_size {
             Rejection::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body-too-large",
+                ErrorClass::BodyTooLarge,
                 format!(
                     "the request body is over max_body_size ({} bytes)",
                     front.max_body_size
@@ -88,12 +88,11 @@ where
             )
         } else {
             Rejection::new(
-                StatusCode::BAD_REQUEST,
-                "bad-request",
+                ErrorClass::BadRequest,
                 format!("uwsgi modifier1 {} is not WSGI (0)", pkt.modifier1),
             )
         };
-        rec.class = r.class;
+        rec.class = Some(r.class);
         // Read what NGINX is still sending (within a bound) before answering: closing
         // on unread bytes resets the connection, and NGINX would turn the 413 into a 502.
         let drain = async {
@@ -137,12 +136,8 @@ where
         })
         .and_then(|_| b.finish());
     if let Err(e) = result {
-        let r = Rejection::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "header-too-large",
-            e.to_string(),
-        );
-        rec.class = r.class;
+        let r = Rejection::new(ErrorClass::HeaderTooLarge, e.to_string());
+        rec.class = Some(r.class);
         write_response(&mut io, front.log.wrap(r.respond(&rid, json), rec)).await;
         return;
     }
@@ -179,7 +174,7 @@ where
     {
         Ok(r) => r,
         Err(r) => {
-            rec.class = r.class;
+            rec.class = Some(r.class);
             r.respond(&rid, json)
         }
     };

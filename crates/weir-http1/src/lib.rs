@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 use std::mem::MaybeUninit;
+use weir_errors::ErrorClass;
 
 /// hyper's default limit on the number of header fields (`h1_max_headers`); a head with
 /// more is refused here (431) before hyper would refuse it.
@@ -100,23 +101,19 @@ pub enum FramingError {
 }
 
 impl FramingError {
-    /// The HTTP status the client is answered with.
-    pub fn status(&self) -> u16 {
+    /// weir's error class (`x-weir-error`), which gives the status.
+    pub fn class(&self) -> ErrorClass {
         match self {
             FramingError::HeadTooLarge { .. }
             | FramingError::TooManyHeaders
-            | FramingError::UriTooLong => 431,
-            _ => 400,
+            | FramingError::UriTooLong => ErrorClass::HeaderTooLarge,
+            _ => ErrorClass::BadRequest,
         }
     }
 
-    /// weir's error class (`x-weir-error`).
-    pub fn class(&self) -> &'static str {
-        if self.status() == 431 {
-            "header-too-large"
-        } else {
-            "bad-request"
-        }
+    /// The HTTP status the client is answered with.
+    pub fn status(&self) -> u16 {
+        self.class().status().as_u16()
     }
 }
 

@@ -27,7 +27,7 @@ pub enum BodyError {
     AppAborted,
     /// The worker died or was killed (harakiri) mid-body.
     #[error("the worker ended mid-body: {0}")]
-    WorkerEnded(&'static str),
+    WorkerEnded(weir_errors::ErrorClass),
 }
 
 /// A response body.
@@ -88,7 +88,10 @@ impl Body for ResponseBody {
                 }
                 Poll::Ready(Some(Ok(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
                 Poll::Ready(Some(Err(e))) => this.fail_next_turn(e, cx),
-                Poll::Ready(None) => this.fail_next_turn(BodyError::WorkerEnded("worker-died"), cx),
+                Poll::Ready(None) => this.fail_next_turn(
+                    BodyError::WorkerEnded(weir_errors::ErrorClass::WorkerDied),
+                    cx,
+                ),
             },
             ResponseBody::Failing(e) => {
                 let e = e.take();

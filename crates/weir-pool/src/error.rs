@@ -1,9 +1,11 @@
-//! Every way a dispatch can end without the app's own answer. The listeners turn these
-//! into statuses with one function (the error contract of DESIGN.md).
+//! Every way a dispatch can end without the app's own answer. Each names its class of the
+//! error contract (weir-errors), which gives its status; the front door turns it into an
+//! answer in one function (docs/architecture.md, "The error contract").
 
 use std::time::Duration;
 
 use thiserror::Error;
+use weir_errors::ErrorClass;
 
 /// Why a request got no answer from the app.
 #[derive(Debug, Error)]
@@ -69,19 +71,21 @@ pub enum ClientBodyError {
 
 impl DispatchError {
     /// The attribution class (`x-weir-error`, access log, metric label).
-    pub fn class(&self) -> &'static str {
+    pub fn class(&self) -> ErrorClass {
         match self {
-            DispatchError::QueueFull { .. } => "queue-full",
-            DispatchError::QueueTimeout(_) | DispatchError::QueueShed { .. } => "queue-timeout",
-            DispatchError::Harakiri(_) => "harakiri",
-            DispatchError::WorkerDied => "worker-died",
-            DispatchError::Protocol(_) => "worker-protocol",
-            DispatchError::HeadersTooLarge(_) => "header-too-large",
-            DispatchError::ShuttingDown => "shutting-down",
-            DispatchError::DeadlineExceeded => "deadline",
-            DispatchError::ClientBody(ClientBodyError::TooLarge) => "body-too-large",
-            DispatchError::ClientBody(ClientBodyError::Timeout) => "client-timeout",
-            DispatchError::ClientBody(ClientBodyError::Closed) => "client-closed",
+            DispatchError::QueueFull { .. } => ErrorClass::QueueFull,
+            DispatchError::QueueTimeout(_) | DispatchError::QueueShed { .. } => {
+                ErrorClass::QueueTimeout
+            }
+            DispatchError::Harakiri(_) => ErrorClass::Harakiri,
+            DispatchError::WorkerDied => ErrorClass::WorkerDied,
+            DispatchError::Protocol(_) => ErrorClass::WorkerProtocol,
+            DispatchError::HeadersTooLarge(_) => ErrorClass::HeaderTooLarge,
+            DispatchError::ShuttingDown => ErrorClass::ShuttingDown,
+            DispatchError::DeadlineExceeded => ErrorClass::Deadline,
+            DispatchError::ClientBody(ClientBodyError::TooLarge) => ErrorClass::BodyTooLarge,
+            DispatchError::ClientBody(ClientBodyError::Timeout) => ErrorClass::ClientTimeout,
+            DispatchError::ClientBody(ClientBodyError::Closed) => ErrorClass::ClientClosed,
         }
     }
 }

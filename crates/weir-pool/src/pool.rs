@@ -78,7 +78,12 @@ use crate::error::DispatchError;
 use crate::exchange::{self, Unstarted, WorkerRequest};
 use crate::offer_policy::{self, ServiceTime};
 use crate::slot::{RestartReason, Worker};
+
+mod codel;
+mod lease;
 use crate::ResponseBody;
+use codel::CodelState;
+pub use lease::{Lease, QueueSlot};
 
 /// Counters and gauges of the pool, for metrics and `/readyz`.
 #[derive(Debug, Default)]
@@ -321,10 +326,8 @@ struct State {
     offers: Vec<Offer>,
     /// The last offer key given out.
     offer_keys: u64,
-    /// Since when the queue's delay has been above the target (CoDel's first-above time).
-    above_since: Option<Instant>,
-    /// Shedding (CoDel's dropping state).
-    overloaded: bool,
+    /// CoDel's state.
+    codel: CodelState,
     /// Generations abandoned by a failed reload.
     cancelled: Vec<u64>,
 }
@@ -510,28 +513,25 @@ impl Pool {
         if room == 0
             || worker.claim.is_none()
             || !self.inner.prefetch
-            || st.overloaded
+            || st.codel.overloaded()
             || !sendable_at_once(current)
             || self.retiring(st, worker.generation)
         {
             return Vec::new();
         }
         // A worker over reload_on_rss gets nothing more: it retires once what it has is done.
-        if let Some(limit) = self.inner.reload_on_rss {
-            if worker.rss_bytes().is_some_and(|rss| rss > limit) {
-                return Vec::new();
-            }
+        if worker.over_rss {
+            return Vec::new();
         }
         let mut budget = OFFER_BYTES.saturating_sub(wire_len(current) + offered_bytes);
         // What a request offered now would wait: the worker's current request (it starts
         // now) and each one offered to it already.
         let holder_typical = self.typical(current);
-        let ahead: Vec<Option<Duration>> = st
+        let ahead = st
             .offers
             .iter()
             .filter(|o| o.holder == worker.id)
-            .map(|o| o.typical)
-            .collect();
+            .map(|o| o.typical);
         let mut expected = offer_policy::expected_wait(Duration::ZERO, holder_typical, ahead);
         let mut behind = Vec::new();
         while room > 0 {
@@ -910,7 +910,7 @@ impl Pool {
                     });
                 }
             }
-            if st.overloaded {
+            if st.codel.overloaded() {
                 if let Some(codel) = &self.inner.codel {
                     let target = self.target(codel);
                     if target < wait {
@@ -974,25 +974,9 @@ impl Pool {
         while st.waiters.front().is_some_and(Waiter::gone) {
             st.waiters.pop_front();
         }
-        let Some(oldest) = st.waiters.front() else {
-            st.above_since = None;
-            st.overloaded = false;
-            return None;
-        };
-        let delay = now.saturating_duration_since(oldest.since);
+        let oldest = st.waiters.front().map(|w| w.since);
         let target = self.target(codel);
-        if st.overloaded {
-            if delay < target / 2 {
-                st.overloaded = false;
-                st.above_since = None;
-            }
-        } else if delay > target {
-            let since = *st.above_since.get_or_insert(now);
-            st.overloaded = now.saturating_duration_since(since) >= codel.interval;
-        } else {
-            st.above_since = None;
-        }
-        st.overloaded.then_some(target)
+        st.codel.on_worker_free(now, oldest, target, codel.interval)
     }
 
     /// Folds one request's time on a worker into the pool's typical time (and its
@@ -1043,8 +1027,7 @@ impl Pool {
             Self::start(Lease::new(worker, self.clone()), job, 0, behind, None);
             return;
         }
-        st.above_since = None;
-        st.overloaded = false;
+        st.codel.reset();
         st.idle.push(worker);
         self.inner.stats.idle.fetch_add(1, Ordering::Relaxed);
     }
@@ -1075,6 +1058,10 @@ impl Pool {
 
     /// A worker is back from a clean request: recycle it or make it idle again.
     fn release(&self, mut worker: Worker) {
+        // Read /proc before the lock: every request of the pool takes that lock.
+        if let Some(limit) = self.inner.reload_on_rss {
+            worker.over_rss = worker.rss_bytes().is_some_and(|rss| rss > limit);
+        }
         {
             let mut st = self.state();
             let now = Instant::now();
@@ -1129,11 +1116,9 @@ impl Pool {
             worker.retire(RestartReason::MaxRequests);
             return;
         }
-        if let Some(limit) = self.inner.reload_on_rss {
-            if worker.rss_bytes().is_some_and(|rss| rss > limit) {
-                worker.retire(RestartReason::Rss);
-                return;
-            }
+        if worker.over_rss {
+            worker.retire(RestartReason::Rss);
+            return;
         }
         self.put_idle(worker);
     }
@@ -1280,107 +1265,5 @@ fn sendable_at_once(req: &WorkerRequest) -> bool {
         crate::RequestBody::Empty => true,
         crate::RequestBody::Full(b) => b.len() <= exchange::INLINE_BODY,
         crate::RequestBody::Stream { .. } => false,
-    }
-}
-
-/// A place in the queue held from outside the pool (see [`Pool::enter_queue`]).
-#[derive(Debug)]
-pub struct QueueSlot {
-    pool: Pool,
-}
-
-impl Drop for QueueSlot {
-    fn drop(&mut self) {
-        self.pool.inner.external.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// An idle worker taken for one request. Dropping a clean lease returns the worker to
-/// the pool; dropping one marked dirty (mid-request) kills the worker, since its socket
-/// is no longer at a request boundary.
-#[derive(Debug)]
-pub struct Lease {
-    pub(crate) worker: Option<Worker>,
-    pub(crate) pool: Pool,
-    dirty: Option<RestartReason>,
-    /// The worker's current request, when it turned out not started (see
-    /// [`Lease::requeue_first`]).
-    first: Option<Requeued>,
-    /// The typical time of the request's route, updated when the lease drops.
-    service: Option<Arc<ServiceTime>>,
-    /// When the lease was handed out (for the time-in-worker figure).
-    pub started: Instant,
-}
-
-impl Lease {
-    fn new(worker: Worker, pool: Pool) -> Lease {
-        Lease {
-            worker: Some(worker),
-            pool,
-            dirty: None,
-            first: None,
-            service: None,
-            started: Instant::now(),
-        }
-    }
-
-    pub(crate) fn worker(&mut self) -> &mut Worker {
-        self.worker
-            .as_mut()
-            .expect("a lease holds its worker until dropped")
-    }
-
-    /// Marks the worker as not reusable: it will be killed when the lease drops.
-    pub(crate) fn poison(&mut self, reason: RestartReason) {
-        self.dirty = Some(reason);
-    }
-
-    /// The worker's current request, an offer, turned out not started when the worker
-    /// ended (its claim was taken back: `unstarted`): when the lease drops, it is served
-    /// elsewhere, ahead of the requests offered behind it.
-    pub(crate) fn requeue_first(
-        &mut self,
-        unstarted: Unstarted,
-        req: WorkerRequest,
-        reply: exchange::HeadReply,
-    ) {
-        self.first = Some(Requeued {
-            key: unstarted.key,
-            since: unstarted.since,
-            job: Job {
-                req,
-                reply,
-                expires: unstarted.expires,
-                offered: true,
-            },
-        });
-    }
-
-    /// The worker's process id.
-    pub fn pid(&mut self) -> u32 {
-        self.worker().pid
-    }
-
-    /// The worker's slot number.
-    pub fn slot(&mut self) -> usize {
-        self.worker().slot
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            self.pool
-                .record_worker_time(self.started.elapsed(), self.service.as_deref());
-            match self.dirty {
-                Some(reason) => {
-                    self.pool.inner.stats.busy.fetch_sub(1, Ordering::Relaxed);
-                    let holder = worker.id;
-                    worker.kill(reason);
-                    self.pool.requeue_offer(holder, self.first.take());
-                }
-                None => self.pool.release(worker),
-            }
-        }
     }
 }

@@ -103,6 +103,10 @@ pub struct Worker {
     pub(crate) claim: Option<Arc<weir_claim::ClaimWords>>,
     /// Offers made to it so far (the last offer's claim sequence number).
     pub(crate) offers: u64,
+    /// Its resident memory was over `reload_on_rss` when it last came back (read from
+    /// /proc before the pool's lock is taken): nothing more is offered to it, and it
+    /// retires once what it has is done.
+    pub(crate) over_rss: bool,
     control: mpsc::UnboundedSender<SlotCommand>,
 }
 
@@ -268,6 +272,7 @@ pub(crate) async fn run(
             recycle_after,
             claim,
             offers: 0,
+            over_rss: false,
             control,
         });
         if let Some(tx) = ready.take() {

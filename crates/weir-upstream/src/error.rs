@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 use weir_config::ListenAddr;
+use weir_errors::ErrorClass;
 
 /// An upstream failure.
 #[derive(Debug, Error)]
@@ -48,14 +49,14 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// The attribution class.
-    pub fn class(&self) -> &'static str {
+    pub fn class(&self) -> ErrorClass {
         match self {
-            UpstreamError::QueueFull { .. } => "queue-full",
-            UpstreamError::QueueTimeout(_) => "queue-timeout",
-            UpstreamError::DeadlineExceeded => "deadline",
-            UpstreamError::Connect { .. } => "upstream-connect",
-            UpstreamError::Timeout { .. } => "upstream-timeout",
-            UpstreamError::Protocol { .. } => "upstream-protocol",
+            UpstreamError::QueueFull { .. } => ErrorClass::QueueFull,
+            UpstreamError::QueueTimeout(_) => ErrorClass::QueueTimeout,
+            UpstreamError::DeadlineExceeded => ErrorClass::Deadline,
+            UpstreamError::Connect { .. } => ErrorClass::UpstreamConnect,
+            UpstreamError::Timeout { .. } => ErrorClass::UpstreamTimeout,
+            UpstreamError::Protocol { .. } => ErrorClass::UpstreamProtocol,
         }
     }
 

@@ -65,7 +65,9 @@ where
             match tokio::time::timeout(read_timeout, body.frame()).await {
                 Err(_) => {
                     let _ = tx
-                        .send(Err(BodyError::WorkerEnded("upstream-timeout")))
+                        .send(Err(BodyError::WorkerEnded(
+                            weir_errors::ErrorClass::UpstreamTimeout,
+                        )))
                         .await;
                     return;
                 }
@@ -75,7 +77,9 @@ where
                 }
                 Ok(Some(Err(_))) => {
                     let _ = tx
-                        .send(Err(BodyError::WorkerEnded("upstream-closed")))
+                        .send(Err(BodyError::WorkerEnded(
+                            weir_errors::ErrorClass::UpstreamProtocol,
+                        )))
                         .await;
                     return;
                 }

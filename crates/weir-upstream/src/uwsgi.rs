@@ -110,7 +110,9 @@ where
             match tokio::time::timeout(read_timeout, s.read_buf(&mut buf)).await {
                 Err(_) => {
                     let _ = tx
-                        .send(Err(BodyError::WorkerEnded("upstream-timeout")))
+                        .send(Err(BodyError::WorkerEnded(
+                            weir_errors::ErrorClass::UpstreamTimeout,
+                        )))
                         .await;
                     return;
                 }
@@ -121,7 +123,9 @@ where
                 Ok(Ok(0)) | Ok(Err(_)) => {
                     // Closed before Content-Length bytes: a cut body.
                     let _ = tx
-                        .send(Err(BodyError::WorkerEnded("upstream-closed")))
+                        .send(Err(BodyError::WorkerEnded(
+                            weir_errors::ErrorClass::UpstreamProtocol,
+                        )))
                         .await;
                     return;
                 }

@@ -680,13 +680,27 @@ impl Conn {
         r
     }
 
+    /// The worker's own error answer of `class` (its status, `x-weir-error`), replacing
+    /// anything not yet sent. The caller checked `!resp.head_sent`.
+    pub fn error_response(
+        &mut self,
+        py: Python<'_>,
+        class: weir_errors::ErrorClass,
+        body: &str,
+    ) -> io::Result<()> {
+        let s = class.status();
+        let status = format!("{} {}", s.as_u16(), s.canonical_reason().unwrap_or(""));
+        self.simple_response(py, &status, Some(class), body)
+    }
+
     /// Answers with a complete fixed response (errors, ready checks), replacing anything
-    /// not yet sent. The caller checked `!resp.head_sent`.
+    /// not yet sent; `error_tag`: the answer is the worker's own, of that class
+    /// (`x-weir-error`). The caller checked `!resp.head_sent`.
     pub fn simple_response(
         &mut self,
         py: Python<'_>,
         status: &str,
-        error_tag: Option<&str>,
+        error_tag: Option<weir_errors::ErrorClass>,
         body: &str,
     ) -> io::Result<()> {
         let mut out = std::mem::take(&mut self.pending);
@@ -698,7 +712,7 @@ impl Conn {
         out.extend_from_slice(b"\r\n");
         if let Some(tag) = error_tag {
             out.extend_from_slice(b"x-weir-error: ");
-            out.extend_from_slice(tag.as_bytes());
+            out.extend_from_slice(tag.as_str().as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");

@@ -7,6 +7,7 @@ use pyo3::exceptions::{PyAssertionError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use weir_errors::ErrorClass;
 use weir_uwsgi::packet::{self, DecodeError};
 
 use crate::conn::{Fatal, Finished, MODIFIER_CANCEL};
@@ -175,10 +176,9 @@ impl Worker {
                         "weir worker {} request {}: not started: its deadline passed while it waited behind the worker's previous request",
                         self.id, self.rid
                     ));
-                    c.simple_response(
+                    c.error_response(
                         py,
-                        "504 Gateway Timeout",
-                        Some("deadline"),
+                        ErrorClass::Deadline,
                         "the request's deadline passed before a worker started it",
                     )
                     .map_err(Fatal::Io)?;
@@ -232,12 +232,7 @@ impl Worker {
             Err(Failure::App(err)) => {
                 let mut c = shared.lock(py);
                 let r = if !c.resp.head_sent {
-                    c.simple_response(
-                        py,
-                        "500 Internal Server Error",
-                        Some("app-exception"),
-                        "Internal Server Error",
-                    )
+                    c.error_response(py, ErrorClass::AppException, "Internal Server Error")
                 } else {
                     c.abort(py)
                 };
@@ -381,7 +376,7 @@ fn short(msg: &str) -> String {
 }
 
 fn bad_request(py: Python<'_>, c: &mut crate::conn::Conn) -> Result<(), Fatal> {
-    c.simple_response(py, "400 Bad Request", Some("bad-request"), "Bad Request")
+    c.error_response(py, ErrorClass::BadRequest, "Bad Request")
         .map_err(Fatal::Io)
 }
 

@@ -1,0 +1,151 @@
+//! CoDel's control law for the dispatch queue, as a pure state machine over instants (no
+//! clock of its own, no locks), so it is tested on synthetic time.
+//!
+//! The queue's delay is the age of its oldest live waiter, looked at whenever a worker
+//! frees. When it has stayed above the delay target for a whole interval, the queue is
+//! overloaded: the pool then refuses waiters older than the target, caps new arrivals'
+//! wait at the target, serves the newest first (adaptive LIFO) and offers nothing behind
+//! busy workers. The state ends when the delay falls under half the target or the queue
+//! empties. See the pool's module doc for why this shape.
+
+use std::time::{Duration, Instant};
+
+/// The state of the control law.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CodelState {
+    /// Since when the delay has been above the target (CoDel's first-above time).
+    above_since: Option<Instant>,
+    /// Shedding (CoDel's dropping state).
+    overloaded: bool,
+}
+
+impl CodelState {
+    /// A worker freed at `now` with the oldest live waiter waiting since `oldest` (`None`:
+    /// nobody waits). Returns the target while overloaded.
+    pub(crate) fn on_worker_free(
+        &mut self,
+        now: Instant,
+        oldest: Option<Instant>,
+        target: Duration,
+        interval: Duration,
+    ) -> Option<Duration> {
+        let Some(oldest) = oldest else {
+            self.reset();
+            return None;
+        };
+        let delay = now.saturating_duration_since(oldest);
+        if self.overloaded {
+            if delay < target / 2 {
+                self.reset();
+            }
+        } else if delay > target {
+            let since = *self.above_since.get_or_insert(now);
+            self.overloaded = now.saturating_duration_since(since) >= interval;
+        } else {
+            self.above_since = None;
+        }
+        self.overloaded.then_some(target)
+    }
+
+    /// The queue emptied (a worker went idle): not overloaded.
+    pub(crate) fn reset(&mut self) {
+        *self = CodelState::default();
+    }
+
+    /// Whether the queue is overloaded now.
+    pub(crate) fn overloaded(&self) -> bool {
+        self.overloaded
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+    const TARGET: Duration = Duration::from_millis(500);
+    const INTERVAL: Duration = Duration::from_millis(100);
+
+    #[test]
+    fn a_delay_above_target_for_a_whole_interval_overloads() {
+        let t0 = Instant::now();
+        let mut c = CodelState::default();
+        // The oldest waiter has waited 600 ms: above the target, first time.
+        let oldest = Some(t0);
+        assert_eq!(
+            c.on_worker_free(t0 + 600 * MS, oldest, TARGET, INTERVAL),
+            None
+        );
+        // Still above 50 ms later: not yet a whole interval.
+        assert_eq!(
+            c.on_worker_free(t0 + 650 * MS, oldest, TARGET, INTERVAL),
+            None
+        );
+        assert!(!c.overloaded());
+        // A whole interval above: overloaded, shedding at the target.
+        assert_eq!(
+            c.on_worker_free(t0 + 700 * MS, oldest, TARGET, INTERVAL),
+            Some(TARGET)
+        );
+        assert!(c.overloaded());
+    }
+
+    #[test]
+    fn dipping_under_the_target_restarts_the_interval() {
+        let t0 = Instant::now();
+        let mut c = CodelState::default();
+        c.on_worker_free(t0 + 600 * MS, Some(t0), TARGET, INTERVAL);
+        // The oldest now waited only 100 ms: under the target, the count restarts.
+        c.on_worker_free(t0 + 650 * MS, Some(t0 + 550 * MS), TARGET, INTERVAL);
+        let later = t0 + 1300 * MS;
+        assert_eq!(c.on_worker_free(later, Some(t0), TARGET, INTERVAL), None);
+        assert_eq!(
+            c.on_worker_free(later + INTERVAL, Some(t0), TARGET, INTERVAL),
+            Some(TARGET)
+        );
+    }
+
+    #[test]
+    fn overload_ends_under_half_the_target_or_when_the_queue_empties() {
+        let t0 = Instant::now();
+        let mut c = CodelState::default();
+        c.on_worker_free(t0 + 600 * MS, Some(t0), TARGET, INTERVAL);
+        c.on_worker_free(t0 + 700 * MS, Some(t0), TARGET, INTERVAL);
+        assert!(c.overloaded());
+        // 300 ms: under the target but not under half of it: still overloaded.
+        let now = t0 + 1000 * MS;
+        assert_eq!(
+            c.on_worker_free(now, Some(now - 300 * MS), TARGET, INTERVAL),
+            Some(TARGET)
+        );
+        // 200 ms: under half: the state ends.
+        assert_eq!(
+            c.on_worker_free(now, Some(now - 200 * MS), TARGET, INTERVAL),
+            None
+        );
+        assert!(!c.overloaded());
+        // Overloaded again, then the queue empties.
+        c.on_worker_free(now + 600 * MS, Some(now), TARGET, INTERVAL);
+        c.on_worker_free(now + 700 * MS, Some(now), TARGET, INTERVAL);
+        assert!(c.overloaded());
+        assert_eq!(
+            c.on_worker_free(now + 800 * MS, None, TARGET, INTERVAL),
+            None
+        );
+        assert_eq!(c, CodelState::default());
+    }
+
+    #[test]
+    fn a_long_but_steady_queue_under_the_target_never_sheds() {
+        // A saturated closed-loop benchmark: always many waiters, each briefly.
+        let t0 = Instant::now();
+        let mut c = CodelState::default();
+        for i in 0..10_000u32 {
+            let now = t0 + i * MS;
+            assert_eq!(
+                c.on_worker_free(now, Some(now - 400 * MS), TARGET, INTERVAL),
+                None
+            );
+        }
+    }
+}
