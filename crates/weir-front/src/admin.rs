@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use weir_pool::ResponseBody;
 
-use crate::http::{Backend, Front};
+use crate::front::{Backend, Front};
 
 /// Serves one admin connection.
 pub async fn serve_connection<S>(io: S, front: Arc<Front>)

@@ -1,7 +1,7 @@
 //! weir's front door: the part NGINX plays in front of the workers.
 //!
 //! # Layout
-//! One module per stage of the request path (DESIGN.md):
+//! One module per stage of the request path (docs/architecture.md has the whole path):
 //! - [`cli`]: `weir serve` flags, merged over `weir.toml`, then validated.
 //! - [`server`]: binds the listeners, starts the pool, handles signals (SIGHUP reload,
 //!   SIGTERM/SIGINT drain) and shuts down in order.
@@ -9,7 +9,13 @@
 //!   stop on the drain signal.
 //! - [`gate`]: the framing gate before hyper: where each request ends and whether it
 //!   is acceptable (weir-http1), so malformed and ambiguous requests get weir's answer.
-//! - [`http`]: an HTTP/1.1 connection (hyper) and the request handler.
+//! - [`http`]: an HTTP/1.1 connection (hyper) and the request handler, which runs the
+//!   stages in order and answers (with the access log line) whatever they end with.
+//! - [`front`]: what every connection shares ([`front::Front`]) and where requests go
+//!   ([`front::Backend`]: the pool, or an upstream).
+//! - [`request_body`]: the body stage (limits, buffering small bodies whole).
+//! - [`dispatch`]: the route slot, the queue and the backend, up to the response head;
+//!   shared by both listeners.
 //! - [`uwsgi`]: the uwsgi-protocol listener a real NGINX can `uwsgi_pass` to.
 //! - [`environ`]: an HTTP request turned into the uwsgi vars a worker builds its WSGI
 //!   environ from.
@@ -28,13 +34,16 @@ pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod conn_io;
+pub mod dispatch;
 pub mod environ;
+pub mod front;
 pub mod gate;
 pub mod http;
 pub mod identity;
 pub mod listener;
 pub mod metrics;
 pub mod rejection;
+pub mod request_body;
 pub mod request_id;
 pub mod route;
 pub mod server;

@@ -11,7 +11,7 @@ use weir_errors::ErrorClass;
 
 use weir_pool::RestartReason;
 
-use crate::http::Backend;
+use crate::front::Backend;
 
 /// Bucket upper bounds, in seconds.
 const BUCKETS: [f64; 14] = [

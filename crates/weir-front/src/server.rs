@@ -23,7 +23,7 @@ use weir_upstream::Upstream;
 use crate::access_log::{AccessLog, Sink};
 use crate::conn_io::{ClientWatch, SharedIo};
 use crate::environ::ConnInfo;
-use crate::http::{Backend, Front};
+use crate::front::{Backend, Front};
 use crate::identity::TrustedProxies;
 use crate::listener::{BindError, Listener};
 use crate::route::Routes;

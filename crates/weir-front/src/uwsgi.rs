@@ -16,7 +16,7 @@ use crate::access_log::{Logged, Record};
 use weir_uwsgi::packet::{self, Builder, DecodeError, MODIFIER_WSGI};
 
 use crate::conn_io::ClientWatch;
-use crate::http::Front;
+use crate::front::Front;
 use crate::rejection::{wants_json, Rejection};
 use crate::request_id;
 
@@ -157,20 +157,20 @@ where
     } else {
         RequestBody::Full(body.freeze())
     };
-    let mut resp = match crate::http::dispatch(
+    let mut resp = match crate::dispatch::dispatch(
         &front,
         &watch,
         route,
         deadline,
-        crate::http::Job {
+        crate::dispatch::Job {
             method: &method,
-            work: crate::http::Work::Packet(out),
+            work: crate::dispatch::Work::Packet(out),
             body,
         },
         &mut rec,
     )
     .await
-    .and_then(crate::http::attribute_worker_answer)
+    .and_then(crate::dispatch::attribute_worker_answer)
     {
         Ok(r) => r,
         Err(r) => {

@@ -900,8 +900,11 @@ impl Pool {
                 Self::start(Lease::new(worker, self.clone()), job, 0, Vec::new(), None);
                 return Ok(None);
             }
-            // Offered requests not yet started wait too: they count against the bound.
-            let others = self.inner.external.load(Ordering::Relaxed) + offered_waiting(&st);
+            // Offered requests not yet started wait too: they count against the bound
+            // (not known to be started: the claim words, shared with the workers, are not
+            // read here, on every queued request's path).
+            let offered = st.offers.iter().filter(|o| !o.taken).count();
+            let others = self.inner.external.load(Ordering::Relaxed) + offered;
             if st.waiters.len() + others >= self.inner.max_queue {
                 st.waiters.retain(|w| !w.gone());
                 if st.waiters.len() + others >= self.inner.max_queue {

@@ -1,0 +1,52 @@
+//! What every connection of the front door shares: [`Front`] (the backend, the routes,
+//! the limits and timeouts of `[server]`, the access log) and [`Backend`], where requests
+//! go (weir's own workers, or an external app server). See docs/architecture.md for the
+//! request path these serve.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weir_pool::Pool;
+use weir_upstream::Upstream;
+
+use crate::access_log::AccessLog;
+use crate::identity::TrustedProxies;
+use crate::route::Routes;
+
+/// Where requests go.
+#[derive(Debug)]
+pub enum Backend {
+    /// weir's own workers.
+    Workers(Pool),
+    /// An external app server.
+    Upstream(Arc<Upstream>),
+}
+
+/// Everything the handler needs, shared by every connection.
+#[derive(Debug)]
+pub struct Front {
+    /// Where requests go.
+    pub backend: Backend,
+    /// Per-route limits and timeouts.
+    pub routes: Routes,
+    /// Trusted proxies.
+    pub trusted: TrustedProxies,
+    /// Access log and metrics.
+    pub log: Arc<AccessLog>,
+    /// Retry-After seconds for 503s.
+    pub retry_after: u64,
+    /// Longest wait for a route slot (the queue timeout).
+    pub queue_timeout: Duration,
+    /// `[server] max_header_size`.
+    pub max_header_size: usize,
+    /// `[server] max_body_size`.
+    pub max_body_size: u64,
+    /// `[server] client_header_timeout`.
+    pub header_timeout: Duration,
+    /// `[server] client_body_timeout`.
+    pub body_timeout: Duration,
+    /// Whether `[app] ready_check` is set.
+    pub has_ready_check: bool,
+    /// The last ready_check result: (when, passed, message).
+    pub last_ready: std::sync::Mutex<Option<(Instant, bool, String)>>,
+}
