@@ -3,16 +3,18 @@
 //! external upstream), up to the response head; then the attribution of a worker's own
 //! error answers. A client that leaves while its request waits ends it here (499).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::header::HeaderValue;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use weir_errors::ErrorClass;
 use weir_pool::{DispatchError, RequestBody, ResponseBody, WorkerRequest};
 use weir_upstream::{is_idempotent, UpstreamRequest};
 
-use crate::access_log::Record;
+use crate::access_log::{AccessLog, Logged, Record};
 use crate::conn_io::ClientWatch;
 use crate::front::{Backend, Front};
 use crate::rejection::Rejection;
@@ -189,4 +191,28 @@ pub(crate) fn client_gone() -> Rejection {
         ErrorClass::ClientClosed,
         "the client closed the connection while the request waited for a worker",
     )
+}
+
+/// The tail every request ends in, on either listener: a worker's own error answers
+/// attributed, a rejection turned into weir's answer (its class in the log record), the
+/// request id on the response, and the response wrapped so its access log line is written
+/// when its body is done.
+pub fn reply(
+    log: &Arc<AccessLog>,
+    result: Result<Response<ResponseBody>, Rejection>,
+    request_id: &str,
+    wants_json: bool,
+    mut rec: Record,
+) -> Response<Logged> {
+    let mut resp = match result.and_then(attribute_worker_answer) {
+        Ok(resp) => resp,
+        Err(rej) => {
+            rec.class = Some(rej.class);
+            rej.respond(request_id, wants_json)
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    log.wrap(resp, rec)
 }

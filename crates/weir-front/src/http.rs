@@ -26,7 +26,7 @@ use weir_config::UpstreamProtocol;
 use weir_pool::ResponseBody;
 
 use crate::access_log::{AccessLog, Logged, Record};
-use crate::dispatch::{attribute_worker_answer, client_gone, dispatch, Job, Work};
+use crate::dispatch::{client_gone, dispatch, reply, Job, Work};
 use crate::environ::{self, ConnInfo, Facts};
 use crate::front::{Backend, Front};
 use crate::gate::{GatedIo, RefusalLog};
@@ -124,18 +124,8 @@ pub async fn handle(
     };
     let rec = guard.rec.as_mut().expect("set just above");
     let result = stages(&front, &conn, &id, parts, body, rec).await;
-    let mut rec = guard.rec.take().expect("taken only here");
-    let mut resp = match result.and_then(attribute_worker_answer) {
-        Ok(resp) => resp,
-        Err(rej) => {
-            rec.class = Some(rej.class);
-            rej.respond(&id.request_id, json)
-        }
-    };
-    if let Ok(v) = HeaderValue::from_str(&id.request_id) {
-        resp.headers_mut().insert("x-request-id", v);
-    }
-    Ok(front.log.wrap(resp, rec))
+    let rec = guard.rec.take().expect("taken only here");
+    Ok(reply(&front.log, result, &id.request_id, json, rec))
 }
 
 async fn stages(

@@ -16,6 +16,7 @@ use crate::access_log::{Logged, Record};
 use weir_uwsgi::packet::{self, Builder, DecodeError, MODIFIER_WSGI};
 
 use crate::conn_io::ClientWatch;
+use crate::dispatch::reply;
 use crate::front::Front;
 use crate::rejection::{wants_json, Rejection};
 use crate::request_id;
@@ -44,9 +45,8 @@ where
                 warn!("closing uwsgi connection: {e}");
                 let rid = request_id::make();
                 let r = Rejection::new(ErrorClass::BadRequest, e.to_string());
-                let mut rec = Record::new(&rid, None, "", "");
-                rec.class = Some(r.class);
-                write_response(&mut io, front.log.wrap(r.respond(&rid, false), rec)).await;
+                let rec = Record::new(&rid, None, "", "");
+                write_response(&mut io, reply(&front.log, Err(r), &rid, false, rec)).await;
                 return;
             }
         }
@@ -92,7 +92,6 @@ where
                 format!("uwsgi modifier1 {} is not WSGI (0)", pkt.modifier1),
             )
         };
-        rec.class = Some(r.class);
         // Read what NGINX is still sending (within a bound) before answering: closing
         // on unread bytes resets the connection, and NGINX would turn the 413 into a 502.
         let drain = async {
@@ -106,7 +105,7 @@ where
             }
         };
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
-        write_response(&mut io, front.log.wrap(r.respond(&rid, json), rec)).await;
+        write_response(&mut io, reply(&front.log, Err(r), &rid, json, rec)).await;
         return;
     }
     // Re-encode: the vars NGINX sent, minus any WEIR_* a client could have smuggled in
@@ -137,8 +136,7 @@ where
         .and_then(|_| b.finish());
     if let Err(e) = result {
         let r = Rejection::new(ErrorClass::HeaderTooLarge, e.to_string());
-        rec.class = Some(r.class);
-        write_response(&mut io, front.log.wrap(r.respond(&rid, json), rec)).await;
+        write_response(&mut io, reply(&front.log, Err(r), &rid, json, rec)).await;
         return;
     }
     head.clear();
@@ -157,7 +155,7 @@ where
     } else {
         RequestBody::Full(body.freeze())
     };
-    let mut resp = match crate::dispatch::dispatch(
+    let result = crate::dispatch::dispatch(
         &front,
         &watch,
         route,
@@ -169,19 +167,8 @@ where
         },
         &mut rec,
     )
-    .await
-    .and_then(crate::dispatch::attribute_worker_answer)
-    {
-        Ok(r) => r,
-        Err(r) => {
-            rec.class = Some(r.class);
-            r.respond(&rid, json)
-        }
-    };
-    if let Ok(v) = http::HeaderValue::from_str(&rid) {
-        resp.headers_mut().insert("x-request-id", v);
-    }
-    write_response(&mut io, front.log.wrap(resp, rec)).await;
+    .await;
+    write_response(&mut io, reply(&front.log, result, &rid, json, rec)).await;
 }
 
 /// Writes a response as uWSGI does: status line, headers, blank line, body; the end of
