@@ -141,16 +141,16 @@ impl Reply {
     }
 }
 
-/// Runs one exchange; `sent` bytes of the packet were already written. `unstarted`: the
+/// Runs one exchange; `sent` bytes of the packet were already written. `claim_pending`: the
 /// request was offered to this worker and may not have been started by it yet (see
-/// [`Unstarted`]). `started_at`: the request was offered, and started then (see
+/// [`ClaimPending`]). `started_at`: the request was offered, and started then (see
 /// [`StartedAt`]).
 pub(crate) async fn run(
     mut lease: Lease,
     req: WorkerRequest,
     reply: HeadReply,
     sent: usize,
-    unstarted: Option<Unstarted>,
+    claim_pending: Option<ClaimPending>,
     started_at: Option<Instant>,
 ) {
     let mut out = Reply {
@@ -195,7 +195,7 @@ pub(crate) async fn run(
         // its previous answer and this request's claim) goes back to the queue's front,
         // ahead of the ones offered behind it, as they do: it never ran. One whose head
         // came was started.
-        let requeue = match (unstarted, out.head.take()) {
+        let requeue = match (claim_pending, out.head.take()) {
             (Some(u), Some(head)) if lease.pool.take_back(&u.claim, u.seq) => {
                 packet.truncate(u.own_len);
                 let req = WorkerRequest {
@@ -238,7 +238,7 @@ pub(crate) async fn run(
 /// An offered request that became its worker's current one when the answer before it was
 /// read: the worker has most likely started it, but only its claim word says so for sure.
 #[derive(Debug)]
-pub(crate) struct Unstarted {
+pub(crate) struct ClaimPending {
     /// The offer's key (what its submitter withdraws).
     pub(crate) key: u64,
     /// Its claim sequence number on the worker.

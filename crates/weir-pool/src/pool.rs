@@ -75,7 +75,7 @@ use tokio::sync::oneshot;
 use weir_uwsgi::packet;
 
 use crate::error::DispatchError;
-use crate::exchange::{self, Unstarted, WorkerRequest};
+use crate::exchange::{self, ClaimPending, WorkerRequest};
 use crate::offer_policy::{self, ServiceTime};
 use crate::slot::{RestartReason, Worker};
 
@@ -123,7 +123,7 @@ type Handoff = Result<Option<u64>, Duration>;
 
 /// A request a waiter brought along, started by whoever frees a worker for it.
 #[derive(Debug)]
-struct Job {
+struct Submission {
     req: WorkerRequest,
     reply: exchange::HeadReply,
     /// When its wait ends, wherever it waits (in the queue, offered, taken back).
@@ -173,7 +173,7 @@ struct Waiter {
     /// worker that died (its submitter already waits for the response head).
     tx: Option<oneshot::Sender<Handoff>>,
     since: Instant,
-    job: Job,
+    job: Submission,
     /// The offer key its submitter holds, for such a taken back offer.
     key: Option<u64>,
 }
@@ -207,7 +207,7 @@ struct Offer {
     /// The claim sequence number on the holder.
     seq: u64,
     claim: Arc<weir_claim::ClaimWords>,
-    job: Job,
+    job: Submission,
     /// When the request began waiting.
     since: Instant,
     /// When the holder started its current request.
@@ -225,7 +225,7 @@ struct Offer {
 struct Requeued {
     key: u64,
     since: Instant,
-    job: Job,
+    job: Submission,
 }
 
 impl From<Offer> for Requeued {
@@ -438,7 +438,7 @@ impl Pool {
         queue_deadline: Option<Instant>,
     ) -> Result<Started, DispatchError> {
         let (reply, head) = oneshot::channel();
-        let job = Job {
+        let job = Submission {
             req,
             reply,
             expires: Expiry::never(Instant::now()),
@@ -452,17 +452,17 @@ impl Pool {
     }
 
     /// Runs a job on a worker: a small request is written at once (its first `sent` bytes
-    /// were already, when it was offered: then `unstarted` says which offer it was), with
+    /// were already, when it was offered: then `claim_pending` says which offer it was), with
     /// `behind` after it (a CLAIM and the next request, when one is offered); then the
     /// exchange goes on in its own task.
     fn start(
         mut lease: Lease,
-        job: Job,
+        job: Submission,
         sent: usize,
         behind: Vec<u8>,
-        unstarted: Option<Unstarted>,
+        claim_pending: Option<ClaimPending>,
     ) {
-        let Job {
+        let Submission {
             mut req,
             reply,
             offered,
@@ -486,7 +486,12 @@ impl Pool {
             }
         };
         tokio::spawn(exchange::run(
-            lease, req, reply, sent, unstarted, started_at,
+            lease,
+            req,
+            reply,
+            sent,
+            claim_pending,
+            started_at,
         ));
     }
 
@@ -561,7 +566,8 @@ impl Pool {
     ) -> Option<(Vec<u8>, Option<Duration>)> {
         let now = Instant::now();
         let fits = |req: &WorkerRequest| packet::CLAIM_LEN + wire_len(req) <= budget;
-        let worth = |job: &Job| offer_policy::worth_offering(expected, job.expires.left(now));
+        let worth =
+            |job: &Submission| offer_policy::worth_offering(expected, job.expires.left(now));
         // First, a request offered to an overdue worker (a slow request, or a worker the
         // kernel is not running) moves here: it waited longest.
         if let Some(offer) =
@@ -602,7 +608,7 @@ impl Pool {
 
     /// Hands a waiter's job over to be started (`key`: as an offer); `None` when nobody
     /// waits for it any more, or when a taken back offer's time is up (answered here).
-    fn hand_off(&self, waiter: Waiter, key: Option<u64>, now: Instant) -> Option<Job> {
+    fn hand_off(&self, waiter: Waiter, key: Option<u64>, now: Instant) -> Option<Submission> {
         match waiter.tx {
             Some(tx) => tx.send(Ok(key)).ok().map(|()| waiter.job),
             None => self.still_wanted(waiter.job, now),
@@ -617,7 +623,7 @@ impl Pool {
         &self,
         st: &mut State,
         worker: &mut Worker,
-        (key, mut job, since, typical): (u64, Job, Instant, Option<Duration>),
+        (key, mut job, since, typical): (u64, Submission, Instant, Option<Duration>),
         holder_typical: Option<Duration>,
     ) -> (Vec<u8>, Option<Duration>) {
         let claim = worker.claim.clone().expect("checked by offer_next");
@@ -833,7 +839,7 @@ impl Pool {
 
     /// `job`, or `None` when nobody waits for it any more (dropped) or its wait is over
     /// (answered `queue-timeout` or `deadline` here): either way it is never started.
-    fn still_wanted(&self, job: Job, now: Instant) -> Option<Job> {
+    fn still_wanted(&self, job: Submission, now: Instant) -> Option<Submission> {
         if job.reply.is_closed() {
             return None;
         }
@@ -865,7 +871,12 @@ impl Pool {
     /// A worker with nothing offered to it is free: takes over the offer of the holder that
     /// has been busy longest, when that holder is overdue (see `offer_policy`) or nothing else
     /// waits. Returns the job to start on `worker` and what to write behind it.
-    fn steal(&self, st: &mut State, worker: &mut Worker, now: Instant) -> Option<(Job, Vec<u8>)> {
+    fn steal(
+        &self,
+        st: &mut State,
+        worker: &mut Worker,
+        now: Instant,
+    ) -> Option<(Submission, Vec<u8>)> {
         let nothing_waits = st.waiters.iter().all(Waiter::gone);
         let offer =
             self.take_offer_from_slowest(st, worker.id, now, nothing_waits, usize::MAX, |_| true)?;
@@ -879,7 +890,7 @@ impl Pool {
     async fn wait(
         &self,
         deadline: Option<Instant>,
-        mut job: Job,
+        mut job: Submission,
     ) -> Result<Option<(u64, Expiry)>, DispatchError> {
         if self.inner.shutting_down.load(Ordering::Relaxed) {
             return Err(DispatchError::ShuttingDown);
@@ -1101,7 +1112,7 @@ impl Pool {
                 let sent = offer.job.req.packet.len();
                 let behind = self.offer_next(&mut st, &mut worker, &offer.job.req);
                 drop(st);
-                let unstarted = Unstarted {
+                let claim_pending = ClaimPending {
                     key: offer.key,
                     seq: offer.seq,
                     claim: offer.claim,
@@ -1110,7 +1121,7 @@ impl Pool {
                     expires: offer.job.expires,
                 };
                 let lease = Lease::new(worker, self.clone());
-                Self::start(lease, offer.job, sent, behind, Some(unstarted));
+                Self::start(lease, offer.job, sent, behind, Some(claim_pending));
                 return;
             }
         }

@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Job, Pool, Requeued};
-use crate::exchange::{self, Unstarted, WorkerRequest};
+use super::{Pool, Requeued, Submission};
+use crate::exchange::{self, ClaimPending, WorkerRequest};
 use crate::offer_policy::ServiceTime;
 use crate::slot::{RestartReason, Worker};
 
@@ -64,21 +64,21 @@ impl Lease {
     }
 
     /// The worker's current request, an offer, turned out not started when the worker
-    /// ended (its claim was taken back: `unstarted`): when the lease drops, it is served
+    /// ended (its claim was taken back: `claim_pending`): when the lease drops, it is served
     /// elsewhere, ahead of the requests offered behind it.
     pub(crate) fn requeue_first(
         &mut self,
-        unstarted: Unstarted,
+        claim_pending: ClaimPending,
         req: WorkerRequest,
         reply: exchange::HeadReply,
     ) {
         self.first = Some(Requeued {
-            key: unstarted.key,
-            since: unstarted.since,
-            job: Job {
+            key: claim_pending.key,
+            since: claim_pending.since,
+            job: Submission {
                 req,
                 reply,
-                expires: unstarted.expires,
+                expires: claim_pending.expires,
                 offered: true,
             },
         });
