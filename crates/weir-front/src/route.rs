@@ -141,4 +141,65 @@ mod tests {
         assert_eq!(r.find("/apix").path, "/");
         assert_eq!(r.find("/other").path, "/");
     }
+
+    fn routes() -> Routes {
+        let c = weir_config::Config::parse(
+            "[app]\nworkers = 4\n[[route]]\npath = \"/slow\"\nmax_concurrency = 1\n",
+            std::path::Path::new("t"),
+        )
+        .unwrap();
+        Routes::new(&c)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_route_makes_its_request_wait_for_a_slot_up_to_the_queue_timeout() {
+        let r = routes();
+        let slow = r.find("/slow");
+        let held = slow.admit(Duration::from_secs(10), None).await.unwrap();
+        assert!(held.is_some() && slow.must_wait());
+        let t0 = tokio::time::Instant::now();
+        let w = slow.admit(Duration::from_secs(10), None).await;
+        assert!(matches!(w, Err(RouteWait::Timeout(d)) if d == Duration::from_secs(10)));
+        assert_eq!(t0.elapsed(), Duration::from_secs(10));
+        // Another route is not held up by it.
+        assert!(r.find("/fast").admit(Duration::ZERO, None).await.unwrap().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_that_frees_goes_to_the_waiter_and_a_deadline_ends_the_wait_sooner() {
+        let r = routes();
+        let slow = r.find("/slow");
+        let held = slow.admit(Duration::from_secs(10), None).await.unwrap();
+        let freed_at = Duration::from_secs(3);
+        let waiter = async {
+            let t0 = tokio::time::Instant::now();
+            let p = slow.admit(Duration::from_secs(10), None).await;
+            (p, t0.elapsed())
+        };
+        let release = async {
+            tokio::time::sleep(freed_at).await;
+            drop(held);
+        };
+        let ((p, waited), ()) = tokio::join!(waiter, release);
+        assert!(p.unwrap().is_some());
+        assert_eq!(waited, freed_at);
+        // Held again; a request whose deadline is in 2 s waits 2 s, not 10.
+        let _again = p_hold(slow).await;
+        let t0 = tokio::time::Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let w = slow.admit(Duration::from_secs(10), Some(deadline)).await;
+        assert!(matches!(w, Err(RouteWait::Deadline)));
+        assert!(t0.elapsed() <= Duration::from_secs(2));
+        // One already past its deadline is refused at once.
+        let w = slow.admit(Duration::from_secs(10), Some(Instant::now())).await;
+        assert!(matches!(w, Err(RouteWait::Deadline)));
+    }
+
+    async fn p_hold(route: &Route) -> OwnedSemaphorePermit {
+        route
+            .admit(Duration::ZERO, None)
+            .await
+            .unwrap()
+            .expect("the route has a limit and a free slot")
+    }
 }

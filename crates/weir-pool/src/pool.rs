@@ -1281,3 +1281,6 @@ fn sendable_at_once(req: &WorkerRequest) -> bool {
         crate::RequestBody::Stream { .. } => false,
     }
 }
+
+#[cfg(test)]
+mod tests;
