@@ -21,23 +21,23 @@ UWSGI = shutil.which("uwsgi")
 GUNICORN = shutil.which("gunicorn")
 
 
-def start_uwsgi(tmp_path, short_tmp, processes=2):
+def start_uwsgi(tmp_path, short_tmp, processes=2, module="sup_app:application"):
     if not UWSGI:
         pytest.fail("uwsgi not found: run scripts/install-deps.sh", pytrace=False)
     sock = sock_path(short_tmp, "uwsgi-up")
-    p = Proc("uwsgi", [UWSGI, "--socket", sock, "--chdir", str(APPS), "--module", "sup_app:application",
+    p = Proc("uwsgi", [UWSGI, "--socket", sock, "--chdir", str(APPS), "--module", module,
                        "--processes", str(processes), "--master", "--die-on-term", "--disable-logging",
                        "--need-app"], tmp_path / "logs")
     wait_for(lambda: __import__("os").path.exists(sock), 30, what="uWSGI socket")
     return p, "unix:" + sock
 
 
-def start_gunicorn(tmp_path, workers=2):
+def start_gunicorn(tmp_path, workers=2, module="sup_app:application"):
     if not GUNICORN:
         pytest.fail("gunicorn not found: run scripts/install-deps.sh", pytrace=False)
     port = free_port()
     p = Proc("gunicorn", [GUNICORN, "--bind", "127.0.0.1:%d" % port, "--workers", str(workers),
-                          "--chdir", str(APPS), "sup_app:application"], tmp_path / "logs")
+                          "--chdir", str(APPS), module], tmp_path / "logs")
 
     def up():
         try:
@@ -144,3 +144,45 @@ def test_max_conns_and_queue_full(weir, peer):
         assert time.monotonic() - t0 < 1.0
         assert busy.result().status == 200
         assert queued.result().status == 200
+
+
+@pytest.mark.parametrize("protocol", ["uwsgi", "http"])
+def test_a_route_slot_is_held_to_the_end_of_the_upstream_response_body(weir, tmp_path, short_tmp, protocol):
+    """`[[route]] /stream max_concurrency = 1` before a real uWSGI or Gunicorn: A streams
+    its body for about 1.6 s after its first chunk; B, sent on the same route once A's
+    first chunk has come, must wait for A's slot until A's body has ended, as it would
+    before a managed worker (the slot used to be given back at A's response head, so B ran
+    alongside A)."""
+    module = "conformance_app:application"
+    if protocol == "uwsgi":
+        p, addr = start_uwsgi(tmp_path, short_tmp, processes=3, module=module)
+    else:
+        p, addr = start_gunicorn(tmp_path, workers=3, module=module)
+    try:
+        cfg = {"server": {"access_log": "off"},
+               "route": [{"path": "/stream", "max_concurrency": 1}],
+               "upstream": {"servers": [addr], "protocol": protocol, "max_conns": 4, "read_timeout": "30s"}}
+        w = weir(app=None, chdir=None, workers=None, config=cfg, ready_path="/pid")
+        # A on a raw connection: once its first chunk has come, A holds the route's slot.
+        sa = w.addr.socket(30)
+        sa.sendall(b"GET /stream?n=5&delay=0.4 HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        while b"chunk0" not in got:
+            data = sa.recv(65536)
+            assert data, "A's connection closed early: %r" % got
+            got += data
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            b = ex.submit(lambda: (get(w.addr, "/stream?n=1&delay=0", timeout=30), time.monotonic()))
+            while not got.endswith(b"0\r\n\r\n"):
+                data = sa.recv(65536)
+                assert data, "A's connection closed before its body ended: %r" % got
+                got += data
+            a_end = time.monotonic()
+            rb, b_end = b.result(30)
+        sa.close()
+        assert all(b"chunk%d\n" % i in got for i in range(5)), got
+        assert rb.status == 200, rb
+        assert b_end >= a_end, ("B ended %.2f s before A's body did: the route's slot was given back at A's "
+                                "response head" % (a_end - b_end))
+    finally:
+        p.stop()

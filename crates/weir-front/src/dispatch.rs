@@ -101,8 +101,9 @@ pub async fn dispatch(
                 Work::Packet(packet) => UpstreamRequest::Uwsgi { packet, body },
                 Work::Http(head) => UpstreamRequest::Http(Request::from_parts(head, body)),
             };
-            let resp = u.dispatch(req, is_idempotent(method), deadline).await;
-            drop(permit);
+            // The route's slot is held to the end of the response body, as for a worker.
+            let hold = permit.map(|p| Box::new(p) as Box<dyn std::any::Any + Send>);
+            let resp = u.dispatch(req, is_idempotent(method), deadline, hold).await;
             rec.worker = started.elapsed();
             return resp.map_err(|e| Rejection::from_upstream(&e, front.retry_after));
         }

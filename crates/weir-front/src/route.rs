@@ -162,7 +162,12 @@ mod tests {
         assert!(matches!(w, Err(RouteWait::Timeout(d)) if d == Duration::from_secs(10)));
         assert_eq!(t0.elapsed(), Duration::from_secs(10));
         // Another route is not held up by it.
-        assert!(r.find("/fast").admit(Duration::ZERO, None).await.unwrap().is_none());
+        assert!(r
+            .find("/fast")
+            .admit(Duration::ZERO, None)
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[tokio::test(start_paused = true)]
@@ -191,7 +196,9 @@ mod tests {
         assert!(matches!(w, Err(RouteWait::Deadline)));
         assert!(t0.elapsed() <= Duration::from_secs(2));
         // One already past its deadline is refused at once.
-        let w = slow.admit(Duration::from_secs(10), Some(Instant::now())).await;
+        let w = slow
+            .admit(Duration::from_secs(10), Some(Instant::now()))
+            .await;
         assert!(matches!(w, Err(RouteWait::Deadline)));
     }
 

@@ -132,6 +132,9 @@ impl std::fmt::Debug for Upstream {
 pub(crate) struct Held {
     _gate: OwnedSemaphorePermit,
     _conn: OwnedSemaphorePermit,
+    /// The caller's (a route's concurrency slot): held as long as the connection, to the
+    /// end of the response body, as for a managed worker.
+    _hold: Option<Box<dyn std::any::Any + Send>>,
 }
 
 impl Upstream {
@@ -176,6 +179,7 @@ impl Upstream {
         req: UpstreamRequest,
         idempotent: bool,
         deadline: Option<Instant>,
+        mut hold: Option<Box<dyn std::any::Any + Send>>,
     ) -> Result<::http::Response<ResponseBody>, UpstreamError> {
         let gate = self.admit(deadline).await?;
         let mut gate = Some(gate);
@@ -187,12 +191,14 @@ impl Upstream {
             };
             tried[i] = true;
             let server = &self.servers[i];
-            let held = Held {
-                _gate: gate.take().expect("the gate permit is given back on retry"),
-                _conn: conn_permit,
-            };
+            let gate_permit = gate.take().expect("the gate permit is given back on retry");
             match self.connect(server).await {
                 Ok(conn) => {
+                    let held = Held {
+                        _gate: gate_permit,
+                        _conn: conn_permit,
+                        _hold: hold.take(),
+                    };
                     let result = match &req {
                         UpstreamRequest::Uwsgi { packet, body } => {
                             uwsgi::exchange(conn, packet, body, &self.config, held).await
@@ -213,6 +219,7 @@ impl Upstream {
                     return result.map_err(|e| e.at(&server.addr));
                 }
                 Err(e) => {
+                    drop((gate_permit, conn_permit));
                     server.failed(
                         self.config.max_fails,
                         self.config.fail_timeout.as_duration(),
@@ -225,8 +232,7 @@ impl Upstream {
                         return Err(e);
                     }
                     last_err = Some(e);
-                    // Take the gate again for the next try (it was moved into `held`,
-                    // which the failed connect dropped).
+                    // Take the gate again for the next try (given back just above).
                     gate = Some(self.admit(deadline).await?);
                 }
             }

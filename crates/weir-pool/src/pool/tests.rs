@@ -38,7 +38,11 @@ async fn with_no_worker_free_a_request_waits_the_queue_timeout_then_503() {
         "{r:?}"
     );
     assert_eq!(t0.elapsed(), Duration::from_secs(10));
-    assert_eq!(p.queue_depth(), 0, "a request that timed out no longer waits");
+    assert_eq!(
+        p.queue_depth(),
+        0,
+        "a request that timed out no longer waits"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -67,8 +71,14 @@ async fn the_queue_bound_holds_and_counts_waiters_from_outside_the_pool() {
         tokio::task::yield_now().await;
     }
     let r = p.submit(request(None)).await;
-    assert!(matches!(r, Err(DispatchError::QueueFull { max: 2 })), "{r:?}");
-    assert!(matches!(p.enter_queue(), Err(DispatchError::QueueFull { max: 2 })));
+    assert!(
+        matches!(r, Err(DispatchError::QueueFull { max: 2 })),
+        "{r:?}"
+    );
+    assert!(matches!(
+        p.enter_queue(),
+        Err(DispatchError::QueueFull { max: 2 })
+    ));
     drop(slot);
     assert_eq!(p.queue_depth(), 1);
     let r = a.await.expect("the waiter's task");
