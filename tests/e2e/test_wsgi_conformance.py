@@ -164,6 +164,24 @@ def test_server_protocol_http10(tgt):
     assert env["SERVER_PROTOCOL"] == "HTTP/1.0"
 
 
+def test_absolute_form_target_names_the_host(tgt):
+    """RFC 9112 3.2.2: with a target in absolute form the target's authority is the host;
+    the Host header is ignored."""
+    if tgt.name != "weir-http":
+        pytest.skip("only weir's own HTTP listener reads the request line (nginx does, in front of uwsgi)")
+    r = raw_exchange(tgt.addr, b"GET http://a.example/environ?x=1 HTTP/1.1\r\nHost: b.example\r\n"
+                               b"Connection: close\r\n\r\n")
+    assert r.status == 200, r
+    import json
+    env = json.loads(r.body)["environ"]
+    assert (env["HTTP_HOST"], env["SERVER_NAME"]) == ("a.example", "a.example"), env
+    assert (env["PATH_INFO"], env["QUERY_STRING"]) == ("/environ", "x=1"), env
+    r = raw_exchange(tgt.addr, b"GET http://a.example:8080/environ HTTP/1.1\r\nHost: b.example\r\n"
+                               b"Connection: close\r\n\r\n")
+    env = json.loads(r.body)["environ"]
+    assert (env["HTTP_HOST"], env["SERVER_NAME"], env["SERVER_PORT"]) == ("a.example:8080", "a.example", "8080"), env
+
+
 def test_http_headers(tgt):
     env = environ_of(tgt, headers=[("X-Custom-Thing", "hello world"), ("Accept", "text/plain"),
                                    ("User-Agent", "weir-e2e/1")])["environ"]
