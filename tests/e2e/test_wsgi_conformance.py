@@ -542,6 +542,20 @@ def test_exception_after_start_cuts_connection(tgt, cl):
     assert b"secret-boom-detail" not in r.raw
 
 
+@pytest.mark.parametrize("shape", ["one", "list", "gen"])
+def test_body_longer_than_content_length_is_cut_and_logged(tgt, shape):
+    """The client gets exactly Content-Length bytes, and the excess is not silent: the
+    worker logs a warning with the request id and how many bytes it dropped."""
+    weir_only(tgt, "the warning is weir's")
+    r = raw_exchange(tgt.addr, b"GET /cl-long?shape=" + shape.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
+                               b"Connection: close\r\n\r\n")
+    assert r.status == 200 and r.complete and r.body == b"abc", r
+    assert r.raw.endswith(b"\r\n\r\nabc"), "more than Content-Length on the wire: %r" % r.raw[-50:]
+    rid = r.header("X-Request-ID")
+    want = "request %s: warning: the app's body is longer than its Content-Length (3 bytes): 4 more bytes dropped" % rid
+    wait_for(lambda: want in tgt.backend.output(), 10, what="%r in weir's output" % want)
+
+
 def test_worker_survives_exceptions(tgt):
     # 2 workers: if raising requests cost a worker its life, more than 2 pids show up
     pids = set()
