@@ -38,7 +38,8 @@ Routes (PATH_INFO; query parameters in brackets):
   /bad_header            a header value with a newline: start_response raises, 500.
   /cl_short              Content-Length 10 but 5 bytes (a list): 500.
   /cl_short_stream       Content-Length 10 but a generator of 5 bytes: aborted.
-  /cl_long               Content-Length 3 but b"abcdef": the server sends b"abc".
+  /cl_long[?shape=S]     Content-Length 3 but b"abcdef" (S=one; list: [b"ab", b"c", b"def"];
+                         gen: a generator of those, then more): the server sends b"abc".
   /hop                   sets Connection and Transfer-Encoding headers (dropped by weir) and X-Ok.
   /status[?code=NNN]     an empty response with that status ("NNN Whatever").
   /latin1                a header value "café" (latin-1), body b"ok".
@@ -268,6 +269,16 @@ def application(environ, start_response):
         return gen()
     if path == "/cl_long":
         start_response("200 OK", [("Content-Length", "3")])
+        shape = _q(environ, "shape", "one")
+        if shape == "list":
+            return [b"ab", b"c", b"def"]
+        if shape == "gen":
+            def gen():
+                yield b"ab"
+                yield b"c"
+                yield b"def"
+                yield b"never-asked-for"
+            return gen()
         return [b"abcdef"]
     if path == "/hop":
         start_response("200 OK", [("Connection", "close"), ("Transfer-Encoding", "chunked"), ("X-Ok", "1")])

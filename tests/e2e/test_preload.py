@@ -274,6 +274,47 @@ def test_sigterm_drains_then_workers_and_zygote_exit(weir, app_dir, tmp_path):
 
 
 @pytest.mark.e2e_timeout(60)
+@pytest.mark.parametrize("case", ["idle", "busy", "zygote-stopped"])
+def test_sigterm_master_exits_after_reaping_every_child(weir, app_dir, tmp_path, case):
+    """The master reaps its zygote and workers before it exits: once its exit status is
+    in, not one of them is alive (checked at once, no waiting), and its log says the
+    zygote was reaped before "weir stopped". A zygote that cannot exit by itself (stopped
+    here) is killed and reaped after a grace period, not left behind."""
+    import re
+    srv = start_preload(weir, app_dir, workers=2)
+    infos = concurrent_infos(srv.addr, 2)
+    master = srv.proc.pid
+    m = re.search(r"zygote started.*?pid=(\d+)", srv.output())
+    assert m, srv.output()
+    zygote = int(m.group(1))
+    assert {i["import_pid"] for i in infos} == {zygote}, infos
+    workers = {i["pid"] for i in infos}
+    procs = [p for p in pgid_members(master) if p != master]
+    assert set(procs) == workers | {zygote}, (procs, workers, zygote)
+    if case == "busy":
+        marker = tmp_path / "inflight"
+        t, box = sleep_in_background(srv.addr, "/sleep?s=1&marker=%s" % marker)
+        marker_pid(marker)
+    if case == "zygote-stopped":
+        os.kill(zygote, signal.SIGSTOP)  # the zygote of the weir this test started
+    srv.proc.signal(signal.SIGTERM)
+    code = srv.proc.wait(30)
+    alive = [p for p in procs if pid_alive(p)]
+    out = srv.output()
+    assert code == 0, "weir exited with %r after SIGTERM" % code
+    assert not alive, "alive after the master exited: %r (zygote %d, workers %r)\n%s" % (
+        alive, zygote, sorted(workers), out[-3000:])
+    assert pgid_members(master) == [], pgid_members(master)
+    reaped = re.search(r"zygote (left|\(pid \d+\) (exited|did not exit)).*pid=%d\b" % zygote, out)
+    stopped = out.find("weir stopped")
+    assert reaped and 0 <= reaped.start() < stopped, "the zygote was not reaped before weir stopped:\n%s" % out[-3000:]
+    if case == "busy":
+        t.join(30)
+        r = box.get("resp")
+        assert r is not None and r.status == 200, box
+
+
+@pytest.mark.e2e_timeout(60)
 def test_master_sigkill_leaves_no_weir_process(weir, app_dir, tmp_path):
     srv = start_preload(weir, app_dir, workers=3)
     concurrent_infos(srv.addr, 3)

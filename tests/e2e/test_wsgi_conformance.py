@@ -164,6 +164,24 @@ def test_server_protocol_http10(tgt):
     assert env["SERVER_PROTOCOL"] == "HTTP/1.0"
 
 
+def test_absolute_form_target_names_the_host(tgt):
+    """RFC 9112 3.2.2: with a target in absolute form the target's authority is the host;
+    the Host header is ignored."""
+    if tgt.name != "weir-http":
+        pytest.skip("only weir's own HTTP listener reads the request line (nginx does, in front of uwsgi)")
+    r = raw_exchange(tgt.addr, b"GET http://a.example/environ?x=1 HTTP/1.1\r\nHost: b.example\r\n"
+                               b"Connection: close\r\n\r\n")
+    assert r.status == 200, r
+    import json
+    env = json.loads(r.body)["environ"]
+    assert (env["HTTP_HOST"], env["SERVER_NAME"]) == ("a.example", "a.example"), env
+    assert (env["PATH_INFO"], env["QUERY_STRING"]) == ("/environ", "x=1"), env
+    r = raw_exchange(tgt.addr, b"GET http://a.example:8080/environ HTTP/1.1\r\nHost: b.example\r\n"
+                               b"Connection: close\r\n\r\n")
+    env = json.loads(r.body)["environ"]
+    assert (env["HTTP_HOST"], env["SERVER_NAME"], env["SERVER_PORT"]) == ("a.example:8080", "a.example", "8080"), env
+
+
 def test_http_headers(tgt):
     env = environ_of(tgt, headers=[("X-Custom-Thing", "hello world"), ("Accept", "text/plain"),
                                    ("User-Agent", "weir-e2e/1")])["environ"]
@@ -522,6 +540,20 @@ def test_exception_after_start_cuts_connection(tgt, cl):
     assert not r.complete, "response ended cleanly although the app raised mid-body: %r" % r
     assert r.body.startswith(b"partial-"), r
     assert b"secret-boom-detail" not in r.raw
+
+
+@pytest.mark.parametrize("shape", ["one", "list", "gen"])
+def test_body_longer_than_content_length_is_cut_and_logged(tgt, shape):
+    """The client gets exactly Content-Length bytes, and the excess is not silent: the
+    worker logs a warning with the request id and how many bytes it dropped."""
+    weir_only(tgt, "the warning is weir's")
+    r = raw_exchange(tgt.addr, b"GET /cl-long?shape=" + shape.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
+                               b"Connection: close\r\n\r\n")
+    assert r.status == 200 and r.complete and r.body == b"abc", r
+    assert r.raw.endswith(b"\r\n\r\nabc"), "more than Content-Length on the wire: %r" % r.raw[-50:]
+    rid = r.header("X-Request-ID")
+    want = "request %s: warning: the app's body is longer than its Content-Length (3 bytes): 4 more bytes dropped" % rid
+    wait_for(lambda: want in tgt.backend.output(), 10, what="%r in weir's output" % want)
 
 
 def test_worker_survives_exceptions(tgt):

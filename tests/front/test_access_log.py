@@ -12,7 +12,7 @@ from datetime import datetime
 
 import pytest
 
-from e2e_lib import get, request
+from e2e_lib import get, parse_response, request
 from front_lib import Background, wait_for, wait_tag_started
 
 pytestmark = pytest.mark.e2e_timeout(60)
@@ -131,6 +131,39 @@ def test_cut_body_is_logged_as_aborted(front, tmp_path):
     x = lines_for(log, [rid], timeout=15)[rid]
     assert x.get("aborted") is True, x
     assert x["bytes"] < 50000 and x["status"] == 200, x
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_gate_refusals_log_the_body_bytes_sent(front, tmp_path, method):
+    """The framing gate's own answers have a body (none for HEAD): the line's bytes is
+    what was sent, as for every other answer."""
+    log = tmp_path / "access.jsonl"
+    f = front(config={"server": {"access_log": str(log)}}, workers=1)
+    cases = [
+        (b"%s /env HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\nContent-Length: 1\r\n"
+         b"Content-Length: 2\r\n\r\nab" % method.encode(), 400, "bad-request"),
+        (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405, "method-not-allowed"),
+        (b"%s /env HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"
+         % method.encode(), 501, "not-implemented"),
+    ]
+    for payload, status, cls in cases:
+        with f.addr.socket(10) as s:
+            s.sendall(payload)
+            data = b""
+            while True:
+                c = s.recv(65536)
+                if not c:
+                    break
+                data += c
+        r = parse_response(data, head_request=payload.startswith(b"HEAD"))
+        assert r.status == status, r
+        rid = r.header("x-request-id")
+        x = lines_for(log, [rid])[rid]
+        assert x["status"] == status and x["error"] == cls, x
+        assert x["bytes"] == len(r.body), (x, r)
+        if not payload.startswith(b"HEAD"):
+            assert x["bytes"] > 0, x
+        assert not x.get("aborted"), x
 
 
 def test_app_exception_class_is_logged(front, tmp_path):

@@ -1,5 +1,6 @@
 """Malformed and ambiguous requests over raw sockets: each is answered 4xx (400, or 431
-for an oversize head) and never reaches a worker; the server goes on serving.
+for an oversize head), or as NGINX does 405 (CONNECT) and 501 (a transfer coding weir does
+not implement), and never reaches a worker; the server goes on serving.
 
 Most are refused by weir's framing gate before hyper parses them (crates/weir-http1); the
 answer still follows the error contract (x-weir-error, request id, log line, metrics).
@@ -12,7 +13,7 @@ import time
 import pytest
 
 from e2e_lib import get, parse_response, recv_all
-from front_lib import closed_by_peer
+from front_lib import ACCEPTS, assert_weir_error, closed_by_peer
 
 pytestmark = pytest.mark.e2e_timeout(60)
 
@@ -123,3 +124,45 @@ def test_max_header_size_does_not_depend_on_how_the_head_arrives(front, pieces):
     r = parse_response(data)
     assert r.status == 431, "a 40 KiB head sent %s: %d" % ("in pieces" if pieces else "at once", r.status)
     assert "big40" not in f.tags()
+
+
+# Refused as NGINX refuses them, found by running other projects' conformance material:
+# before the fix each reached the app (CONNECT got no answer at all, `gzip, chunked` gave the
+# app a still-gzipped body).
+NGINX_SHAPES = [
+    # (id, payload, status, class, accept)
+    ("connect", b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+     405, "method-not-allowed", "json"),
+    ("connect-origin-form", b"CONNECT /env?tag=connect HTTP/1.1\r\nHost: x\r\n\r\n",
+     405, "method-not-allowed", "text"),
+    ("asterisk-form-on-get", b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400, "bad-request", "json"),
+    ("authority-form-on-get", b"GET example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n", 400, "bad-request", "text"),
+    ("te-gzip-chunked", head("tegz", "Transfer-Encoding: gzip, chunked") + b"5\r\nhello\r\n0\r\n\r\n",
+     501, "not-implemented", "json"),
+    ("te-gzip-field-then-chunked", head("tegz2", "Transfer-Encoding: gzip", "Transfer-Encoding: chunked")
+     + b"5\r\nhello\r\n0\r\n\r\n", 501, "not-implemented", "text"),
+]
+
+
+def with_accept(payload: bytes, accept: str) -> bytes:
+    line, sep, rest = payload.partition(b"\r\n")
+    return line + sep + b"Accept: " + ACCEPTS[accept].encode() + b"\r\n" + rest
+
+
+@pytest.mark.parametrize("name,payload,status,cls,accept", NGINX_SHAPES, ids=[s[0] for s in NGINX_SHAPES])
+def test_refused_as_nginx_does_with_the_error_contract(front, name, payload, status, cls, accept):
+    f = front(workers=1)
+    r = parse_response(exchange(f.addr, with_accept(payload, accept)))
+    assert_weir_error(r, status, cls, accept)
+    assert r.header("connection") == "close", r.headers
+    assert get(f.addr, "/env?tag=after", timeout=10).status == 200
+    # besides the readiness probe (GET /) and the request after, nothing reached the app
+    hits = [h for h in f.hits() if h.get("tag") != "after" and h.get("path") != "/"]
+    assert hits == [], "%s reached the app: %r" % (name, hits)
+
+
+def test_options_asterisk_still_reaches_the_app(front):
+    f = front(workers=1)
+    r = parse_response(exchange(f.addr, b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+    assert r.header("x-weir-error") is None, r
+    assert "*" in [h.get("path") for h in f.hits()], f.hits()

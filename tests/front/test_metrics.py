@@ -167,6 +167,17 @@ def test_requests_refused_before_the_handler_are_counted(front):
     f.wait_metric("weir_requests_total", 1, status="400", **{"class": "bad-request"}, timeout=3)
 
 
+def test_405_and_501_refusals_are_class_labels(front):
+    f = front(workers=1, admin=True)
+    for payload in (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+                    b"POST /env HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"):
+        with f.addr.socket(10) as s:
+            s.sendall(payload)
+            assert s.recv(100).startswith(b"HTTP/1.1 "), payload
+    f.wait_metric("weir_requests_total", 1, status="405", **{"class": "method-not-allowed"}, timeout=5)
+    f.wait_metric("weir_requests_total", 1, status="501", **{"class": "not-implemented"}, timeout=5)
+
+
 def test_admin_endpoints_are_not_on_the_public_listener(front):
     f = front(workers=1, admin=True)
     for path in ("/metrics", "/livez", "/readyz"):

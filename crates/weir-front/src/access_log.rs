@@ -148,6 +148,12 @@ impl AccessLog {
         self.finish(&rec, 0, false, Instant::now());
     }
 
+    /// Logs a request that the framing gate refused with its own answer, once that answer
+    /// is written: `bytes` of its body went out, `aborted` when not all of it did.
+    pub fn refused_answered(&self, rec: Record, bytes: u64, aborted: bool) {
+        self.finish(&rec, bytes, aborted, Instant::now());
+    }
+
     /// Logs a request that ended without a response (its handler was dropped).
     pub fn abandoned(&self, mut rec: Record) {
         if let (Some(t), true) = (rec.queue_started, rec.queued.is_zero()) {

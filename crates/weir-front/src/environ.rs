@@ -101,11 +101,18 @@ pub fn encode(
             _ => b"HTTP/1.1",
         },
     )?;
-    let host = parts
-        .headers
-        .get(http::header::HOST)
-        .map(|h| h.as_bytes())
-        .filter(|h| !h.is_empty());
+    // RFC 9112 3.2.2: a target in absolute form (`GET http://a.example/p`) names the host,
+    // and the Host header is ignored (the framing gate lets no other form with an
+    // authority through).
+    let target_host = uri.authority().map(|a| match a.port() {
+        Some(port) => format!("{}:{}", a.host(), port.as_str()),
+        None => a.host().to_owned(),
+    });
+    let host = match &target_host {
+        Some(h) => Some(h.as_bytes()),
+        None => parts.headers.get(http::header::HOST).map(|h| h.as_bytes()),
+    }
+    .filter(|h| !h.is_empty());
     let (name, port) = server_name_port(host, conn.local);
     p.var(b"SERVER_NAME", name.as_bytes())?;
     p.var(b"SERVER_PORT", port.as_bytes())?;
@@ -134,10 +141,16 @@ pub fn encode(
             p.var(b"WEIR_BODY", b"chunked")?;
         }
     }
+    if let Some(h) = &target_host {
+        p.var(b"HTTP_HOST", h.as_bytes())?;
+    }
     let mut key = Vec::with_capacity(64);
     let mut joined = Vec::new();
     for name in parts.headers.keys() {
         let n = name.as_str();
+        if target_host.is_some() && n == "host" {
+            continue;
+        }
         // Content-* travel as CGI vars; framing headers describe the hop, not the
         // request; names with '_' are dropped as NGINX does (underscores_in_headers off),
         // so `X_Forwarded_For` cannot pose as `X-Forwarded-For`.
@@ -247,6 +260,62 @@ mod tests {
             server_name_port(Some(b"example.com"), None),
             ("example.com".into(), "80".into())
         );
+    }
+
+    fn vars(req: http::Request<()>) -> Vec<u8> {
+        let (parts, ()) = req.into_parts();
+        let mut out = Vec::new();
+        let conn = ConnInfo {
+            peer: None,
+            local: Some("127.0.0.1:8000".parse().unwrap()),
+            watch: crate::conn_io::ClientWatch::None,
+        };
+        let facts = Facts {
+            client: None,
+            scheme: "http",
+            request_id: "rid",
+            deadline_unix: None,
+        };
+        encode(&mut out, &parts, &conn, BodyLength::None, facts).unwrap();
+        out
+    }
+
+    #[test]
+    fn an_absolute_form_target_names_the_host() {
+        for (uri, host, name, port) in [
+            ("http://a.example/p?q=1", "a.example", "a.example", "8000"),
+            (
+                "http://u@a.example:8080/p?q=1",
+                "a.example:8080",
+                "a.example",
+                "8080",
+            ),
+            ("http://[::1]:9/p?q=1", "[::1]:9", "::1", "9"),
+        ] {
+            let req = http::Request::builder()
+                .uri(uri)
+                .header("host", "b.example")
+                .body(())
+                .unwrap();
+            let out = vars(req);
+            let (p, _) = weir_uwsgi::packet::decode(&out).unwrap();
+            assert_eq!(p.get(b"HTTP_HOST"), Some(host.as_bytes()), "{uri}");
+            assert_eq!(p.get(b"SERVER_NAME"), Some(name.as_bytes()), "{uri}");
+            assert_eq!(p.get(b"SERVER_PORT"), Some(port.as_bytes()), "{uri}");
+            assert_eq!(p.get(b"PATH_INFO"), Some(&b"/p"[..]), "{uri}");
+            assert_eq!(p.get(b"REQUEST_URI"), Some(&b"/p?q=1"[..]), "{uri}");
+            assert_eq!(p.get(b"QUERY_STRING"), Some(&b"q=1"[..]), "{uri}");
+        }
+        // The origin form keeps the Host header.
+        let req = http::Request::builder()
+            .uri("/p")
+            .header("host", "b.example:81")
+            .body(())
+            .unwrap();
+        let out = vars(req);
+        let (p, _) = weir_uwsgi::packet::decode(&out).unwrap();
+        assert_eq!(p.get(b"HTTP_HOST"), Some(&b"b.example:81"[..]));
+        assert_eq!(p.get(b"SERVER_NAME"), Some(&b"b.example"[..]));
     }
 
     #[test]

@@ -66,6 +66,11 @@ pub struct GatedIo<S> {
     /// weir's own answer, written before the shutdown, and how much of it is written.
     answer: Vec<u8>,
     answer_at: usize,
+    /// Where the answer's body begins (the access log's `bytes` count the body only).
+    answer_body_at: usize,
+    /// The refused request's log line, written once its answer is out (or the connection
+    /// ended before), so that its `bytes` are the bytes sent.
+    refused: Option<Record>,
     refusals: RefusalLog,
     write_shut: bool,
     linger: Option<Pin<Box<Sleep>>>,
@@ -86,6 +91,8 @@ impl<S> GatedIo<S> {
             body_error: None,
             answer: Vec::new(),
             answer_at: 0,
+            answer_body_at: 0,
+            refused: None,
             refusals,
             write_shut: false,
             linger: None,
@@ -120,10 +127,25 @@ impl<S> GatedIo<S> {
         let rejection = Rejection::new(r.error.class(), r.error.to_string()).closing();
         let json = wants_json(head.accept.as_deref());
         self.answer = rejection.to_http1(&id, json, head.method == "HEAD");
+        self.answer_body_at = self
+            .answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(self.answer.len(), |i| i + 4);
         let mut rec = Record::new(&id, self.refusals.peer, &head.method, &head.path);
         rec.status = rejection.status().as_u16();
         rec.class = Some(rejection.class);
-        self.refusals.log.refused(rec);
+        self.refused = Some(rec);
+    }
+
+    /// Writes the refused request's log line (once): the body bytes written so far, and
+    /// whether the answer was cut short.
+    fn log_refused(&mut self) {
+        if let Some(rec) = self.refused.take() {
+            let bytes = self.answer_at.saturating_sub(self.answer_body_at) as u64;
+            let cut = self.answer_at < self.answer.len();
+            self.refusals.log.refused_answered(rec, bytes, cut);
+        }
     }
 
     /// Drain the client's input before closing?
@@ -207,6 +229,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GatedIo<S> {
             }
             this.answer_at += n;
         }
+        this.log_refused();
         if !this.write_shut {
             ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
             this.write_shut = true;
@@ -230,5 +253,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GatedIo<S> {
         }
         this.linger_done = true;
         Poll::Ready(Ok(()))
+    }
+}
+
+impl<S> Drop for GatedIo<S> {
+    fn drop(&mut self) {
+        // The connection ended before the answer was all written (the client left).
+        self.log_refused();
     }
 }

@@ -3,7 +3,8 @@
 //! 2. start the pool (requests queue until workers are ready);
 //! 3. serve; SIGHUP reloads the workers; SIGTERM/SIGINT drains:
 //! 4. stop accepting, let each connection finish its current request, stop the pool
-//!    (busy workers finish, up to `graceful_timeout`), remove Unix socket files, exit 0.
+//!    (busy workers finish, up to `graceful_timeout`; every worker and zygote is reaped),
+//!    remove Unix socket files, exit 0.
 //!
 //! One drain signal (a `watch`) reaches every accept loop and connection; a clone of an
 //! `mpsc::Sender` held by each connection tells when the last one is gone (the
@@ -246,15 +247,15 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     drop(conns_tx);
     let conns_done = async {
         // recv() returns None once every connection's sender is dropped.
-        let _ = conns_rx.recv().await;
+        let closed = tokio::time::timeout(grace + Duration::from_secs(2), conns_rx.recv());
+        if closed.await.is_err() {
+            warn!("connections still open after {grace:?}; closing them");
+        }
     };
-    let all = async { tokio::join!(pool_done, conns_done) };
-    if tokio::time::timeout(grace + Duration::from_secs(2), all)
-        .await
-        .is_err()
-    {
-        warn!("connections still open after {grace:?}; closing them");
-    }
+    // The pool's stop is bounded by itself (graceful_timeout, then it kills) and is never
+    // cut short: it returns once every worker and zygote has been reaped, so weir does not
+    // exit before its children.
+    tokio::join!(pool_done, conns_done);
     info!("weir stopped");
     outcome
 }

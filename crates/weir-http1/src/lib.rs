@@ -65,9 +65,26 @@ pub enum FramingError {
     /// Transfer-Encoding in an HTTP/1.0 request.
     #[error("an HTTP/1.0 request cannot have Transfer-Encoding")]
     TransferEncodingInHttp10,
-    /// Transfer-Encoding that does not end in chunked, or applies it twice.
+    /// Transfer-Encoding that does not end in chunked, or applies it twice: where the body
+    /// ends cannot be known (RFC 9112 6.3: 400).
     #[error("Transfer-Encoding must end in chunked and apply it once")]
     TransferEncodingNotChunked,
+    /// A transfer coding other than chunked (`gzip, chunked`): weir implements chunked
+    /// alone (RFC 9112 6.1: 501; NGINX: "client sent unknown Transfer-Encoding").
+    #[error("Transfer-Encoding {0:?} is not implemented: only chunked is")]
+    UnknownTransferCoding(String),
+    /// The CONNECT method: weir does not tunnel (NGINX answers 405 too).
+    #[error("the CONNECT method is not allowed: weir does not tunnel")]
+    ConnectMethod,
+    /// A request target in asterisk form (`*`) on a method other than OPTIONS, or in
+    /// authority form (`host:port`) on a method other than CONNECT (RFC 9112 3.2.3, 3.2.4).
+    #[error("a request target in {form} form is not allowed with {method}")]
+    TargetFormNotAllowed {
+        /// The method.
+        method: String,
+        /// "asterisk" or "authority".
+        form: &'static str,
+    },
     /// Both framings at once: the request-smuggling shape.
     #[error(
         "the request has both Content-Length and Transfer-Encoding (ambiguous framing, \
@@ -107,6 +124,8 @@ impl FramingError {
             FramingError::HeadTooLarge { .. }
             | FramingError::TooManyHeaders
             | FramingError::UriTooLong => ErrorClass::HeaderTooLarge,
+            FramingError::ConnectMethod => ErrorClass::MethodNotAllowed,
+            FramingError::UnknownTransferCoding(_) => ErrorClass::NotImplemented,
             _ => ErrorClass::BadRequest,
         }
     }
@@ -276,7 +295,8 @@ impl RequestFramer {
         let method = req.method.unwrap_or_default();
         let target = req.path.unwrap_or_default();
         let http11 = req.version == Some(1);
-        let framing = check_head(http11, target, req.headers);
+        let framing = check_head(http11, target, req.headers)
+            .and_then(|f| check_method_and_target(method, target).map(|()| f));
         match framing {
             Ok(f) => {
                 self.last = f.last;
@@ -375,6 +395,7 @@ fn check_head(
     let mut te_seen = false;
     let mut chunked = false;
     let mut chunked_count = 0;
+    let mut unknown_coding: Option<&[u8]> = None;
     let mut hosts = 0;
     let mut close = false;
     let mut keep_alive = false;
@@ -390,6 +411,13 @@ fn check_head(
                 .iter()
                 .filter(|c| c.eq_ignore_ascii_case(b"chunked"))
                 .count();
+            // Empty list elements are allowed (RFC 9110 5.6.1) and name no coding.
+            unknown_coding = unknown_coding.or_else(|| {
+                codings
+                    .iter()
+                    .copied()
+                    .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"))
+            });
             // As hyper: the last Transfer-Encoding field decides.
             chunked = codings
                 .last()
@@ -411,8 +439,15 @@ fn check_head(
             }
         }
     }
+    // Where the body ends first (RFC 9112 6.3: 400 when chunked is not the final coding,
+    // once), then whether weir can decode it (6.1: 501 for any other coding).
     if te_seen && (!chunked || chunked_count != 1) {
         return Err(FramingError::TransferEncodingNotChunked);
+    }
+    if let Some(c) = unknown_coding {
+        return Err(FramingError::UnknownTransferCoding(
+            String::from_utf8_lossy(c).into_owned(),
+        ));
     }
     if te_seen && length.is_some() {
         return Err(FramingError::ContentLengthAndTransferEncoding);
@@ -428,6 +463,36 @@ fn check_head(
         length: length.unwrap_or(0),
         last: close || (!http11 && !keep_alive),
     })
+}
+
+/// The method and the form of the request target (after the framing checks, as NGINX
+/// refuses CONNECT after reading the head): CONNECT is refused (405, weir does not tunnel);
+/// the asterisk form is for OPTIONS only (RFC 9112 3.2.4) and the authority form for
+/// CONNECT only (3.2.3), so anything else must be an absolute path or an absolute URI.
+fn check_method_and_target(method: &str, target: &str) -> Result<(), FramingError> {
+    if method == "CONNECT" {
+        return Err(FramingError::ConnectMethod);
+    }
+    let refused = if target == "*" {
+        (method != "OPTIONS").then_some("asterisk")
+    } else if target.starts_with('/') {
+        None
+    } else {
+        // Not the origin form: the absolute form (`scheme://...`) is the only other one
+        // allowed. http::Uri has accepted the target (check_head); it has a scheme only in
+        // the absolute form, and only an authority in the authority form.
+        match http::Uri::try_from(target) {
+            Ok(u) if u.scheme().is_some() => None,
+            _ => Some("authority"),
+        }
+    };
+    match refused {
+        None => Ok(()),
+        Some(form) => Err(FramingError::TargetFormNotAllowed {
+            method: method.to_owned(),
+            form,
+        }),
+    }
 }
 
 fn trim(s: &[u8]) -> &[u8] {
@@ -555,9 +620,62 @@ mod tests {
             (b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", E::Malformed(httparse::Error::HeaderName)),
             (b"THIS IS NOT HTTP\r\n\r\n", E::Malformed(httparse::Error::Version)),
             (b"GET http://[::1 HTTP/1.1\r\nHost: a\r\n\r\n", E::BadUri),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", E::UnknownTransferCoding("gzip".into())),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n\r\n", E::UnknownTransferCoding("identity".into())),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", E::TransferEncodingNotChunked),
+            (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", E::ConnectMethod),
+            (b"CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n", E::ConnectMethod),
+            (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", E::TargetFormNotAllowed { method: "GET".into(), form: "asterisk" }),
+            (b"GET example.com:443 HTTP/1.1\r\nHost: a\r\n\r\n", E::TargetFormNotAllowed { method: "GET".into(), form: "authority" }),
+            (b"OPTIONS example.com HTTP/1.1\r\nHost: a\r\n\r\n", E::TargetFormNotAllowed { method: "OPTIONS".into(), form: "authority" }),
         ];
         for (input, want) in cases {
             assert_eq!(&refused(input), want, "{}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn statuses_and_classes_as_nginx() {
+        use FramingError as E;
+        let cases = [
+            (E::ConnectMethod, 405, "method-not-allowed"),
+            (
+                E::UnknownTransferCoding("gzip".into()),
+                501,
+                "not-implemented",
+            ),
+            (
+                E::TargetFormNotAllowed {
+                    method: "GET".into(),
+                    form: "asterisk",
+                },
+                400,
+                "bad-request",
+            ),
+            (E::TransferEncodingNotChunked, 400, "bad-request"),
+            (E::TooManyHeaders, 431, "header-too-large"),
+        ];
+        for (e, status, class) in cases {
+            assert_eq!((e.status(), e.class().as_str()), (status, class), "{e}");
+        }
+    }
+
+    #[test]
+    fn allowed_target_forms_and_codings_pass() {
+        let reqs: &[&[u8]] = &[
+            b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"OPTIONS /x HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET http://a.example/p?q=1 HTTP/1.1\r\nHost: b.example\r\n\r\n",
+            b"GET https://a.example HTTP/1.1\r\nHost: a.example\r\n\r\n",
+            b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: , Chunked\r\n\r\n0\r\n\r\n",
+        ];
+        for r in reqs {
+            assert_eq!(
+                run(r),
+                (r.len(), Step::More),
+                "{}",
+                String::from_utf8_lossy(r)
+            );
         }
     }
 

@@ -20,7 +20,9 @@ use tracing::{info, warn};
 
 use crate::pool::Pool;
 use crate::supervisor::{PoolConfig, Preload, SupervisorError};
-use crate::zygote::{Exit, ForkError, Forked, ZygoteCell, ZygoteFailure, EXIT_IMPORT_FAILED};
+use crate::zygote::{
+    Exit, ForkError, Forked, ZygoteCell, ZygoteFailure, Zygotes, EXIT_IMPORT_FAILED,
+};
 
 /// Why a worker was replaced (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +146,11 @@ pub(crate) struct SlotContext {
     pub(crate) config: PoolConfig,
     /// Import failures that should stop weir (the app cannot start at all).
     pub(crate) fatal: mpsc::UnboundedSender<SupervisorError>,
+    /// Every generation's zygotes, reaped before the master exits.
+    pub(crate) zygotes: Arc<Zygotes>,
+    /// Set when a stop has waited `graceful_timeout` for the workers: every slot kills its
+    /// worker and reaps it now.
+    pub(crate) kill_all: tokio::sync::watch::Sender<bool>,
 }
 
 /// A worker process: exec'd by the master, or forked by the zygote (`[app] preload`).
@@ -210,6 +217,7 @@ pub(crate) async fn run(
 ) {
     let mut failures: u32 = 0;
     let mut import_failures: u32 = 0;
+    let mut kill_all = ctx.kill_all.subscribe();
     loop {
         if over(&ctx, generation) {
             return;
@@ -316,6 +324,14 @@ pub(crate) async fn run(
                         ctx.pool.count_restart(reason);
                     }
                 }
+            }
+            () = crate::zygote::raised(&mut kill_all) => {
+                // The stop ran out of patience with this busy worker.
+                child.kill();
+                let status = child.wait().await;
+                warn!(slot, pid, "worker killed: the server is stopping ({status})");
+                ctx.pool.count_restart(RestartReason::Shutdown);
+                return;
             }
         }
     }
@@ -431,13 +447,26 @@ async fn await_ready(
 ) -> Start {
     let mut hello = [0u8; weir_uwsgi::packet::HEADER_LEN];
     let mut claim_fd = None;
+    let mut kill_all = ctx.kill_all.subscribe();
     let ready = tokio::time::timeout(ctx.config.startup_timeout, async {
         tokio::select! {
-            r = read_ready(&stream, &mut hello, &mut claim_fd) => Ok(r),
-            s = child.wait() => Err(s),
+            r = read_ready(&stream, &mut hello, &mut claim_fd) => Some(Ok(r)),
+            s = child.wait() => Some(Err(s)),
+            () = crate::zygote::raised(&mut kill_all) => None,
         }
     })
-    .await;
+    .await
+    .map(|r| r.ok_or(()));
+    let ready = match ready {
+        Ok(Err(())) => {
+            // The server is stopping: this worker is not wanted.
+            child.kill();
+            let status = child.wait().await;
+            return Start::Failed(format!("stopped before it was ready ({status})"));
+        }
+        Ok(Ok(r)) => Ok(r),
+        Err(t) => Err(t),
+    };
     match ready {
         Ok(Ok(Ok(()))) if hello[0] == weir_uwsgi::packet::MODIFIER_READY => {
             let claim = claim_fd.and_then(|fd| match weir_claim::ClaimWords::open(fd) {

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 use crate::pool::Pool;
 use crate::slot::{self, SlotContext};
-use crate::zygote::ZygoteCell;
+use crate::zygote::{ZygoteCell, Zygotes};
 
 /// The `weir worker` command a slot runs.
 #[derive(Debug, Clone)]
@@ -100,15 +100,15 @@ pub enum SupervisorError {
 }
 
 /// The generation's zygote cell, or None (and one log line saying so) without preload.
-fn new_cell(config: &PoolConfig, generation: u64) -> Option<Arc<ZygoteCell>> {
-    if config.preload == Preload::Off {
+fn new_cell(ctx: &SlotContext, generation: u64) -> Option<Arc<ZygoteCell>> {
+    if ctx.config.preload == Preload::Off {
         info!(
             generation,
             "generation {generation}: workers are exec'd, each imports the app itself (preload = false)"
         );
         return None;
     }
-    Some(Arc::new(ZygoteCell::new(generation)))
+    Some(Arc::new(ZygoteCell::new(generation, ctx.zygotes.clone())))
 }
 
 /// Owns the slot tasks.
@@ -136,9 +136,11 @@ impl Supervisor {
             pool,
             config,
             fatal: fatal_tx,
+            zygotes: Arc::new(Zygotes::new()),
+            kill_all: tokio::sync::watch::Sender::new(false),
         });
         let mut slots = JoinSet::new();
-        let zygote = new_cell(&ctx.config, 0);
+        let zygote = new_cell(&ctx, 0);
         for i in 0..ctx.config.workers {
             slots.spawn(slot::run(ctx.clone(), i, 0, None, zygote.clone()));
         }
@@ -178,7 +180,7 @@ impl Supervisor {
         {
             let mut slots = self.slots.lock().await;
             // A new zygote: the new code is imported there, once.
-            let zygote = new_cell(&self.ctx.config, generation);
+            let zygote = new_cell(&self.ctx, generation);
             for i in 0..self.ctx.config.workers {
                 let (tx, rx) = oneshot::channel();
                 slots.spawn(slot::run(
@@ -223,18 +225,33 @@ impl Supervisor {
     }
 
     /// Stops: no new work, idle workers leave now, busy ones when done (each slot kills
-    /// its worker after `graceful_timeout`). Returns when every slot has ended.
+    /// its worker after `graceful_timeout`). Returns when every worker and every zygote
+    /// has exited and been reaped (its zygote reaps a forked worker), so the master never
+    /// exits before its children.
     pub async fn shutdown(&self) {
         self.ctx.pool.begin_shutdown();
         let mut slots = self.slots.lock().await;
         let grace = self.ctx.config.graceful_timeout + Duration::from_secs(1);
-        if tokio::time::timeout(grace, async { while slots.join_next().await.is_some() {} })
-            .await
-            .is_err()
-        {
+        if !join_all(&mut slots, grace).await {
             warn!("workers still running after {grace:?}; killing them");
-            slots.abort_all();
-            while slots.join_next().await.is_some() {}
+            // Each slot kills its worker and waits for it (reaps it, or hears from its
+            // zygote); a slot that still has not ended is aborted (its worker is killed
+            // as the slot is dropped).
+            self.ctx.kill_all.send_replace(true);
+            if !join_all(&mut slots, Duration::from_secs(2)).await {
+                slots.abort_all();
+                while slots.join_next().await.is_some() {}
+            }
         }
+        // The slots are gone, and with them the zygote handles: the zygotes' control
+        // sockets are closed and they exit; wait for that.
+        self.ctx.zygotes.reap_all().await;
     }
+}
+
+/// Waits up to `limit` for every task of `set` to end; whether they all did.
+async fn join_all(set: &mut JoinSet<()>, limit: Duration) -> bool {
+    tokio::time::timeout(limit, async { while set.join_next().await.is_some() {} })
+        .await
+        .is_ok()
 }

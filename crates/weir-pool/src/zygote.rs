@@ -44,7 +44,8 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::process::{Child, Command};
-use tokio::sync::{oneshot, Mutex};
+use tokio::sync::{oneshot, watch, Mutex};
+use tokio::task::JoinSet;
 use tracing::{info, warn};
 use weir_fdpass::Mode;
 use weir_uwsgi::zygote::{Msg, MAX_LEN};
@@ -58,6 +59,60 @@ pub(crate) const EXIT_IMPORT_FAILED: i32 = 3;
 /// How long a worker's exit may wait for the zygote's EXITED notice once its pidfd says
 /// it has exited (the zygote reaps it at once; this only covers a zygote that is dying).
 const NOTICE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a stopping master waits for its zygotes to exit on their own (they exit at
+/// once when their control socket closes) before it kills them.
+const ZYGOTE_EXIT_GRACE: Duration = Duration::from_secs(3);
+
+/// Every zygote's reader task, which owns the zygote process and ends once it has reaped
+/// it: the supervisor's stop waits for them, so the master never exits before its zygotes.
+#[derive(Debug)]
+pub(crate) struct Zygotes {
+    tasks: StdMutex<JoinSet<()>>,
+    /// Set when the stop has waited long enough: the reader tasks kill their zygotes.
+    kill: watch::Sender<bool>,
+}
+
+impl Zygotes {
+    pub(crate) fn new() -> Self {
+        Zygotes {
+            tasks: StdMutex::new(JoinSet::new()),
+            kill: watch::Sender::new(false),
+        }
+    }
+
+    /// Runs a zygote's reader task (forgetting those of zygotes already reaped: reloads
+    /// and restarts do not pile them up).
+    fn track(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
+
+    /// Waits until every zygote started so far has exited and been reaped (their handles
+    /// must be gone: that closes their control sockets); kills those still running after
+    /// [`ZYGOTE_EXIT_GRACE`].
+    pub(crate) async fn reap_all(&self) {
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let all = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(ZYGOTE_EXIT_GRACE, all).await.is_err() {
+            warn!(
+                "zygotes still running {ZYGOTE_EXIT_GRACE:?} after their control sockets closed; killing them"
+            );
+            self.kill.send_replace(true);
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+}
+
+const STOPPED_WAITING: &str = "the master stopped waiting for it";
+
+/// Resolves once `flag` is true (never, if its sender is gone first).
+pub(crate) async fn raised(flag: &mut watch::Receiver<bool>) {
+    if flag.wait_for(|v| *v).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
 
 /// Why no zygote could be had.
 #[derive(Debug, Clone)]
@@ -92,6 +147,7 @@ pub(crate) enum ForkError {
 #[derive(Debug)]
 pub(crate) struct ZygoteCell {
     generation: u64,
+    zygotes: Arc<Zygotes>,
     attempts: AtomicU64,
     /// `preload = "auto"` gave up on forking for this generation: its workers are exec'd.
     exec: AtomicBool,
@@ -110,9 +166,10 @@ const FORK_SAFETY_ADVICE: &str = "open connections lazily or in \
     os.register_at_fork(after_in_child=...) and start threads there too";
 
 impl ZygoteCell {
-    pub(crate) fn new(generation: u64) -> Self {
+    pub(crate) fn new(generation: u64, zygotes: Arc<Zygotes>) -> Self {
         ZygoteCell {
             generation,
+            zygotes,
             attempts: AtomicU64::new(0),
             exec: AtomicBool::new(false),
             inner: Mutex::new(CellState::default()),
@@ -179,7 +236,7 @@ impl ZygoteCell {
         }
         self.attempts.fetch_add(1, Ordering::AcqRel);
         let auto = config.preload == Preload::Auto;
-        match Zygote::start(config, self.generation).await {
+        match Zygote::start(config, self.generation, &self.zygotes).await {
             Ok(z) => {
                 st.current = Some(z.clone());
                 st.last_failure = None;
@@ -246,7 +303,11 @@ impl Zygote {
     }
 
     /// Starts `weir worker --zygote ...` and waits for its READY.
-    async fn start(config: &PoolConfig, generation: u64) -> Result<Arc<Zygote>, ZygoteFailure> {
+    async fn start(
+        config: &PoolConfig,
+        generation: u64,
+        zygotes: &Zygotes,
+    ) -> Result<Arc<Zygote>, ZygoteFailure> {
         let started = Instant::now();
         let other = |what: &str, e: std::io::Error| ZygoteFailure::Other(format!("{what}: {e}"));
         let system = |what: &str, e: std::io::Error| {
@@ -372,13 +433,14 @@ impl Zygote {
         );
         let state = Arc::new(StdMutex::new(State::default()));
         let leaving = Arc::new(AtomicBool::new(false));
-        tokio::spawn(read_loop(
+        zygotes.track(read_loop(
             ctl.clone(),
             state.clone(),
             leaving.clone(),
             child,
             pid,
             generation,
+            zygotes.kill.subscribe(),
         ));
         Ok(Arc::new(Zygote {
             pid,
@@ -474,10 +536,15 @@ async fn read_loop(
     mut child: Child,
     pid: u32,
     generation: u64,
+    mut kill: watch::Receiver<bool>,
 ) {
     let mut buf = [0u8; MAX_LEN + 1];
     let why = loop {
-        let (n, fd) = match recv(&ctl, &mut buf).await {
+        let received = tokio::select! {
+            r = recv(&ctl, &mut buf) => r,
+            () = raised(&mut kill) => break Some(STOPPED_WAITING.to_owned()),
+        };
+        let (n, fd) = match received {
             Ok((0, _)) => break None,
             Ok(x) => x,
             Err(e) => break Some(format!("control socket: {e}")),
@@ -549,12 +616,24 @@ async fn read_loop(
     if why.is_some() {
         let _ = child.start_kill();
     }
-    let status = match child.wait().await {
+    let waited = tokio::select! {
+        s = child.wait() => s,
+        () = raised(&mut kill) => {
+            let _ = child.start_kill();
+            child.wait().await
+        }
+    };
+    let status = match waited {
         Ok(s) => s.to_string(),
         Err(e) => format!("unknown ({e})"),
     };
     if leaving.load(Ordering::Acquire) && why.is_none() {
         info!(pid, generation, "zygote left ({status})");
+    } else if *kill.borrow() {
+        warn!(
+            pid,
+            generation, "zygote (pid {pid}) did not exit when the server stopped; killed: {status}"
+        );
     } else {
         let why = why.map(|w| format!(" after {w}")).unwrap_or_default();
         warn!(

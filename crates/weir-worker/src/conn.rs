@@ -76,8 +76,8 @@ pub struct Resp {
     pub content_length: Option<u64>,
     /// Body bytes accepted so far.
     pub sent: u64,
-    /// The app produced more bytes than its Content-Length (truncated).
-    pub overflow: bool,
+    /// Body bytes the app produced past its Content-Length (dropped).
+    pub excess: u64,
 }
 
 impl Resp {
@@ -552,8 +552,8 @@ impl Conn {
             return Ok(false);
         }
         if self.resp.ended {
-            if !data.is_empty() && !self.resp.no_body() {
-                self.resp.overflow = true;
+            if !self.resp.no_body() {
+                self.resp.excess += data.len() as u64;
             }
             return Ok(false);
         }
@@ -571,7 +571,7 @@ impl Conn {
             let left = cl - self.resp.sent;
             if data.len() as u64 >= left {
                 if data.len() as u64 > left {
-                    self.resp.overflow = true;
+                    self.resp.excess += data.len() as u64 - left;
                     data = &data[..left as usize];
                 }
                 complete = true;
@@ -636,6 +636,15 @@ impl Conn {
             self.resp.ended = true;
         }
         r
+    }
+
+    /// The body ended because it reached the app's Content-Length (not cancelled, not
+    /// aborted, not a response without a body): whatever the app yields now is excess.
+    pub fn complete_by_length(&self) -> bool {
+        self.resp.ended
+            && !self.cancelled
+            && !self.resp.no_body()
+            && self.resp.content_length == Some(self.resp.sent)
     }
 
     /// Ends the body: writes what is pending and END (or ABORT when the app sent less than

@@ -253,12 +253,14 @@ impl Worker {
             self.log_exception(py, "in the app", &err);
         }
         let mut c = shared.lock(py);
-        if c.resp.overflow {
+        if c.resp.excess > 0 {
+            // The client got exactly Content-Length bytes; the app has a bug to hear of.
             log_line(format_args!(
-                "weir worker {} request {}: the app sent more than its Content-Length ({}); the rest was dropped",
+                "weir worker {} request {}: warning: the app's body is longer than its Content-Length ({} bytes): {} more bytes dropped",
                 self.id,
                 self.rid,
-                c.resp.content_length.unwrap_or(0)
+                c.resp.content_length.unwrap_or(0),
+                c.resp.excess
             ));
         }
         if let Some(e) = io_error.or_else(|| c.broken.take()) {
@@ -271,24 +273,46 @@ impl Worker {
 
     /// Iterates the app's result and writes the body.
     fn send_body(&self, py: Python<'_>, res: &Bound<'_, PyAny>) -> Result<(), Failure> {
+        // Once the body has reached the app's Content-Length, what the app yields next is
+        // excess: counted (and logged by the caller), never sent. A list or tuple is read to
+        // its end (no app code runs); an iterator is asked for one more item (as servers
+        // that iterate to the end would; weir does not run it further).
         if let Ok(list) = res.cast::<PyList>() {
             // A list/tuple is complete already: coalesce it into as few writes as possible.
-            for item in list.iter() {
+            let mut items = list.iter();
+            for item in items.by_ref() {
                 if !self.chunk(py, &item, false)? {
                     break;
                 }
             }
+            if self.complete_by_length(py) {
+                for item in items {
+                    self.chunk(py, &item, false)?;
+                }
+            }
         } else if let Ok(tuple) = res.cast::<PyTuple>() {
-            for item in tuple.iter() {
+            let mut items = tuple.iter();
+            for item in items.by_ref() {
                 if !self.chunk(py, &item, false)? {
                     break;
+                }
+            }
+            if self.complete_by_length(py) {
+                for item in items {
+                    self.chunk(py, &item, false)?;
                 }
             }
         } else {
             // Anything else may be a generator: each chunk goes out as it comes.
-            for item in res.try_iter()? {
+            let mut items = res.try_iter()?;
+            for item in items.by_ref() {
                 if !self.chunk(py, &item?, true)? {
                     break;
+                }
+            }
+            if self.complete_by_length(py) {
+                if let Some(item) = items.next() {
+                    self.chunk(py, &item?, true)?;
                 }
             }
         }
@@ -315,6 +339,10 @@ impl Worker {
                 ))))
             }
         }
+    }
+
+    fn complete_by_length(&self, py: Python<'_>) -> bool {
+        self.shared.lock(py).complete_by_length()
     }
 
     /// One body chunk; `Ok(false)` when no more body is wanted.

@@ -562,9 +562,17 @@ fn app_errors_give_500_or_abort_and_the_worker_lives_on() {
         assert_eq!(r.body(), sent, "{path}");
     }
 
-    let r = w.get("/cl_long");
-    assert_ok(&r);
-    assert_eq!(r.body(), b"abc", "never more than Content-Length");
+    for shape in ["one", "list", "gen"] {
+        let r = w.request_full(
+            "GET",
+            &format!("/cl_long?shape={shape}"),
+            &[("WEIR_REQUEST_ID", format!("r-long-{shape}").as_bytes())],
+            Body::None,
+        );
+        assert_ok(&r);
+        assert!(!r.aborted, "{shape}");
+        assert_eq!(r.body(), b"abc", "{shape}: never more than Content-Length");
+    }
 
     let r = w.get("/hop");
     assert_ok(&r);
@@ -590,6 +598,13 @@ fn app_errors_give_500_or_abort_and_the_worker_lives_on() {
         "{err}"
     );
     assert!(!err.contains("Internal Server Error\n"), "{err}");
+    // The excess is not dropped silently: one warning per request, with its id.
+    for shape in ["one", "list", "gen"] {
+        let want = format!(
+            "weir worker 7 request r-long-{shape}: warning: the app's body is longer than its Content-Length (3 bytes): 3 more bytes dropped"
+        );
+        assert_eq!(err.matches(&want).count(), 1, "{want}\n{err}");
+    }
 }
 
 #[test]

@@ -303,6 +303,22 @@ def _boom_after(environ, start_response):
     return gen()
 
 
+def _cl_long(environ, start_response):
+    """Content-Length 3 but a longer body: as one item, as a list, or from a generator."""
+    shape = _qs(environ).get("shape", "one")
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
+    if shape == "list":
+        return [b"ab", b"c", b"defg"]
+    if shape == "gen":
+        def gen():
+            yield b"ab"
+            yield b"c"
+            yield b"defg"
+            yield b"never-asked-for"
+        return gen()
+    return [b"abcdefg"]
+
+
 def _status(environ, start_response):
     q = _qs(environ)
     code = int(q.get("code", "200"))
@@ -353,6 +369,7 @@ ROUTES = {
     "/boom": _boom,
     "/boom-after": _boom_after,
     "/status": _status,
+    "/cl-long": _cl_long,
     "/errors": _errors,
     "/big": _big,
     "/sleep": _sleep,
