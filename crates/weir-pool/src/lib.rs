@@ -10,7 +10,9 @@
 //!   the workers; its handle, the reader of its control socket, forked workers' exits.
 //! - `sys`: the only `unsafe` code (descriptor passing, pidfd_send_signal), for `zygote`.
 //! - [`pool`]: the idle workers and the bounded queue of requests waiting for one
-//!   ([`Pool::submit`]); a [`Lease`] returns its worker when dropped.
+//!   ([`Pool::submit`]), with its parts: `pool/codel.rs` (CoDel's control law, a pure
+//!   state machine), `pool/offers.rs` (prefetch offers), `pool/lease.rs` (a [`Lease`]
+//!   returns its worker when dropped), `pool/generations.rs` (reloads and shutdown).
 //! - `offer_policy`: when a waiting request may be offered behind a busy worker
 //!   (prefetch) and when an offer's holder is overdue, judged by each route's typical
 //!   service time ([`ServiceTime`]) against the request's remaining queue budget.

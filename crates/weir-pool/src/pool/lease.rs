@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Pool, Requeued, Submission};
+use super::offers::Requeued;
+use super::{Pool, Submission};
 use crate::exchange::{self, ClaimPending, WorkerRequest};
 use crate::offer_policy::ServiceTime;
 use crate::slot::{RestartReason, Worker};
