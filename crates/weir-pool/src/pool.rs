@@ -20,7 +20,7 @@
 //! healthy closed-loop load, whose waits are long only because every client is waiting).
 //!
 //! Prefetch (`[app] prefetch`, on by default): when a worker frees and more than one
-//! request waits, the worker's next requests (up to [`PREFETCH_DEPTH`]) are written right
+//! request waits, the worker's next requests (up to `PREFETCH_DEPTH`, in `pool/offers.rs`) are written right
 //! behind the one it starts, and topped up each time it goes on to the next, so
 //! under load the worker goes from one answer to the next request without sleeping in
 //! `recv` and without waiting for the master to read its answer first (uWSGI's workers get
