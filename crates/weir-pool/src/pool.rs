@@ -19,9 +19,9 @@
 //! at least 500 ms (a wait people hardly notice; a lower floor would shed a saturated but
 //! healthy closed-loop load, whose waits are long only because every client is waiting).
 //!
-//! Prefetch (`[app] prefetch`, on by default): when a worker frees and more than one
-//! request waits, the worker's next requests (up to `PREFETCH_DEPTH`, in `pool/offers.rs`) are written right
-//! behind the one it starts, and topped up each time it goes on to the next, so
+//! Prefetch (`[app] prefetch`, on by default; `pool/offers.rs`): when a worker frees and
+//! more than one request waits, the worker's next requests (up to `PREFETCH_DEPTH`) are
+//! written right behind the one it starts, and topped up each time it goes on to the next, so
 //! under load the worker goes from one answer to the next request without sleeping in
 //! `recv` and without waiting for the master to read its answer first (uWSGI's workers get
 //! the same from their shared listen queue). A written request cannot be taken back from
