@@ -2,6 +2,9 @@
 # Runs every test of weir, from a clean clone, and prints one summary at the end:
 #   1. scripts/install-deps.sh   (nginx, MariaDB, wrk, uWSGI/Gunicorn/Granian, pytest; idempotent)
 #   2. cargo build -p weir       (debug: the binary the end-to-end tests start)
+#   2a. cargo fmt --all --check  (style; early, so a style failure is seen fast)
+#   2b. cargo clippy --workspace --all-targets -- -D warnings
+#       (the workspace's [workspace.lints] add undocumented_unsafe_blocks = deny)
 #   3. cargo nextest run --workspace
 #   4. python3 -m pytest tests/  (tests/e2e: real weir, real nginx, real sockets; tests/db ...)
 #   5. a short fuzz run of the codec targets (scripts/fuzz.sh; WEIR_FUZZ_SECONDS, default 15 each)
@@ -13,12 +16,17 @@
 #   WEIR_TEST_SKIP_DEPS=1   skip step 1 (a machine that already has everything)
 #   WEIR_TEST_PYTEST_ARGS   extra arguments for pytest (e.g. "-k conformance -x")
 #   WEIR_E2E_REFERENCE=1    also run the conformance tests against nginx->uWSGI and Gunicorn
+#   CARGO_TARGET_DIR        honoured: the tests run the weir binary built there
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 source scripts/python-link.sh  # libpython linked statically when available
 OUT="$ROOT/target/test-sh"
+# Where cargo puts the binary: CARGO_TARGET_DIR (relative to the repository, where cargo
+# runs) when set, else target/.
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+[[ "$TARGET_DIR" == /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR"
 mkdir -p "$OUT"
 
 declare -a SUMMARY=()
@@ -48,6 +56,24 @@ if cargo build -p weir; then
   BUILD_OK=1; record build ok
 else
   record build FAILED; N_FAILED=$((N_FAILED + 1))
+fi
+
+# -- 2a. style ---------------------------------------------------------------------------
+banner "cargo fmt --all --check"
+if cargo fmt --all --check; then
+  record fmt ok
+else
+  record fmt FAILED "run cargo fmt --all"; N_FAILED=$((N_FAILED + 1))
+fi
+
+# -- 2b. lints ---------------------------------------------------------------------------
+# -D warnings makes every clippy warning an error; undocumented_unsafe_blocks (every
+# `unsafe` needs a `// SAFETY:` comment) is denied by [workspace.lints.clippy] in Cargo.toml.
+banner "cargo clippy --workspace --all-targets -- -D warnings"
+if cargo clippy --workspace --all-targets -- -D warnings; then
+  record clippy ok
+else
+  record clippy FAILED; N_FAILED=$((N_FAILED + 1))
 fi
 
 # -- 2b. a private MariaDB for the database tests (weir db, examples/shop on MySQL) --------
@@ -94,7 +120,7 @@ else
   JUNIT="$OUT/pytest-junit.xml"
   rm -f "$JUNIT"
   # shellcheck disable=SC2086
-  WEIR_BIN="$ROOT/target/debug/weir" python3 -m pytest tests/ -q --junitxml="$JUNIT" ${WEIR_TEST_PYTEST_ARGS:-}
+  WEIR_BIN="$TARGET_DIR/debug/weir" python3 -m pytest tests/ -q --junitxml="$JUNIT" ${WEIR_TEST_PYTEST_ARGS:-}
   rc=$?
   read -r pp pf ps < <(python3 - "$JUNIT" <<'PY'
 import sys, xml.etree.ElementTree as ET

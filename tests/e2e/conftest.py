@@ -1,7 +1,8 @@
 """Fixtures for weir's end-to-end tests: real `weir serve` processes, a real nginx, real
 reference servers (uWSGI, Gunicorn), real sockets.
 
-- `weir_bin`: $WEIR_BIN, else target/debug/weir (scripts/test.sh builds it).
+- `weir_bin`: $WEIR_BIN, else target/debug/weir (or under $CARGO_TARGET_DIR; scripts/test.sh
+  builds it).
 - `weir`: a factory, `weir(app=..., args=[...], config="toml text", ...)`, that starts
   `weir serve` on a free 127.0.0.1 port (or a Unix socket), captures its output to files,
   polls until a GET answers (bounded deadline, no fixed sleep) and always stops it
@@ -108,9 +109,17 @@ def pytest_runtest_makereport(item, call):
 # weir
 
 
+def default_weir_bin() -> Path:
+    """$WEIR_BIN, else debug/weir under $CARGO_TARGET_DIR (relative to the repository, where
+    cargo runs) or target/."""
+    if os.environ.get("WEIR_BIN"):
+        return Path(os.environ["WEIR_BIN"])
+    return REPO / os.environ.get("CARGO_TARGET_DIR", "target") / "debug" / "weir"
+
+
 @pytest.fixture(scope="session")
 def weir_bin() -> Path:
-    p = Path(os.environ.get("WEIR_BIN") or REPO / "target" / "debug" / "weir")
+    p = default_weir_bin()
     if not p.exists():
         pytest.fail("weir binary not found at %s: run `cargo build -p weir` (scripts/test.sh does) "
                     "or set WEIR_BIN" % p, pytrace=False)
@@ -436,7 +445,7 @@ def target(request, weir_bin_or_none, tmp_path_factory, short_tmp):
 
 @pytest.fixture(scope="session")
 def weir_bin_or_none() -> Optional[Path]:
-    p = Path(os.environ.get("WEIR_BIN") or REPO / "target" / "debug" / "weir")
+    p = default_weir_bin()
     return p if p.exists() else None
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -57,6 +58,28 @@ def wait_for(cond: Callable[[], object], timeout: float, interval: float = 0.05,
         if time.monotonic() >= deadline:
             raise TimeoutError("timed out after %.1fs waiting for %s (last error: %r)" % (timeout, what, last_exc))
         time.sleep(interval)
+
+
+_METRIC_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def metric_value(admin: "Addr", name: str, **labels) -> Optional[float]:
+    """The value of one series on weir's admin listener (GET /metrics), None if absent.
+
+    A quick reader for polling (e.g. `weir_queue_depth`); tests/front/front_lib.py has the
+    full Prometheus parser and its checks.
+    """
+    r = get(admin, "/metrics", timeout=5)
+    if r.status != 200:
+        raise AssertionError("GET /metrics on %s: %r" % (admin, r))
+    for line in r.text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        n, _, rest = series.partition("{")
+        if n == name and dict(_METRIC_LABEL.findall(rest)) == labels:
+            return float(value)
+    return None
 
 
 def pid_alive(pid: int) -> bool:

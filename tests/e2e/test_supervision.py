@@ -347,8 +347,9 @@ def test_stops_accepting_at_sigterm(weir, app_dir, tmp_path):
     t, box = sleep_in_background(srv.addr, "/sleep?s=3&marker=%s" % marker)
     marker_pid(marker)
     srv.proc.signal(signal.SIGTERM)
-    time.sleep(0.5)  # let weir act on the signal; the in-flight request still runs (3 s)
-    assert "resp" not in box, "the in-flight request ended early: %r" % box
+    # weir acted on the signal: it logs this line, then stops accepting
+    wait_for(lambda: "SIGTERM: draining" in srv.output(), 10, what="weir to log that it drains")
+    assert "resp" not in box, "the in-flight request ended early: %r" % box  # it runs 3 s
     try:
         late = get(srv.addr, "/pid", timeout=15)
     except (OSError, http.client.HTTPException):

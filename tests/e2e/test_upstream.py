@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import APPS
-from e2e_lib import Proc, free_port, get, request, sock_path, wait_for
+from e2e_lib import Addr, Proc, free_port, get, metric_value, request, sock_path, wait_for
 
 UWSGI = shutil.which("uwsgi")
 GUNICORN = shutil.which("gunicorn")
@@ -126,17 +126,21 @@ def test_non_idempotent_request_is_not_retried(weir, peer, short_tmp):
     assert statuses == {200, 502}
 
 
-def test_max_conns_and_queue_full(weir, peer):
+def test_max_conns_and_queue_full(weir, peer, tmp_path):
     protocol, addr = peer
+    admin = Addr("127.0.0.1", free_port())
     cfg = {"server": {"access_log": "off"}, "queue": {"max_size": 1, "timeout": "10s"},
+           "admin": {"listen": str(admin)},
            "upstream": {"servers": [addr], "protocol": protocol, "max_conns": 1, "read_timeout": "30s"}}
     w = weir(app=None, chdir=None, workers=None, config=cfg, ready_path="/pid")
+    marker = tmp_path / "busy-started"
     with concurrent.futures.ThreadPoolExecutor(4) as ex:
-        busy = ex.submit(get, w.addr, "/sleep?s=2")
-        wait_for(lambda: True, 0.1)
-        time.sleep(0.3)  # let the first take the only connection (not readiness: ordering)
+        busy = ex.submit(get, w.addr, "/sleep?s=2&marker=%s" % marker)
+        # the app runs the first request: it holds the only upstream connection
+        wait_for(marker.exists, 15, what="the first request to reach the app")
         queued = ex.submit(get, w.addr, "/pid")
-        time.sleep(0.3)
+        # the second waits for that connection (weir_queue_depth: waiting for an upstream connection)
+        wait_for(lambda: metric_value(admin, "weir_queue_depth") == 1, 10, what="the second request to queue")
         t0 = time.monotonic()
         r = get(w.addr, "/pid")
         assert r.status == 503 and r.header("x-weir-error") == "queue-full", r

@@ -271,7 +271,7 @@ def _chunked_upload(tgt, path, parts, extra_headers=b"", delay=0.0, trailer=b"")
         for p in parts:
             s.sendall(b"%x\r\n%s\r\n" % (len(p), p))
             if delay:
-                time.sleep(delay)
+                time.sleep(delay)  # the scenario: the body arrives in pieces (pacing, not a wait)
         s.sendall(b"0\r\n" + trailer + b"\r\n")
         data = recv_all(s, time.monotonic() + 30)
     return parse_response(data)

@@ -201,14 +201,19 @@ def test_unix_listener_client_is_null(front, tmp_path):
 @pytest.mark.parametrize("where", ["default", "stdout", "stderr", "off"])
 def test_access_log_destinations(front, where):
     config = {} if where == "default" else {"server": {"access_log": where}}
-    f = front(config=config, workers=1)
+    f = front(config=config, workers=1, admin=True)
     rid = get(f.addr, "/env?tag=dest", timeout=10).header("x-request-id")
 
     def stream(path):
         return [json.loads(x) for x in path.read_text().splitlines() if x.startswith("{")]
     out, err = f.proc.stdout_path, f.proc.stderr_path
     if where == "off":
-        time.sleep(0.3)
+        # weir counts a request in its metrics at the moment it would write its line (the
+        # readiness GET / and ours: two 200s), and a later request (a 202 sentinel) is
+        # counted after that: by then a line for ours would be there.
+        f.wait_metric("weir_requests_total", lambda v: v >= 2, status="200", **{"class": ""})
+        assert get(f.addr, "/status?code=202&tag=sentinel", timeout=10).status == 202
+        f.wait_metric("weir_requests_total", 1, status="202", **{"class": ""})
         assert not any(rid in x for x in (out.read_text(), err.read_text())), "access_log = off still logs"
         return
     target = err if where == "stderr" else out

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
 
@@ -36,8 +35,13 @@ def behind_nginx(weir, nginx, short_tmp, state_dir):
     return start
 
 
+def metric(admin, name, **labels):
+    v = sample(parse_prometheus(get(admin, "/metrics", timeout=5).text), name, **labels)
+    return 0.0 if v is None else v
+
+
 def queue_depth(admin):
-    return sample(parse_prometheus(get(admin, "/metrics", timeout=5).text), "weir_queue_depth")
+    return metric(admin, "weir_queue_depth")
 
 
 @pytest.mark.parametrize("accept", ["json", "text"])
@@ -70,10 +74,15 @@ def test_client_gone_while_queued_behind_nginx_never_reaches_a_worker(behind_ngi
     s.close()
     # NGINX saw its client go (499) and closed its uwsgi connection to weir
     wait_for(lambda: " 499 " in (ndir / "access.log").read_text(), 10, what="NGINX to log 499")
+    # ...and weir settled that request as 499 client-closed: it is never dispatched now
+    wait_for(lambda: metric(admin, "weir_requests_total", status="499", **{"class": "client-closed"}) == 1, 10,
+             what="weir to count the departed request as 499 client-closed")
     assert busy.join().status == 200
+    # A sentinel behind it on the one worker: had `gone` still been queued, it would have
+    # started (and logged its hit) before `after` did.
     assert get(addr, "/env?tag=after", timeout=10).status == 200
-    time.sleep(0.3)
     tags = tags_seen(state_dir)
+    assert "after" in tags, tags
     assert "gone" not in tags, "a request whose client left reached the app through NGINX: %r" % tags
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from e2e_lib import parse_response, recv_all, request
-from front_lib import assert_weir_error, closed_by_peer, read_response_head
+from front_lib import assert_weir_error, closed_by_peer, read_response_head, wait_tag_started
 
 pytestmark = pytest.mark.e2e_timeout(60)
 
@@ -118,7 +118,8 @@ def test_client_gone_mid_large_upload_frees_the_worker(front, kind):
     f = front(config={"server": {"max_body_size": "8MiB"}, "queue": {"timeout": "4s"}}, workers=1)
     s = f.addr.socket(10)
     s.sendall(_large_upload_head(kind, 4 << 20) + _large_upload_part(kind, b"u" * (2 << 20)))
-    time.sleep(0.3)  # the upload is streaming to the worker
+    # over 1 MiB: the request went to the worker before its body ended, and the app started
+    wait_tag_started(f.state, "up", timeout=10)
     s.close()
     t0 = time.monotonic()
     r = request(f.addr, "GET", "/env?tag=next", timeout=15)

@@ -52,6 +52,10 @@ def test_queue_timeout_is_503_with_retry_after(front, accept):
     assert 0.4 <= took < 2.5, "queue-timeout after %.2fs, wanted about 0.5s" % took
     assert "waited" not in f.tags()
     assert busy.join().status == 200
+    # A sentinel behind it on the one worker: had `waited` been left in the queue and run
+    # after `busy`, it would have started (and logged its hit) before `after` did.
+    assert get(f.addr, "/env?tag=after", timeout=10).status == 200
+    assert "waited" not in f.tags()
 
 
 @BOTH

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
 
-from e2e_lib import get, request
+from e2e_lib import get, request, wait_for
 
 pytestmark = pytest.mark.e2e_timeout(60)
 
@@ -130,12 +129,8 @@ def test_access_log_shows_the_believed_client_and_the_kept_id(front, tmp_path):
     log = tmp_path / "access.jsonl"
     f = front(config={"server": {"trusted_proxies": ["127.0.0.1"], "access_log": str(log)}})
     get(f.addr, "/env", headers=[("X-Forwarded-For", "203.0.113.44"), ("X-Request-ID", "trace-me-1")], timeout=10)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    def mine():
         lines = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.exists() else []
-        mine = [x for x in lines if x["id"] == "trace-me-1"]
-        if mine:
-            break
-        time.sleep(0.05)
-    assert mine, "no access log line with the kept id"
+        return [x for x in lines if x["id"] == "trace-me-1"]
+    mine = wait_for(mine, 10, what="an access log line with the kept id")
     assert mine[0]["client"] == "203.0.113.44", mine[0]

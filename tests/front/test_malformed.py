@@ -117,7 +117,7 @@ def test_max_header_size_does_not_depend_on_how_the_head_arrives(front, pieces):
                     s.sendall(payload[i:i + 1024])
                 except OSError:
                     break
-                time.sleep(0.002)
+                time.sleep(0.002)  # the scenario: the head arrives in pieces (pacing, not a wait)
         else:
             s.sendall(payload)
         data = recv_all(s, time.monotonic() + 10)

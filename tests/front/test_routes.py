@@ -100,6 +100,9 @@ def test_route_slot_wait_is_bounded_by_queue_timeout(front):
     # other routes are not held up meanwhile
     assert get(f.addr, "/fast/env", timeout=5).status == 200
     assert holder.join().status == 200
+    # `after` needs the route's only slot: had the refused waiter still been waiting for
+    # it, it would have had the slot first (and logged its hit) before `after` could start.
+    assert get(f.addr, "/slow/env?tag=after", timeout=10).status == 200
     assert "waiter" not in f.tags()
 
 
@@ -112,7 +115,7 @@ def test_requests_waiting_for_a_route_slot_count_against_queue_max_size(front):
     holder = Background(f.addr, "/slow/sleep?s=3&tag=holder")
     wait_tag_started(f.state, "holder")
     waiters = [Background(f.addr, "/slow/sleep?s=0&tag=w%d" % i) for i in range(2)]
-    time.sleep(0.5)  # route waits have no gauge of their own: let both reach their wait
+    f.wait_queued(2)  # both wait for the route slot (route waits count in weir_queue_depth)
     t0 = time.monotonic()
     r = get(f.addr, "/slow/env?tag=over", timeout=10)
     took = time.monotonic() - t0
