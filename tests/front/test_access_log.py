@@ -167,7 +167,7 @@ def test_gate_refusals_log_the_body_bytes_sent(front, tmp_path, method):
 
 
 def test_app_exception_class_is_logged(front, tmp_path):
-    """DESIGN.md: weir's error class is in the access log as in x-weir-error."""
+    """The error contract (docs/errors.md): weir's error class is in the access log as in x-weir-error."""
     log = tmp_path / "access.jsonl"
     f = front(config={"server": {"access_log": str(log)}}, workers=1)
     r = get(f.addr, "/boom", timeout=10)

@@ -151,7 +151,7 @@ def test_every_weir_class_is_a_label(front):
 
 
 def test_app_exception_is_a_class_label(front):
-    """DESIGN.md: the class of x-weir-error is also a metric label."""
+    """The error contract (docs/errors.md): the class of x-weir-error is also a metric label."""
     f = front(workers=1, admin=True)
     r = get(f.addr, "/boom", timeout=10)
     assert r.header("x-weir-error") == "app-exception", r

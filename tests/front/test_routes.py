@@ -128,7 +128,7 @@ def test_requests_waiting_for_a_route_slot_count_against_queue_max_size(front):
 
 
 def test_requests_waiting_for_a_route_slot_are_visible_in_queue_depth(front):
-    """DESIGN.md: "The queue is visible: its depth and each request's wait are metrics".
+    """docs/architecture.md: "The queue is visible: its depth and each request's wait are metrics".
     Requests waiting for a route slot are queued requests too."""
     f = front(config={"route": [{"path": "/slow", "max_concurrency": 1}]}, workers=2, admin=True)
     holder = Background(f.addr, "/slow/sleep?s=2&tag=holder")

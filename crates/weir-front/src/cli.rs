@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use weir_config::units::{parse_duration, parse_size};
 use weir_config::{Config, ConfigError, ListenAddr, Seconds, Size};
 
-/// Exit status for bad configuration (as DESIGN.md's conventions say).
+/// Exit status for bad configuration (docs/config.md: a bad key or value exits 2).
 pub const EXIT_CONFIG: u8 = 2;
 
 /// `weir serve` arguments. Every flag has a `weir.toml` key, named in its help.

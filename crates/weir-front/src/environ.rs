@@ -329,20 +329,7 @@ mod tests {
             .header("cookie", "b=2")
             .body(())
             .unwrap();
-        let (parts, ()) = req.into_parts();
-        let mut out = Vec::new();
-        let conn = ConnInfo {
-            peer: None,
-            local: None,
-            watch: crate::conn_io::ClientWatch::None,
-        };
-        let facts = Facts {
-            client: None,
-            scheme: "http",
-            request_id: "rid",
-            deadline_unix: None,
-        };
-        encode(&mut out, &parts, &conn, BodyLength::None, facts).unwrap();
+        let out = vars(req);
         let (p, _) = weir_uwsgi::packet::decode(&out).unwrap();
         assert_eq!(p.get(b"HTTP_X_A"), Some(&b"1, 2"[..]));
         assert_eq!(p.get(b"HTTP_COOKIE"), Some(&b"a=1; b=2"[..]));

@@ -2,7 +2,7 @@
 //! hyper reads them, so a request hyper would refuse by itself, or would read differently
 //! from what the client meant (Content-Length with Transfer-Encoding), is refused by weir
 //! with its own answer: status, `x-weir-error`, request id, the access log line and the
-//! metrics (DESIGN.md's error contract), and never reaches a worker.
+//! metrics (the error contract: docs/architecture.md, docs/errors.md), and never reaches a worker.
 //!
 //! hyper is given only checked bytes. On a refusal in a request head, hyper sees the end
 //! of the stream right after the last good request; it finishes answering that one (the
