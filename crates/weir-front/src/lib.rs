@@ -16,7 +16,7 @@
 //! - [`request_body`]: the body stage (limits, buffering small bodies whole).
 //! - [`dispatch`]: the route slot, the queue and the backend, up to the response head;
 //!   shared by both listeners.
-//! - [`uwsgi`]: the uwsgi-protocol listener a real NGINX can `uwsgi_pass` to.
+//! - [`uwsgi_listener`]: the uwsgi-protocol listener a real NGINX can `uwsgi_pass` to.
 //! - [`environ`]: an HTTP request turned into the uwsgi vars a worker builds its WSGI
 //!   environ from.
 //! - [`identity`]: the client address through `trusted_proxies`, the scheme, and the
@@ -47,4 +47,4 @@ pub mod request_body;
 pub mod request_id;
 pub mod route;
 pub mod server;
-pub mod uwsgi;
+pub mod uwsgi_listener;

@@ -308,10 +308,10 @@ async fn accept_loop(
                     crate::http::serve_connection(s, info, front, drain).await
                 }
                 (Kind::Uwsgi, Io::Tcp(s)) => {
-                    crate::uwsgi::serve_connection(s, info.watch, front).await
+                    crate::uwsgi_listener::serve_connection(s, info.watch, front).await
                 }
                 (Kind::Uwsgi, Io::Unix(s)) => {
-                    crate::uwsgi::serve_connection(s, info.watch, front).await
+                    crate::uwsgi_listener::serve_connection(s, info.watch, front).await
                 }
                 (Kind::Admin, Io::Tcp(s)) => crate::admin::serve_connection(s, front).await,
                 (Kind::Admin, Io::Unix(s)) => crate::admin::serve_connection(s, front).await,

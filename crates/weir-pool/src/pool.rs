@@ -76,7 +76,7 @@ use tokio::sync::oneshot;
 use crate::error::DispatchError;
 use crate::exchange::{self, ClaimPending, WorkerRequest};
 use crate::offer_policy::ServiceTime;
-use crate::slot::{RestartReason, Worker};
+use crate::slot::{RestartReason, WorkerHandle};
 
 mod codel;
 mod generations;
@@ -280,7 +280,7 @@ pub(crate) struct Inner {
 
 #[derive(Debug, Default)]
 struct State {
-    idle: Vec<Worker>,
+    idle: Vec<WorkerHandle>,
     waiters: VecDeque<Waiter>,
     /// Requests offered to busy workers (at most `PREFETCH_DEPTH` per worker).
     offers: Vec<Offer>,
@@ -583,7 +583,7 @@ impl Pool {
     }
 
     /// A worker is ready (new, or back from a request).
-    pub(crate) fn put_idle(&self, mut worker: Worker) {
+    pub(crate) fn put_idle(&self, mut worker: WorkerHandle) {
         let mut st = self.state();
         if self.retiring(&st, worker.generation) {
             drop(st);
@@ -644,7 +644,7 @@ impl Pool {
     }
 
     /// A worker is back from a clean request: recycle it or make it idle again.
-    fn release(&self, mut worker: Worker) {
+    fn release(&self, mut worker: WorkerHandle) {
         // Read /proc before the lock: every request of the pool takes that lock.
         if let Some(limit) = self.inner.reload_on_rss {
             worker.over_rss = worker.rss_bytes().is_some_and(|rss| rss > limit);

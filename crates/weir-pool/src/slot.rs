@@ -83,14 +83,14 @@ impl RestartReason {
 #[derive(Debug)]
 pub(crate) enum SlotCommand {
     /// Let the worker leave cleanly: its socket is closed, it exits 0.
-    Retire(Worker, RestartReason),
+    Retire(WorkerHandle, RestartReason),
     /// Kill it now (harakiri, broken protocol).
     Kill(RestartReason),
 }
 
 /// A ready worker process, as the master sees it: its socket and its bookkeeping.
 #[derive(Debug)]
-pub struct Worker {
+pub struct WorkerHandle {
     /// Slot number (shown in logs and by `weir worker --id`).
     pub slot: usize,
     /// Unique for the master's life (unlike a pid, never reused): what offers are held by.
@@ -112,7 +112,7 @@ pub struct Worker {
     control: mpsc::UnboundedSender<SlotCommand>,
 }
 
-impl Worker {
+impl WorkerHandle {
     /// Hands the worker back to its slot to leave cleanly.
     pub(crate) fn retire(self, reason: RestartReason) {
         let control = self.control.clone();
@@ -136,7 +136,7 @@ impl Worker {
     }
 }
 
-/// The next [`Worker::id`].
+/// The next [`WorkerHandle::id`].
 static NEXT_WORKER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// What every slot shares.
@@ -269,7 +269,7 @@ pub(crate) async fn run(
         );
         let (control, mut commands) = mpsc::unbounded_channel();
         let recycle_after = ctx.config.recycle_after();
-        ctx.pool.put_idle(Worker {
+        ctx.pool.put_idle(WorkerHandle {
             slot,
             id: NEXT_WORKER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             generation,

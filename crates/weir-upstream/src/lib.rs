@@ -104,8 +104,8 @@ pub(crate) enum Conn {
 pub struct Upstream {
     servers: Vec<Server>,
     config: UpstreamConfig,
-    /// Total connections across servers: the gate the queue waits on.
-    gate: Arc<Semaphore>,
+    /// Total connections across servers: what the queue waits on (its admission).
+    admission: Arc<Semaphore>,
     waiting: AtomicUsize,
     max_queue: usize,
     queue_timeout: Duration,
@@ -130,7 +130,7 @@ impl std::fmt::Debug for Upstream {
 
 /// Permits held while a request is at a server (released when its body is done).
 pub(crate) struct Held {
-    _gate: OwnedSemaphorePermit,
+    _admission: OwnedSemaphorePermit,
     _conn: OwnedSemaphorePermit,
     /// The caller's (a route's concurrency slot): held as long as the connection, to the
     /// end of the response body, as for a managed worker.
@@ -153,7 +153,7 @@ impl Upstream {
         let total = config.max_conns * servers.len();
         Upstream {
             servers,
-            gate: Arc::new(Semaphore::new(total)),
+            admission: Arc::new(Semaphore::new(total)),
             waiting: AtomicUsize::new(0),
             max_queue,
             queue_timeout,
@@ -181,8 +181,8 @@ impl Upstream {
         deadline: Option<Instant>,
         mut hold: Option<Box<dyn std::any::Any + Send>>,
     ) -> Result<::http::Response<ResponseBody>, UpstreamError> {
-        let gate = self.admit(deadline).await?;
-        let mut gate = Some(gate);
+        let admitted = self.admit(deadline).await?;
+        let mut admitted = Some(admitted);
         let mut tried = vec![false; self.servers.len()];
         let mut last_err = None;
         loop {
@@ -191,11 +191,13 @@ impl Upstream {
             };
             tried[i] = true;
             let server = &self.servers[i];
-            let gate_permit = gate.take().expect("the gate permit is given back on retry");
+            let admission = admitted
+                .take()
+                .expect("the admission permit is given back on retry");
             match self.connect(server).await {
                 Ok(conn) => {
                     let held = Held {
-                        _gate: gate_permit,
+                        _admission: admission,
                         _conn: conn_permit,
                         _hold: hold.take(),
                     };
@@ -219,7 +221,7 @@ impl Upstream {
                     return result.map_err(|e| e.at(&server.addr));
                 }
                 Err(e) => {
-                    drop((gate_permit, conn_permit));
+                    drop((admission, conn_permit));
                     server.failed(
                         self.config.max_fails,
                         self.config.fail_timeout.as_duration(),
@@ -232,8 +234,8 @@ impl Upstream {
                         return Err(e);
                     }
                     last_err = Some(e);
-                    // Take the gate again for the next try (given back just above).
-                    gate = Some(self.admit(deadline).await?);
+                    // Be admitted again for the next try (given back just above).
+                    admitted = Some(self.admit(deadline).await?);
                 }
             }
         }
@@ -243,7 +245,7 @@ impl Upstream {
         &self,
         deadline: Option<Instant>,
     ) -> Result<OwnedSemaphorePermit, UpstreamError> {
-        if let Ok(p) = self.gate.clone().try_acquire_owned() {
+        if let Ok(p) = self.admission.clone().try_acquire_owned() {
             return Ok(p);
         }
         if self.waiting.load(Ordering::Relaxed) >= self.max_queue {
@@ -258,7 +260,7 @@ impl Upstream {
             _ => (self.queue_timeout, false),
         };
         self.waiting.fetch_add(1, Ordering::Relaxed);
-        let r = tokio::time::timeout(wait, self.gate.clone().acquire_owned()).await;
+        let r = tokio::time::timeout(wait, self.admission.clone().acquire_owned()).await;
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         match r {
             Ok(Ok(p)) => Ok(p),
@@ -296,8 +298,8 @@ impl Upstream {
                 return Ok(Some((i, p)));
             }
         }
-        // The gate let us in but the healthy servers are full (a down server's share of
-        // the gate is unusable): wait on the first candidate.
+        // The admission let us in but the healthy servers are full (a down server's share of
+        // the admission is unusable): wait on the first candidate.
         let i = candidates[0];
         let wait = deadline.map_or(self.queue_timeout, |d| {
             d.saturating_duration_since(now).min(self.queue_timeout)

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use super::{Pool, State};
 use crate::error::DispatchError;
-use crate::slot::{RestartReason, Worker};
+use crate::slot::{RestartReason, WorkerHandle};
 
 impl Pool {
     pub(super) fn retiring(&self, st: &State, generation: u64) -> bool {
@@ -56,8 +56,8 @@ impl Pool {
         self.retire_idle(|_| true, RestartReason::Shutdown);
     }
 
-    pub(super) fn retire_idle(&self, which: impl Fn(&Worker) -> bool, reason: RestartReason) {
-        let leaving: Vec<Worker> = {
+    pub(super) fn retire_idle(&self, which: impl Fn(&WorkerHandle) -> bool, reason: RestartReason) {
+        let leaving: Vec<WorkerHandle> = {
             let mut st = self.state();
             let (leaving, staying) = std::mem::take(&mut st.idle).into_iter().partition(&which);
             st.idle = staying;

@@ -10,7 +10,7 @@ use super::offers::Requeued;
 use super::{Pool, Submission};
 use crate::exchange::{self, ClaimPending, WorkerRequest};
 use crate::offer_policy::ServiceTime;
-use crate::slot::{RestartReason, Worker};
+use crate::slot::{RestartReason, WorkerHandle};
 
 /// A place in the queue held from outside the pool (see [`Pool::enter_queue`]).
 #[derive(Debug)]
@@ -29,7 +29,7 @@ impl Drop for QueueSlot {
 /// is no longer at a request boundary.
 #[derive(Debug)]
 pub struct Lease {
-    pub(crate) worker: Option<Worker>,
+    pub(crate) worker: Option<WorkerHandle>,
     pub(crate) pool: Pool,
     dirty: Option<RestartReason>,
     /// The worker's current request, when it turned out not started (see
@@ -42,7 +42,7 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub(super) fn new(worker: Worker, pool: Pool) -> Lease {
+    pub(super) fn new(worker: WorkerHandle, pool: Pool) -> Lease {
         Lease {
             worker: Some(worker),
             pool,
@@ -53,7 +53,7 @@ impl Lease {
         }
     }
 
-    pub(crate) fn worker(&mut self) -> &mut Worker {
+    pub(crate) fn worker(&mut self) -> &mut WorkerHandle {
         self.worker
             .as_mut()
             .expect("a lease holds its worker until dropped")

@@ -16,7 +16,7 @@ use super::{Expiry, ExpiryWhy, Lease, Pool, State, Submission, Waiter};
 use crate::error::DispatchError;
 use crate::exchange::{self, WorkerRequest};
 use crate::offer_policy::{self, ServiceTime};
-use crate::slot::Worker;
+use crate::slot::WorkerHandle;
 
 /// A request written to a busy worker behind its current one (see the module doc).
 #[derive(Debug)]
@@ -24,7 +24,7 @@ pub(super) struct Offer {
     /// Which offered request this is (what its [`Started`] withdraws), kept when it moves
     /// to another worker.
     pub(super) key: u64,
-    /// The holder ([`Worker::id`]).
+    /// The holder ([`WorkerHandle::id`]).
     pub(super) holder: u64,
     /// The claim sequence number on the holder.
     pub(super) seq: u64,
@@ -68,7 +68,7 @@ impl Pool {
     pub(super) fn offer_next(
         &self,
         st: &mut State,
-        worker: &mut Worker,
+        worker: &mut WorkerHandle,
         current: &WorkerRequest,
     ) -> Vec<u8> {
         // Room: PREFETCH_DEPTH, less what is already offered to it, and no more than it
@@ -130,7 +130,7 @@ impl Pool {
     pub(super) fn offer_one(
         &self,
         st: &mut State,
-        worker: &mut Worker,
+        worker: &mut WorkerHandle,
         budget: usize,
         expected: Option<Duration>,
         holder_typical: Option<Duration>,
@@ -184,7 +184,7 @@ impl Pool {
     pub(super) fn place_offer(
         &self,
         st: &mut State,
-        worker: &mut Worker,
+        worker: &mut WorkerHandle,
         (key, mut job, since, typical): (u64, Submission, Instant, Option<Duration>),
         holder_typical: Option<Duration>,
     ) -> (Vec<u8>, Option<Duration>) {
@@ -436,7 +436,7 @@ impl Pool {
     pub(super) fn steal(
         &self,
         st: &mut State,
-        worker: &mut Worker,
+        worker: &mut WorkerHandle,
         now: Instant,
     ) -> Option<(Submission, Vec<u8>)> {
         let nothing_waits = st.waiters.iter().all(Waiter::gone);
