@@ -5,75 +5,22 @@
 //! has read its input (and drains it afterwards), so writing first could deadlock on a
 //! full socket buffer.
 
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use http::{HeaderName, HeaderValue, Response, StatusCode};
-use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use weir_uwsgi::frame::{self, Prefix};
 use weir_uwsgi::head;
 
 use crate::body::{BodyError, ResponseBody};
 use crate::error::{ClientBodyError, DispatchError};
 use crate::pool::{Lease, Pool};
+use crate::request::{ClaimPending, HeadReply, RequestBody, WorkerRequest};
 use crate::slot::RestartReason;
-
-/// A streamed request body.
-pub type BodyStream =
-    Pin<Box<dyn Body<Data = Bytes, Error = Box<dyn std::error::Error + Send + Sync>> + Send>>;
-
-/// The body of a request, as the listener has it.
-pub enum RequestBody {
-    /// No body.
-    Empty,
-    /// The whole body, already read (its length is the packet's CONTENT_LENGTH).
-    Full(Bytes),
-    /// A body still arriving. `framed` when its length is unknown (chunked): it is sent
-    /// in frames and the packet says `WEIR_BODY=chunked`; otherwise raw, CONTENT_LENGTH
-    /// bytes.
-    Stream {
-        /// The source.
-        body: BodyStream,
-        /// Whether to frame it.
-        framed: bool,
-    },
-}
-
-impl std::fmt::Debug for RequestBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RequestBody::Empty => f.write_str("Empty"),
-            RequestBody::Full(b) => write!(f, "Full({} bytes)", b.len()),
-            RequestBody::Stream { framed, .. } => write!(f, "Stream {{ framed: {framed} }}"),
-        }
-    }
-}
-
-/// One request for a worker.
-#[derive(Debug)]
-pub struct WorkerRequest {
-    /// The encoded uwsgi packet (vars).
-    pub packet: Vec<u8>,
-    /// Its body.
-    pub body: RequestBody,
-    /// Kill the worker if the request runs longer.
-    pub harakiri: Option<Duration>,
-    /// Not started after this instant; a request still running then is ended like a
-    /// harakiri (the worker is killed) but answered as `deadline`.
-    pub deadline: Option<Instant>,
-    /// Held until the exchange ends (a route's concurrency permit).
-    pub hold: Option<Box<dyn std::any::Any + Send>>,
-    /// Longest pause between two pieces of a streamed request body.
-    pub body_timeout: Duration,
-    /// The typical service time of the request's route: what the pool judges a wait
-    /// behind this request by (prefetch), updated when it ends. `None`: the pool's own.
-    pub service: Option<std::sync::Arc<crate::ServiceTime>>,
-}
 
 /// How an exchange ended early.
 enum Ended {
@@ -86,13 +33,8 @@ enum Ended {
     ClientBody(ClientBodyError),
 }
 
-pub(crate) type HeadReply = oneshot::Sender<Result<Response<ResponseBody>, DispatchError>>;
-
 /// See `run`: how long a request whose deadline passed before its exchange started gets.
 const LATE_START_GRACE: Duration = Duration::from_millis(500);
-
-/// Request bodies up to this size go in the same write as the packet.
-pub(crate) const INLINE_BODY: usize = 64 * 1024;
 
 /// Where the answer goes: first the head (with the body or a body channel), then, when
 /// streaming, chunks.
@@ -233,23 +175,6 @@ pub(crate) async fn run(
         drop(lease);
         out.fail(&end);
     }
-}
-
-/// An offered request that became its worker's current one when the answer before it was
-/// read: the worker has most likely started it, but only its claim word says so for sure.
-#[derive(Debug)]
-pub(crate) struct ClaimPending {
-    /// The offer's key (what its submitter withdraws).
-    pub(crate) key: u64,
-    /// Its claim sequence number on the worker.
-    pub(crate) seq: u64,
-    pub(crate) claim: std::sync::Arc<weir_claim::ClaimWords>,
-    /// When it began waiting.
-    pub(crate) since: Instant,
-    /// The length of its own packet (what is written behind it follows).
-    pub(crate) own_len: usize,
-    /// When its wait ends, should it go back to the queue.
-    pub(crate) expires: crate::pool::Expiry,
 }
 
 async fn exchange(

@@ -16,6 +16,7 @@
 //! - `offer_policy`: when a waiting request may be offered behind a busy worker
 //!   (prefetch) and when an offer's holder is overdue, judged by each route's typical
 //!   service time ([`ServiceTime`]) against the request's remaining queue budget.
+//! - `request`: the request on its way to a worker, as `pool` and `exchange` both see it.
 //! - `exchange`: one request on one worker: writes the uwsgi packet and body, reads the
 //!   response head and body frames, enforces harakiri.
 //! - [`body`]: the response body handed to the listeners.
@@ -31,6 +32,7 @@ pub mod error;
 mod exchange;
 mod offer_policy;
 pub mod pool;
+mod request;
 mod slot;
 pub mod supervisor;
 #[allow(unsafe_code)]
@@ -39,8 +41,9 @@ mod zygote;
 
 pub use body::{BodyError, ResponseBody};
 pub use error::{ClientBodyError, DispatchError};
-pub use exchange::{parse_head, RequestBody, StartedAt, WorkerRequest, HOP_BY_HOP};
+pub use exchange::{parse_head, StartedAt, HOP_BY_HOP};
 pub use offer_policy::ServiceTime;
 pub use pool::{Codel, Lease, Pool, PoolStats, QueueSlot, Started};
+pub use request::{BodyStream, RequestBody, WorkerRequest};
 pub use slot::RestartReason;
 pub use supervisor::{PoolConfig, Preload, Supervisor, SupervisorError, WorkerCommand};

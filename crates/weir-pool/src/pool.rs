@@ -74,8 +74,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::error::DispatchError;
-use crate::exchange::{self, ClaimPending, WorkerRequest};
+use crate::exchange;
 use crate::offer_policy::ServiceTime;
+use crate::request::{ClaimPending, Expiry, ExpiryWhy, HeadReply, WorkerRequest};
 use crate::slot::{RestartReason, WorkerHandle};
 
 mod codel;
@@ -127,45 +128,11 @@ type Handoff = Result<Option<u64>, Duration>;
 #[derive(Debug)]
 struct Submission {
     req: WorkerRequest,
-    reply: exchange::HeadReply,
+    reply: HeadReply,
     /// When its wait ends, wherever it waits (in the queue, offered, taken back).
     expires: Expiry,
     /// It was offered behind a busy worker: its wait ends when a worker starts it.
     offered: bool,
-}
-
-/// When a request's wait ends, and how it is answered then: whichever of the queue
-/// timeout, its deadline and (while the queue is overloaded) the delay target it was
-/// admitted under comes first.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Expiry {
-    at: Instant,
-    why: ExpiryWhy,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum ExpiryWhy {
-    /// `[queue] timeout` (this long).
-    QueueTimeout(Duration),
-    /// The request's deadline.
-    Deadline,
-    /// The delay target of an overloaded queue (this long).
-    Shed(Duration),
-}
-
-impl Expiry {
-    /// Not a real limit: for a request started at once (it never waits).
-    fn never(now: Instant) -> Expiry {
-        Expiry {
-            at: now + Duration::from_secs(365 * 24 * 3600),
-            why: ExpiryWhy::Deadline,
-        }
-    }
-
-    /// What its wait has left at `now`.
-    fn left(&self, now: Instant) -> Duration {
-        self.at.saturating_duration_since(now)
-    }
 }
 
 /// A request waiting for a worker.

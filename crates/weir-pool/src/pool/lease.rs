@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use super::offers::Requeued;
 use super::{Pool, Submission};
-use crate::exchange::{self, ClaimPending, WorkerRequest};
 use crate::offer_policy::ServiceTime;
+use crate::request::{ClaimPending, HeadReply, WorkerRequest};
 use crate::slot::{RestartReason, WorkerHandle};
 
 /// A place in the queue held from outside the pool (see [`Pool::enter_queue`]).
@@ -71,7 +71,7 @@ impl Lease {
         &mut self,
         claim_pending: ClaimPending,
         req: WorkerRequest,
-        reply: exchange::HeadReply,
+        reply: HeadReply,
     ) {
         self.first = Some(Requeued {
             key: claim_pending.key,

@@ -14,8 +14,8 @@ use weir_uwsgi::packet;
 
 use super::{Expiry, ExpiryWhy, Lease, Pool, State, Submission, Waiter};
 use crate::error::DispatchError;
-use crate::exchange::{self, WorkerRequest};
 use crate::offer_policy::{self, ServiceTime};
+use crate::request::{WorkerRequest, INLINE_BODY};
 use crate::slot::WorkerHandle;
 
 /// A request written to a busy worker behind its current one (see the module doc).
@@ -489,7 +489,7 @@ pub(super) const OFFER_BYTES: usize = 64 * 1024;
 pub(super) fn wire_len(req: &WorkerRequest) -> usize {
     req.packet.len()
         + match &req.body {
-            crate::RequestBody::Full(b) if b.len() <= exchange::INLINE_BODY => b.len(),
+            crate::RequestBody::Full(b) if b.len() <= INLINE_BODY => b.len(),
             _ => 0,
         }
 }
@@ -497,7 +497,7 @@ pub(super) fn wire_len(req: &WorkerRequest) -> usize {
 /// Puts a small whole body into the packet (one write).
 pub(super) fn inline_body(req: &mut WorkerRequest) {
     if let crate::RequestBody::Full(b) = &req.body {
-        if b.len() <= exchange::INLINE_BODY {
+        if b.len() <= INLINE_BODY {
             req.packet.extend_from_slice(b);
             req.body = crate::RequestBody::Empty;
         }
@@ -515,7 +515,7 @@ pub(super) fn offerable(req: &WorkerRequest) -> bool {
 pub(super) fn sendable_at_once(req: &WorkerRequest) -> bool {
     match &req.body {
         crate::RequestBody::Empty => true,
-        crate::RequestBody::Full(b) => b.len() <= exchange::INLINE_BODY,
+        crate::RequestBody::Full(b) => b.len() <= INLINE_BODY,
         crate::RequestBody::Stream { .. } => false,
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant as TokioInstant;
 
 use super::*;
-use crate::exchange::RequestBody;
+use crate::request::RequestBody;
 
 fn request(deadline: Option<Instant>) -> WorkerRequest {
     let mut packet = Vec::new();

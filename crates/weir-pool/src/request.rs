@@ -1,0 +1,125 @@
+//! A request on its way to a worker, as the pool and the exchange both see it: the
+//! request ([`WorkerRequest`], its [`RequestBody`]), where its answer goes (`HeadReply`),
+//! and, for one offered behind a busy worker that became current before its claim was
+//! known, `ClaimPending`. Kept apart from `pool` and `exchange` so neither defines a type
+//! the other needs: the pool starts exchanges, an exchange gives its worker back through
+//! the pool's `Lease`, and these types are what passes between them.
+
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Response;
+use http_body::Body;
+use tokio::sync::oneshot;
+
+use crate::body::ResponseBody;
+use crate::error::DispatchError;
+
+/// A streamed request body.
+pub type BodyStream =
+    Pin<Box<dyn Body<Data = Bytes, Error = Box<dyn std::error::Error + Send + Sync>> + Send>>;
+
+/// The body of a request, as the listener has it.
+pub enum RequestBody {
+    /// No body.
+    Empty,
+    /// The whole body, already read (its length is the packet's CONTENT_LENGTH).
+    Full(Bytes),
+    /// A body still arriving. `framed` when its length is unknown (chunked): it is sent
+    /// in frames and the packet says `WEIR_BODY=chunked`; otherwise raw, CONTENT_LENGTH
+    /// bytes.
+    Stream {
+        /// The source.
+        body: BodyStream,
+        /// Whether to frame it.
+        framed: bool,
+    },
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestBody::Empty => f.write_str("Empty"),
+            RequestBody::Full(b) => write!(f, "Full({} bytes)", b.len()),
+            RequestBody::Stream { framed, .. } => write!(f, "Stream {{ framed: {framed} }}"),
+        }
+    }
+}
+
+/// One request for a worker.
+#[derive(Debug)]
+pub struct WorkerRequest {
+    /// The encoded uwsgi packet (vars).
+    pub packet: Vec<u8>,
+    /// Its body.
+    pub body: RequestBody,
+    /// Kill the worker if the request runs longer.
+    pub harakiri: Option<Duration>,
+    /// Not started after this instant; a request still running then is ended like a
+    /// harakiri (the worker is killed) but answered as `deadline`.
+    pub deadline: Option<Instant>,
+    /// Held until the exchange ends (a route's concurrency permit).
+    pub hold: Option<Box<dyn std::any::Any + Send>>,
+    /// Longest pause between two pieces of a streamed request body.
+    pub body_timeout: Duration,
+    /// The typical service time of the request's route: what the pool judges a wait
+    /// behind this request by (prefetch), updated when it ends. `None`: the pool's own.
+    pub service: Option<std::sync::Arc<crate::ServiceTime>>,
+}
+
+pub(crate) type HeadReply = oneshot::Sender<Result<Response<ResponseBody>, DispatchError>>;
+
+/// Request bodies up to this size go in the same write as the packet.
+pub(crate) const INLINE_BODY: usize = 64 * 1024;
+
+/// An offered request that became its worker's current one when the answer before it was
+/// read: the worker has most likely started it, but only its claim word says so for sure.
+#[derive(Debug)]
+pub(crate) struct ClaimPending {
+    /// The offer's key (what its submitter withdraws).
+    pub(crate) key: u64,
+    /// Its claim sequence number on the worker.
+    pub(crate) seq: u64,
+    pub(crate) claim: std::sync::Arc<weir_claim::ClaimWords>,
+    /// When it began waiting.
+    pub(crate) since: Instant,
+    /// The length of its own packet (what is written behind it follows).
+    pub(crate) own_len: usize,
+    /// When its wait ends, should it go back to the queue.
+    pub(crate) expires: Expiry,
+}
+
+/// When a request's wait ends, and how it is answered then: whichever of the queue
+/// timeout, its deadline and (while the queue is overloaded) the delay target it was
+/// admitted under comes first.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Expiry {
+    pub(crate) at: Instant,
+    pub(crate) why: ExpiryWhy,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ExpiryWhy {
+    /// `[queue] timeout` (this long).
+    QueueTimeout(Duration),
+    /// The request's deadline.
+    Deadline,
+    /// The delay target of an overloaded queue (this long).
+    Shed(Duration),
+}
+
+impl Expiry {
+    /// Not a real limit: for a request started at once (it never waits).
+    pub(crate) fn never(now: Instant) -> Expiry {
+        Expiry {
+            at: now + Duration::from_secs(365 * 24 * 3600),
+            why: ExpiryWhy::Deadline,
+        }
+    }
+
+    /// What its wait has left at `now`.
+    pub(crate) fn left(&self, now: Instant) -> Duration {
+        self.at.saturating_duration_since(now)
+    }
+}
