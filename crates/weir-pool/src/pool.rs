@@ -78,15 +78,15 @@ use crate::exchange;
 use crate::offer_policy::ServiceTime;
 use crate::request::{ClaimPending, Expiry, ExpiryWhy, HeadReply, WorkerRequest};
 use crate::slot::{RestartReason, WorkerHandle};
+use crate::ResponseBody;
+use codel::CodelState;
+pub use lease::{Lease, QueueSlot};
+use offers::{inline_body, offered_waiting, Offer};
 
 mod codel;
 mod generations;
 mod lease;
 mod offers;
-use crate::ResponseBody;
-use codel::CodelState;
-pub use lease::{Lease, QueueSlot};
-use offers::{inline_body, offered_waiting, Offer};
 
 /// Counters and gauges of the pool, for metrics and `/readyz`.
 #[derive(Debug, Default)]
@@ -365,13 +365,7 @@ impl Pool {
         queue_deadline: Option<Instant>,
     ) -> Result<Started, DispatchError> {
         let (reply, head) = oneshot::channel();
-        let job = Submission {
-            req,
-            reply,
-            expires: Expiry::never(Instant::now()),
-            offered: false,
-        };
-        let offer = self.wait(queue_deadline, job).await?;
+        let offer = self.wait(queue_deadline, req, reply).await?;
         Ok(Started {
             head,
             offer: offer.map(|(id, expires)| (self.clone(), id, expires)),
@@ -431,24 +425,38 @@ impl Pool {
         }
     }
 
-    /// Waits for a worker and starts `job` on it: `Some` with its offer key and when its
+    /// Waits for a worker and starts `req` on it: `Some` with its offer key and when its
     /// wait ends, when it was offered behind a busy worker (it is still waiting then).
     async fn wait(
         &self,
         deadline: Option<Instant>,
-        mut job: Submission,
+        req: WorkerRequest,
+        reply: HeadReply,
     ) -> Result<Option<(u64, Expiry)>, DispatchError> {
         if self.inner.shutting_down.load(Ordering::Relaxed) {
             return Err(DispatchError::ShuttingDown);
         }
         let now = Instant::now();
-        let (mut wait, by_deadline) = match deadline {
+        // Its wait ends at the queue timeout or its deadline, whichever is sooner (and at
+        // the delay target, below, while the queue is overloaded).
+        let mut expires = match deadline {
             Some(d) if d <= now => return Err(DispatchError::DeadlineExceeded),
-            Some(d) if d - now < self.inner.queue_timeout => (d - now, true),
-            _ => (self.inner.queue_timeout, false),
+            Some(d) if d - now < self.inner.queue_timeout => Expiry {
+                at: d,
+                why: ExpiryWhy::Deadline,
+            },
+            _ => Expiry {
+                at: now + self.inner.queue_timeout,
+                why: ExpiryWhy::QueueTimeout(self.inner.queue_timeout),
+            },
         };
-        let mut by_target = None;
-        let rx = {
+        let job = Submission {
+            req,
+            reply,
+            expires,
+            offered: false,
+        };
+        let (rx, expires) = {
             let mut st = self.state();
             if let Some(worker) = st.idle.pop() {
                 self.inner.stats.idle.fetch_sub(1, Ordering::Relaxed);
@@ -473,21 +481,15 @@ impl Pool {
             if st.codel.overloaded() {
                 if let Some(codel) = &self.inner.codel {
                     let target = self.target(codel);
-                    if target < wait {
-                        wait = target;
-                        by_target = Some(target);
+                    if now + target < expires.at {
+                        expires = Expiry {
+                            at: now + target,
+                            why: ExpiryWhy::Shed(target),
+                        };
                     }
                 }
             }
-            job.expires = Expiry {
-                at: now + wait,
-                why: match by_target {
-                    Some(target) => ExpiryWhy::Shed(target),
-                    None if by_deadline => ExpiryWhy::Deadline,
-                    None => ExpiryWhy::QueueTimeout(wait),
-                },
-            };
-            let expires = job.expires;
+            let job = Submission { expires, ..job };
             let (tx, rx) = oneshot::channel();
             st.waiters.push_back(Waiter {
                 tx: Some(tx),
@@ -497,16 +499,11 @@ impl Pool {
             });
             (rx, expires)
         };
-        let (rx, expires) = rx;
-        match tokio::time::timeout(wait, rx).await {
+        match tokio::time::timeout(expires.at.saturating_duration_since(now), rx).await {
             Ok(Ok(Ok(offer))) => Ok(offer.map(|key| (key, expires))),
             Ok(Ok(Err(target))) => Err(self.shed(target)),
             Ok(Err(_)) => Err(DispatchError::ShuttingDown),
-            Err(_) => Err(match by_target {
-                Some(target) => self.shed(target),
-                None if by_deadline => DispatchError::DeadlineExceeded,
-                None => DispatchError::QueueTimeout(wait),
-            }),
+            Err(_) => Err(self.expiry_error(&expires)),
         }
     }
 

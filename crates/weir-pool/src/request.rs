@@ -110,14 +110,6 @@ pub(crate) enum ExpiryWhy {
 }
 
 impl Expiry {
-    /// Not a real limit: for a request started at once (it never waits).
-    pub(crate) fn never(now: Instant) -> Expiry {
-        Expiry {
-            at: now + Duration::from_secs(365 * 24 * 3600),
-            why: ExpiryWhy::Deadline,
-        }
-    }
-
     /// What its wait has left at `now`.
     pub(crate) fn left(&self, now: Instant) -> Duration {
         self.at.saturating_duration_since(now)

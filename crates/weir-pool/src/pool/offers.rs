@@ -71,15 +71,18 @@ impl Pool {
         worker: &mut WorkerHandle,
         current: &WorkerRequest,
     ) -> Vec<u8> {
-        // Room: PREFETCH_DEPTH, less what is already offered to it, and no more than it
-        // serves before it retires (max_requests; the current request counts).
-        let (offered, offered_bytes) = st
+        // What is already offered to it: how many, their bytes on the wire, and the sum of
+        // their typical times (`None` when one is unknown), in one look at the offers.
+        let (offered, offered_bytes, ahead) = st
             .offers
             .iter()
             .filter(|o| o.holder == worker.id)
-            .fold((0, 0), |(n, b), o| {
-                (n + 1, b + packet::CLAIM_LEN + wire_len(&o.job.req))
+            .fold((0, 0, Some(Duration::ZERO)), |(n, b, t), o| {
+                let bytes = b + packet::CLAIM_LEN + wire_len(&o.job.req);
+                (n + 1, bytes, t.zip(o.typical).map(|(t, u)| t + u))
             });
+        // Room: PREFETCH_DEPTH, less what is already offered to it, and no more than it
+        // serves before it retires (max_requests; the current request counts).
         let mut room = PREFETCH_DEPTH.saturating_sub(offered);
         if worker.recycle_after != 0 {
             let after = worker.served + 1 + offered as u64;
@@ -92,23 +95,16 @@ impl Pool {
             || st.codel.overloaded()
             || !sendable_at_once(current)
             || self.retiring(st, worker.generation)
+            // Over reload_on_rss: it retires once what it has is done.
+            || worker.over_rss
         {
-            return Vec::new();
-        }
-        // A worker over reload_on_rss gets nothing more: it retires once what it has is done.
-        if worker.over_rss {
             return Vec::new();
         }
         let mut budget = OFFER_BYTES.saturating_sub(wire_len(current) + offered_bytes);
         // What a request offered now would wait: the worker's current request (it starts
         // now) and each one offered to it already.
         let holder_typical = self.typical(current);
-        let ahead = st
-            .offers
-            .iter()
-            .filter(|o| o.holder == worker.id)
-            .map(|o| o.typical);
-        let mut expected = offer_policy::expected_wait(Duration::ZERO, holder_typical, ahead);
+        let mut expected = offer_policy::expected_wait(Duration::ZERO, holder_typical, [ahead]);
         let mut behind = Vec::new();
         while room > 0 {
             let Some((more, typical)) =
@@ -400,18 +396,14 @@ impl Pool {
     }
 
     /// `job`, or `None` when nobody waits for it any more (dropped) or its wait is over
-    /// (answered `queue-timeout` or `deadline` here): either way it is never started.
+    /// (answered `queue-timeout` or `deadline` here: its expiry is never later than its
+    /// deadline): either way it is never started.
     pub(super) fn still_wanted(&self, job: Submission, now: Instant) -> Option<Submission> {
         if job.reply.is_closed() {
             return None;
         }
-        if job.expires.at <= now || job.req.deadline.is_some_and(|d| d <= now) {
-            let err = if job.expires.at <= now {
-                self.expiry_error(&job.expires)
-            } else {
-                DispatchError::DeadlineExceeded
-            };
-            let _ = job.reply.send(Err(err));
+        if job.expires.at <= now {
+            let _ = job.reply.send(Err(self.expiry_error(&job.expires)));
             return None;
         }
         Some(job)
