@@ -455,16 +455,15 @@ async fn await_ready(
             () = crate::zygote::raised(&mut kill_all) => None,
         }
     })
-    .await
-    .map(|r| r.ok_or(()));
+    .await;
     let ready = match ready {
-        Ok(Err(())) => {
+        Ok(None) => {
             // The server is stopping: this worker is not wanted.
             child.kill();
             let status = child.wait().await;
             return Start::Failed(format!("stopped before it was ready ({status})"));
         }
-        Ok(Ok(r)) => Ok(r),
+        Ok(Some(r)) => Ok(r),
         Err(t) => Err(t),
     };
     match ready {
