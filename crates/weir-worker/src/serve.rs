@@ -278,30 +278,9 @@ impl Worker {
         // its end (no app code runs); an iterator is asked for one more item (as servers
         // that iterate to the end would; weir does not run it further).
         if let Ok(list) = res.cast::<PyList>() {
-            // A list/tuple is complete already: coalesce it into as few writes as possible.
-            let mut items = list.iter();
-            for item in items.by_ref() {
-                if !self.chunk(py, &item, false)? {
-                    break;
-                }
-            }
-            if self.complete_by_length(py) {
-                for item in items {
-                    self.chunk(py, &item, false)?;
-                }
-            }
+            self.send_items(py, list.iter())?;
         } else if let Ok(tuple) = res.cast::<PyTuple>() {
-            let mut items = tuple.iter();
-            for item in items.by_ref() {
-                if !self.chunk(py, &item, false)? {
-                    break;
-                }
-            }
-            if self.complete_by_length(py) {
-                for item in items {
-                    self.chunk(py, &item, false)?;
-                }
-            }
+            self.send_items(py, tuple.iter())?;
         } else {
             // Anything else may be a generator: each chunk goes out as it comes.
             let mut items = res.try_iter()?;
@@ -339,6 +318,27 @@ impl Worker {
                 ))))
             }
         }
+    }
+
+    /// The items of a list or tuple, complete already: coalesced into as few writes as
+    /// possible, and read to the end once the body has reached its Content-Length (the
+    /// excess is counted, never sent).
+    fn send_items<'py>(
+        &self,
+        py: Python<'py>,
+        mut items: impl Iterator<Item = Bound<'py, PyAny>>,
+    ) -> Result<(), Failure> {
+        for item in items.by_ref() {
+            if !self.chunk(py, &item, false)? {
+                break;
+            }
+        }
+        if self.complete_by_length(py) {
+            for item in items {
+                self.chunk(py, &item, false)?;
+            }
+        }
+        Ok(())
     }
 
     fn complete_by_length(&self, py: Python<'_>) -> bool {
