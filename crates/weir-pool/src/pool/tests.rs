@@ -28,6 +28,19 @@ fn pool(max_queue: usize, timeout: Duration) -> Pool {
     Pool::new(max_queue, timeout, None, None, true)
 }
 
+/// A request submitted in a task of its own, returned once it waits in the queue (the
+/// queue's depth has reached `depth`).
+async fn queued(p: &Pool, depth: usize) -> tokio::task::JoinHandle<Result<Started, DispatchError>> {
+    let task = tokio::spawn({
+        let p = p.clone();
+        async move { p.submit(request(None)).await }
+    });
+    while p.queue_depth() < depth {
+        tokio::task::yield_now().await;
+    }
+    task
+}
+
 #[tokio::test(start_paused = true)]
 async fn with_no_worker_free_a_request_waits_the_queue_timeout_then_503() {
     let p = pool(4, Duration::from_secs(10));
@@ -61,15 +74,9 @@ async fn a_deadline_sooner_than_the_queue_timeout_ends_the_wait_as_deadline() {
 #[tokio::test(start_paused = true)]
 async fn the_queue_bound_holds_and_counts_waiters_from_outside_the_pool() {
     let p = pool(2, Duration::from_secs(10));
-    let a = tokio::spawn({
-        let p = p.clone();
-        async move { p.submit(request(None)).await }
-    });
+    let a = queued(&p, 1).await;
     let slot = p.enter_queue().expect("room for a route-slot waiter");
-    // Let the spawned request reach the queue.
-    while p.queue_depth() < 2 {
-        tokio::task::yield_now().await;
-    }
+    assert_eq!(p.queue_depth(), 2);
     let r = p.submit(request(None)).await;
     assert!(
         matches!(r, Err(DispatchError::QueueFull { max: 2 })),
@@ -88,13 +95,7 @@ async fn the_queue_bound_holds_and_counts_waiters_from_outside_the_pool() {
 #[tokio::test(start_paused = true)]
 async fn a_waiter_whose_client_left_stops_counting() {
     let p = pool(1, Duration::from_secs(10));
-    let a = tokio::spawn({
-        let p = p.clone();
-        async move { p.submit(request(None)).await }
-    });
-    while p.queue_depth() < 1 {
-        tokio::task::yield_now().await;
-    }
+    let a = queued(&p, 1).await;
     // The client goes away: its connection task drops the submission.
     a.abort();
     let _ = a.await;
