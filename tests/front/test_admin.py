@@ -24,6 +24,9 @@ def test_readyz_follows_the_ready_check(front):
     (f.state / "NOT_READY").write_text("")
     r = get(f.admin, "/readyz", timeout=10)
     assert r.status == 503 and b"false" in r.body, r
+    # The error contract, as on the public listeners.
+    assert r.header("x-weir-error") == "not-ready", r.headers
+    assert r.header("retry-after") and r.header("x-request-id"), r.headers
     assert get(f.admin, "/livez", timeout=10).status == 200
     assert get(f.addr, "/env", timeout=10).status == 200, "traffic is still served"
     (f.state / "NOT_READY").unlink()
@@ -41,6 +44,16 @@ def test_readyz_without_a_ready_check(front):
     f = front(workers=2, admin=True)
     r = get(f.admin, "/readyz", timeout=10)
     assert r.status == 200, r
+
+
+def test_an_unknown_admin_path_is_404_not_found_with_the_error_contract(front):
+    f = front(workers=1, admin=True)
+    r = get(f.admin, "/nope", timeout=10)
+    assert r.status == 404, r
+    assert r.header("x-weir-error") == "not-found", r.headers
+    assert b"/metrics /livez /readyz" in r.body, r
+    r = get(f.admin, "/nope", timeout=10, headers={"Accept": "application/json"})
+    assert r.status == 404 and b'"error":"not-found"' in r.body, r
 
 
 def test_readyz_is_503_until_a_worker_is_up(front):

@@ -82,11 +82,15 @@ pub enum ErrorClass {
     UpstreamProtocol,
     /// weir is draining after SIGTERM.
     ShuttingDown,
+    /// The admin listener has no such endpoint.
+    NotFound,
+    /// The admin listener's `/readyz`: no worker is up, or the app's ready check failed.
+    NotReady,
 }
 
 impl ErrorClass {
     /// Every class, in the order of docs/errors.md.
-    pub const ALL: [ErrorClass; 18] = [
+    pub const ALL: [ErrorClass; 20] = [
         ErrorClass::QueueFull,
         ErrorClass::QueueTimeout,
         ErrorClass::Deadline,
@@ -105,6 +109,8 @@ impl ErrorClass {
         ErrorClass::UpstreamTimeout,
         ErrorClass::UpstreamProtocol,
         ErrorClass::ShuttingDown,
+        ErrorClass::NotFound,
+        ErrorClass::NotReady,
     ];
 
     /// The wire name (`x-weir-error`, the access log, the metric label).
@@ -128,15 +134,18 @@ impl ErrorClass {
             ErrorClass::UpstreamTimeout => "upstream-timeout",
             ErrorClass::UpstreamProtocol => "upstream-protocol",
             ErrorClass::ShuttingDown => "shutting-down",
+            ErrorClass::NotFound => "not-found",
+            ErrorClass::NotReady => "not-ready",
         }
     }
 
     /// The status of its answer.
     pub const fn status(self) -> StatusCode {
         match self {
-            ErrorClass::QueueFull | ErrorClass::QueueTimeout | ErrorClass::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ErrorClass::QueueFull
+            | ErrorClass::QueueTimeout
+            | ErrorClass::ShuttingDown
+            | ErrorClass::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ErrorClass::Deadline | ErrorClass::Harakiri | ErrorClass::UpstreamTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -152,6 +161,7 @@ impl ErrorClass {
             ErrorClass::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorClass::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorClass::ClientClosed => CLIENT_CLOSED,
+            ErrorClass::NotFound => StatusCode::NOT_FOUND,
         }
     }
 
@@ -160,7 +170,10 @@ impl ErrorClass {
     pub const fn retry_after(self) -> bool {
         matches!(
             self,
-            ErrorClass::QueueFull | ErrorClass::QueueTimeout | ErrorClass::ShuttingDown
+            ErrorClass::QueueFull
+                | ErrorClass::QueueTimeout
+                | ErrorClass::ShuttingDown
+                | ErrorClass::NotReady
         )
     }
 
@@ -173,11 +186,13 @@ impl ErrorClass {
             | ErrorClass::HeaderTooLarge
             | ErrorClass::BodyTooLarge
             | ErrorClass::ClientTimeout
-            | ErrorClass::ClientClosed => Origin::Client,
+            | ErrorClass::ClientClosed
+            | ErrorClass::NotFound => Origin::Client,
             ErrorClass::QueueFull
             | ErrorClass::QueueTimeout
             | ErrorClass::Deadline
-            | ErrorClass::ShuttingDown => Origin::Weir,
+            | ErrorClass::ShuttingDown
+            | ErrorClass::NotReady => Origin::Weir,
             ErrorClass::Harakiri
             | ErrorClass::WorkerDied
             | ErrorClass::WorkerProtocol

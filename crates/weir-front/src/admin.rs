@@ -1,6 +1,10 @@
 //! The admin listener: `/metrics` (Prometheus text), `/livez` (the process is up),
 //! `/readyz` (a worker is ready and, when `[app] ready_check` is set, that check passes
 //! in a worker). Served only on `[admin] listen`, never on the public listeners.
+//!
+//! Its refusals follow the error contract as every answer weir makes: `/readyz` when not
+//! ready is `not-ready` (503, Retry-After), an unknown path `not-found` (404), each with
+//! `x-weir-error`, a request id and the JSON or text body of [`Rejection`].
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -17,6 +21,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use weir_pool::ResponseBody;
 
 use crate::front::{Backend, Front};
+use crate::rejection::{wants_json, Rejection};
+use weir_errors::ErrorClass;
 
 /// Serves one admin connection.
 pub async fn serve_connection<S>(io: S, front: Arc<Front>)
@@ -48,6 +54,16 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     const PLAIN: &str = "text/plain; charset=utf-8";
+    let json = wants_json(
+        req.headers()
+            .get(http::header::ACCEPT)
+            .map(|v| v.as_bytes()),
+    );
+    let refuse = |class: ErrorClass, message: String| {
+        Rejection::new(class, message)
+            .retry(front.retry_after)
+            .respond(&crate::request_id::make(), json)
+    };
     Ok(match req.uri().path() {
         "/metrics" => text(
             StatusCode::OK,
@@ -65,30 +81,28 @@ async fn handle(
             let st = pool.stats();
             let up = st.idle.load(Ordering::Relaxed) + st.busy.load(Ordering::Relaxed);
             if up == 0 {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: no worker is up\n",
-                    PLAIN,
-                )
+                refuse(ErrorClass::NotReady, "not ready: no worker is up".into())
             } else if !front.has_ready_check {
                 text(StatusCode::OK, format!("ready: {up} workers up\n"), PLAIN)
             } else {
-                ready_check(&front, pool).await
+                match ready_check(&front, pool).await {
+                    Ok(ready) => text(StatusCode::OK, ready, PLAIN),
+                    Err(why) => refuse(ErrorClass::NotReady, why),
+                }
             }
         }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "admin endpoints: /metrics /livez /readyz\n",
-            PLAIN,
+        path => refuse(
+            ErrorClass::NotFound,
+            format!("the admin listener has no {path}; its endpoints are /metrics /livez /readyz"),
         ),
     })
 }
 
-/// Runs the app's ready check in an idle worker. When every worker is busy the pool is
-/// working, not broken: the last result stands (a loaded instance must not leave the
-/// load balancer and push its load onto the others).
-async fn ready_check(front: &Front, pool: &weir_pool::Pool) -> Response<ResponseBody> {
-    const PLAIN: &str = "text/plain; charset=utf-8";
+/// Runs the app's ready check in an idle worker: `Ok` with the ready answer's text, or
+/// `Err` with why it is not ready. When every worker is busy the pool is working, not
+/// broken: the last result stands (a loaded instance must not leave the load balancer and
+/// push its load onto the others).
+async fn ready_check(front: &Front, pool: &weir_pool::Pool) -> Result<String, String> {
     let result = match pool.ready_check(Duration::from_millis(500)).await {
         Ok((200, body)) => Some((true, body.trim().to_owned())),
         Ok((code, body)) => Some((
@@ -107,37 +121,23 @@ async fn ready_check(front: &Front, pool: &weir_pool::Pool) -> Response<Response
         Some((ok, msg)) => {
             *last = Some((Instant::now(), ok, msg.clone()));
             if ok {
-                text(StatusCode::OK, format!("ready: {msg}\n"), PLAIN)
+                Ok(format!("ready: {msg}\n"))
             } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("not ready: {msg}\n"),
-                    PLAIN,
-                )
+                Err(format!("not ready: {msg}"))
             }
         }
         None => match &*last {
-            Some((at, true, msg)) => text(
-                StatusCode::OK,
-                format!(
-                    "ready: every worker is busy; the last check passed {:.0?} ago: {msg}\n",
-                    at.elapsed()
-                ),
-                PLAIN,
-            ),
-            Some((at, false, msg)) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "not ready: every worker is busy and the last check failed {:.0?} ago: {msg}\n",
-                    at.elapsed()
-                ),
-                PLAIN,
-            ),
-            None => text(
-                StatusCode::OK,
-                "ready: every worker is busy (serving requests); no check has run yet\n",
-                PLAIN,
-            ),
+            Some((at, true, msg)) => Ok(format!(
+                "ready: every worker is busy; the last check passed {:.0?} ago: {msg}\n",
+                at.elapsed()
+            )),
+            Some((at, false, msg)) => Err(format!(
+                "not ready: every worker is busy and the last check failed {:.0?} ago: {msg}",
+                at.elapsed()
+            )),
+            None => {
+                Ok("ready: every worker is busy (serving requests); no check has run yet\n".into())
+            }
         },
     }
 }
