@@ -1,24 +1,23 @@
-//! The dispatch stage of the request path, shared by the HTTP and uwsgi listeners: the
-//! route's concurrency slot, the queue, and a backend (a worker of the pool, or an
-//! external upstream), up to the response head; then the attribution of a worker's own
-//! error answers. A client that leaves while its request waits ends it here (499).
+//! The admission and dispatch stages of the request path, shared by the HTTP and uwsgi
+//! listeners: the route's concurrency slot (waiting in the admission queue), then the
+//! backend (`backend::Dispatch`: a worker of the pool, or an external upstream), up to the
+//! response head; then the attribution of a worker's own error answers and the one reply
+//! tail. A client that leaves while its request waits ends it here (499).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::Bytes;
 use http::header::HeaderValue;
-use http::{Request, Response};
-use http_body_util::BodyExt;
+use http::Response;
 use weir_errors::ErrorClass;
-use weir_pool::{DispatchError, RequestBody, ResponseBody, WorkerRequest};
-use weir_upstream::{is_idempotent, UpstreamRequest};
+use weir_pool::{DispatchError, RequestBody, ResponseBody};
 
 use crate::access_log::{AccessLog, Logged, Record};
+use crate::backend::{Admitted, Dispatch};
 use crate::conn_io::ClientWatch;
-use crate::front::{Backend, Front};
+use crate::front::Front;
 use crate::rejection::Rejection;
-use crate::route::{Route, RouteWait};
+use crate::route::Route;
 
 /// One request ready for a backend.
 #[derive(Debug)]
@@ -29,6 +28,8 @@ pub struct Job<'a> {
     pub work: Work,
     /// Its body.
     pub body: RequestBody,
+    /// Its fairness key (`[queue] fair_key`, hashed; 0 when fair queueing is off).
+    pub fair_key: u64,
 }
 
 /// What a backend is sent.
@@ -40,7 +41,8 @@ pub enum Work {
     Http(http::request::Parts),
 }
 
-/// The route slot, the worker, the response head: shared by the HTTP and uwsgi listeners.
+/// The admission stage and the backend, up to the response head; shared by the HTTP and
+/// uwsgi listeners.
 pub async fn dispatch(
     front: &Front,
     watch: &ClientWatch,
@@ -49,116 +51,40 @@ pub async fn dispatch(
     job: Job<'_>,
     rec: &mut Record,
 ) -> Result<Response<ResponseBody>, Rejection> {
-    let Job { method, work, body } = job;
     let queued_at = Instant::now();
     rec.queue_started = Some(queued_at);
-    let reject = |e: DispatchError| Rejection::from_dispatch(&e, front.retry_after);
-    // Waiting for a route slot is waiting in the queue: it counts against the queue's
-    // bound and depth. A client that leaves meanwhile is dropped here.
+    // Waiting for a route slot is waiting in the queue: it counts against the backend
+    // queue's bound and depth. A client that leaves meanwhile is dropped here.
     let admit = async {
-        let _in_queue = match (&front.backend, route.must_wait()) {
-            (Backend::Workers(pool), true) => Some(pool.enter_queue().map_err(reject)?),
-            _ => None,
+        let _in_queue = match route.must_wait() {
+            true => Some(front.backend.enter_queue(front)?),
+            false => None,
         };
         route
-            .admit(front.queue_timeout, deadline)
+            .admit(deadline, job.fair_key)
             .await
-            .map_err(|w| match w {
-                RouteWait::Timeout(d) => reject(DispatchError::QueueTimeout(d)),
-                RouteWait::Deadline => reject(DispatchError::DeadlineExceeded),
-            })
+            .map_err(|r| Rejection::from_dispatch(&DispatchError::from(r), front.retry_after))
     };
-    let permit = tokio::select! {
+    let hold = tokio::select! {
         biased;
         p = admit => p,
         () = watch.gone() => Err(client_gone()),
     };
-    let permit = match permit {
+    let hold = match hold {
         Ok(p) => p,
         Err(r) => {
             rec.queued = queued_at.elapsed();
             return Err(r);
         }
     };
-    let pool = match &front.backend {
-        Backend::Workers(pool) => pool,
-        Backend::Upstream(u) => {
-            rec.queued = queued_at.elapsed();
-            let started = Instant::now();
-            let body = match body {
-                RequestBody::Empty => Bytes::new(),
-                RequestBody::Full(b) => b,
-                RequestBody::Stream { body, .. } => {
-                    body.collect().await.map(|c| c.to_bytes()).map_err(|e| {
-                        Rejection::new(
-                            ErrorClass::BadRequest,
-                            format!("the request body could not be read: {e}"),
-                        )
-                    })?
-                }
-            };
-            let req = match work {
-                Work::Packet(packet) => UpstreamRequest::Uwsgi { packet, body },
-                Work::Http(head) => UpstreamRequest::Http(Request::from_parts(head, body)),
-            };
-            // The route's slot is held to the end of the response body, as for a worker.
-            let hold = permit.map(|p| Box::new(p) as Box<dyn std::any::Any + Send>);
-            let resp = u.dispatch(req, is_idempotent(method), deadline, hold).await;
-            rec.worker = started.elapsed();
-            return resp.map_err(|e| Rejection::from_upstream(&e, front.retry_after));
-        }
-    };
-    let Work::Packet(packet) = work else {
-        unreachable!("an HTTP head is built only for HTTP upstreams")
-    };
-    let req = WorkerRequest {
-        packet,
-        body,
-        harakiri: route.harakiri,
+    let admitted = Admitted {
+        route,
         deadline,
-        hold: permit.map(|p| Box::new(p) as Box<dyn std::any::Any + Send>),
-        body_timeout: front.body_timeout,
-        service: Some(route.service.clone()),
+        job,
+        hold,
+        queued_at,
     };
-    // Waiting for a worker: likewise. The worker that frees starts the request itself.
-    let started = tokio::select! {
-        biased;
-        s = pool.submit(req) => s.map_err(reject),
-        () = watch.gone() => Err(client_gone()),
-    };
-    rec.queued = queued_at.elapsed();
-    let started = started?;
-    let at = Instant::now();
-    // A request written behind a busy worker's current one has not started yet: if its
-    // client leaves now, dropping `started` takes it back, so it is never run.
-    let resp = if started.is_offered() {
-        tokio::select! {
-            biased;
-            r = started.response() => r,
-            () = watch.gone() => {
-                rec.worker = at.elapsed();
-                return Err(client_gone());
-            }
-        }
-    } else {
-        started.response().await
-    };
-    rec.worker = at.elapsed();
-    // An offered request waited until its worker started it (or until its wait ran out).
-    match &resp {
-        Ok(r) => {
-            if let Some(weir_pool::StartedAt(t)) = r.extensions().get() {
-                rec.queued = t.saturating_duration_since(queued_at);
-                rec.worker = t.elapsed();
-            }
-        }
-        Err(DispatchError::QueueTimeout(_) | DispatchError::QueueShed { .. }) => {
-            rec.queued = queued_at.elapsed();
-            rec.worker = Duration::ZERO;
-        }
-        Err(_) => {}
-    }
-    resp.map_err(reject)
+    front.backend.send(front, watch, admitted, rec).await
 }
 
 /// A worker's own answers (the app raised before its response started; a prefetched

@@ -1,26 +1,14 @@
 //! What every connection of the front door shares: [`Front`] (the backend, the routes,
-//! the limits and timeouts of `[server]`, the access log) and [`Backend`], where requests
-//! go (weir's own workers, or an external app server). See docs/architecture.md for the
+//! the limits and timeouts of `[server]`, the access log). See docs/architecture.md for the
 //! request path these serve.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weir_pool::Pool;
-use weir_upstream::Upstream;
-
 use crate::access_log::AccessLog;
+pub use crate::backend::Backend;
 use crate::identity::TrustedProxies;
 use crate::route::Routes;
-
-/// Where requests go.
-#[derive(Debug)]
-pub enum Backend {
-    /// weir's own workers.
-    Workers(Pool),
-    /// An external app server.
-    Upstream(Arc<Upstream>),
-}
 
 /// Everything the handler needs, shared by every connection.
 #[derive(Debug)]
@@ -35,8 +23,6 @@ pub struct Front {
     pub log: Arc<AccessLog>,
     /// Retry-After seconds for 503s.
     pub retry_after: u64,
-    /// Longest wait for a route slot (the queue timeout).
-    pub queue_timeout: Duration,
     /// `[server] max_header_size`.
     pub max_header_size: usize,
     /// `[server] max_body_size`.

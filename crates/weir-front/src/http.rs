@@ -161,6 +161,7 @@ async fn stages(
                     method: &method,
                     work: Work::Http(head),
                     body,
+                    fair_key: 0,
                 },
                 rec,
             )
@@ -185,6 +186,7 @@ async fn stages(
             method: &parts.method,
             work: Work::Packet(packet),
             body,
+            fair_key: 0,
         },
         rec,
     )
@@ -195,7 +197,7 @@ async fn stages(
 /// X-Forwarded-For / -Proto and X-Request-ID set as NGINX's `proxy_set_header` lines
 /// usually do.
 fn forwarded_head(mut parts: Parts, conn: &ConnInfo, id: &Identity) -> Parts {
-    for h in weir_pool::HOP_BY_HOP {
+    for h in weir_http1::HOP_BY_HOP {
         parts.headers.remove(h);
     }
     let trusted_chain = id.client != conn.peer.map(|p| p.ip());

@@ -32,6 +32,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod backend;
 pub mod cli;
 pub mod conn_io;
 pub mod dispatch;

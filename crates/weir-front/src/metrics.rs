@@ -11,6 +11,7 @@ use weir_errors::ErrorClass;
 
 use weir_pool::RestartReason;
 
+use crate::backend::Dispatch;
 use crate::front::Backend;
 
 /// Bucket upper bounds, in seconds.
@@ -106,23 +107,16 @@ impl Metrics {
             "weir_queue_wait_seconds",
             "Time spent waiting for a worker.",
         );
-        let pool = match backend {
-            Backend::Workers(p) => p,
-            Backend::Upstream(u) => {
-                let _ = writeln!(
-                    out,
-                    "# HELP weir_queue_depth Requests waiting for an upstream connection now.\n# TYPE weir_queue_depth gauge\nweir_queue_depth {}",
-                    u.queued()
-                );
-                return out;
-            }
-        };
-        let st = pool.stats();
         let _ = writeln!(
             out,
-            "# HELP weir_queue_depth Requests waiting for a worker now.\n# TYPE weir_queue_depth gauge\nweir_queue_depth {}",
-            pool.queue_depth()
+            "# HELP weir_queue_depth Requests waiting now: for a worker (or an upstream connection), for a route's slot, and offered behind a busy worker but not yet started.\n# TYPE weir_queue_depth gauge\nweir_queue_depth {}",
+            backend.queue_depth()
         );
+        let pool = match backend {
+            Backend::Workers(p) => p,
+            Backend::Upstream(_) => return out,
+        };
+        let st = pool.stats();
         let _ = writeln!(
             out,
             "# HELP weir_workers Worker processes by state.\n# TYPE weir_workers gauge\nweir_workers{{state=\"idle\"}} {}\nweir_workers{{state=\"busy\"}} {}",

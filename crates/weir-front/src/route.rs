@@ -1,14 +1,14 @@
 //! `[[route]]`: per path-prefix limits. A route with `max_concurrency` lets at most that
-//! many of its requests hold workers; the rest wait (bounded by the queue's timeout and
-//! the request's deadline) without blocking other routes. This is what keeps a slow
-//! endpoint from taking every worker.
+//! many of its requests hold workers (or upstream connections); the rest wait in the
+//! admission queue (a `weir_queue::Slots`: the queue's timeout and the request's deadline;
+//! they count against the backend queue's bound, see `dispatch`) without blocking other
+//! routes. This is what keeps a slow endpoint from taking every worker.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use weir_config::Config;
-use weir_pool::ServiceTime;
+use weir_queue::{QueuePolicy, QueueRefusal, ServiceTime, SlotPermit, Slots};
 
 /// One route.
 #[derive(Debug)]
@@ -16,7 +16,7 @@ pub struct Route {
     /// The prefix.
     pub path: String,
     /// Its concurrency limit.
-    pub limit: Option<Arc<Semaphore>>,
+    pub limit: Option<Arc<Slots>>,
     /// Its request timeout.
     pub request_timeout: Option<Duration>,
     /// Its harakiri.
@@ -33,26 +33,25 @@ pub struct Routes {
     default: Route,
 }
 
-/// Why a route permit was not had.
-#[derive(Debug, Clone, Copy)]
-pub enum RouteWait {
-    /// Waited the queue timeout.
-    Timeout(Duration),
-    /// The request's deadline came first.
-    Deadline,
-}
-
 impl Routes {
     /// From the config.
     pub fn new(config: &Config) -> Routes {
         let harakiri = config.app.harakiri.map(|s| s.as_duration());
         let timeout = config.server.request_timeout.map(|s| s.as_duration());
+        // A route's waiters wait as long as the queue's; its bound is the backend queue's
+        // (a waiter holds a place there), and CoDel sheds in the backend's queue.
+        let policy = QueuePolicy {
+            max_size: usize::MAX,
+            timeout: config.queue.timeout.as_duration(),
+            codel: None,
+            per_key_max: None,
+        };
         let mut routes: Vec<Route> = config
             .route
             .iter()
             .map(|r| Route {
                 path: r.path.clone(),
-                limit: r.max_concurrency.map(|n| Arc::new(Semaphore::new(n))),
+                limit: r.max_concurrency.map(|n| Slots::new(n, policy)),
                 request_timeout: r.request_timeout.map(|s| s.as_duration()).or(timeout),
                 harakiri: r.harakiri.map(|s| s.as_duration()).or(harakiri),
                 service: Arc::default(),
@@ -91,34 +90,19 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 impl Route {
     /// Would a request wait for a slot now?
     pub fn must_wait(&self) -> bool {
-        self.limit
-            .as_ref()
-            .is_some_and(|s| s.available_permits() == 0)
+        self.limit.as_ref().is_some_and(|s| s.available() == 0)
     }
 
-    /// Takes one of the route's slots, waiting up to `wait` or the deadline.
+    /// Takes one of the route's slots (`None`: the route has no limit), waiting up to the
+    /// queue timeout or the deadline.
     pub async fn admit(
         &self,
-        wait: Duration,
         deadline: Option<Instant>,
-    ) -> Result<Option<OwnedSemaphorePermit>, RouteWait> {
-        let Some(sem) = &self.limit else {
-            return Ok(None);
-        };
-        if let Ok(p) = sem.clone().try_acquire_owned() {
-            return Ok(Some(p));
-        }
-        let now = Instant::now();
-        let (wait, by_deadline) = match deadline {
-            Some(d) if d <= now => return Err(RouteWait::Deadline),
-            Some(d) if d - now < wait => (d - now, true),
-            _ => (wait, false),
-        };
-        match tokio::time::timeout(wait, sem.clone().acquire_owned()).await {
-            Ok(Ok(p)) => Ok(Some(p)),
-            // The semaphore is never closed.
-            Ok(Err(_)) | Err(_) if by_deadline => Err(RouteWait::Deadline),
-            Ok(Err(_)) | Err(_) => Err(RouteWait::Timeout(wait)),
+        fair_key: u64,
+    ) -> Result<Option<SlotPermit>, QueueRefusal> {
+        match &self.limit {
+            None => Ok(None),
+            Some(slots) => slots.acquire(deadline, fair_key).await.map(Some),
         }
     }
 }
@@ -155,30 +139,26 @@ mod tests {
     async fn a_full_route_makes_its_request_wait_for_a_slot_up_to_the_queue_timeout() {
         let r = routes();
         let slow = r.find("/slow");
-        let held = slow.admit(Duration::from_secs(10), None).await.unwrap();
+        let held = slow.admit(None, 0).await.unwrap();
         assert!(held.is_some() && slow.must_wait());
         let t0 = tokio::time::Instant::now();
-        let w = slow.admit(Duration::from_secs(10), None).await;
-        assert!(matches!(w, Err(RouteWait::Timeout(d)) if d == Duration::from_secs(10)));
-        assert_eq!(t0.elapsed(), Duration::from_secs(10));
+        let w = slow.admit(None, 0).await;
+        assert!(matches!(w, Err(QueueRefusal::Timeout(d)) if d == Duration::from_secs(10)));
+        assert!(t0.elapsed() >= Duration::from_secs(10));
+        assert!(t0.elapsed() <= Duration::from_millis(10_001));
         // Another route is not held up by it.
-        assert!(r
-            .find("/fast")
-            .admit(Duration::ZERO, None)
-            .await
-            .unwrap()
-            .is_none());
+        assert!(r.find("/fast").admit(None, 0).await.unwrap().is_none());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_slot_that_frees_goes_to_the_waiter_and_a_deadline_ends_the_wait_sooner() {
         let r = routes();
         let slow = r.find("/slow");
-        let held = slow.admit(Duration::from_secs(10), None).await.unwrap();
+        let held = slow.admit(None, 0).await.unwrap();
         let freed_at = Duration::from_secs(3);
         let waiter = async {
             let t0 = tokio::time::Instant::now();
-            let p = slow.admit(Duration::from_secs(10), None).await;
+            let p = slow.admit(None, 0).await;
             (p, t0.elapsed())
         };
         let release = async {
@@ -192,19 +172,17 @@ mod tests {
         let _again = p_hold(slow).await;
         let t0 = tokio::time::Instant::now();
         let deadline = Instant::now() + Duration::from_secs(2);
-        let w = slow.admit(Duration::from_secs(10), Some(deadline)).await;
-        assert!(matches!(w, Err(RouteWait::Deadline)));
-        assert!(t0.elapsed() <= Duration::from_secs(2));
+        let w = slow.admit(Some(deadline), 0).await;
+        assert!(matches!(w, Err(QueueRefusal::Deadline)));
+        assert!(t0.elapsed() <= Duration::from_millis(2001));
         // One already past its deadline is refused at once.
-        let w = slow
-            .admit(Duration::from_secs(10), Some(Instant::now()))
-            .await;
-        assert!(matches!(w, Err(RouteWait::Deadline)));
+        let w = slow.admit(Some(Instant::now()), 0).await;
+        assert!(matches!(w, Err(QueueRefusal::Deadline)));
     }
 
-    async fn p_hold(route: &Route) -> OwnedSemaphorePermit {
+    async fn p_hold(route: &Route) -> SlotPermit {
         route
-            .admit(Duration::ZERO, None)
+            .admit(None, 0)
             .await
             .unwrap()
             .expect("the route has a limit and a free slot")

@@ -105,14 +105,23 @@ pub fn pool_config(config: &Config) -> Result<PoolConfig, ServeError> {
         reload_on_rss: app.reload_on_rss.map(|s| s.bytes()),
         graceful_timeout: app.graceful_timeout.as_duration(),
         startup_timeout: app.startup_timeout.as_duration(),
-        max_queue: config.queue.effective_max_size(app.workers),
-        queue_timeout: config.queue.timeout.as_duration(),
-        codel: config.queue.codel.then(|| weir_pool::Codel {
-            target: config.queue.target.map(|t| t.as_duration()),
-            interval: config.queue.interval.as_duration(),
-            lifo: config.queue.lifo,
-        }),
+        queue: queue_policy(&config.queue, app.workers),
     })
+}
+
+/// `[queue]` for a backend that serves `capacity` requests at once (workers, or upstream
+/// connections): one policy for whichever backend (crate weir-queue).
+fn queue_policy(queue: &weir_config::QueueConfig, capacity: usize) -> weir_queue::QueuePolicy {
+    weir_queue::QueuePolicy {
+        max_size: queue.effective_max_size(capacity),
+        timeout: queue.timeout.as_duration(),
+        codel: queue.codel.then(|| weir_queue::Codel {
+            target: queue.target.map(|t| t.as_duration()),
+            interval: queue.interval.as_duration(),
+            lifo: queue.lifo,
+        }),
+        per_key_max: None,
+    }
 }
 
 /// Runs the server until SIGTERM/SIGINT (Ok) or a fatal error.
@@ -138,10 +147,8 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         .map_err(|e| ServeError::AccessLog(config.server.access_log.clone(), e))?;
     let (supervisor, backend) = match &config.upstream {
         Some(u) => {
-            let max_queue = config
-                .queue
-                .effective_max_size(u.max_conns * u.servers.len());
-            let up = Upstream::new(u.clone(), max_queue, config.queue.timeout.as_duration());
+            let policy = queue_policy(&config.queue, u.max_conns * u.servers.len());
+            let up = Upstream::new(u.clone(), policy);
             (None, Backend::Upstream(Arc::new(up)))
         }
         None => {
@@ -157,7 +164,6 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         trusted: TrustedProxies::new(&srv.trusted_proxies),
         log: Arc::new(AccessLog::new(sink)),
         retry_after: config.queue.retry_after,
-        queue_timeout: config.queue.timeout.as_duration(),
         max_header_size: srv.max_header_size.bytes() as usize,
         max_body_size: srv.max_body_size.bytes(),
         header_timeout: srv.client_header_timeout.as_duration(),

@@ -164,6 +164,7 @@ where
             method: &method,
             work: crate::dispatch::Work::Packet(out),
             body,
+            fair_key: 0,
         },
         &mut rec,
     )

@@ -34,6 +34,27 @@ pub const MAX_URI_LEN: usize = u16::MAX as usize - 1;
 /// The longest chunk-size line (size and extensions) accepted.
 pub const MAX_CHUNK_LINE: usize = 4096;
 
+/// Hop-by-hop header fields: the ones a hop owns, never passed from an app or an upstream
+/// to the client (the front door frames every response itself). One list for every place
+/// that drops them: the worker (PEP 3333 forbids an app to set them), a worker's or an
+/// upstream's response head, and an HTTP upstream's request. It is RFC 9110 7.6.1's
+/// (`Connection`, `Proxy-Connection`, `Keep-Alive`, `TE`, `Transfer-Encoding`, `Upgrade`,
+/// and `Trailer`) joined with the list of RFC 2616 13.5.1 that wsgiref checks PEP 3333
+/// apps against (`Proxy-Authenticate`, `Proxy-Authorization`, and `Trailers`, as spelled
+/// there).
+pub const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+];
+
 /// The framer's limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

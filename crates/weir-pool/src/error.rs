@@ -16,6 +16,12 @@ pub enum DispatchError {
         /// The bound.
         max: usize,
     },
+    /// The request's fairness key already has `per_key_max` requests waiting.
+    #[error("{max} requests of the same fair_key (per_key_max) already wait for a worker; others are served in turn")]
+    QueueKeyFull {
+        /// `per_key_max`.
+        max: usize,
+    },
     /// No worker became free within the queue timeout.
     #[error("no worker became free within {0:?}")]
     QueueTimeout(Duration),
@@ -69,11 +75,26 @@ pub enum ClientBodyError {
     Closed,
 }
 
+impl From<weir_queue::QueueRefusal> for DispatchError {
+    fn from(r: weir_queue::QueueRefusal) -> Self {
+        use weir_queue::QueueRefusal as R;
+        match r {
+            R::Full { max } => DispatchError::QueueFull { max },
+            R::KeyFull { max } => DispatchError::QueueKeyFull { max },
+            R::Timeout(d) => DispatchError::QueueTimeout(d),
+            R::Shed { target, interval } => DispatchError::QueueShed { target, interval },
+            R::Deadline => DispatchError::DeadlineExceeded,
+        }
+    }
+}
+
 impl DispatchError {
     /// The attribution class (`x-weir-error`, access log, metric label).
     pub fn class(&self) -> ErrorClass {
         match self {
-            DispatchError::QueueFull { .. } => ErrorClass::QueueFull,
+            DispatchError::QueueFull { .. } | DispatchError::QueueKeyFull { .. } => {
+                ErrorClass::QueueFull
+            }
             DispatchError::QueueTimeout(_) | DispatchError::QueueShed { .. } => {
                 ErrorClass::QueueTimeout
             }

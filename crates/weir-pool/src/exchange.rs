@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
-use http::{HeaderName, HeaderValue, Response, StatusCode};
+use http::Response;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{ReadHalf, WriteHalf};
@@ -16,11 +16,11 @@ use tokio::sync::mpsc;
 use weir_uwsgi::frame::{self, Prefix};
 use weir_uwsgi::head;
 
-use crate::body::{BodyError, ResponseBody};
 use crate::error::{ClientBodyError, DispatchError};
 use crate::pool::{Lease, Pool};
 use crate::request::{ClaimPending, HeadReply, RequestBody, WorkerRequest};
 use crate::slot::RestartReason;
+use weir_response::{BodyError, ResponseBody};
 
 /// How an exchange ended early.
 enum Ended {
@@ -108,6 +108,7 @@ pub(crate) async fn run(
         hold,
         body_timeout,
         service,
+        fair_key,
     } = req;
     // The worker's limit is harakiri or the request's deadline, whichever comes first. A
     // request whose deadline has passed before its exchange starts was offered behind
@@ -148,6 +149,7 @@ pub(crate) async fn run(
                     hold,
                     body_timeout,
                     service,
+                    fair_key,
                 };
                 Some((u, req, head))
             }
@@ -292,17 +294,6 @@ async fn fill(rd: &mut ReadHalf<'_>, rbuf: &mut bytes::BytesMut, want: usize) ->
 }
 
 const MAX_HEAD: usize = 64 * 1024;
-/// Hop-by-hop headers an app must not set (PEP 3333); the listener frames the body.
-pub const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-];
-
 async fn read_response(
     rd: &mut ReadHalf<'_>,
     rbuf: &mut bytes::BytesMut,
@@ -320,7 +311,7 @@ async fn read_response(
         }
         fill(rd, rbuf, 4096).await?;
     };
-    let mut response = parse_head(&rbuf[..head_len]).map_err(Ended::Protocol)?;
+    let mut response = weir_response::parse_head(&rbuf[..head_len]).map_err(Ended::Protocol)?;
     rbuf.advance(head_len);
 
     // Fast path: the whole body is already buffered (one frame and END, as the worker
@@ -436,44 +427,4 @@ async fn send_chunk(
             *sink = None;
         }
     }
-}
-
-/// Parses an HTTP/1.x response head (as a worker, uWSGI or any HTTP server writes it)
-/// into a response with an empty body, dropping hop-by-hop headers.
-pub fn parse_head(raw: &[u8]) -> Result<Response<ResponseBody>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let mut big;
-    let parsed = match parsed.parse(raw) {
-        Ok(_) => parsed,
-        Err(httparse::Error::TooManyHeaders) => {
-            big = vec![httparse::EMPTY_HEADER; 1024];
-            let mut p = httparse::Response::new(&mut big);
-            p.parse(raw)
-                .map_err(|e| format!("bad response head: {e}"))?;
-            return build(p);
-        }
-        Err(e) => return Err(format!("bad response head: {e}")),
-    };
-    build(parsed)
-}
-
-fn build(parsed: httparse::Response<'_, '_>) -> Result<Response<ResponseBody>, String> {
-    let code = parsed.code.ok_or("response head without a status")?;
-    let status = StatusCode::from_u16(code).map_err(|_| format!("bad status {code}"))?;
-    let mut response = Response::new(ResponseBody::Empty);
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.reserve(parsed.headers.len());
-    for h in parsed.headers.iter() {
-        if HOP_BY_HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
-            continue;
-        }
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| format!("bad header name {:?}", h.name))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| format!("bad value for header {}", h.name))?;
-        headers.append(name, value);
-    }
-    Ok(response)
 }

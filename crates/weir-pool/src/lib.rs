@@ -10,8 +10,8 @@
 //!   the workers; its handle, the reader of its control socket, forked workers' exits.
 //! - `sys`: the only `unsafe` code (descriptor passing, pidfd_send_signal), for `zygote`.
 //! - [`pool`]: the idle workers and the bounded queue of requests waiting for one
-//!   ([`Pool::submit`]), with its parts: `pool/codel.rs` (CoDel's control law, a pure
-//!   state machine), `pool/offers.rs` (prefetch offers), `pool/lease.rs` (a [`Lease`]
+//!   ([`Pool::submit`]) under the admission queue's rules (crate weir-queue: bound,
+//!   timeout, CoDel), with its parts: `pool/offers.rs` (prefetch offers), `pool/lease.rs` (a [`Lease`]
 //!   returns its worker when dropped), `pool/generations.rs` (reloads and shutdown).
 //! - `offer_policy`: when a waiting request may be offered behind a busy worker
 //!   (prefetch) and when an offer's holder is overdue, judged by each route's typical
@@ -19,7 +19,7 @@
 //! - `request`: the request on its way to a worker, as `pool` and `exchange` both see it.
 //! - `exchange`: one request on one worker: writes the uwsgi packet and body, reads the
 //!   response head and body frames, enforces harakiri.
-//! - [`body`]: the response body handed to the listeners.
+//! - the response body handed to the listeners is weir-response's [`ResponseBody`].
 //! - [`error`]: [`DispatchError`], every way a dispatch ends without the app's answer.
 //!
 //! The master dispatches only to idle workers, so it always knows who is busy and since
@@ -27,7 +27,6 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod body;
 pub mod error;
 mod exchange;
 mod offer_policy;
@@ -39,11 +38,12 @@ pub mod supervisor;
 mod sys;
 mod zygote;
 
-pub use body::{BodyError, ResponseBody};
 pub use error::{ClientBodyError, DispatchError};
-pub use exchange::{parse_head, StartedAt, HOP_BY_HOP};
+pub use exchange::StartedAt;
 pub use offer_policy::ServiceTime;
-pub use pool::{Codel, Lease, Pool, PoolStats, QueueSlot, Started};
+pub use pool::{Codel, Lease, Pool, PoolStats, Started};
 pub use request::{BodyStream, RequestBody, WorkerRequest};
 pub use slot::RestartReason;
 pub use supervisor::{PoolConfig, Preload, Supervisor, SupervisorError, WorkerCommand};
+pub use weir_queue::{QueuePlace, QueuePolicy, QueueRefusal};
+pub use weir_response::{parse_head, BodyError, ResponseBody};

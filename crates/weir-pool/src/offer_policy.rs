@@ -21,8 +21,9 @@
 //! overdue holder. So an offer can cost a request at most the wait it would have had in the
 //! master's queue, never more.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+pub use weir_queue::ServiceTime;
 
 /// An offer is made when its expected wait is at most 1/`BUDGET_SHARE` of the request's
 /// remaining queue budget: the holder would have to run that many times longer than its
@@ -38,46 +39,6 @@ pub(crate) const OVERDUE_FACTOR: u32 = 2;
 /// However short the typical time, a holder is not overdue before this (timer and
 /// scheduling noise on a loaded machine).
 pub(crate) const MIN_OVERDUE: Duration = Duration::from_millis(1);
-
-/// The typical time a request of one route (or of the whole pool) holds a worker: an
-/// exponentially weighted mean that rises half way to a longer sample at once (a slow
-/// phase is seen within a request or two, before anything is offered behind it) and falls
-/// an eighth of the way to a shorter one.
-#[derive(Debug, Default)]
-pub struct ServiceTime {
-    /// Microseconds; 0: no sample yet.
-    us: AtomicU64,
-}
-
-impl ServiceTime {
-    /// No sample yet.
-    pub fn new() -> ServiceTime {
-        ServiceTime::default()
-    }
-
-    /// Folds in one request's time on a worker. Concurrent updates may lose one sample to
-    /// another: it is an estimate, not a count.
-    pub fn record(&self, held: Duration) {
-        let us = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
-        let old = self.us.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            us
-        } else if us > old {
-            old + (us - old) / 2
-        } else {
-            old - (old - us) / 8
-        };
-        self.us.store(new.max(1), Ordering::Relaxed);
-    }
-
-    /// The typical time, `None` before the first sample.
-    pub fn typical(&self) -> Option<Duration> {
-        match self.us.load(Ordering::Relaxed) {
-            0 => None,
-            us => Some(Duration::from_micros(us)),
-        }
-    }
-}
 
 /// Whether a request that has run `ran` is overdue against its `typical` time (an unknown
 /// typical time: as soon as [`MIN_OVERDUE`] has passed).
@@ -115,23 +76,6 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
     const S: Duration = Duration::from_secs(1);
-
-    #[test]
-    fn service_time_rises_fast_and_falls_slowly() {
-        let t = ServiceTime::new();
-        assert_eq!(t.typical(), None);
-        t.record(100 * MS);
-        assert_eq!(t.typical(), Some(100 * MS));
-        t.record(300 * MS);
-        assert_eq!(t.typical(), Some(200 * MS), "half way up at once");
-        t.record(Duration::ZERO);
-        assert_eq!(t.typical(), Some(175 * MS), "an eighth of the way down");
-        for _ in 0..200 {
-            t.record(Duration::ZERO);
-        }
-        let low = t.typical().expect("never back to 'no sample'");
-        assert!(low <= Duration::from_micros(10), "{low:?}");
-    }
 
     #[test]
     fn every_request_slow_at_the_default_budget_is_never_offered() {

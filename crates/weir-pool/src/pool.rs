@@ -4,8 +4,12 @@
 //! queue (full: [`DispatchError::QueueFull`] at once) and waits up to the queue timeout or
 //! its own deadline, whichever is sooner.
 //!
-//! Overload is handled as CoDel does it for packets, and as Facebook's "Fail at Scale"
-//! does it for requests (controlled delay with adaptive LIFO). The queue's delay is the age
+//! The queue's rules are the admission queue's (crate weir-queue), the same for every
+//! backend: its bound, its timeout, and overload handled as CoDel does it for packets, and
+//! as Facebook's "Fail at Scale" does it for requests (controlled delay with adaptive
+//! LIFO; `weir_queue::codel`). The pool keeps its own `WaitQueue` rather than a
+//! `weir_queue::Slots` because a worker is a value (its socket), and a worker that frees
+//! starts the next request itself, in the same step. The queue's delay is the age
 //! of its oldest waiter, looked at whenever a worker frees. When it has stayed above the
 //! delay target for a whole [`Codel::interval`], the queue is overloaded: a waiter older
 //! than the target is refused ([`DispatchError::QueueShed`], 503) instead of being served,
@@ -62,11 +66,8 @@
 //!
 //! A waiter whose client went away is
 //! simply dropped: the worker handed to it comes back through [`Lease`]'s `Drop`, so a
-//! cancelled request can never lose a worker. Written by hand rather than with a
-//! semaphore because a worker is a value (its socket), not a count, and because the
-//! queue's depth and each wait must be visible.
+//! cancelled request can never lose a worker.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -76,14 +77,14 @@ use tokio::sync::oneshot;
 use crate::error::DispatchError;
 use crate::exchange;
 use crate::offer_policy::ServiceTime;
-use crate::request::{ClaimPending, Expiry, ExpiryWhy, HeadReply, WorkerRequest};
+use crate::request::{ClaimPending, HeadReply, WorkerRequest};
 use crate::slot::{RestartReason, WorkerHandle};
 use crate::ResponseBody;
-use codel::CodelState;
-pub use lease::{Lease, QueueSlot};
+pub use lease::Lease;
 use offers::{inline_body, offered_waiting, Offer};
+pub use weir_queue::Codel;
+use weir_queue::{Expiry, OutsideWaits, QueuePlace, QueuePolicy, WaitQueue, Waiting};
 
-mod codel;
 mod generations;
 mod lease;
 mod offers;
@@ -102,22 +103,6 @@ pub struct PoolStats {
     /// Of those, taken back before the worker started them and served elsewhere (or
     /// dropped, when their client left).
     pub prefetch_revoked: AtomicU64,
-}
-
-/// Delay-based shedding of an overloaded queue (see the module doc).
-#[derive(Debug, Clone, Copy)]
-pub struct Codel {
-    /// The delay target; `None`: 4 x the mean worker time, at least [`Codel::MIN_TARGET`].
-    pub target: Option<Duration>,
-    /// How long the queue's delay must stay above the target before requests are shed.
-    pub interval: Duration,
-    /// Serve the newest waiter first while overloaded.
-    pub lifo: bool,
-}
-
-impl Codel {
-    /// The floor of the automatic target.
-    pub const MIN_TARGET: Duration = Duration::from_millis(500);
 }
 
 /// What a waiter is told: its request was started on a worker (`Some`: offered to a busy
@@ -147,7 +132,15 @@ struct Waiter {
     key: Option<u64>,
 }
 
-impl Waiter {
+impl Waiting for Waiter {
+    fn since(&self) -> Instant {
+        self.since
+    }
+
+    fn fair_key(&self) -> u64 {
+        self.job.req.fair_key
+    }
+
     /// Nobody waits for this request any more (its client went away).
     fn gone(&self) -> bool {
         match &self.tx {
@@ -155,7 +148,9 @@ impl Waiter {
             None => self.job.reply.is_closed(),
         }
     }
+}
 
+impl Waiter {
     /// Refuses it: shed by the delay target.
     fn shed(self, target: Duration, err: DispatchError) {
         match self.tx {
@@ -228,9 +223,8 @@ pub struct Pool {
 #[derive(Debug)]
 pub(crate) struct Inner {
     state: Mutex<State>,
-    max_queue: usize,
-    queue_timeout: Duration,
-    codel: Option<Codel>,
+    /// `[queue]`: the bound, the timeout, CoDel.
+    policy: QueuePolicy,
     /// The typical time a request holds a worker, over all routes.
     service: ServiceTime,
     reload_on_rss: Option<u64>,
@@ -239,8 +233,8 @@ pub(crate) struct Inner {
     /// Workers of an older generation retire when they come back.
     generation: AtomicU64,
     /// Requests waiting in front of the pool (for a route slot): they count against
-    /// `max_queue` and in the queue depth too.
-    external: AtomicUsize,
+    /// the bound and in the queue depth too.
+    outside: OutsideWaits,
     shutting_down: AtomicBool,
     pub(crate) stats: PoolStats,
 }
@@ -248,36 +242,27 @@ pub(crate) struct Inner {
 #[derive(Debug, Default)]
 struct State {
     idle: Vec<WorkerHandle>,
-    waiters: VecDeque<Waiter>,
+    /// Requests waiting for a worker, with CoDel's state.
+    queue: WaitQueue<Waiter>,
     /// Requests offered to busy workers (at most `PREFETCH_DEPTH` per worker).
     offers: Vec<Offer>,
     /// The last offer key given out.
     offer_keys: u64,
-    /// CoDel's state.
-    codel: CodelState,
     /// Generations abandoned by a failed reload.
     cancelled: Vec<u64>,
 }
 
 impl Pool {
-    pub(crate) fn new(
-        max_queue: usize,
-        queue_timeout: Duration,
-        codel: Option<Codel>,
-        reload_on_rss: Option<u64>,
-        prefetch: bool,
-    ) -> Pool {
+    pub(crate) fn new(policy: QueuePolicy, reload_on_rss: Option<u64>, prefetch: bool) -> Pool {
         Pool {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
-                max_queue,
-                queue_timeout,
-                codel,
+                policy,
                 service: ServiceTime::new(),
                 reload_on_rss,
                 prefetch,
                 generation: AtomicU64::new(0),
-                external: AtomicUsize::new(0),
+                outside: OutsideWaits::default(),
                 shutting_down: AtomicBool::new(false),
                 stats: PoolStats::default(),
             }),
@@ -300,22 +285,24 @@ impl Pool {
     /// the pool.
     pub fn queue_depth(&self) -> usize {
         let st = self.state();
-        let live = st.waiters.iter().filter(|w| !w.gone()).count();
+        let live = st.queue.live();
         let offered = offered_waiting(&st);
         drop(st);
-        live + offered + self.inner.external.load(Ordering::Relaxed)
+        live + offered + self.inner.outside.count()
     }
 
     /// Joins the queue from outside the pool (a request waiting for a route slot): it
     /// counts against the queue's bound and depth until the returned guard drops.
-    pub fn enter_queue(&self) -> Result<QueueSlot, DispatchError> {
-        if self.queue_depth() >= self.inner.max_queue {
-            return Err(DispatchError::QueueFull {
-                max: self.inner.max_queue,
-            });
-        }
-        self.inner.external.fetch_add(1, Ordering::Relaxed);
-        Ok(QueueSlot { pool: self.clone() })
+    pub fn enter_queue(&self) -> Result<QueuePlace, DispatchError> {
+        Ok(self
+            .inner
+            .outside
+            .enter(self.queue_depth(), self.inner.policy.max_size)?)
+    }
+
+    /// `[queue]` as the pool applies it.
+    pub fn policy(&self) -> &QueuePolicy {
+        &self.inner.policy
     }
 
     /// Asks one worker to run the app's ready check (`[app] ready_check`): Ok with the
@@ -332,6 +319,7 @@ impl Pool {
             hold: None,
             body_timeout: wait,
             service: None,
+            fair_key: 0,
         };
         let resp = self
             .submit_by(req, Some(queue_deadline))
@@ -439,17 +427,7 @@ impl Pool {
         let now = Instant::now();
         // Its wait ends at the queue timeout or its deadline, whichever is sooner (and at
         // the delay target, below, while the queue is overloaded).
-        let mut expires = match deadline {
-            Some(d) if d <= now => return Err(DispatchError::DeadlineExceeded),
-            Some(d) if d - now < self.inner.queue_timeout => Expiry {
-                at: d,
-                why: ExpiryWhy::Deadline,
-            },
-            _ => Expiry {
-                at: now + self.inner.queue_timeout,
-                why: ExpiryWhy::QueueTimeout(self.inner.queue_timeout),
-            },
-        };
+        let expires = self.inner.policy.expiry(now, deadline)?;
         let job = Submission {
             req,
             reply,
@@ -469,29 +447,21 @@ impl Pool {
             // (not known to be started: the claim words, shared with the workers, are not
             // read here, on every queued request's path).
             let offered = st.offers.iter().filter(|o| !o.taken).count();
-            let others = self.inner.external.load(Ordering::Relaxed) + offered;
-            if st.waiters.len() + others >= self.inner.max_queue {
-                st.waiters.retain(|w| !w.gone());
-                if st.waiters.len() + others >= self.inner.max_queue {
-                    return Err(DispatchError::QueueFull {
-                        max: self.inner.max_queue,
-                    });
+            let others = self.inner.outside.count() + offered;
+            let max = self.inner.policy.max_size;
+            if !st.queue.has_room(others, max) {
+                return Err(DispatchError::QueueFull { max });
+            }
+            if let Some(per_key) = self.inner.policy.per_key_max {
+                if !st.queue.has_room_for_key(job.req.fair_key, per_key) {
+                    return Err(weir_queue::QueueRefusal::KeyFull { max: per_key }.into());
                 }
             }
-            if st.codel.overloaded() {
-                if let Some(codel) = &self.inner.codel {
-                    let target = self.target(codel);
-                    if now + target < expires.at {
-                        expires = Expiry {
-                            at: now + target,
-                            why: ExpiryWhy::Shed(target),
-                        };
-                    }
-                }
-            }
+            let shedding = st.queue.overloaded().then(|| self.target()).flatten();
+            let expires = self.inner.policy.capped(expires, now, shedding);
             let job = Submission { expires, ..job };
             let (tx, rx) = oneshot::channel();
-            st.waiters.push_back(Waiter {
+            st.queue.push(Waiter {
                 tx: Some(tx),
                 since: now,
                 job,
@@ -508,32 +478,12 @@ impl Pool {
     }
 
     fn shed(&self, target: Duration) -> DispatchError {
-        DispatchError::QueueShed {
-            target,
-            interval: self.inner.codel.map_or(Duration::ZERO, |c| c.interval),
-        }
+        self.inner.policy.shed(target).into()
     }
 
-    /// The delay target now.
-    fn target(&self, codel: &Codel) -> Duration {
-        codel.target.unwrap_or_else(|| {
-            let mean = self.inner.service.typical().unwrap_or_default();
-            (mean * 4)
-                .max(Codel::MIN_TARGET)
-                .min(self.inner.queue_timeout)
-        })
-    }
-
-    /// CoDel's control law, run when a worker frees: updates the overload state from the
-    /// queue's delay (the oldest live waiter's age) and returns the target when shedding.
-    fn control(&self, st: &mut State, now: Instant) -> Option<Duration> {
-        let codel = self.inner.codel.as_ref()?;
-        while st.waiters.front().is_some_and(Waiter::gone) {
-            st.waiters.pop_front();
-        }
-        let oldest = st.waiters.front().map(|w| w.since);
-        let target = self.target(codel);
-        st.codel.on_worker_free(now, oldest, target, codel.interval)
+    /// The delay target now (`None` without CoDel): from the pool's typical time.
+    fn target(&self) -> Option<Duration> {
+        self.inner.policy.target(self.inner.service.typical())
     }
 
     /// Folds one request's time on a worker into the pool's typical time (and its
@@ -566,14 +516,8 @@ impl Pool {
             Self::start(Lease::new(worker, self.clone()), job, 0, behind, None);
             return;
         }
-        let lifo = shedding.is_some() && self.inner.codel.is_some_and(|c| c.lifo);
-        loop {
-            let next = if lifo {
-                st.waiters.pop_back()
-            } else {
-                st.waiters.pop_front()
-            };
-            let Some(waiter) = next else { break };
+        let lifo = shedding.is_some() && self.inner.policy.codel.is_some_and(|c| c.lifo);
+        while let Some(waiter) = st.queue.pop_next(lifo) {
             let Some(job) = self.hand_off(waiter, None, now) else {
                 // That client went away while queued: its request is dropped; next.
                 continue;
@@ -584,7 +528,7 @@ impl Pool {
             Self::start(Lease::new(worker, self.clone()), job, 0, behind, None);
             return;
         }
-        st.codel.reset();
+        st.queue.reset();
         st.idle.push(worker);
         self.inner.stats.idle.fetch_add(1, Ordering::Relaxed);
     }
@@ -593,16 +537,12 @@ impl Pool {
     /// refuses whoever has waited past the target (so the rest are served fast: their
     /// clients would likely give up anyway). Returns the target while shedding.
     fn regulate(&self, st: &mut State, now: Instant) -> Option<Duration> {
-        let shedding = self.control(st, now);
-        if let Some(target) = shedding {
-            while let Some(w) = st.waiters.front() {
-                if !w.gone() && now.saturating_duration_since(w.since) <= target {
-                    break;
-                }
-                if let Some(w) = st.waiters.pop_front() {
-                    w.shed(target, self.shed(target));
-                }
-            }
+        let target = self.target()?;
+        let (shedding, shed) = st
+            .queue
+            .regulate(now, self.inner.policy.codel.as_ref(), target);
+        for w in shed {
+            w.shed(target, self.shed(target));
         }
         shedding
     }

@@ -13,8 +13,8 @@ use http::Response;
 use http_body::Body;
 use tokio::sync::oneshot;
 
-use crate::body::ResponseBody;
 use crate::error::DispatchError;
+use weir_response::ResponseBody;
 
 /// A streamed request body.
 pub type BodyStream =
@@ -66,6 +66,9 @@ pub struct WorkerRequest {
     /// The typical service time of the request's route: what the pool judges a wait
     /// behind this request by (prefetch), updated when it ends. `None`: the pool's own.
     pub service: Option<std::sync::Arc<crate::ServiceTime>>,
+    /// Its fairness key (`[queue] fair_key`, hashed; 0 when fair queueing is off): waiting
+    /// requests are served round robin across keys.
+    pub fair_key: u64,
 }
 
 pub(crate) type HeadReply = oneshot::Sender<Result<Response<ResponseBody>, DispatchError>>;
@@ -87,31 +90,5 @@ pub(crate) struct ClaimPending {
     /// The length of its own packet (what is written behind it follows).
     pub(crate) own_len: usize,
     /// When its wait ends, should it go back to the queue.
-    pub(crate) expires: Expiry,
-}
-
-/// When a request's wait ends, and how it is answered then: whichever of the queue
-/// timeout, its deadline and (while the queue is overloaded) the delay target it was
-/// admitted under comes first.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Expiry {
-    pub(crate) at: Instant,
-    pub(crate) why: ExpiryWhy,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum ExpiryWhy {
-    /// `[queue] timeout` (this long).
-    QueueTimeout(Duration),
-    /// The request's deadline.
-    Deadline,
-    /// The delay target of an overloaded queue (this long).
-    Shed(Duration),
-}
-
-impl Expiry {
-    /// What its wait has left at `now`.
-    pub(crate) fn left(&self, now: Instant) -> Duration {
-        self.at.saturating_duration_since(now)
-    }
+    pub(crate) expires: weir_queue::Expiry,
 }

@@ -63,12 +63,8 @@ pub struct PoolConfig {
     pub graceful_timeout: Duration,
     /// How long a new worker may take to be ready.
     pub startup_timeout: Duration,
-    /// Bound of the wait queue.
-    pub max_queue: usize,
-    /// Longest wait in the queue.
-    pub queue_timeout: Duration,
-    /// Delay-based shedding of an overloaded queue (`None`: off).
-    pub codel: Option<crate::pool::Codel>,
+    /// `[queue]`: the bound, the timeout, CoDel.
+    pub queue: weir_queue::QueuePolicy,
 }
 
 impl PoolConfig {
@@ -124,13 +120,7 @@ impl Supervisor {
     /// Starts `config.workers` slots. Returns at once: requests wait in the queue until
     /// workers are ready.
     pub fn start(config: PoolConfig) -> Supervisor {
-        let pool = Pool::new(
-            config.max_queue,
-            config.queue_timeout,
-            config.codel,
-            config.reload_on_rss,
-            config.prefetch,
-        );
+        let pool = Pool::new(config.queue, config.reload_on_rss, config.prefetch);
         let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
         let ctx = Arc::new(SlotContext {
             pool,

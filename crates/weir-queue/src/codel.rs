@@ -1,18 +1,49 @@
-//! CoDel's control law for the dispatch queue, as a pure state machine over instants (no
+//! CoDel's control law for the admission queue, as a pure state machine over instants (no
 //! clock of its own, no locks), so it is tested on synthetic time.
 //!
-//! The queue's delay is the age of its oldest live waiter, looked at whenever a worker
-//! frees. When it has stayed above the delay target for a whole interval, the queue is
-//! overloaded: the pool then refuses waiters older than the target, caps new arrivals'
-//! wait at the target, serves the newest first (adaptive LIFO) and offers nothing behind
-//! busy workers. The state ends when the delay falls under half the target or the queue
-//! empties. See the pool's module doc for why this shape.
+//! The queue's delay is the age of its oldest live waiter, looked at whenever what it
+//! waits for (a worker, an upstream connection) frees. When it has stayed above the delay
+//! target for a whole interval, the queue is overloaded: waiters older than the target are
+//! refused, new arrivals wait at most the target, the newest is served first (adaptive
+//! LIFO), and the pool offers nothing behind busy workers. The state ends when the delay
+//! falls under half the target or the queue empties. This is CoDel as Facebook's "Fail at
+//! Scale" applies it to requests: a load far above capacity turns into fast 503s for the
+//! excess and short waits for the rest, instead of every admitted request waiting out a
+//! long FIFO.
 
 use std::time::{Duration, Instant};
 
+/// `[queue]`'s CoDel settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Codel {
+    /// The delay target; `None`: 4 x the typical service time, at least
+    /// [`Codel::MIN_TARGET`], at most the queue timeout.
+    pub target: Option<Duration>,
+    /// How long the queue's delay must stay above the target before requests are shed.
+    pub interval: Duration,
+    /// Serve the newest waiter first while overloaded.
+    pub lifo: bool,
+}
+
+impl Codel {
+    /// The floor of the automatic target: a wait people hardly notice; a lower floor
+    /// would shed a saturated but healthy closed-loop load, whose waits are long only
+    /// because every client is waiting.
+    pub const MIN_TARGET: Duration = Duration::from_millis(500);
+
+    /// The delay target, given the typical service time and the queue timeout.
+    pub fn target(&self, typical: Option<Duration>, queue_timeout: Duration) -> Duration {
+        self.target.unwrap_or_else(|| {
+            (typical.unwrap_or_default() * 4)
+                .max(Codel::MIN_TARGET)
+                .min(queue_timeout)
+        })
+    }
+}
+
 /// The state of the control law.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct CodelState {
+pub struct CodelState {
     /// Since when the delay has been above the target (CoDel's first-above time).
     above_since: Option<Instant>,
     /// Shedding (CoDel's dropping state).
@@ -20,9 +51,9 @@ pub(crate) struct CodelState {
 }
 
 impl CodelState {
-    /// A worker freed at `now` with the oldest live waiter waiting since `oldest` (`None`:
+    /// What the queue waits for freed at `now` with the oldest live waiter waiting since `oldest` (`None`:
     /// nobody waits). Returns the target while overloaded.
-    pub(crate) fn on_worker_free(
+    pub fn on_release(
         &mut self,
         now: Instant,
         oldest: Option<Instant>,
@@ -47,13 +78,13 @@ impl CodelState {
         self.overloaded.then_some(target)
     }
 
-    /// The queue emptied (a worker went idle): not overloaded.
-    pub(crate) fn reset(&mut self) {
+    /// The queue emptied (what it waits for went unused): not overloaded.
+    pub fn reset(&mut self) {
         *self = CodelState::default();
     }
 
     /// Whether the queue is overloaded now.
-    pub(crate) fn overloaded(&self) -> bool {
+    pub fn overloaded(&self) -> bool {
         self.overloaded
     }
 }
@@ -72,19 +103,13 @@ mod tests {
         let mut c = CodelState::default();
         // The oldest waiter has waited 600 ms: above the target, first time.
         let oldest = Some(t0);
-        assert_eq!(
-            c.on_worker_free(t0 + 600 * MS, oldest, TARGET, INTERVAL),
-            None
-        );
+        assert_eq!(c.on_release(t0 + 600 * MS, oldest, TARGET, INTERVAL), None);
         // Still above 50 ms later: not yet a whole interval.
-        assert_eq!(
-            c.on_worker_free(t0 + 650 * MS, oldest, TARGET, INTERVAL),
-            None
-        );
+        assert_eq!(c.on_release(t0 + 650 * MS, oldest, TARGET, INTERVAL), None);
         assert!(!c.overloaded());
         // A whole interval above: overloaded, shedding at the target.
         assert_eq!(
-            c.on_worker_free(t0 + 700 * MS, oldest, TARGET, INTERVAL),
+            c.on_release(t0 + 700 * MS, oldest, TARGET, INTERVAL),
             Some(TARGET)
         );
         assert!(c.overloaded());
@@ -94,13 +119,13 @@ mod tests {
     fn dipping_under_the_target_restarts_the_interval() {
         let t0 = Instant::now();
         let mut c = CodelState::default();
-        c.on_worker_free(t0 + 600 * MS, Some(t0), TARGET, INTERVAL);
+        c.on_release(t0 + 600 * MS, Some(t0), TARGET, INTERVAL);
         // The oldest now waited only 100 ms: under the target, the count restarts.
-        c.on_worker_free(t0 + 650 * MS, Some(t0 + 550 * MS), TARGET, INTERVAL);
+        c.on_release(t0 + 650 * MS, Some(t0 + 550 * MS), TARGET, INTERVAL);
         let later = t0 + 1300 * MS;
-        assert_eq!(c.on_worker_free(later, Some(t0), TARGET, INTERVAL), None);
+        assert_eq!(c.on_release(later, Some(t0), TARGET, INTERVAL), None);
         assert_eq!(
-            c.on_worker_free(later + INTERVAL, Some(t0), TARGET, INTERVAL),
+            c.on_release(later + INTERVAL, Some(t0), TARGET, INTERVAL),
             Some(TARGET)
         );
     }
@@ -109,29 +134,26 @@ mod tests {
     fn overload_ends_under_half_the_target_or_when_the_queue_empties() {
         let t0 = Instant::now();
         let mut c = CodelState::default();
-        c.on_worker_free(t0 + 600 * MS, Some(t0), TARGET, INTERVAL);
-        c.on_worker_free(t0 + 700 * MS, Some(t0), TARGET, INTERVAL);
+        c.on_release(t0 + 600 * MS, Some(t0), TARGET, INTERVAL);
+        c.on_release(t0 + 700 * MS, Some(t0), TARGET, INTERVAL);
         assert!(c.overloaded());
         // 300 ms: under the target but not under half of it: still overloaded.
         let now = t0 + 1000 * MS;
         assert_eq!(
-            c.on_worker_free(now, Some(now - 300 * MS), TARGET, INTERVAL),
+            c.on_release(now, Some(now - 300 * MS), TARGET, INTERVAL),
             Some(TARGET)
         );
         // 200 ms: under half: the state ends.
         assert_eq!(
-            c.on_worker_free(now, Some(now - 200 * MS), TARGET, INTERVAL),
+            c.on_release(now, Some(now - 200 * MS), TARGET, INTERVAL),
             None
         );
         assert!(!c.overloaded());
         // Overloaded again, then the queue empties.
-        c.on_worker_free(now + 600 * MS, Some(now), TARGET, INTERVAL);
-        c.on_worker_free(now + 700 * MS, Some(now), TARGET, INTERVAL);
+        c.on_release(now + 600 * MS, Some(now), TARGET, INTERVAL);
+        c.on_release(now + 700 * MS, Some(now), TARGET, INTERVAL);
         assert!(c.overloaded());
-        assert_eq!(
-            c.on_worker_free(now + 800 * MS, None, TARGET, INTERVAL),
-            None
-        );
+        assert_eq!(c.on_release(now + 800 * MS, None, TARGET, INTERVAL), None);
         assert_eq!(c, CodelState::default());
     }
 
@@ -143,7 +165,7 @@ mod tests {
         for i in 0..10_000u32 {
             let now = t0 + i * MS;
             assert_eq!(
-                c.on_worker_free(now, Some(now - 400 * MS), TARGET, INTERVAL),
+                c.on_release(now, Some(now - 400 * MS), TARGET, INTERVAL),
                 None
             );
         }

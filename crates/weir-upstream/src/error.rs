@@ -18,6 +18,9 @@ pub enum UpstreamError {
     /// No connection became free within the queue timeout.
     #[error("no upstream connection became free within {0:?}")]
     QueueTimeout(Duration),
+    /// Shed by CoDel, or refused by `per_key_max`: the queue's own refusal.
+    #[error("{0}")]
+    Queue(weir_queue::QueueRefusal),
     /// The request's deadline passed while it waited.
     #[error("the request's deadline passed before an upstream connection was free")]
     DeadlineExceeded,
@@ -47,12 +50,25 @@ pub enum UpstreamError {
     },
 }
 
+impl From<weir_queue::QueueRefusal> for UpstreamError {
+    fn from(r: weir_queue::QueueRefusal) -> Self {
+        use weir_queue::QueueRefusal as R;
+        match r {
+            R::Full { max } => UpstreamError::QueueFull { max },
+            R::Timeout(d) => UpstreamError::QueueTimeout(d),
+            other @ (R::Shed { .. } | R::KeyFull { .. }) => UpstreamError::Queue(other),
+            R::Deadline => UpstreamError::DeadlineExceeded,
+        }
+    }
+}
+
 impl UpstreamError {
     /// The attribution class.
     pub fn class(&self) -> ErrorClass {
         match self {
             UpstreamError::QueueFull { .. } => ErrorClass::QueueFull,
             UpstreamError::QueueTimeout(_) => ErrorClass::QueueTimeout,
+            UpstreamError::Queue(r) => r.class(),
             UpstreamError::DeadlineExceeded => ErrorClass::Deadline,
             UpstreamError::Connect { .. } => ErrorClass::UpstreamConnect,
             UpstreamError::Timeout { .. } => ErrorClass::UpstreamTimeout,

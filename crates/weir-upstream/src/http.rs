@@ -7,7 +7,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use weir_config::UpstreamConfig;
-use weir_pool::{BodyError, ResponseBody, HOP_BY_HOP};
+use weir_http1::HOP_BY_HOP;
+use weir_response::{BodyError, ResponseBody};
 
 use crate::{Conn, Held, UpstreamError};
 

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - this file: [`Upstream`], the servers, the queue in front of them (NGINX Plus's
-//!   `max_conns` + `queue`), server choice (round robin over healthy servers with a free
+//!   `max_conns` + `queue`: the front door's one admission queue, a `weir_queue::Slots`
+//!   of every server's connections, with the pool's bound, timeout and CoDel), server choice (round robin over healthy servers with a free
 //!   connection), `next_upstream`, passive health (`max_fails`, `fail_timeout`).
 //! - [`error`]: [`UpstreamError`] and its attribution classes.
 //! - `uwsgi`: one request over the uwsgi protocol (the response ends when the server
@@ -30,7 +31,8 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::warn;
 use weir_config::{ListenAddr, UpstreamConfig, UpstreamProtocol};
-use weir_pool::ResponseBody;
+use weir_queue::{QueuePlace, QueuePolicy, SlotPermit, Slots};
+use weir_response::ResponseBody;
 
 pub use error::UpstreamError;
 
@@ -105,10 +107,7 @@ pub struct Upstream {
     servers: Vec<Server>,
     config: UpstreamConfig,
     /// Total connections across servers: what the queue waits on (its admission).
-    admission: Arc<Semaphore>,
-    waiting: AtomicUsize,
-    max_queue: usize,
-    queue_timeout: Duration,
+    admission: Arc<Slots>,
     next: AtomicUsize,
 }
 
@@ -130,7 +129,7 @@ impl std::fmt::Debug for Upstream {
 
 /// Permits held while a request is at a server (released when its body is done).
 pub(crate) struct Held {
-    _admission: OwnedSemaphorePermit,
+    _admission: SlotPermit,
     _conn: OwnedSemaphorePermit,
     /// The caller's (a route's concurrency slot): held as long as the connection, to the
     /// end of the response body, as for a managed worker.
@@ -138,8 +137,8 @@ pub(crate) struct Held {
 }
 
 impl Upstream {
-    /// From config; `max_queue` and `queue_timeout` come from `[queue]`.
-    pub fn new(config: UpstreamConfig, max_queue: usize, queue_timeout: Duration) -> Upstream {
+    /// From config; `policy` is `[queue]`'s.
+    pub fn new(config: UpstreamConfig, policy: QueuePolicy) -> Upstream {
         let servers: Vec<Server> = config
             .servers
             .iter()
@@ -153,10 +152,7 @@ impl Upstream {
         let total = config.max_conns * servers.len();
         Upstream {
             servers,
-            admission: Arc::new(Semaphore::new(total)),
-            waiting: AtomicUsize::new(0),
-            max_queue,
-            queue_timeout,
+            admission: Slots::new(total, policy),
             next: AtomicUsize::new(0),
             config,
         }
@@ -167,9 +163,16 @@ impl Upstream {
         self.config.protocol
     }
 
-    /// Requests waiting for a connection now.
+    /// Requests waiting now: for a connection, and for a route's slot in front of the
+    /// queue ([`Upstream::enter_queue`]).
     pub fn queued(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
+        self.admission.waiting()
+    }
+
+    /// Holds a place in the queue for a request waiting in front of it (for its route's
+    /// slot): it counts against the bound and in the depth until dropped.
+    pub fn enter_queue(&self) -> Result<QueuePlace, UpstreamError> {
+        Ok(self.admission.enter_queue()?)
     }
 
     /// Sends one request: waits (bounded) for a free connection slot, picks a server,
@@ -179,9 +182,10 @@ impl Upstream {
         req: UpstreamRequest,
         idempotent: bool,
         deadline: Option<Instant>,
+        fair_key: u64,
         mut hold: Option<Box<dyn std::any::Any + Send>>,
     ) -> Result<::http::Response<ResponseBody>, UpstreamError> {
-        let admitted = self.admit(deadline).await?;
+        let admitted = self.admit(deadline, fair_key).await?;
         let mut admitted = Some(admitted);
         let mut tried = vec![false; self.servers.len()];
         let mut last_err = None;
@@ -235,7 +239,7 @@ impl Upstream {
                     }
                     last_err = Some(e);
                     // Be admitted again for the next try (given back just above).
-                    admitted = Some(self.admit(deadline).await?);
+                    admitted = Some(self.admit(deadline, fair_key).await?);
                 }
             }
         }
@@ -244,29 +248,9 @@ impl Upstream {
     async fn admit(
         &self,
         deadline: Option<Instant>,
-    ) -> Result<OwnedSemaphorePermit, UpstreamError> {
-        if let Ok(p) = self.admission.clone().try_acquire_owned() {
-            return Ok(p);
-        }
-        if self.waiting.load(Ordering::Relaxed) >= self.max_queue {
-            return Err(UpstreamError::QueueFull {
-                max: self.max_queue,
-            });
-        }
-        let now = Instant::now();
-        let (wait, by_deadline) = match deadline {
-            Some(d) if d <= now => return Err(UpstreamError::DeadlineExceeded),
-            Some(d) if d - now < self.queue_timeout => (d - now, true),
-            _ => (self.queue_timeout, false),
-        };
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        let r = tokio::time::timeout(wait, self.admission.clone().acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
-        match r {
-            Ok(Ok(p)) => Ok(p),
-            _ if by_deadline => Err(UpstreamError::DeadlineExceeded),
-            _ => Err(UpstreamError::QueueTimeout(wait)),
-        }
+        fair_key: u64,
+    ) -> Result<SlotPermit, UpstreamError> {
+        Ok(self.admission.acquire(deadline, fair_key).await?)
     }
 
     /// Round robin over servers not yet tried: healthy ones with a free connection
@@ -301,9 +285,8 @@ impl Upstream {
         // The admission let us in but the healthy servers are full (a down server's share of
         // the admission is unusable): wait on the first candidate.
         let i = candidates[0];
-        let wait = deadline.map_or(self.queue_timeout, |d| {
-            d.saturating_duration_since(now).min(self.queue_timeout)
-        });
+        let timeout = self.admission.policy().timeout;
+        let wait = deadline.map_or(timeout, |d| d.saturating_duration_since(now).min(timeout));
         match tokio::time::timeout(wait, self.servers[i].conns.clone().acquire_owned()).await {
             Ok(Ok(p)) => Ok(Some((i, p))),
             _ => Err(UpstreamError::QueueTimeout(wait)),

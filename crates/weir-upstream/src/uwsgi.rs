@@ -6,7 +6,7 @@ use http::Response;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use weir_config::UpstreamConfig;
-use weir_pool::{parse_head, BodyError, ResponseBody};
+use weir_response::{parse_head, BodyError, ResponseBody};
 use weir_uwsgi::head;
 
 use crate::{Conn, Held, UpstreamError};

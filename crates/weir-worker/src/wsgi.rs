@@ -206,17 +206,6 @@ impl StartResponse {
     }
 }
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailers",
-    "transfer-encoding",
-    "upgrade",
-];
-
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
@@ -319,7 +308,10 @@ fn encode_head(
         out.extend_from_slice(b": ");
         let v0 = out.len();
         push_latin1(out, &value, "header value")?;
-        if HOP_BY_HOP.iter().any(|h| h.as_bytes() == lower.as_slice()) {
+        if weir_http1::HOP_BY_HOP
+            .iter()
+            .any(|h| h.as_bytes() == lower.as_slice())
+        {
             // PEP 3333: apps must not send hop-by-hop headers; the front door owns them.
             out.truncate(line);
             continue;

@@ -45,7 +45,7 @@ impl Pool {
     /// workers retire, busy ones retire when done.
     pub(crate) fn begin_shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::Relaxed);
-        let waiters = std::mem::take(&mut self.state().waiters);
+        let waiters = self.state().queue.take_all();
         for w in waiters {
             // Submitters still waiting hear ShuttingDown when their sender drops; a taken
             // back offer's submitter waits for a head instead.

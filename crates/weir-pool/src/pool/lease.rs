@@ -1,6 +1,5 @@
-//! A worker taken for one request ([`Lease`]) and a place in the queue held from outside
-//! the pool ([`QueueSlot`]): what returns a worker, or a place, whatever way the request
-//! ends.
+//! A worker taken for one request ([`Lease`]): what returns a worker whatever way the
+//! request ends.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,18 +10,6 @@ use super::{Pool, Submission};
 use crate::offer_policy::ServiceTime;
 use crate::request::{ClaimPending, HeadReply, WorkerRequest};
 use crate::slot::{RestartReason, WorkerHandle};
-
-/// A place in the queue held from outside the pool (see [`Pool::enter_queue`]).
-#[derive(Debug)]
-pub struct QueueSlot {
-    pub(super) pool: Pool,
-}
-
-impl Drop for QueueSlot {
-    fn drop(&mut self) {
-        self.pool.inner.external.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// An idle worker taken for one request. Dropping a clean lease returns the worker to
 /// the pool; dropping one marked dirty (mid-request) kills the worker, since its socket

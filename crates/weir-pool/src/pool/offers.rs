@@ -12,11 +12,12 @@ use std::sync::MutexGuard;
 
 use weir_uwsgi::packet;
 
-use super::{Expiry, ExpiryWhy, Lease, Pool, State, Submission, Waiter};
+use super::{Lease, Pool, State, Submission, Waiter};
 use crate::error::DispatchError;
 use crate::offer_policy::{self, ServiceTime};
 use crate::request::{WorkerRequest, INLINE_BODY};
 use crate::slot::WorkerHandle;
+use weir_queue::Expiry;
 
 /// A request written to a busy worker behind its current one (see the module doc).
 #[derive(Debug)]
@@ -92,7 +93,7 @@ impl Pool {
         if room == 0
             || worker.claim.is_none()
             || !self.inner.prefetch
-            || st.codel.overloaded()
+            || st.queue.overloaded()
             || !sendable_at_once(current)
             || self.retiring(st, worker.generation)
             // Over reload_on_rss: it retires once what it has is done.
@@ -144,11 +145,11 @@ impl Pool {
             return Some(self.place_offer(st, worker, placed, holder_typical));
         }
         loop {
-            let front = st.waiters.front()?;
+            let front = st.queue.front()?;
             if !offerable(&front.job.req) || !fits(&front.job.req) || !worth(&front.job) {
                 return None;
             }
-            let waiter = st.waiters.pop_front().expect("front checked");
+            let waiter = st.queue.pop_front().expect("front checked");
             let since = waiter.since;
             let key = waiter.key.unwrap_or_else(|| {
                 st.offer_keys += 1;
@@ -358,7 +359,7 @@ impl Pool {
             }
         }
         for waiter in queued.into_iter().rev() {
-            st.waiters.push_front(waiter);
+            st.queue.push_front(waiter);
         }
         drop(st);
         for (worker, job) in starts {
@@ -379,20 +380,12 @@ impl Pool {
             st.offers.swap_remove(i);
             return true;
         }
-        if let Some(i) = st.waiters.iter().position(|w| w.key == Some(key)) {
-            st.waiters.remove(i);
-            return true;
-        }
-        false
+        st.queue.remove_first(|w| w.key == Some(key)).is_some()
     }
 
     /// The answer of a request whose wait is over.
     pub(super) fn expiry_error(&self, expires: &Expiry) -> DispatchError {
-        match expires.why {
-            ExpiryWhy::QueueTimeout(d) => DispatchError::QueueTimeout(d),
-            ExpiryWhy::Deadline => DispatchError::DeadlineExceeded,
-            ExpiryWhy::Shed(target) => self.shed(target),
-        }
+        self.inner.policy.refusal(expires).into()
     }
 
     /// `job`, or `None` when nobody waits for it any more (dropped) or its wait is over
@@ -431,7 +424,7 @@ impl Pool {
         worker: &mut WorkerHandle,
         now: Instant,
     ) -> Option<(Submission, Vec<u8>)> {
-        let nothing_waits = st.waiters.iter().all(Waiter::gone);
+        let nothing_waits = st.queue.nobody_waits();
         let offer =
             self.take_offer_from_slowest(st, worker.id, now, nothing_waits, usize::MAX, |_| true)?;
         self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);

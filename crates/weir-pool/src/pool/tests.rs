@@ -21,11 +21,18 @@ fn request(deadline: Option<Instant>) -> WorkerRequest {
         hold: None,
         body_timeout: Duration::from_secs(60),
         service: None,
+        fair_key: 0,
     }
 }
 
 fn pool(max_queue: usize, timeout: Duration) -> Pool {
-    Pool::new(max_queue, timeout, None, None, true)
+    let policy = weir_queue::QueuePolicy {
+        max_size: max_queue,
+        timeout,
+        codel: None,
+        per_key_max: None,
+    };
+    Pool::new(policy, None, true)
 }
 
 /// A request submitted in a task of its own, returned once it waits in the queue (the

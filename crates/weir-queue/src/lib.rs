@@ -1,0 +1,291 @@
+//! The admission queue: where a request waits for what it needs (a worker of the pool, a
+//! connection to an upstream, a slot of its route's `max_concurrency`), one set of rules
+//! for every backend, so the front door's answers to overload are the same whichever
+//! backend serves:
+//!
+//! - [`QueuePolicy`]: `[queue]`'s bound (`max_size`, [`QueueRefusal::Full`] at once), its
+//!   timeout, and the request's own deadline: a wait ends at whichever comes first
+//!   ([`Expiry`]), answered [`QueueRefusal::Timeout`] or [`QueueRefusal::Deadline`];
+//! - [`codel`]: CoDel's control law with adaptive LIFO ([`QueueRefusal::Shed`]);
+//! - [`WaitQueue`]: the waiters in the order they are served, with CoDel's state;
+//! - [`Slots`]: a counted resource (an upstream's connections, a route's concurrency)
+//!   whose waiters wait in a [`WaitQueue`] under a [`QueuePolicy`]; the pool (weir-pool)
+//!   keeps its own [`WaitQueue`] because a worker that frees starts the next request
+//!   itself, in the same step;
+//! - [`QueuePlace`]: a place held in a backend's queue by a request that waits in front
+//!   of it (for its route's slot), so the bound and the depth count every waiter once;
+//! - [`ServiceTime`]: the typical time a request holds what it waited for, which the
+//!   delay target and prefetch offers are judged by.
+//!
+//! Time-dependent parts are pure functions of instants (CoDel, expiries) or run on tokio's
+//! clock, so they are tested on synthetic or paused time. See docs/architecture.md.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod codel;
+mod service_time;
+mod slots;
+mod wait_queue;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use weir_errors::ErrorClass;
+
+pub use codel::{Codel, CodelState};
+pub use service_time::ServiceTime;
+pub use slots::{SlotPermit, Slots};
+pub use wait_queue::{WaitQueue, Waiting};
+
+/// Why a request's wait in the queue ended without what it waited for.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum QueueRefusal {
+    /// The queue is at its bound.
+    #[error("{max} requests already wait")]
+    Full {
+        /// The bound.
+        max: usize,
+    },
+    /// The request's fairness key (`[queue] fair_key`: its client, say) already has
+    /// `per_key_max` requests waiting.
+    #[error("{max} requests of the same fair_key (per_key_max) already wait; others are served in turn")]
+    KeyFull {
+        /// `per_key_max`.
+        max: usize,
+    },
+    /// Nothing freed within the queue timeout.
+    #[error("nothing became free within {0:?}")]
+    Timeout(Duration),
+    /// Shed: the queue's delay stayed above the target for the whole CoDel interval and
+    /// the request waited longer than the target.
+    #[error(
+        "overload: the queue's delay has stayed above {target:?} for over {interval:?}, so \
+         requests waiting longer than {target:?} are refused and the others served fast"
+    )]
+    Shed {
+        /// The delay target.
+        target: Duration,
+        /// The interval.
+        interval: Duration,
+    },
+    /// The request's deadline passed while it waited.
+    #[error("the request's deadline passed while it waited")]
+    Deadline,
+}
+
+impl QueueRefusal {
+    /// The attribution class (`x-weir-error`, access log, metric label).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            QueueRefusal::Full { .. } | QueueRefusal::KeyFull { .. } => ErrorClass::QueueFull,
+            QueueRefusal::Timeout(_) | QueueRefusal::Shed { .. } => ErrorClass::QueueTimeout,
+            QueueRefusal::Deadline => ErrorClass::Deadline,
+        }
+    }
+}
+
+/// When a request's wait ends, and how it is answered then: whichever of the queue
+/// timeout, its deadline and (while the queue is overloaded) the delay target it was
+/// admitted under comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    /// When.
+    pub at: Instant,
+    /// Which limit it is.
+    pub why: ExpiryWhy,
+}
+
+/// Which limit ends a wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpiryWhy {
+    /// `[queue] timeout` (this long).
+    QueueTimeout(Duration),
+    /// The request's deadline.
+    Deadline,
+    /// The delay target of an overloaded queue (this long).
+    Shed(Duration),
+}
+
+impl Expiry {
+    /// What the wait has left at `now`.
+    pub fn left(&self, now: Instant) -> Duration {
+        self.at.saturating_duration_since(now)
+    }
+}
+
+/// `[queue]`: the bound, the timeout and CoDel, as every part of the queue applies them.
+#[derive(Debug, Clone, Copy)]
+pub struct QueuePolicy {
+    /// Most requests waiting at once (`[queue] max_size`).
+    pub max_size: usize,
+    /// Longest wait (`[queue] timeout`).
+    pub timeout: Duration,
+    /// Delay-based shedding; `None`: plain FIFO with the timeout.
+    pub codel: Option<Codel>,
+    /// Most requests of one fairness key waiting at once (`[queue] per_key_max`).
+    pub per_key_max: Option<usize>,
+}
+
+impl QueuePolicy {
+    /// When a wait that starts at `now` ends: the queue timeout or the request's
+    /// `deadline`, whichever is sooner; a deadline already past is refused at once.
+    pub fn expiry(&self, now: Instant, deadline: Option<Instant>) -> Result<Expiry, QueueRefusal> {
+        match deadline {
+            Some(d) if d <= now => Err(QueueRefusal::Deadline),
+            Some(d) if d - now < self.timeout => Ok(Expiry {
+                at: d,
+                why: ExpiryWhy::Deadline,
+            }),
+            _ => Ok(Expiry {
+                at: now + self.timeout,
+                why: ExpiryWhy::QueueTimeout(self.timeout),
+            }),
+        }
+    }
+
+    /// `expiry`, shortened to the delay target when the queue is overloaded.
+    pub fn capped(&self, expiry: Expiry, now: Instant, shedding: Option<Duration>) -> Expiry {
+        match shedding {
+            Some(target) if now + target < expiry.at => Expiry {
+                at: now + target,
+                why: ExpiryWhy::Shed(target),
+            },
+            _ => expiry,
+        }
+    }
+
+    /// The delay target now (`None` without CoDel), given the typical service time.
+    pub fn target(&self, typical: Option<Duration>) -> Option<Duration> {
+        self.codel.map(|c| c.target(typical, self.timeout))
+    }
+
+    /// The refusal of a request shed at `target`.
+    pub fn shed(&self, target: Duration) -> QueueRefusal {
+        QueueRefusal::Shed {
+            target,
+            interval: self.codel.map_or(Duration::ZERO, |c| c.interval),
+        }
+    }
+
+    /// How a wait that reached its expiry is answered.
+    pub fn refusal(&self, expiry: &Expiry) -> QueueRefusal {
+        match expiry.why {
+            ExpiryWhy::QueueTimeout(d) => QueueRefusal::Timeout(d),
+            ExpiryWhy::Deadline => QueueRefusal::Deadline,
+            ExpiryWhy::Shed(target) => self.shed(target),
+        }
+    }
+}
+
+/// Requests that wait in front of a backend's queue (for their route's slot): they count
+/// against the backend queue's bound and in its depth, once each.
+#[derive(Debug, Default, Clone)]
+pub struct OutsideWaits(Arc<AtomicUsize>);
+
+impl OutsideWaits {
+    /// How many wait now.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// One more waits, unless `depth` (the backend's whole queue, these included) is at
+    /// `max` already.
+    pub fn enter(&self, depth: usize, max: usize) -> Result<QueuePlace, QueueRefusal> {
+        if depth >= max {
+            return Err(QueueRefusal::Full { max });
+        }
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(QueuePlace(self.0.clone()))
+    }
+}
+
+/// A place in a backend's queue held by a request waiting in front of it; given back when
+/// dropped.
+#[derive(Debug)]
+pub struct QueuePlace(Arc<AtomicUsize>);
+
+impl Drop for QueuePlace {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn policy() -> QueuePolicy {
+        QueuePolicy {
+            max_size: 4,
+            timeout: 1000 * MS,
+            codel: Some(Codel {
+                target: None,
+                interval: 100 * MS,
+                lifo: true,
+            }),
+            per_key_max: None,
+        }
+    }
+
+    #[test]
+    fn a_wait_ends_at_the_timeout_or_the_deadline_whichever_is_sooner() {
+        let p = policy();
+        let now = Instant::now();
+        let e = p.expiry(now, None).unwrap();
+        assert_eq!(
+            (e.at, e.why),
+            (now + 1000 * MS, ExpiryWhy::QueueTimeout(1000 * MS))
+        );
+        assert_eq!(p.refusal(&e), QueueRefusal::Timeout(1000 * MS));
+        let e = p.expiry(now, Some(now + 300 * MS)).unwrap();
+        assert_eq!((e.at, e.why), (now + 300 * MS, ExpiryWhy::Deadline));
+        assert_eq!(p.refusal(&e).class(), ErrorClass::Deadline);
+        let e = p.expiry(now, Some(now + 3000 * MS)).unwrap();
+        assert_eq!(e.why, ExpiryWhy::QueueTimeout(1000 * MS));
+        assert_eq!(p.expiry(now, Some(now)), Err(QueueRefusal::Deadline));
+    }
+
+    #[test]
+    fn an_overloaded_queue_caps_a_new_wait_at_the_target() {
+        let p = policy();
+        let now = Instant::now();
+        let e = p.expiry(now, None).unwrap();
+        let capped = p.capped(e, now, Some(500 * MS));
+        assert_eq!(
+            (capped.at, capped.why),
+            (now + 500 * MS, ExpiryWhy::Shed(500 * MS))
+        );
+        assert_eq!(p.refusal(&capped).class(), ErrorClass::QueueTimeout);
+        // A sooner deadline stays.
+        let e = p.expiry(now, Some(now + 200 * MS)).unwrap();
+        assert_eq!(p.capped(e, now, Some(500 * MS)), e);
+        assert_eq!(p.capped(e, now, None), e);
+    }
+
+    #[test]
+    fn the_automatic_target_follows_the_service_time_between_its_floor_and_the_timeout() {
+        let p = policy();
+        assert_eq!(p.target(None), Some(Codel::MIN_TARGET));
+        assert_eq!(p.target(Some(200 * MS)), Some(800 * MS));
+        assert_eq!(p.target(Some(2000 * MS)), Some(1000 * MS));
+        assert_eq!(QueuePolicy { codel: None, ..p }.target(Some(MS)), None);
+    }
+
+    #[test]
+    fn outside_waits_count_until_their_place_drops_and_respect_the_bound() {
+        let w = OutsideWaits::default();
+        let a = w.enter(0, 2).unwrap();
+        let b = w.enter(w.count(), 2).unwrap();
+        assert_eq!(w.count(), 2);
+        assert_eq!(
+            w.enter(w.count(), 2).unwrap_err(),
+            QueueRefusal::Full { max: 2 }
+        );
+        drop((a, b));
+        assert_eq!(w.count(), 0);
+    }
+}
