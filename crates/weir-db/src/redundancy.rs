@@ -105,7 +105,8 @@ impl Visibility {
         }
     }
 
-    /// The `ALTER INDEX` clause that makes a hidden index visible in its server's syntax.
+    /// The `ALTER INDEX` clause that makes a hidden index visible in its server's syntax
+    /// (only asked of a hidden one).
     fn unhide(self) -> &'static str {
         match self {
             Visibility::Invisible => "VISIBLE",
@@ -332,16 +333,14 @@ pub struct Finding {
 }
 
 impl Finding {
-    /// The key parts as the text output shows them: `a, b DESC` plus ` IGNORED` when the
+    /// The key parts as the text output shows them: `(a, b DESC)`, then ` IGNORED` when the
     /// optimizer ignores the index.
     pub fn shown_columns(&self) -> String {
-        let mut s = self.columns.join(", ");
-        if let Some(k) = self.visibility.and_then(Visibility::keyword) {
-            s = format!("({s}) {k}");
-        } else {
-            s = format!("({s})");
+        let cols = self.columns.join(", ");
+        match self.visibility.and_then(Visibility::keyword) {
+            Some(k) => format!("({cols}) {k}"),
+            None => format!("({cols})"),
         }
-        s
     }
 }
 
