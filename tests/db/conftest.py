@@ -1,10 +1,12 @@
 """Fixtures for the database tests: the MariaDB/MySQL server named by WEIR_TEST_MYSQL_URL
-(tests that need it are skipped, with the reason, when it is unset) and a scratch database
-per test."""
+(tests that need it are skipped, with the reason, when it is unset), a scratch database
+per test, and the weir binary ($WEIR_BIN, else debug/weir under $CARGO_TARGET_DIR or
+target/) for the `weir db` tests."""
 
 import itertools
 import os
 import sys
+from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
 import pytest
@@ -51,3 +53,17 @@ def scratch_url(mysql_url):
         with admin.cursor() as c:
             c.execute(f"DROP DATABASE IF EXISTS `{name}`")
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def weir_bin() -> Path:
+    """$WEIR_BIN, else debug/weir under $CARGO_TARGET_DIR (relative to the repository, where
+    cargo runs) or target/; fails (not skips) when it is missing: never test nothing."""
+    if os.environ.get("WEIR_BIN"):
+        p = Path(os.environ["WEIR_BIN"])
+    else:
+        p = Path(ROOT) / os.environ.get("CARGO_TARGET_DIR", "target") / "debug" / "weir"
+    if not p.exists():
+        pytest.fail("weir binary not found at %s: run `cargo build -p weir` (scripts/test.sh does) "
+                    "or set WEIR_BIN" % p, pytrace=False)
+    return p

@@ -15,9 +15,10 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE t_dup (id INT PRIMARY KEY, a INT, KEY k_a1 (a), KEY k_a2 (a)) ENGINE=InnoDB",
     // left-prefix-index: k_a is a left prefix of k_ab
     "CREATE TABLE t_prefix (id INT PRIMARY KEY, a INT, b INT, KEY k_a (a), KEY k_ab (a, b)) ENGINE=InnoDB",
-    // repeats-primary-key: k_id is the PK's twin; k_a_id ends with the PK
+    // duplicate-primary-key: k_id is the PK's twin; primary-key-suffix-explicit: k_a_id
+    // ends with the PK
     "CREATE TABLE t_pk (id INT PRIMARY KEY, a INT, KEY k_id (id), KEY k_a_id (a, id)) ENGINE=InnoDB",
-    // a unique twin: reported, never dropped
+    // a unique twin of a unique index: dropped, the other keeps the constraint
     "CREATE TABLE t_unique (id INT PRIMARY KEY, a INT, UNIQUE KEY u1 (a), UNIQUE KEY u2 (a)) ENGINE=InnoDB",
     // duplicate-foreign-key
     "CREATE TABLE t_fkdup (id INT PRIMARY KEY, p INT, KEY k_p (p), \
@@ -70,8 +71,8 @@ async fn finds_each_kind_and_its_suggestions_run() {
     let want: BTreeSet<(String, Kind, String)> = [
         ("t_dup", Kind::DuplicateIndex, "k_a2"),
         ("t_prefix", Kind::LeftPrefixIndex, "k_a"),
-        ("t_pk", Kind::RepeatsPrimaryKey, "k_id"),
-        ("t_pk", Kind::RepeatsPrimaryKey, "k_a_id"),
+        ("t_pk", Kind::DuplicatePrimaryKey, "k_id"),
+        ("t_pk", Kind::PrimaryKeySuffixExplicit, "k_a_id"),
         ("t_unique", Kind::DuplicateIndex, "u2"),
         ("t_fkdup", Kind::DuplicateForeignKey, "fk_two"),
         ("t_fknoidx", Kind::ForeignKeyWithoutIndex, "fk_noidx"),
@@ -83,9 +84,9 @@ async fn finds_each_kind_and_its_suggestions_run() {
     assert_eq!(got, want, "text output:\n{text}");
     assert_eq!(report.tables_checked, 9);
 
-    // Never a DROP of a unique index; the FK-needed index has no statement either.
+    // Every finding has a statement but the FK-needed index.
     for f in &report.findings {
-        if f.unique || f.kind == Kind::IndexNeededByForeignKey {
+        if f.kind == Kind::IndexNeededByForeignKey {
             assert_eq!(f.suggestion, None, "{f:?}");
         } else {
             assert!(f.suggestion.is_some(), "{f:?}");
@@ -129,7 +130,7 @@ async fn finds_each_kind_and_its_suggestions_run() {
         .collect();
     assert_eq!(
         left,
-        ["u2", "k_b_id"].into_iter().map(String::from).collect(),
+        ["k_b_id"].into_iter().map(String::from).collect(),
         "{}",
         String::from_utf8_lossy(&out)
     );
