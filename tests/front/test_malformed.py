@@ -135,6 +135,8 @@ NGINX_SHAPES = [
      405, "method-not-allowed", "json"),
     ("connect-origin-form", b"CONNECT /env?tag=connect HTTP/1.1\r\nHost: x\r\n\r\n",
      405, "method-not-allowed", "text"),
+    ("trace", b"TRACE /env?tag=trace HTTP/1.1\r\nHost: x\r\n\r\n", 405, "method-not-allowed", "json"),
+    ("lowercase-method", b"get /env?tag=lower HTTP/1.1\r\nHost: x\r\n\r\n", 400, "bad-request", "text"),
     ("asterisk-form-on-get", b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400, "bad-request", "json"),
     ("authority-form-on-get", b"GET example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n", 400, "bad-request", "text"),
     ("te-gzip-chunked", head("tegz", "Transfer-Encoding: gzip, chunked") + b"5\r\nhello\r\n0\r\n\r\n",

@@ -62,7 +62,7 @@ pub enum ErrorClass {
     AppException,
     /// A malformed request (head, body framing, uwsgi packet).
     BadRequest,
-    /// A method weir does not serve (CONNECT: weir does not tunnel).
+    /// A method weir does not serve (CONNECT: weir does not tunnel; TRACE).
     MethodNotAllowed,
     /// A transfer coding weir does not implement.
     NotImplemented,

@@ -97,6 +97,14 @@ pub enum FramingError {
     /// The CONNECT method: weir does not tunnel (NGINX answers 405 too).
     #[error("the CONNECT method is not allowed: weir does not tunnel")]
     ConnectMethod,
+    /// The TRACE method: weir does not echo requests back (cross-site tracing; NGINX
+    /// answers 405 too).
+    #[error("the TRACE method is not allowed: weir does not echo requests back")]
+    TraceMethod,
+    /// A method that is not upper-case letters, `_` and `-` (NGINX: "client sent invalid
+    /// method"; methods are case-sensitive, so `get` is not GET and no app serves it).
+    #[error("invalid method {0:?}: methods are upper case (GET, POST, ...)")]
+    BadMethod(String),
     /// A request target in asterisk form (`*`) on a method other than OPTIONS, or in
     /// authority form (`host:port`) on a method other than CONNECT (RFC 9112 3.2.3, 3.2.4).
     #[error("a request target in {form} form is not allowed with {method}")]
@@ -145,7 +153,7 @@ impl FramingError {
             FramingError::HeadTooLarge { .. }
             | FramingError::TooManyHeaders
             | FramingError::UriTooLong => ErrorClass::HeaderTooLarge,
-            FramingError::ConnectMethod => ErrorClass::MethodNotAllowed,
+            FramingError::ConnectMethod | FramingError::TraceMethod => ErrorClass::MethodNotAllowed,
             FramingError::UnknownTransferCoding(_) => ErrorClass::NotImplemented,
             _ => ErrorClass::BadRequest,
         }
@@ -487,12 +495,22 @@ fn check_head(
 }
 
 /// The method and the form of the request target (after the framing checks, as NGINX
-/// refuses CONNECT after reading the head): CONNECT is refused (405, weir does not tunnel);
+/// refuses CONNECT after reading the head): a method with anything but upper-case letters,
+/// `_` and `-` is refused as NGINX refuses it (400); CONNECT (weir does not tunnel) and
+/// TRACE (weir does not echo requests) are refused (405, as NGINX);
 /// the asterisk form is for OPTIONS only (RFC 9112 3.2.4) and the authority form for
 /// CONNECT only (3.2.3), so anything else must be an absolute path or an absolute URI.
 fn check_method_and_target(method: &str, target: &str) -> Result<(), FramingError> {
-    if method == "CONNECT" {
-        return Err(FramingError::ConnectMethod);
+    if !method
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-')
+    {
+        return Err(FramingError::BadMethod(method.to_owned()));
+    }
+    match method {
+        "CONNECT" => return Err(FramingError::ConnectMethod),
+        "TRACE" => return Err(FramingError::TraceMethod),
+        _ => {}
     }
     let refused = if target == "*" {
         (method != "OPTIONS").then_some("asterisk")
@@ -646,6 +664,10 @@ mod tests {
             (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", E::TransferEncodingNotChunked),
             (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", E::ConnectMethod),
             (b"CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n", E::ConnectMethod),
+            (b"TRACE / HTTP/1.1\r\nHost: a\r\n\r\n", E::TraceMethod),
+            (b"get / HTTP/1.1\r\nHost: a\r\n\r\n", E::BadMethod("get".into())),
+            (b"G\xc3\x89T / HTTP/1.1\r\nHost: a\r\n\r\n", E::Malformed(httparse::Error::Token)),
+            (b"M.SEARCH / HTTP/1.1\r\nHost: a\r\n\r\n", E::BadMethod("M.SEARCH".into())),
             (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", E::TargetFormNotAllowed { method: "GET".into(), form: "asterisk" }),
             (b"GET example.com:443 HTTP/1.1\r\nHost: a\r\n\r\n", E::TargetFormNotAllowed { method: "GET".into(), form: "authority" }),
             (b"OPTIONS example.com HTTP/1.1\r\nHost: a\r\n\r\n", E::TargetFormNotAllowed { method: "OPTIONS".into(), form: "authority" }),
@@ -660,6 +682,8 @@ mod tests {
         use FramingError as E;
         let cases = [
             (E::ConnectMethod, 405, "method-not-allowed"),
+            (E::TraceMethod, 405, "method-not-allowed"),
+            (E::BadMethod("get".into()), 400, "bad-request"),
             (
                 E::UnknownTransferCoding("gzip".into()),
                 501,

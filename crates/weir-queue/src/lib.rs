@@ -50,7 +50,9 @@ pub enum QueueRefusal {
     },
     /// The request's fairness key (`[queue] fair_key`: its client, say) already has
     /// `per_key_max` requests waiting.
-    #[error("{max} requests of the same fair_key (per_key_max) already wait; others are served in turn")]
+    #[error(
+        "{max} requests of the same fair_key (per_key_max) already wait; others are served in turn"
+    )]
     KeyFull {
         /// `per_key_max`.
         max: usize,

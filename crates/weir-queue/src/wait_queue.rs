@@ -331,7 +331,10 @@ mod tests {
     fn a_full_queue_makes_room_by_pruning_the_gone() {
         let t0 = Instant::now();
         let mut q = WaitQueue::default();
-        q.push(W { gone: true, ..w(0, t0) });
+        q.push(W {
+            gone: true,
+            ..w(0, t0)
+        });
         q.push(w(1, t0));
         assert!(!q.has_room(1, 2) || q.len() == 1);
         assert_eq!(q.len(), 1, "the gone one was pruned");
@@ -364,7 +367,10 @@ mod tests {
     fn gone_waiters_at_the_front_do_not_count_as_delay() {
         let t0 = Instant::now();
         let mut q = WaitQueue::default();
-        q.push(W { gone: true, ..w(0, t0) });
+        q.push(W {
+            gone: true,
+            ..w(0, t0)
+        });
         let (s, _) = q.regulate(t0 + 900 * MS, Some(&CODEL), 500 * MS);
         assert_eq!(s, None);
         assert!(q.is_empty());
@@ -377,12 +383,23 @@ mod tests {
         let mut q = WaitQueue::default();
         // Client 1 floods: ten requests first. Client 2 then sends two.
         for id in 0..10 {
-            q.push(W { key: 1, ..w(id, t0) });
+            q.push(W {
+                key: 1,
+                ..w(id, t0)
+            });
         }
-        q.push(W { key: 2, ..w(100, t0) });
-        q.push(W { key: 2, ..w(101, t0) });
+        q.push(W {
+            key: 2,
+            ..w(100, t0)
+        });
+        q.push(W {
+            key: 2,
+            ..w(101, t0)
+        });
         assert_eq!(q.len_of(1), 10);
-        let order: Vec<u32> = std::iter::from_fn(|| q.pop_next(false)).map(|w| w.id).collect();
+        let order: Vec<u32> = std::iter::from_fn(|| q.pop_next(false))
+            .map(|w| w.id)
+            .collect();
         assert_eq!(order, [0, 100, 1, 101, 2, 3, 4, 5, 6, 7, 8, 9]);
         assert!(q.is_empty());
     }
@@ -391,9 +408,16 @@ mod tests {
     fn a_key_is_bounded_by_per_key_max_and_its_gone_waiters_make_room() {
         let t0 = Instant::now();
         let mut q = WaitQueue::default();
-        q.push(W { key: 7, gone: true, ..w(0, t0) });
+        q.push(W {
+            key: 7,
+            gone: true,
+            ..w(0, t0)
+        });
         q.push(W { key: 7, ..w(1, t0) });
-        assert!(q.has_room_for_key(3, 1), "another key is not held to key 7's count");
+        assert!(
+            q.has_room_for_key(3, 1),
+            "another key is not held to key 7's count"
+        );
         assert!(q.has_room_for_key(7, 2), "the gone one was pruned");
         assert_eq!(q.len(), 1);
         assert!(!q.has_room_for_key(7, 1));
@@ -418,7 +442,10 @@ mod tests {
         let t0 = Instant::now();
         let target = 500 * MS;
         let mut q = WaitQueue::default();
-        q.push(W { key: 1, ..w(0, t0 + 500 * MS) });
+        q.push(W {
+            key: 1,
+            ..w(0, t0 + 500 * MS)
+        });
         q.push(W { key: 2, ..w(1, t0) });
         // The oldest waiter is key 2's, although key 1 is first in turn.
         q.regulate(t0 + 600 * MS, Some(&CODEL), target);
