@@ -82,11 +82,17 @@ pub enum ErrorClass {
     UpstreamProtocol,
     /// weir is draining after SIGTERM.
     ShuttingDown,
+    /// A `[limit_req.NAME]` zone refused the request (its key is over its rate and burst).
+    /// Default status 429; the zone's `status` overrides it ([`ErrorClass::status_or`]).
+    RateLimited,
+    /// A `[limit_conn.NAME]` zone refused the request (its key already has `max` requests
+    /// in progress). Default status 429; the zone's `status` overrides it.
+    ConnLimited,
 }
 
 impl ErrorClass {
     /// Every class, in the order of docs/errors.md.
-    pub const ALL: [ErrorClass; 18] = [
+    pub const ALL: [ErrorClass; 20] = [
         ErrorClass::QueueFull,
         ErrorClass::QueueTimeout,
         ErrorClass::Deadline,
@@ -105,6 +111,8 @@ impl ErrorClass {
         ErrorClass::UpstreamTimeout,
         ErrorClass::UpstreamProtocol,
         ErrorClass::ShuttingDown,
+        ErrorClass::RateLimited,
+        ErrorClass::ConnLimited,
     ];
 
     /// The wire name (`x-weir-error`, the access log, the metric label).
@@ -128,10 +136,14 @@ impl ErrorClass {
             ErrorClass::UpstreamTimeout => "upstream-timeout",
             ErrorClass::UpstreamProtocol => "upstream-protocol",
             ErrorClass::ShuttingDown => "shutting-down",
+            ErrorClass::RateLimited => "rate-limited",
+            ErrorClass::ConnLimited => "conn-limited",
         }
     }
 
-    /// The status of its answer.
+    /// The status of its answer: the class's default. The limit classes
+    /// ([`ErrorClass::configurable_status`]) take their zone's `status` instead, through
+    /// [`ErrorClass::status_or`].
     pub const fn status(self) -> StatusCode {
         match self {
             ErrorClass::QueueFull | ErrorClass::QueueTimeout | ErrorClass::ShuttingDown => {
@@ -152,6 +164,23 @@ impl ErrorClass {
             ErrorClass::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorClass::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorClass::ClientClosed => CLIENT_CLOSED,
+            ErrorClass::RateLimited | ErrorClass::ConnLimited => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    /// Whether the configuration may choose its status (a limit zone's `status`, as
+    /// NGINX's `limit_req_status`/`limit_conn_status`).
+    pub const fn configurable_status(self) -> bool {
+        matches!(self, ErrorClass::RateLimited | ErrorClass::ConnLimited)
+    }
+
+    /// The status of its answer given a configured one: `configured` when the class's
+    /// status is configurable ([`ErrorClass::configurable_status`]) and it is given,
+    /// otherwise [`ErrorClass::status`].
+    pub fn status_or(self, configured: Option<StatusCode>) -> StatusCode {
+        match configured {
+            Some(s) if self.configurable_status() => s,
+            _ => self.status(),
         }
     }
 
@@ -160,7 +189,10 @@ impl ErrorClass {
     pub const fn retry_after(self) -> bool {
         matches!(
             self,
-            ErrorClass::QueueFull | ErrorClass::QueueTimeout | ErrorClass::ShuttingDown
+            ErrorClass::QueueFull
+                | ErrorClass::QueueTimeout
+                | ErrorClass::ShuttingDown
+                | ErrorClass::RateLimited
         )
     }
 
@@ -177,7 +209,9 @@ impl ErrorClass {
             ErrorClass::QueueFull
             | ErrorClass::QueueTimeout
             | ErrorClass::Deadline
-            | ErrorClass::ShuttingDown => Origin::Weir,
+            | ErrorClass::ShuttingDown
+            | ErrorClass::RateLimited
+            | ErrorClass::ConnLimited => Origin::Weir,
             ErrorClass::Harakiri
             | ErrorClass::WorkerDied
             | ErrorClass::WorkerProtocol
@@ -225,14 +259,37 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_only_on_503() {
+    fn retry_after_on_503_and_rate_limited() {
         for c in ErrorClass::ALL {
             assert_eq!(
                 c.retry_after(),
-                c.status() == StatusCode::SERVICE_UNAVAILABLE,
+                c.status() == StatusCode::SERVICE_UNAVAILABLE || c == ErrorClass::RateLimited,
                 "{c}"
             );
         }
+    }
+
+    #[test]
+    fn limit_classes_take_the_zone_status() {
+        let s503 = Some(StatusCode::SERVICE_UNAVAILABLE);
+        for c in [ErrorClass::RateLimited, ErrorClass::ConnLimited] {
+            assert_eq!(c.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(c.status_or(None), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(c.status_or(s503), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(c.origin(), Origin::Weir);
+        }
+        // the other classes keep theirs
+        assert_eq!(
+            ErrorClass::Deadline.status_or(s503),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            ErrorClass::ALL
+                .iter()
+                .filter(|c| c.configurable_status())
+                .count(),
+            2
+        );
     }
 
     #[test]
