@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs, idempotently and quietly, everything weir's tests and benchmarks talk to:
-# Debian packages (nginx, MariaDB, wrk) and the Python peers (Flask, uWSGI, Gunicorn,
+# Debian packages (nginx, MariaDB, wrk, Redis, nghttp2's h2load) and the Python peers (Flask, uWSGI, Gunicorn,
 # Granian, PyMySQL, pytest). Safe to run again: it skips what is already there.
 # Usage: scripts/install-deps.sh [--no-apt]   (root is needed for the apt part)
 set -euo pipefail
 
-APT_PACKAGES=(nginx-light mariadb-server mariadb-client wrk)
+APT_PACKAGES=(nginx-light mariadb-server mariadb-client wrk redis-server nghttp2-client)
 PIP_PACKAGES=(
   "flask>=3,<4"
   "uwsgi==2.0.31"

@@ -5,8 +5,10 @@
 //! - [`units`]: [`Duration`](units::Seconds)-like values ("250ms", "30s", a bare number of
 //!   seconds as uWSGI's `harakiri = 30`), sizes ("16KiB", "16k", "200M"), listen addresses
 //!   (`HOST:PORT` or `unix:PATH`).
-//! - this file: the sections (`[server]`, `[app]`, `[queue]`), [`Config::load`],
-//!   [`Config::validate`].
+//! - [`template`]: NGINX-style key templates (`"$remote_addr:$uri"`), parsed once for
+//!   validation here and evaluation in weir-limits.
+//! - this file: the sections (`[server]`, `[app]`, `[queue]`, `[limit_req.NAME]`,
+//!   `[limit_conn.NAME]`, `[limits]`), [`Config::load`], [`Config::validate`].
 //!
 //! Every section is `#[serde(default, deny_unknown_fields)]`: a missing key takes its
 //! default, an unknown one is an error that names it (the shape of pingora's
@@ -15,14 +17,17 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod template;
 pub mod units;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use thiserror::Error;
 
-pub use units::{ListenAddr, Seconds, Size};
+pub use template::{parse_template, Segment, Var};
+pub use units::{ListenAddr, Rate, Seconds, Size};
 
 /// A configuration that cannot be used. Its message names the key and says what to do.
 #[derive(Debug, Error)]
@@ -79,6 +84,126 @@ pub struct Config {
     pub route: Vec<RouteConfig>,
     /// The admin listener (`/metrics`, `/livez`, `/readyz`).
     pub admin: AdminConfig,
+    /// Request-rate zones (`[limit_req.NAME]`, NGINX's `limit_req_zone`), by name.
+    pub limit_req: BTreeMap<String, LimitReqConfig>,
+    /// Concurrent-request zones (`[limit_conn.NAME]`, NGINX's `limit_conn_zone`), by name.
+    pub limit_conn: BTreeMap<String, LimitConnConfig>,
+    /// Where the zones keep their state (`[limits]`).
+    pub limits: LimitsConfig,
+}
+
+/// The status a limit answers with unless its zone says otherwise (NGINX's is 503).
+pub const DEFAULT_LIMIT_STATUS: u16 = 429;
+
+/// `[limit_req.NAME]`: a leaky bucket per key, as NGINX's `limit_req_zone` with the
+/// `limit_req` parameters (`burst`, `nodelay`, `delay`) and `limit_req_status`,
+/// `limit_req_dry_run`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitReqConfig {
+    /// The key template (`"$remote_addr"`); an empty value is not limited.
+    pub key: String,
+    /// `"10r/s"` or `"600r/m"` ([`LimitReqConfig::parsed_rate`]).
+    pub rate: String,
+    /// Requests beyond the rate that are still accepted (delayed, or at once with
+    /// `nodelay`).
+    pub burst: u64,
+    /// Serve the burst at once instead of pacing it.
+    pub nodelay: bool,
+    /// NGINX's two-stage limiting: the first `delay` excess requests at once, the rest of
+    /// the burst delayed.
+    pub delay: Option<u64>,
+    /// The status of a refused request.
+    pub status: u16,
+    /// Count and log what would be refused or delayed, but admit everything.
+    pub dry_run: bool,
+    /// Most keys remembered; the least recently used go first (the zone's size).
+    pub max_keys: usize,
+}
+
+impl Default for LimitReqConfig {
+    fn default() -> Self {
+        LimitReqConfig {
+            key: String::new(),
+            rate: String::new(),
+            burst: 0,
+            nodelay: false,
+            delay: None,
+            status: DEFAULT_LIMIT_STATUS,
+            dry_run: false,
+            max_keys: 100_000,
+        }
+    }
+}
+
+impl LimitReqConfig {
+    /// The rate, parsed (an error only before [`Config::validate`] passed).
+    pub fn parsed_rate(&self) -> Result<Rate, String> {
+        units::parse_rate(&self.rate)
+    }
+}
+
+/// `[limit_conn.NAME]`: requests in progress per key, as NGINX's `limit_conn_zone` and
+/// `limit_conn`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitConnConfig {
+    /// The key template; an empty value is not limited.
+    pub key: String,
+    /// Most requests in progress per key.
+    pub max: u64,
+    /// The status of a refused request.
+    pub status: u16,
+    /// Count and log what would be refused, but admit everything.
+    pub dry_run: bool,
+}
+
+impl Default for LimitConnConfig {
+    fn default() -> Self {
+        LimitConnConfig {
+            key: String::new(),
+            max: 0,
+            status: DEFAULT_LIMIT_STATUS,
+            dry_run: false,
+        }
+    }
+}
+
+/// `[limits] on_store_error`: what a request gets while the shared store cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStoreError {
+    /// Admit it (availability first).
+    #[default]
+    Allow,
+    /// Refuse it as its zone would (protection first).
+    Deny,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// `"memory"` (this instance only) or a Redis URL (zones shared by every instance).
+    pub store: String,
+    /// What a request gets while Redis does not answer.
+    pub on_store_error: OnStoreError,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            store: "memory".into(),
+            on_store_error: OnStoreError::Allow,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The Redis URL, or `None` for the memory store.
+    pub fn redis_url(&self) -> Option<&str> {
+        (self.store != "memory").then_some(self.store.as_str())
+    }
 }
 
 /// `[[route]]`: overrides for requests whose path starts with `path`.
@@ -93,6 +218,14 @@ pub struct RouteConfig {
     pub request_timeout: Option<Seconds>,
     /// Harakiri on this route (overrides `app.harakiri`).
     pub harakiri: Option<Seconds>,
+    /// `[limit_req.NAME]` zones that apply (all must admit).
+    pub limit_req: Vec<String>,
+    /// `[limit_conn.NAME]` zones that apply.
+    pub limit_conn: Vec<String>,
+    /// Bytes per second to the client for each response (NGINX's `limit_rate`; 0: none).
+    pub limit_rate: Option<Size>,
+    /// The first bytes of each response at full speed (NGINX's `limit_rate_after`).
+    pub limit_rate_after: Option<Size>,
 }
 
 /// How weir talks to an external upstream.
@@ -370,6 +503,11 @@ pub struct QueueConfig {
     /// While overloaded, serve the newest request first (adaptive LIFO): the
     /// oldest are the likeliest to be given up on by their clients.
     pub lifo: bool,
+    /// Fair queueing: a key template (`"$remote_addr"`); waiting requests are served
+    /// round-robin across its values. Off when unset.
+    pub fair_key: Option<String>,
+    /// With `fair_key`: most requests of one key waiting at once.
+    pub per_key_max: Option<usize>,
 }
 
 impl Default for QueueConfig {
@@ -382,6 +520,8 @@ impl Default for QueueConfig {
             target: None,
             interval: Seconds::from_secs(1),
             lifo: true,
+            fair_key: None,
+            per_key_max: None,
         }
     }
 }
@@ -606,6 +746,7 @@ impl Config {
             };
             check_chain(&harakiri_key, harakiri, &timeout_key, timeout)?;
         }
+        self.validate_limits()?;
         if let Some(ListenAddr::Tcp(a)) = &self.admin.listen {
             if self
                 .server
@@ -624,6 +765,162 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    /// `[limit_req.*]`, `[limit_conn.*]`, `[limits]`, the routes' zones and limit_rate,
+    /// `[queue] fair_key`/`per_key_max`.
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        const MAX: u64 = 1_000_000_000;
+        for (name, z) in &self.limit_req {
+            let key = |k: &str| format!("limit_req.{name}.{k}");
+            check_zone_name(&format!("limit_req.{name}"), name)?;
+            check_key_template(&key("key"), &z.key)?;
+            z.parsed_rate()
+                .map_err(|e| ConfigError::invalid(key("rate"), e))?;
+            if z.burst > MAX {
+                return Err(ConfigError::invalid(
+                    key("burst"),
+                    format!("{} is out of range: use 0 to {MAX}", z.burst),
+                ));
+            }
+            if let Some(d) = z.delay {
+                if z.nodelay {
+                    return Err(ConfigError::invalid(
+                        key("delay"),
+                        "delay and nodelay together: nodelay serves the whole burst at once, delay = N only the first N; keep one",
+                    ));
+                }
+                if d == 0 || d > MAX {
+                    return Err(ConfigError::invalid(
+                        key("delay"),
+                        format!("{d} is out of range: use 1 to {MAX} (leave it out to delay all excess requests, or set nodelay = true to delay none)"),
+                    ));
+                }
+            }
+            check_status(&key("status"), z.status)?;
+            if z.max_keys == 0 || z.max_keys > 100_000_000 {
+                return Err(ConfigError::invalid(
+                    key("max_keys"),
+                    format!("{} is out of range: use 1 to 100000000", z.max_keys),
+                ));
+            }
+        }
+        for (name, z) in &self.limit_conn {
+            let key = |k: &str| format!("limit_conn.{name}.{k}");
+            check_zone_name(&format!("limit_conn.{name}"), name)?;
+            check_key_template(&key("key"), &z.key)?;
+            if z.max == 0 || z.max > MAX {
+                return Err(ConfigError::invalid(
+                    key("max"),
+                    format!("{} is out of range: give the most requests in progress per key, 1 to {MAX}", z.max),
+                ));
+            }
+            check_status(&key("status"), z.status)?;
+        }
+        if let Some(url) = self.limits.redis_url() {
+            units::check_redis_url(url).map_err(|e| {
+                ConfigError::invalid(
+                    "limits.store",
+                    format!("{e}; or \"memory\" for this instance alone"),
+                )
+            })?;
+        }
+        for (i, r) in self.route.iter().enumerate() {
+            let key = |k: &str| format!("route[{i}].{k}");
+            for (list, zones, defined) in [
+                (
+                    "limit_req",
+                    &r.limit_req,
+                    self.limit_req.keys().collect::<Vec<_>>(),
+                ),
+                (
+                    "limit_conn",
+                    &r.limit_conn,
+                    self.limit_conn.keys().collect::<Vec<_>>(),
+                ),
+            ] {
+                for (j, z) in zones.iter().enumerate() {
+                    if !defined.contains(&z) {
+                        return Err(ConfigError::invalid(
+                            key(list),
+                            format!("zone {z:?} is not defined: add a [{list}.{z}] section, or remove it from the list (defined: {defined:?})"),
+                        ));
+                    }
+                    if zones[..j].contains(z) {
+                        return Err(ConfigError::invalid(
+                            key(list),
+                            format!("zone {z:?} is listed twice"),
+                        ));
+                    }
+                }
+            }
+            if r.limit_rate_after.is_some() && r.limit_rate.is_none() {
+                return Err(ConfigError::invalid(
+                    key("limit_rate_after"),
+                    "has no effect without limit_rate: set limit_rate (bytes per second) too, or remove it",
+                ));
+            }
+        }
+        let q = &self.queue;
+        if let Some(k) = &q.fair_key {
+            check_key_template("queue.fair_key", k)?;
+        }
+        match (q.per_key_max, &q.fair_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "queue.per_key_max",
+                    "applies only with queue.fair_key: set fair_key (e.g. \"$remote_addr\") or remove per_key_max",
+                ))
+            }
+            (Some(0), Some(_)) => {
+                return Err(ConfigError::invalid("queue.per_key_max", "must be at least 1"))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// A zone's name goes into headers (RateLimit-Policy), metrics labels and Redis keys.
+fn check_zone_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(ConfigError::invalid(
+            key,
+            format!("zone name {name:?}: use 1 to 64 letters, digits, _ or -"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_key_template(key: &str, t: &str) -> Result<(), ConfigError> {
+    if t.is_empty() {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "missing: give the key template, e.g. \"$remote_addr\" (variables: {})",
+                Var::ACCEPTED
+            ),
+        ));
+    }
+    template::parse_template(t)
+        .map(drop)
+        .map_err(|e| ConfigError::invalid(key, e))
+}
+
+fn check_status(key: &str, status: u16) -> Result<(), ConfigError> {
+    if !(400..=599).contains(&status) {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{status} is not an error status: use 400 to 599 (default {DEFAULT_LIMIT_STATUS}; NGINX uses 503)"),
+        ));
+    }
+    Ok(())
 }
 
 /// Timeouts form one chain (client > front door > worker > database): a worker limit
@@ -764,6 +1061,181 @@ mod tests {
         assert_eq!("off".parse(), Ok(Preload::Off));
         assert_eq!("auto".parse(), Ok(Preload::Auto));
         assert!("yes".parse::<Preload>().is_err());
+    }
+
+    const ISSUE_14: &str = r#"
+[app]
+module = "app:app"
+
+[limit_req.per_ip]              # a zone, as limit_req_zone
+key = "$remote_addr"
+rate = "10r/s"                  # or "600r/m"
+burst = 20                      # default 0
+nodelay = true                  # or `delay = 8`
+status = 429                    # default 429 (NGINX's default is 503)
+dry_run = false                 # count and log, never refuse
+max_keys = 100000               # memory bound
+
+[limit_conn.per_ip]
+key = "$remote_addr"
+max = 10                        # requests in progress per key (limit_conn)
+status = 429
+
+[[route]]
+path = "/"                      # a route with path "/" covers every request
+limit_req = ["per_ip"]          # several zones may apply; all must admit
+limit_conn = ["per_ip"]
+limit_rate = "100k"             # bytes per second to the client for each response
+limit_rate_after = "1m"         # the first bytes at full speed
+
+[limits]
+store = "memory"                # or "redis://127.0.0.1:6379/0"
+on_store_error = "allow"        # or "deny"
+"#;
+
+    fn validated(s: &str) -> Result<Config, ConfigError> {
+        let mut c = parse(s)?;
+        c.apply_defaults();
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn issue_14_limits_parse() {
+        let c = validated(ISSUE_14).unwrap();
+        let z = &c.limit_req["per_ip"];
+        assert_eq!(z.parsed_rate().unwrap().per_sec_x1000(), 10_000);
+        assert_eq!(
+            (z.burst, z.nodelay, z.delay, z.status, z.dry_run, z.max_keys),
+            (20, true, None, 429, false, 100_000)
+        );
+        let lc = &c.limit_conn["per_ip"];
+        assert_eq!((lc.max, lc.status, lc.dry_run), (10, 429, false));
+        let r = &c.route[0];
+        assert_eq!(r.limit_req, ["per_ip"]);
+        assert_eq!(r.limit_conn, ["per_ip"]);
+        assert_eq!(r.limit_rate.unwrap().bytes(), 100 * 1024);
+        assert_eq!(r.limit_rate_after.unwrap().bytes(), 1 << 20);
+        assert_eq!(c.limits.redis_url(), None);
+        assert_eq!(c.limits.on_store_error, OnStoreError::Allow);
+        let c = validated(
+            &ISSUE_14
+                .replace("\"memory\"", "\"redis://127.0.0.1:6379/0\"")
+                .replace("\"allow\"", "\"deny\""),
+        )
+        .unwrap();
+        assert_eq!(c.limits.redis_url(), Some("redis://127.0.0.1:6379/0"));
+        assert_eq!(c.limits.on_store_error, OnStoreError::Deny);
+        // defaults
+        let c = validated("[app]\nmodule = \"a:b\"\n[limit_req.z]\nkey = \"$uri\"\nrate = \"600r/m\"\n[limit_conn.c]\nkey = \"$host\"\nmax = 1\n").unwrap();
+        let z = &c.limit_req["z"];
+        assert_eq!(
+            (z.burst, z.nodelay, z.delay, z.status, z.dry_run, z.max_keys),
+            (0, false, None, 429, false, 100_000)
+        );
+        assert_eq!(c.limit_conn["c"].status, 429);
+        assert!(c.queue.fair_key.is_none() && c.queue.per_key_max.is_none());
+    }
+
+    #[test]
+    fn limits_errors_name_the_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "key = \"$remote_addr\"",
+                "key = \"$remote_adr\"",
+                "limit_req.per_ip.key",
+            ),
+            (
+                "rate = \"10r/s\"",
+                "rate = \"10 per second\"",
+                "limit_req.per_ip.rate",
+            ),
+            (
+                "rate = \"10r/s\"",
+                "rate = \"10r/h\"",
+                "limit_req.per_ip.rate",
+            ),
+            (
+                "limit_req = [\"per_ip\"]",
+                "limit_req = [\"per_ip\", \"nope\"]",
+                "route[0].limit_req",
+            ),
+            (
+                "limit_conn = [\"per_ip\"]",
+                "limit_conn = [\"other\"]",
+                "route[0].limit_conn",
+            ),
+            (
+                "nodelay = true ",
+                "nodelay = true\ndelay = 8 ",
+                "limit_req.per_ip.delay",
+            ),
+            (
+                "\"memory\"",
+                "\"redis://127.0.0.1:notaport/0\"",
+                "limits.store",
+            ),
+            ("\"memory\"", "\"mem\"", "limits.store"),
+            (
+                "status = 429                    # default",
+                "status = 200 #",
+                "limit_req.per_ip.status",
+            ),
+            (
+                "max = 10                        # requests in progress per key (limit_conn)\nstatus = 429",
+                "max = 10\nstatus = 600",
+                "limit_conn.per_ip.status",
+            ),
+            ("max = 10", "max = 0", "limit_conn.per_ip.max"),
+            (
+                "max_keys = 100000",
+                "max_keys = 0",
+                "limit_req.per_ip.max_keys",
+            ),
+            ("limit_rate = \"100k\"", "", "route[0].limit_rate_after"),
+            (
+                "[limit_conn.per_ip]\nkey = \"$remote_addr\"",
+                "[limit_conn.per_ip]\nkey = \"\"",
+                "limit_conn.per_ip.key",
+            ),
+        ];
+        for (from, to, want) in cases {
+            assert!(ISSUE_14.contains(from), "{from}");
+            let text = ISSUE_14.replacen(from, to, 1);
+            let e = validated(&text).unwrap_err().to_string();
+            assert!(e.contains(want), "{from} -> {to}: {e}");
+        }
+        // an unknown variable is named in the message
+        let e = validated(&ISSUE_14.replace(
+            "key = \"$remote_addr\"\nrate",
+            "key = \"$remote_addr:$urx\"\nrate",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("$urx"), "{e}");
+    }
+
+    #[test]
+    fn fair_queue_keys() {
+        let c = validated(
+            "[app]\nmodule = \"a:b\"\n[queue]\nfair_key = \"$remote_addr\"\nper_key_max = 8\n",
+        )
+        .unwrap();
+        assert_eq!(c.queue.fair_key.as_deref(), Some("$remote_addr"));
+        assert_eq!(c.queue.per_key_max, Some(8));
+        for (toml, want) in [
+            ("per_key_max = 8", "queue.per_key_max"),
+            (
+                "fair_key = \"$remote_addr\"\nper_key_max = 0",
+                "queue.per_key_max",
+            ),
+            ("fair_key = \"$client\"", "queue.fair_key"),
+        ] {
+            let e = validated(&format!("[app]\nmodule = \"a:b\"\n[queue]\n{toml}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{toml}: {e}");
+        }
     }
 
     #[test]

@@ -162,6 +162,124 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
+/// A request rate as NGINX's `limit_req_zone ... rate=`: `"10r/s"` or `"600r/m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Requests per [`Rate::window_secs`].
+    pub count: u64,
+    /// `true` for `r/m`, `false` for `r/s`.
+    pub per_minute: bool,
+}
+
+impl Rate {
+    /// The largest count accepted (keeps NGINX's millisecond arithmetic far from overflow).
+    pub const MAX_COUNT: u64 = 1_000_000_000;
+
+    /// NGINX's internal rate: requests per second times 1000, rounded down
+    /// (`rate * 1000 / scale`), so `"600r/m"` is 10000 and `"1r/m"` is 16.
+    pub const fn per_sec_x1000(self) -> u64 {
+        if self.per_minute {
+            self.count * 1000 / 60
+        } else {
+            self.count * 1000
+        }
+    }
+
+    /// The window the count is given for: 1 (r/s) or 60 (r/m) seconds.
+    pub const fn window_secs(self) -> u64 {
+        if self.per_minute {
+            60
+        } else {
+            1
+        }
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}r/{}",
+            self.count,
+            if self.per_minute { 'm' } else { 's' }
+        )
+    }
+}
+
+/// Parses a rate: `"10r/s"` or `"600r/m"` (a positive whole number of requests).
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
+    let bad = || {
+        format!("{s:?} is not a rate: use requests per second or per minute, e.g. \"10r/s\" or \"600r/m\"")
+    };
+    let t = s.trim();
+    let (num, per_minute) = if let Some(n) = t.strip_suffix("r/s") {
+        (n, false)
+    } else if let Some(n) = t.strip_suffix("r/m") {
+        (n, true)
+    } else {
+        return Err(bad());
+    };
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let count: u64 = num.parse().map_err(|_| bad())?;
+    if count == 0 || count > Rate::MAX_COUNT {
+        return Err(format!(
+            "{s:?}: the number of requests must be 1 to {}",
+            Rate::MAX_COUNT
+        ));
+    }
+    Ok(Rate { count, per_minute })
+}
+
+/// Checks a Redis URL: `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` or
+/// `redis+unix:///PATH[?db=N]` (TLS, `rediss://`, is not built in).
+pub fn check_redis_url(s: &str) -> Result<(), String> {
+    let hint = "use redis://HOST:PORT/DB (e.g. \"redis://127.0.0.1:6379/0\") or redis+unix:///PATH";
+    if let Some(path) = s.strip_prefix("redis+unix://") {
+        let path = path.split('?').next().unwrap_or("");
+        if !path.starts_with('/') {
+            return Err(format!("{s:?}: the socket path must be absolute; {hint}"));
+        }
+        return Ok(());
+    }
+    if s.starts_with("rediss://") {
+        return Err(format!(
+            "{s:?}: TLS to Redis is not supported; {hint} (over a trusted network or a tunnel)"
+        ));
+    }
+    let rest = s
+        .strip_prefix("redis://")
+        .ok_or_else(|| format!("{s:?} is not a Redis URL; {hint}"))?;
+    let (authority, db) = rest.split_once('/').unwrap_or((rest, ""));
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, p) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{s:?}: unclosed [ in the host; {hint}"))?;
+        (h, p.strip_prefix(':'))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+        return Err(format!("{s:?} has no host; {hint}"));
+    }
+    if let Some(p) = port {
+        if p.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!("{s:?}: the port {p:?} is not 1 to 65535; {hint}"));
+        }
+    }
+    if !db.is_empty() && db.parse::<u32>().is_err() {
+        return Err(format!(
+            "{s:?}: the database {db:?} is not a number; {hint}"
+        ));
+    }
+    Ok(())
+}
+
 /// Where to listen: `HOST:PORT` (TCP) or `unix:PATH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
@@ -302,6 +420,52 @@ mod tests {
         assert_eq!(parse_size("123").unwrap(), 123);
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("99999999999999g").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        let r = parse_rate("10r/s").unwrap();
+        assert_eq!((r.per_sec_x1000(), r.window_secs()), (10_000, 1));
+        let r = parse_rate("600r/m").unwrap();
+        assert_eq!((r.per_sec_x1000(), r.window_secs()), (10_000, 60));
+        assert_eq!(parse_rate("1r/m").unwrap().per_sec_x1000(), 16);
+        assert_eq!(parse_rate("600r/m").unwrap().to_string(), "600r/m");
+        for bad in [
+            "10",
+            "10r/h",
+            "r/s",
+            "-1r/s",
+            "0r/s",
+            "1.5r/s",
+            "ten r/s",
+            "99999999999r/s",
+        ] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn redis_urls() {
+        for good in [
+            "redis://127.0.0.1:6379/0",
+            "redis://localhost",
+            "redis://:secret@10.0.0.1:6380/2",
+            "redis://[::1]:6379",
+            "redis+unix:///run/redis.sock",
+        ] {
+            assert!(check_redis_url(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "127.0.0.1:6379",
+            "redis://",
+            "redis://h:99999",
+            "redis://h:6379/x",
+            "rediss://h",
+            "redis+unix://rel",
+            "http://h",
+        ] {
+            assert!(check_redis_url(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -86,11 +86,17 @@ pub enum ErrorClass {
     NotFound,
     /// The admin listener's `/readyz`: no worker is up, or the app's ready check failed.
     NotReady,
+    /// A `[limit_req.NAME]` zone refused the request (its key is over its rate and burst).
+    /// Default status 429; the zone's `status` overrides it ([`ErrorClass::status_or`]).
+    RateLimited,
+    /// A `[limit_conn.NAME]` zone refused the request (its key already has `max` requests
+    /// in progress). Default status 429; the zone's `status` overrides it.
+    ConnLimited,
 }
 
 impl ErrorClass {
     /// Every class, in the order of docs/errors.md.
-    pub const ALL: [ErrorClass; 20] = [
+    pub const ALL: [ErrorClass; 22] = [
         ErrorClass::QueueFull,
         ErrorClass::QueueTimeout,
         ErrorClass::Deadline,
@@ -111,6 +117,8 @@ impl ErrorClass {
         ErrorClass::ShuttingDown,
         ErrorClass::NotFound,
         ErrorClass::NotReady,
+        ErrorClass::RateLimited,
+        ErrorClass::ConnLimited,
     ];
 
     /// The wire name (`x-weir-error`, the access log, the metric label).
@@ -136,10 +144,14 @@ impl ErrorClass {
             ErrorClass::ShuttingDown => "shutting-down",
             ErrorClass::NotFound => "not-found",
             ErrorClass::NotReady => "not-ready",
+            ErrorClass::RateLimited => "rate-limited",
+            ErrorClass::ConnLimited => "conn-limited",
         }
     }
 
-    /// The status of its answer.
+    /// The status of its answer: the class's default. The limit classes
+    /// ([`ErrorClass::configurable_status`]) take their zone's `status` instead, through
+    /// [`ErrorClass::status_or`].
     pub const fn status(self) -> StatusCode {
         match self {
             ErrorClass::QueueFull
@@ -162,6 +174,23 @@ impl ErrorClass {
             ErrorClass::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorClass::ClientClosed => CLIENT_CLOSED,
             ErrorClass::NotFound => StatusCode::NOT_FOUND,
+            ErrorClass::RateLimited | ErrorClass::ConnLimited => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    /// Whether the configuration may choose its status (a limit zone's `status`, as
+    /// NGINX's `limit_req_status`/`limit_conn_status`).
+    pub const fn configurable_status(self) -> bool {
+        matches!(self, ErrorClass::RateLimited | ErrorClass::ConnLimited)
+    }
+
+    /// The status of its answer given a configured one: `configured` when the class's
+    /// status is configurable ([`ErrorClass::configurable_status`]) and it is given,
+    /// otherwise [`ErrorClass::status`].
+    pub fn status_or(self, configured: Option<StatusCode>) -> StatusCode {
+        match configured {
+            Some(s) if self.configurable_status() => s,
+            _ => self.status(),
         }
     }
 
@@ -174,6 +203,7 @@ impl ErrorClass {
                 | ErrorClass::QueueTimeout
                 | ErrorClass::ShuttingDown
                 | ErrorClass::NotReady
+                | ErrorClass::RateLimited
         )
     }
 
@@ -192,7 +222,9 @@ impl ErrorClass {
             | ErrorClass::QueueTimeout
             | ErrorClass::Deadline
             | ErrorClass::ShuttingDown
-            | ErrorClass::NotReady => Origin::Weir,
+            | ErrorClass::NotReady
+            | ErrorClass::RateLimited
+            | ErrorClass::ConnLimited => Origin::Weir,
             ErrorClass::Harakiri
             | ErrorClass::WorkerDied
             | ErrorClass::WorkerProtocol
@@ -240,14 +272,37 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_only_on_503() {
+    fn retry_after_on_503_and_rate_limited() {
         for c in ErrorClass::ALL {
             assert_eq!(
                 c.retry_after(),
-                c.status() == StatusCode::SERVICE_UNAVAILABLE,
+                c.status() == StatusCode::SERVICE_UNAVAILABLE || c == ErrorClass::RateLimited,
                 "{c}"
             );
         }
+    }
+
+    #[test]
+    fn limit_classes_take_the_zone_status() {
+        let s503 = Some(StatusCode::SERVICE_UNAVAILABLE);
+        for c in [ErrorClass::RateLimited, ErrorClass::ConnLimited] {
+            assert_eq!(c.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(c.status_or(None), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(c.status_or(s503), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(c.origin(), Origin::Weir);
+        }
+        // the other classes keep theirs
+        assert_eq!(
+            ErrorClass::Deadline.status_or(s503),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            ErrorClass::ALL
+                .iter()
+                .filter(|c| c.configurable_status())
+                .count(),
+            2
+        );
     }
 
     #[test]

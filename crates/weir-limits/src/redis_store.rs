@@ -1,0 +1,395 @@
+//! The Redis store: zones shared by every weir instance using one Redis.
+//!
+//! One check is one atomic server-side Lua script ([`SCRIPT`]) over the request's zones
+//! (of one kind: enforcing or dry-run): it reads Redis's own clock (`TIME`, so instances
+//! need not agree on time), runs NGINX's arithmetic ([`crate::limit_req`]) on every zone,
+//! writes the buckets only when none refuses, and sets each bucket's TTL to the moment it
+//! is fully drained (a forgotten key then behaves exactly as the drained one it replaces).
+//! It answers `{1, zone, excess}` for a refusal and `{0, now, excess...}` otherwise; the
+//! delay and the headers are computed here from the excesses, with the same code as the
+//! memory store.
+//!
+//! Failures never reach the request as an error: every check is bounded by a timeout (a
+//! few ms, [`RedisOptions::timeout`]); a connection that cannot be made is retried in the
+//! background with a doubling backoff (100 ms to 5 s) while checks fail fast; every failure
+//! (timeout, refused connection, script error, an answer of the wrong shape) is one
+//! [`StoreError`], which the caller turns into `on_store_error`'s verdict. [`StoreHealth`]
+//! logs an outage once (a warning when it starts, an info line when it ends) and counts
+//! errors by kind for /metrics.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Value;
+
+use crate::limit_req::{Decision, Rule};
+
+/// The check script. KEYS: one bucket per zone; ARGV: `rate, burst` per zone (NGINX's
+/// units, times 1000).
+pub const SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = #KEYS
+local ex, ls = {}, {}
+for i = 1, n do
+  local rate = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local v = redis.call('HMGET', KEYS[i], 'e', 'l')
+  local e, l = tonumber(v[1]), tonumber(v[2])
+  if e == nil or l == nil then
+    ex[i] = 0
+    ls[i] = now
+  else
+    local ms = now - l
+    if ms < -60000 then ms = 1 elseif ms < 0 then ms = 0 end
+    local x = e + 1000 - math.floor(rate * ms / 1000)
+    if x < 0 then x = 0 end
+    if x > burst then return {1, i - 1, x} end
+    ex[i] = x
+    if ms ~= 0 then ls[i] = now else ls[i] = l end
+  end
+end
+local out = {0, now}
+for i = 1, n do
+  local rate = tonumber(ARGV[2 * i - 1])
+  redis.call('HSET', KEYS[i], 'e', string.format('%.0f', ex[i]), 'l', string.format('%.0f', ls[i]))
+  redis.call('PEXPIRE', KEYS[i], string.format('%.0f', math.floor((ex[i] + 1000) * 1000 / rate) + 1))
+  out[#out + 1] = ex[i]
+end
+return out
+"#;
+
+/// Why a check got no answer from Redis.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// No answer within the timeout.
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// No connection (refused, closed, reconnecting).
+    #[error("Redis connection: {0}")]
+    Connect(String),
+    /// Redis answered an error (the script failed, NOSCRIPT, OOM, READONLY...).
+    #[error("Redis answered an error: {0}")]
+    Script(String),
+    /// An answer of the wrong shape.
+    #[error("Redis answered something that is not the script's answer: {0}")]
+    Reply(String),
+}
+
+impl StoreError {
+    /// The metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Timeout(_) => "timeout",
+            StoreError::Connect(_) => "connect",
+            StoreError::Script(_) => "script",
+            StoreError::Reply(_) => "reply",
+        }
+    }
+}
+
+/// Outage tracking and error counters of a store (shown in /metrics).
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    down: AtomicBool,
+    since_ms: AtomicU64,
+    errors: [AtomicU64; 4],
+    outages: AtomicU64,
+    checks: AtomicU64,
+}
+
+impl StoreHealth {
+    const KINDS: [&'static str; 4] = ["timeout", "connect", "script", "reply"];
+
+    /// Records a failure: the first of an outage is logged as a warning.
+    pub fn failed(&self, e: &StoreError, policy: &str) {
+        let k = Self::KINDS.iter().position(|k| *k == e.kind()).unwrap_or(0);
+        self.errors[k].fetch_add(1, Ordering::Relaxed);
+        if !self.down.swap(true, Ordering::AcqRel) {
+            self.outages.fetch_add(1, Ordering::Relaxed);
+            self.since_ms.store(now_ms(), Ordering::Relaxed);
+            tracing::warn!(error = %e, on_store_error = policy, "limits store (Redis) is failing: requests get on_store_error until it answers again");
+        }
+    }
+
+    /// Records a success: the end of an outage is logged.
+    pub fn succeeded(&self) {
+        self.checks.fetch_add(1, Ordering::Relaxed);
+        if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::AcqRel) {
+            let secs =
+                now_ms().saturating_sub(self.since_ms.load(Ordering::Relaxed)) as f64 / 1000.0;
+            tracing::info!(
+                outage_secs = secs,
+                "limits store (Redis) answers again: shared limiting resumed"
+            );
+        }
+    }
+
+    /// Whether the store is failing now.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// Errors so far by kind (`timeout`, `connect`, `script`, `reply`).
+    pub fn errors(&self) -> [(&'static str, u64); 4] {
+        std::array::from_fn(|i| (Self::KINDS[i], self.errors[i].load(Ordering::Relaxed)))
+    }
+
+    /// Outages so far (a run of failures between two successes).
+    pub fn outages(&self) -> u64 {
+        self.outages.load(Ordering::Relaxed)
+    }
+
+    /// Checks Redis answered.
+    pub fn checks(&self) -> u64 {
+        self.checks.load(Ordering::Relaxed)
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Internal knobs (not in weir.toml).
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// Longest wait for one check, script load included. Default 10 ms.
+    pub timeout: Duration,
+    /// Longest wait for one connection attempt. Default 250 ms.
+    pub connect_timeout: Duration,
+    /// Prefix of every bucket's key. Default `weir:lr:`.
+    pub prefix: String,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            timeout: Duration::from_millis(10),
+            connect_timeout: Duration::from_millis(250),
+            prefix: "weir:lr:".into(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Reconnect {
+    next_attempt: Instant,
+    backoff: Duration,
+}
+
+/// A shared limit_req store on Redis.
+pub struct RedisStore {
+    client: redis::Client,
+    opts: RedisOptions,
+    connecting: Arc<AtomicBool>,
+    reconnect: Arc<Mutex<Reconnect>>,
+    script: redis::Script,
+    slot: Arc<Mutex<Option<ConnectionManager>>>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("opts", &self.opts)
+            .finish()
+    }
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl RedisStore {
+    /// A store on `url` (checked by weir-config). Connects lazily, on the first check,
+    /// from a tokio runtime.
+    pub fn new(url: &str, opts: RedisOptions) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(url).map_err(|e| StoreError::Connect(e.to_string()))?;
+        Ok(RedisStore {
+            client,
+            opts,
+            connecting: Arc::new(AtomicBool::new(false)),
+            reconnect: Arc::new(Mutex::new(Reconnect {
+                next_attempt: Instant::now(),
+                backoff: BACKOFF_MIN,
+            })),
+            script: redis::Script::new(SCRIPT),
+            slot: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// The Redis key of a zone's bucket for `key`.
+    pub fn bucket_key(&self, zone: &str, key: &str) -> String {
+        let mut k = String::with_capacity(self.opts.prefix.len() + zone.len() + 1 + key.len());
+        k.push_str(&self.opts.prefix);
+        k.push_str(zone);
+        k.push(':');
+        k.push_str(key);
+        k
+    }
+
+    fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        if let Some(c) = self.slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Ok(c.clone());
+        }
+        self.start_connecting();
+        Err(StoreError::Connect(
+            "not connected (connecting in the background)".into(),
+        ))
+    }
+
+    /// One bounded connection attempt in the background, at most one at a time, no
+    /// sooner than the backoff allows.
+    fn start_connecting(&self) {
+        {
+            let r = self.reconnect.lock().unwrap_or_else(|p| p.into_inner());
+            if Instant::now() < r.next_attempt {
+                return;
+            }
+        }
+        if self.connecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.connecting.store(false, Ordering::Release);
+            return;
+        };
+        let client = self.client.clone();
+        let slot = self.slot.clone();
+        let reconnect = self.reconnect.clone();
+        let connecting = self.connecting.clone();
+        let timeout = self.opts.connect_timeout;
+        handle.spawn(async move {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(timeout)
+                .set_number_of_retries(1)
+                .set_exponent_base(2)
+                .set_factor(100)
+                .set_max_delay(BACKOFF_MAX.as_millis() as u64);
+            let attempt = tokio::time::timeout(
+                timeout * 2,
+                ConnectionManager::new_with_config(client, config),
+            )
+            .await;
+            let mut r = reconnect.lock().unwrap_or_else(|p| p.into_inner());
+            match attempt {
+                Ok(Ok(c)) => {
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
+                    r.backoff = BACKOFF_MIN;
+                }
+                _ => {
+                    r.next_attempt = Instant::now() + r.backoff;
+                    r.backoff = (r.backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+            connecting.store(false, Ordering::Release);
+        });
+    }
+
+    /// Checks one request against `zones` (zone name, key, rule), in the route's order:
+    /// NGINX's multi-zone algorithm in one script. Bounded by the timeout.
+    pub async fn check(&self, zones: &[(&str, &str, Rule)]) -> Result<Decision, StoreError> {
+        if zones.is_empty() {
+            return Ok(Decision::NONE);
+        }
+        let mut conn = self.connection()?;
+        let mut inv = self.script.prepare_invoke();
+        for (zone, key, rule) in zones {
+            inv.key(self.bucket_key(zone, key));
+            inv.arg(rule.rate).arg(rule.burst);
+        }
+        let reply = tokio::time::timeout(self.opts.timeout, inv.invoke_async::<Value>(&mut conn))
+            .await
+            .map_err(|_| StoreError::Timeout(self.opts.timeout))?
+            .map_err(|e| {
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                {
+                    StoreError::Connect(e.to_string())
+                } else {
+                    StoreError::Script(e.to_string())
+                }
+            })?;
+        let rules: Vec<Rule> = zones.iter().map(|z| z.2).collect();
+        parse_reply(&reply, &rules)
+    }
+}
+
+/// Reads the script's answer; anything else is [`StoreError::Reply`], never a panic.
+pub fn parse_reply(v: &Value, rules: &[Rule]) -> Result<Decision, StoreError> {
+    let bad = || StoreError::Reply(format!("{v:?}").chars().take(200).collect());
+    let Value::Array(items) = v else {
+        return Err(bad());
+    };
+    let mut ints = Vec::with_capacity(items.len());
+    for it in items {
+        match it {
+            Value::Int(i) if *i >= 0 => ints.push(*i as u64),
+            _ => return Err(bad()),
+        }
+    }
+    match ints.as_slice() {
+        [1, zone, excess] if (*zone as usize) < rules.len() => {
+            Ok(Decision::refused(rules, *zone as usize, *excess))
+        }
+        [0, _now, excesses @ ..] if excesses.len() == rules.len() => {
+            Ok(Decision::charged(rules, excesses))
+        }
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limit_req::{DelayMode, Verdict};
+
+    #[test]
+    fn replies_of_the_wrong_shape_are_errors() {
+        let r = Rule::new(
+            weir_config::units::parse_rate("10r/s").unwrap(),
+            2,
+            DelayMode::All,
+        );
+        let rules = [r, r];
+        let ok = Value::Array(vec![
+            Value::Int(0),
+            Value::Int(5),
+            Value::Int(0),
+            Value::Int(1000),
+        ]);
+        assert_eq!(
+            parse_reply(&ok, &rules).unwrap().verdict,
+            Verdict::Delay(Duration::from_millis(100))
+        );
+        let refused = Value::Array(vec![Value::Int(1), Value::Int(1), Value::Int(3000)]);
+        let d = parse_reply(&refused, &rules).unwrap();
+        assert_eq!(d.zone, Some(1));
+        assert!(matches!(d.verdict, Verdict::Refuse { .. }));
+        for garbage in [
+            Value::Okay,
+            Value::Nil,
+            Value::Int(1),
+            Value::Array(vec![]),
+            Value::Array(vec![Value::Int(1), Value::Int(7), Value::Int(1)]),
+            Value::Array(vec![Value::Int(0), Value::Int(5), Value::Int(0)]),
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5),
+                Value::Int(-1),
+                Value::Int(0),
+            ]),
+            Value::Array(vec![Value::Int(2), Value::Int(0), Value::Int(0)]),
+            Value::SimpleString("OK".into()),
+        ] {
+            assert!(
+                matches!(parse_reply(&garbage, &rules), Err(StoreError::Reply(_))),
+                "{garbage:?}"
+            );
+        }
+    }
+}
