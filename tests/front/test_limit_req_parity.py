@@ -5,7 +5,7 @@ A real nginx (Debian's nginx-light) runs `limit_req` on a location served as a s
 groups (ms offset, key, how many at once) is replayed against it; each answer is classified
 admitted (200 at once), delayed (200 after about the expected delay) or refused (429). The
 same trace goes through weir's pure limit_req state machine (the `limit_req_sim` binary of
-crates/weir-limits) and, with WEIR_LIMITS_INTEGRATED=1, through weir itself
+crates/weir-limits) and through weir itself
 (`[limit_req.z]`, `[[route]] path = "/" limit_req = ["z"]`; a refusal is the zone's status
 with `x-weir-error: rate-limited`). The three must agree group by group.
 
@@ -194,8 +194,6 @@ def test_state_machine_matches_nginx(name, tmp_path):
     compare("nginx/" + name, got, want)
 
 
-@pytest.mark.skipif(os.environ.get("WEIR_LIMITS_INTEGRATED") != "1",
-                    reason="weir's front door does not call weir-limits yet (set WEIR_LIMITS_INTEGRATED=1)")
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_weir_matches_nginx(name, front):
     sc = SCENARIOS[name]

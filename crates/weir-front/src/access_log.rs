@@ -19,6 +19,7 @@ use weir_errors::ErrorClass;
 use bytes::Bytes;
 use http::Response;
 use hyper::body::{Body, Frame, SizeHint};
+use weir_limits::RateLimitedBody;
 use weir_pool::{BodyError, ResponseBody};
 
 use crate::metrics::Metrics;
@@ -93,6 +94,26 @@ pub struct Record {
     pub queue_started: Option<Instant>,
     /// In the worker until the head.
     pub worker: Duration,
+    /// What a limit did to it (refused, delayed, or a dry-run zone's verdict).
+    pub limit: Option<LimitNote>,
+    /// Its `limit_conn` slots: held until its line is written (the body is done, or the
+    /// client left).
+    pub conn_slots: Option<weir_limits::ConnGuards>,
+    /// Its route's `limit_rate` and `limit_rate_after` (bytes; rate 0: none).
+    pub limit_rate: (u64, u64),
+}
+
+/// What a limit did to a request, for its log line: `zone` and `outcome`
+/// (`refused`, `delayed`, `dry_run_refused`, `dry_run_delayed`, `store_error`), and the
+/// delay it waited.
+#[derive(Debug, Clone)]
+pub struct LimitNote {
+    /// The zone.
+    pub zone: std::sync::Arc<str>,
+    /// What it did.
+    pub outcome: &'static str,
+    /// The delay (limit_req without nodelay).
+    pub delay: Duration,
 }
 
 impl Record {
@@ -110,6 +131,9 @@ impl Record {
             queued: Duration::ZERO,
             queue_started: None,
             worker: Duration::ZERO,
+            limit: None,
+            conn_slots: None,
+            limit_rate: (0, 0),
         }
     }
 }
@@ -133,8 +157,9 @@ impl AccessLog {
         let head_at = Instant::now();
         // 499: the client left before its answer; whatever is written, nobody reads it.
         let gone = rec.status == 499;
+        let (rate, after) = rec.limit_rate;
         resp.map(|inner| Logged {
-            inner,
+            inner: RateLimitedBody::new(inner, rate, after),
             rec: Some(Box::new(rec)),
             bytes: 0,
             aborted: gone,
@@ -201,6 +226,15 @@ impl AccessLog {
             ms(now - head_at),
             ms(total)
         ));
+        if let Some(l) = &rec.limit {
+            line.push_str(",\"limit\":");
+            line.push_str(&json_string(&l.zone));
+            line.push_str(&format!(
+                ",\"limit_outcome\":\"{}\",\"limit_delay_ms\":{:.3}",
+                l.outcome,
+                ms(l.delay)
+            ));
+        }
         if aborted {
             line.push_str(",\"aborted\":true");
         }
@@ -212,7 +246,8 @@ impl AccessLog {
 /// A response body that counts what it sends and logs the request when it is dropped.
 #[derive(Debug)]
 pub struct Logged {
-    inner: ResponseBody,
+    /// The response body, paced by the route's `limit_rate` (as is without one).
+    inner: RateLimitedBody<ResponseBody>,
     rec: Option<Box<Record>>,
     bytes: u64,
     aborted: bool,

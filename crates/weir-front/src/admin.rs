@@ -65,11 +65,15 @@ async fn handle(
             .respond(&crate::request_id::make(), json)
     };
     Ok(match req.uri().path() {
-        "/metrics" => text(
-            StatusCode::OK,
-            front.log.metrics.render(&front.backend),
-            "text/plain; version=0.0.4; charset=utf-8",
-        ),
+        "/metrics" => {
+            let mut out = front.log.metrics.render(&front.backend);
+            front.limits.limits.render_metrics(&mut out);
+            text(
+                StatusCode::OK,
+                out,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+        }
         "/livez" => text(StatusCode::OK, "ok\n", PLAIN),
         "/readyz" => {
             let pool = match &front.backend {

@@ -17,6 +17,8 @@ pub struct Front {
     pub backend: Backend,
     /// Per-route limits and timeouts.
     pub routes: Routes,
+    /// `limit_req`, `limit_conn` and the queue's fairness key.
+    pub limits: crate::limit::FrontLimits,
     /// Trusted proxies.
     pub trusted: TrustedProxies,
     /// Access log and metrics.

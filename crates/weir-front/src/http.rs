@@ -146,6 +146,11 @@ async fn stages(
             .as_secs_f64()
     });
 
+    // The limits come before the body is read: a refused request's upload is not taken.
+    let view = crate::limit::HttpView::new(&parts, id.client, id.scheme);
+    crate::limit::check(front, route, &view, &conn.watch, rec).await?;
+    let fair_key = front.limits.fair_key(&view);
+
     let (length, body) = read_body(front, &parts, body).await?;
 
     if let Backend::Upstream(u) = &front.backend {
@@ -161,7 +166,7 @@ async fn stages(
                     method: &method,
                     work: Work::Http(head),
                     body,
-                    fair_key: 0,
+                    fair_key,
                 },
                 rec,
             )
@@ -186,7 +191,7 @@ async fn stages(
             method: &parts.method,
             work: Work::Packet(packet),
             body,
-            fair_key: 0,
+            fair_key,
         },
         rec,
     )

@@ -41,6 +41,7 @@ pub mod front;
 pub mod gate;
 pub mod http;
 pub mod identity;
+pub mod limit;
 pub mod listener;
 pub mod metrics;
 pub mod rejection;

@@ -22,6 +22,11 @@ pub struct Rejection {
     pub message: String,
     /// Close the connection after answering.
     pub close: bool,
+    /// The configured status of a class whose status is configurable (a limit zone's
+    /// `status`); `None`: the class's own.
+    pub status: Option<StatusCode>,
+    /// More headers for the answer (a limit's `RateLimit-Policy` and `RateLimit`).
+    pub headers: Vec<(http::header::HeaderName, HeaderValue)>,
 }
 
 impl Rejection {
@@ -32,12 +37,15 @@ impl Rejection {
             retry_after: None,
             message: message.into(),
             close: false,
+            status: None,
+            headers: Vec::new(),
         }
     }
 
-    /// The status of its answer.
+    /// The status of its answer: the class's, or the configured one where the class
+    /// allows it (weir-errors' `status_or`).
     pub fn status(&self) -> StatusCode {
-        self.class.status()
+        self.class.status_or(self.status)
     }
 
     /// Retry-After: `seconds`, when the class carries it (a refusal about load).
@@ -86,6 +94,9 @@ impl Rejection {
         }
         if self.close {
             h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        for (k, v) in &self.headers {
+            h.insert(k.clone(), v.clone());
         }
         r
     }

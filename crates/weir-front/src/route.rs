@@ -21,6 +21,8 @@ pub struct Route {
     pub request_timeout: Option<Duration>,
     /// Its harakiri.
     pub harakiri: Option<Duration>,
+    /// Its `limit_req` and `limit_conn` zones, and its `limit_rate`.
+    pub limits: weir_limits::RouteLimits,
     /// The typical time its requests hold a worker: what the pool judges a wait behind
     /// one of them by (prefetch offers, see weir-pool's `offer_policy`).
     pub service: Arc<ServiceTime>,
@@ -34,8 +36,11 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// From the config.
-    pub fn new(config: &Config) -> Routes {
+    /// From the config; `limits` has the zones the routes name.
+    pub fn new(
+        config: &Config,
+        limits: &weir_limits::Limits,
+    ) -> Result<Routes, weir_limits::LimitsError> {
         let harakiri = config.app.harakiri.map(|s| s.as_duration());
         let timeout = config.server.request_timeout.map(|s| s.as_duration());
         // A route's waiters wait as long as the queue's; its bound is the backend queue's
@@ -44,21 +49,25 @@ impl Routes {
             max_size: usize::MAX,
             timeout: config.queue.timeout.as_duration(),
             codel: None,
+            fair: config.queue.fair_key.is_some(),
             per_key_max: None,
         };
         let mut routes: Vec<Route> = config
             .route
             .iter()
-            .map(|r| Route {
-                path: r.path.clone(),
-                limit: r.max_concurrency.map(|n| Slots::new(n, policy)),
-                request_timeout: r.request_timeout.map(|s| s.as_duration()).or(timeout),
-                harakiri: r.harakiri.map(|s| s.as_duration()).or(harakiri),
-                service: Arc::default(),
+            .map(|r| {
+                Ok(Route {
+                    path: r.path.clone(),
+                    limit: r.max_concurrency.map(|n| Slots::new(n, policy)),
+                    request_timeout: r.request_timeout.map(|s| s.as_duration()).or(timeout),
+                    harakiri: r.harakiri.map(|s| s.as_duration()).or(harakiri),
+                    service: Arc::default(),
+                    limits: limits.route(r)?,
+                })
             })
-            .collect();
+            .collect::<Result<_, weir_limits::LimitsError>>()?;
         routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
-        Routes {
+        Ok(Routes {
             routes,
             default: Route {
                 path: "/".into(),
@@ -66,8 +75,9 @@ impl Routes {
                 request_timeout: timeout,
                 harakiri,
                 service: Arc::default(),
+                limits: weir_limits::RouteLimits::default(),
             },
-        }
+        })
     }
 
     /// The route for a path: the longest prefix that matches at a segment boundary
@@ -118,7 +128,7 @@ mod tests {
             std::path::Path::new("t"),
         )
         .unwrap();
-        let r = Routes::new(&c);
+        let r = Routes::new(&c, &weir_limits::Limits::from_config(&c).unwrap()).unwrap();
         assert_eq!(r.find("/api/slow/x").path, "/api/slow");
         assert_eq!(r.find("/api/x").path, "/api");
         assert_eq!(r.find("/api").path, "/api");
@@ -132,7 +142,7 @@ mod tests {
             std::path::Path::new("t"),
         )
         .unwrap();
-        Routes::new(&c)
+        Routes::new(&c, &weir_limits::Limits::from_config(&c).unwrap()).unwrap()
     }
 
     #[tokio::test(start_paused = true)]

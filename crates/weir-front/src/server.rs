@@ -44,6 +44,9 @@ pub enum ServeError {
     /// The access log file cannot be opened.
     #[error("cannot open access_log {0}: {1}")]
     AccessLog(String, std::io::Error),
+    /// A limit zone cannot be built (only what `Config::validate` did not catch).
+    #[error("invalid config: {0}")]
+    Limits(#[from] weir_limits::LimitsError),
     /// weir cannot find its own executable to start workers.
     #[error("cannot find weir's own executable to start workers: {0}")]
     Exe(std::io::Error),
@@ -56,7 +59,7 @@ impl ServeError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ServeError::Pool(SupervisorError::AppImport(_)) => crate::cli::EXIT_CONFIG,
-            ServeError::AccessLog(..) => crate::cli::EXIT_CONFIG,
+            ServeError::AccessLog(..) | ServeError::Limits(_) => crate::cli::EXIT_CONFIG,
             _ => 1,
         }
     }
@@ -120,7 +123,8 @@ fn queue_policy(queue: &weir_config::QueueConfig, capacity: usize) -> weir_queue
             interval: queue.interval.as_duration(),
             lifo: queue.lifo,
         }),
-        per_key_max: None,
+        fair: queue.fair_key.is_some(),
+        per_key_max: queue.per_key_max,
     }
 }
 
@@ -157,10 +161,23 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             (Some(s), Backend::Workers(pool))
         }
     };
+    let zones = weir_limits::Limits::from_config(&config)?;
+    let routes = Routes::new(&config, &zones)?;
+    let fair_key = match &config.queue.fair_key {
+        Some(k) => Some(k.parse().map_err(|e: weir_limits::key::KeyError| {
+            weir_limits::LimitsError::Invalid {
+                key: "queue.fair_key".into(),
+                reason: e.to_string(),
+            }
+        })?),
+        None => None,
+    };
+    let limits = crate::limit::FrontLimits::new(zones, fair_key);
     let srv = &config.server;
     let front = Arc::new(Front {
         backend,
-        routes: Routes::new(&config),
+        routes,
+        limits,
         trusted: TrustedProxies::new(&srv.trusted_proxies),
         log: Arc::new(AccessLog::new(sink)),
         retry_after: config.queue.retry_after,

@@ -71,14 +71,15 @@ where
         &path,
     );
     let route = front.routes.find(&path);
+    let mut fair_key = 0;
     let deadline = route.request_timeout.map(|t| rec.arrived + t);
     let length: u64 = pkt
         .get(b"CONTENT_LENGTH")
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    if pkt.modifier1 != MODIFIER_WSGI || length > front.max_body_size {
-        let r = if length > front.max_body_size {
+    let refused = if pkt.modifier1 != MODIFIER_WSGI || length > front.max_body_size {
+        Some(if length > front.max_body_size {
             Rejection::new(
                 ErrorClass::BodyTooLarge,
                 format!(
@@ -91,7 +92,15 @@ where
                 ErrorClass::BadRequest,
                 format!("uwsgi modifier1 {} is not WSGI (0)", pkt.modifier1),
             )
-        };
+        })
+    } else {
+        // The limits, as on the HTTP listener (before the body is taken).
+        let view = crate::limit::UwsgiView::new(&pkt);
+        let checked = crate::limit::check(&front, route, &view, &watch, &mut rec).await;
+        fair_key = front.limits.fair_key(&view);
+        checked.err()
+    };
+    if let Some(r) = refused {
         // Read what NGINX is still sending (within a bound) before answering: closing
         // on unread bytes resets the connection, and NGINX would turn the 413 into a 502.
         let drain = async {
@@ -164,7 +173,7 @@ where
             method: &method,
             work: crate::dispatch::Work::Packet(out),
             body,
-            fair_key: 0,
+            fair_key,
         },
         &mut rec,
     )

@@ -35,6 +35,17 @@ pin_project_lite::pin_project! {
     }
 }
 
+impl<B: std::fmt::Debug> std::fmt::Debug for RateLimitedBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitedBody")
+            .field("inner", &self.inner)
+            .field("rate", &self.rate)
+            .field("after", &self.after)
+            .field("sent", &self.sent)
+            .finish()
+    }
+}
+
 impl<B> RateLimitedBody<B> {
     /// Paces `inner` to `rate` bytes per second (0: not at all) after `after` bytes.
     pub fn new(inner: B, rate: u64, after: u64) -> Self {

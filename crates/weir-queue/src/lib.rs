@@ -126,6 +126,9 @@ pub struct QueuePolicy {
     pub timeout: Duration,
     /// Delay-based shedding; `None`: plain FIFO with the timeout.
     pub codel: Option<Codel>,
+    /// Fair queueing is on (`[queue] fair_key`): waiters are served round robin across
+    /// their keys.
+    pub fair: bool,
     /// Most requests of one fairness key waiting at once (`[queue] per_key_max`).
     pub per_key_max: Option<usize>,
 }
@@ -229,6 +232,7 @@ mod tests {
                 interval: 100 * MS,
                 lifo: true,
             }),
+            fair: false,
             per_key_max: None,
         }
     }

@@ -237,6 +237,7 @@ mod tests {
                 max_size,
                 timeout: 1000 * MS,
                 codel,
+                fair: false,
                 per_key_max: None,
             },
         )

@@ -93,6 +93,10 @@ impl Pool {
         if room == 0
             || worker.claim.is_none()
             || !self.inner.prefetch
+            // Fair queueing: an offer commits a request to one worker's line, a FIFO
+            // outside the queue's turns, so none is made (a polite client's request must
+            // not wait behind a flood's offered ones).
+            || self.inner.policy.fair
             || st.queue.overloaded()
             || !sendable_at_once(current)
             || self.retiring(st, worker.generation)

@@ -30,6 +30,7 @@ fn pool(max_queue: usize, timeout: Duration) -> Pool {
         max_size: max_queue,
         timeout,
         codel: None,
+        fair: false,
         per_key_max: None,
     };
     Pool::new(policy, None, true)
