@@ -76,7 +76,10 @@ wait_socket() {  # wait_socket PATH
 # NAME: weir (defaults), weir-preload (--preload on), weir-lazy (--preload off),
 # weir-noprefetch (--prefetch off: requests go only to idle workers), weir-threads1 and weir-threads2
 # ([server] threads = 1 or 2: event-loop threads in the master), weir-base (the defaults, run
-# by WEIR_BASE_BIN: another build, for a before/after in one interleaved run), nginx-uwsgi,
+# by WEIR_BASE_BIN: another build, for a before/after in one interleaved run), weir-limit
+# (one [limit_req] zone keyed by $remote_addr on every request, memory store, a rate no
+# request reaches: the cost of the check), weir-limit-redis (the same zone in a local
+# redis-server: one Redis round trip per request), nginx-uwsgi,
 # nginx-gunicorn, granian. Also needs WEIR_BIN, SHOP_APP, SHOP_DIR, WORKERS and NGINX from
 # the caller.
 start_server() {
@@ -85,7 +88,8 @@ start_server() {
   d="$RUN_DIR/$name"
   mkdir -p "$d"
   case "$name" in
-    weir | weir-preload | weir-lazy | weir-noprefetch | weir-threads1 | weir-threads2 | weir-base)
+    weir | weir-preload | weir-lazy | weir-noprefetch | weir-threads1 | weir-threads2 | weir-base \
+      | weir-limit | weir-limit-redis)
       local bin=$WEIR_BIN
       [[ $name == weir-base ]] && bin=${WEIR_BASE_BIN:-}
       [[ -x "$bin" ]] || { log "weir binary '$bin' missing (weir-base needs WEIR_BASE_BIN)"; return 1; }
@@ -95,6 +99,22 @@ start_server() {
       [[ $name == weir-noprefetch ]] && preload=(--prefetch off)
       if [[ $name == weir-threads[12] ]]; then
         printf '[server]\nthreads = %s\n' "${name#weir-threads}" > "$d/weir.toml"
+        preload=(--config "$d/weir.toml")
+      fi
+      if [[ $name == weir-limit* ]]; then
+        printf '[limit_req.bench]\nkey = "$remote_addr"\nrate = "1000000r/s"\nburst = 1000000\nnodelay = true\n\n[[route]]\npath = "/"\nlimit_req = ["bench"]\n' > "$d/weir.toml"
+        if [[ $name == weir-limit-redis ]]; then
+          command -v redis-server >/dev/null || { log "redis-server not found: run scripts/install-deps.sh"; return 1; }
+          local rport
+          rport=$(free_port)
+          start redis redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$d"
+          printf '\n[limits]\nstore = "redis://127.0.0.1:%s/0"\n' "$rport" >> "$d/weir.toml"
+          local deadline=$((SECONDS + 10))
+          until redis-cli -p "$rport" ping >/dev/null 2>&1; do
+            ((SECONDS < deadline)) || { log "redis-server did not answer"; return 1; }
+            sleep 0.1
+          done
+        fi
         preload=(--config "$d/weir.toml")
       fi
       start "$name" env RUST_LOG="${RUST_LOG:-warn}" "$bin" serve --app "$SHOP_APP" --chdir "$SHOP_DIR" \

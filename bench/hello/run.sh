@@ -9,6 +9,9 @@
 #                   request is written behind a busy worker's current one)
 #   weir-base       the defaults, run by WEIR_BASE_BIN (another build: a before/after of a
 #                   change in one interleaved run)
+#   weir-limit      the defaults plus one limit_req zone on every request (memory store;
+#                   a rate no request reaches): the cost of the limit stage
+#   weir-limit-redis the same zone shared through a local redis-server (one round trip each)
 #   weir-preload    the same with --preload on (forked whatever the check says; not in the
 #                   default set: for the shop it runs as weir does)
 #   nginx-uwsgi     nginx -> uWSGI 2.0.31 over a Unix socket (uwsgi_pass)

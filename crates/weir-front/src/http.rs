@@ -147,9 +147,13 @@ async fn stages(
     });
 
     // The limits come before the body is read: a refused request's upload is not taken.
-    let view = crate::limit::HttpView::new(&parts, id.client, id.scheme);
-    crate::limit::check(front, route, &view, &conn.watch, rec).await?;
-    let fair_key = front.limits.fair_key(&view);
+    rec.limit_rate = route.limits.limit_rate();
+    let mut fair_key = 0;
+    if front.limits.applies(route) {
+        let view = crate::limit::HttpView::new(&parts, id.client, id.scheme);
+        crate::limit::check(front, route, &view, &conn.watch, rec).await?;
+        fair_key = front.limits.fair_key(&view);
+    }
 
     let (length, body) = read_body(front, &parts, body).await?;
 

@@ -49,6 +49,12 @@ impl FrontLimits {
         }
     }
 
+    /// Whether a request of `route` has anything to check here (a zone, `limit_rate`, or
+    /// fair queueing): when not, the stage costs nothing.
+    pub fn applies(&self, route: &Route) -> bool {
+        self.fair_key.is_some() || !route.limits.is_empty()
+    }
+
     /// The request's fairness key: 0 when fair queueing is off or the key renders empty.
     pub fn fair_key(&self, view: &impl RequestView) -> u64 {
         let Some(t) = &self.fair_key else { return 0 };

@@ -93,6 +93,9 @@ where
                 format!("uwsgi modifier1 {} is not WSGI (0)", pkt.modifier1),
             )
         })
+    } else if !front.limits.applies(route) {
+        rec.limit_rate = route.limits.limit_rate();
+        None
     } else {
         // The limits, as on the HTTP listener (before the body is taken).
         let view = crate::limit::UwsgiView::new(&pkt);

@@ -249,7 +249,7 @@ pub struct Outcome {
     /// What dry-run zones would have done (empty when nothing).
     pub dry_run: Vec<DryRun>,
     /// Headers for the answer: `RateLimit-Policy` and `RateLimit` of the deciding zone
-    /// (also on admitted requests, which the front door may add to the app's answer), and
+    /// (on a refused or delayed request; not built for admitted ones, to keep the check cheap), and
     /// `Retry-After` on a refusal.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Redis did not answer for this request (`on_store_error` applied).
@@ -555,10 +555,14 @@ impl Limits {
     fn apply(&self, group: &[(&ReqZone, String)], d: &Decision, out: &mut Outcome) {
         let Some(i) = d.zone else { return };
         let z = group[i].0;
-        let (policy, rl) = limit_req::ratelimit_headers(&z.name, z.rate, &z.rule, d);
-        if let (Ok(p), Ok(r)) = (HeaderValue::from_str(&policy), HeaderValue::from_str(&rl)) {
-            out.headers.push((RATELIMIT_POLICY.clone(), p));
-            out.headers.push((RATELIMIT.clone(), r));
+        // The RateLimit headers go on refusals (and delayed requests); building them for
+        // every admitted request would cost more than the check itself.
+        if d.verdict != Verdict::Admit {
+            let (policy, rl) = limit_req::ratelimit_headers(&z.name, z.rate, &z.rule, d);
+            if let (Ok(p), Ok(r)) = (HeaderValue::from_str(&policy), HeaderValue::from_str(&rl)) {
+                out.headers.push((RATELIMIT_POLICY.clone(), p));
+                out.headers.push((RATELIMIT.clone(), r));
+            }
         }
         match d.verdict {
             Verdict::Admit => z.counters.add(0),
