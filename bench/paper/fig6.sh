@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The paper's Figure 6: 40 KB responses read from uWSGI at a limited rate, 10 req/s, 100
 # requests: nginx `uwsgi_limit_rate` 10k, 20k and 40k (bytes per second per request), plus
-# nginx without a limit and weir, which has no limit_rate yet (it runs plain).
+# nginx without a limit, weir plain, and weir's own `limit_rate` 10k, 20k and 40k (NGINX's
+# `limit_rate`: the answer is paced to the client, and the worker is freed as soon as it has
+# produced it, where `uwsgi_limit_rate` paces the read from uWSGI and holds the worker).
 # The response is examples/shop's /big?kb=40 (40960 bytes of text).
 # Usage: bench/paper/fig6.sh [RUNS]   (default 1)
 # Environment: WORKERS (10), RATE (10), REQUESTS (100), KB (40), LIMITS ("10k 20k 40k"),
@@ -21,12 +23,14 @@ paper_db mariadb
 cases=()
 for l in $LIMITS; do cases+=("nginx-uwsgi-limit-$l"); done
 cases+=(nginx-uwsgi weir)
+for l in $LIMITS; do cases+=("weir-limit-$l"); done
 for run in $(seq 1 "$RUNS"); do
   for server in "${cases[@]}"; do
     port=$(free_port)
     case_begin "$server-$run"
     case $server in
       weir) start_weir "$port" "$WORKERS" ;;
+      weir-limit-*) start_weir "$port" "$WORKERS" '[[route]]' 'path = "/"' "limit_rate = \"${server#weir-limit-}\"" ;;
       nginx-uwsgi) start_uwsgi "$WORKERS"; start_nginx "$port" ;;
       nginx-uwsgi-limit-*) start_uwsgi "$WORKERS"; start_nginx "$port" "uwsgi_limit_rate ${server#nginx-uwsgi-limit-};" ;;
     esac
@@ -41,9 +45,10 @@ done
 rows=()
 for l in $LIMITS; do rows+=(--row "nginx-uwsgi-limit-$l|nginx -> uWSGI, uwsgi_limit_rate $l|"); done
 rows+=(--row "nginx-uwsgi|nginx -> uWSGI, no limit|reference")
-rows+=(--row "weir|weir, defaults|no limit_rate in weir yet: runs plain")
+rows+=(--row "weir|weir, defaults|no limit")
+for l in $LIMITS; do rows+=(--row "weir-limit-$l|weir, limit_rate $l|paced to the client; the worker is freed at once"); done
 paper_summary --name fig6 --runs "$RUNS" \
   --title "Figure 6: ${KB} KB responses, uwsgi_limit_rate ${LIMITS// /, }, $RATE req/s, $REQUESTS requests" \
   --command "bench/paper/fig6.sh $RUNS" \
-  --intro "\`weir load --rate $RATE --requests $REQUESTS\` on \`/big?kb=$KB\` ($((KB * 1024)) bytes), $WORKERS workers on each side. nginx's \`uwsgi_limit_rate\` is per request, in bytes per second (10k = 10240 B/s): a $KB KB answer read at 10k needs about $((KB * 1024 / 10240)) s. weir has no \`limit_rate\` yet: it runs plain, as nginx without a limit does." \
+  --intro "\`weir load --rate $RATE --requests $REQUESTS\` on \`/big?kb=$KB\` ($((KB * 1024)) bytes), $WORKERS workers on each side. nginx's \`uwsgi_limit_rate\` is per request, in bytes per second (10k = 10240 B/s): a $KB KB answer read at 10k needs about $((KB * 1024 / 10240)) s. weir's \`limit_rate\` is NGINX's \`limit_rate\` (per request, to the client, with NGINX's one second of credit): the worker hands its answer over at once and the front door paces it, so at $RATE req/s no worker is held and no request waits for one; \`uwsgi_limit_rate\` paces the read from uWSGI, so each answer holds its worker for its whole transfer." \
   "${rows[@]}"

@@ -69,6 +69,21 @@ BAD_CONFIGS = [
     ("uwsgi-listen-garbage", "[app]\nmodule = 'sup_app:application'\n[server]\nuwsgi_listen = ['nowhere:port']\n",
      "uwsgi_listen"),
     ("toml-syntax", "[app\nmodule = \n", None),
+    # issue 14's limits: each names its key
+    ("limit-req-unknown-variable", "[app]\nmodule = 'sup_app:application'\n[limit_req.z]\nkey = '$remote_adr'\n"
+     "rate = '10r/s'\n", "limit_req.z.key"),
+    ("limit-req-bad-rate", "[app]\nmodule = 'sup_app:application'\n[limit_req.z]\nkey = '$remote_addr'\n"
+     "rate = '10 per second'\n", "limit_req.z.rate"),
+    ("limit-req-delay-and-nodelay", "[app]\nmodule = 'sup_app:application'\n[limit_req.z]\nkey = '$remote_addr'\n"
+     "rate = '10r/s'\nnodelay = true\ndelay = 3\n", "limit_req.z"),
+    ("route-names-undefined-zone", "[app]\nmodule = 'sup_app:application'\n[[route]]\npath = '/'\n"
+     "limit_req = ['nope']\n", "nope"),
+    ("limits-bad-redis-url", "[app]\nmodule = 'sup_app:application'\n[limits]\nstore = 'redis:/oops'\n",
+     "limits.store"),
+    ("limit-conn-zero", "[app]\nmodule = 'sup_app:application'\n[limit_conn.c]\nkey = '$remote_addr'\nmax = 0\n",
+     "limit_conn.c.max"),
+    ("fair-key-unknown-variable", "[app]\nmodule = 'sup_app:application'\n[queue]\nfair_key = '$client'\n",
+     "queue.fair_key"),
 ]
 
 
