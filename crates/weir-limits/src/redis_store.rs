@@ -1,4 +1,6 @@
-//! The Redis store: zones shared by every weir instance using one Redis.
+//! The Redis store: zones shared by every weir instance using one Redis. This module is
+//! the connection, the `limit_req` script and the failure accounting; `limit_conn`'s
+//! leases on the same connection are [`crate::redis_conn`].
 //!
 //! One check is one atomic server-side Lua script ([`SCRIPT`]) over the request's zones
 //! (of one kind: enforcing or dry-run): it reads Redis's own clock (`TIME`, so instances
@@ -201,7 +203,8 @@ struct Reconnect {
     last_error: Option<String>,
 }
 
-/// A shared limit_req store on Redis.
+/// A shared store on Redis (`limit_req` buckets here, `limit_conn` leases in
+/// [`crate::redis_conn`]).
 pub struct RedisStore {
     client: redis::Client,
     pub(crate) opts: RedisOptions,
