@@ -11,6 +11,7 @@ import json
 import math
 import re
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -368,3 +369,36 @@ def assert_weir_error(r, status: int, cls: str, accept: str = "text", retry_afte
         assert len(r.body) < 1024, "a short text, not a page: %r" % r.body[:300]
         assert not text.lstrip().startswith("{"), "JSON sent to a client that did not ask for it: %r" % text
     return rid
+
+
+# ---------------------------------------------------------------------------------------
+# A private redis-server (Debian's package, installed by scripts/install-deps.sh)
+
+class RedisServer:
+    """redis-server on 127.0.0.1:port, no persistence; start() waits for PONG."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.url = "redis://127.0.0.1:%d/0" % port
+        self.proc = None
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self.ping, 10, what="redis-server to answer PING on %d" % self.port)
+        return self
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 
 import pytest
 
 from e2e_lib import free_port, get, wait_for
+from front_lib import RedisServer
 
 pytestmark = [
     pytest.mark.e2e_timeout(120),
@@ -31,39 +31,11 @@ pytestmark = [
 ]
 
 
-class Redis:
-    def __init__(self, port: int, workdir):
-        self.port = port
-        self.workdir = workdir
-        self.proc = None
-
-    def start(self):
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self.ping, 10, what="redis-server to answer PING")
-
-    def ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def kill(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
 @pytest.fixture
-def redis(tmp_path):
-    r = Redis(free_port(), tmp_path)
-    r.start()
+def redis():
+    r = RedisServer(free_port()).start()
     yield r
-    r.kill()
+    r.stop()
 
 
 def load(weir_bin, addr, seconds: float, out) -> subprocess.Popen:
@@ -95,10 +67,11 @@ def test_two_instances_share_one_bucket_and_ride_out_a_redis_outage(front, redis
     assert admitted + refused == sum(sum(c.values()) for c in counts), counts
     # 40 req/s offered for 6 s, 10r/s shared: about 60 admitted (not 120)
     assert 8 * seconds <= admitted <= 11 * seconds + 1, counts
-    assert all(c.get("200", 0) > 0 and c.get("429", 0) > 0 for c in counts), counts
+    # (how the 10/s split between the two is up to the phase of their arrival grids: with
+    # constant arrivals one instance's requests may always come just after the other's)
 
     # Redis goes away: both keep serving (allow), count the outage, stay up.
-    redis.kill()
+    redis.stop()
     t0 = time.monotonic()
     got = [get(srv.addr, "/?k=shared", timeout=10) for srv in (a, b) for _ in range(5)]
     assert all(r.status == 200 for r in got), got

@@ -128,6 +128,9 @@ fn queue_policy(queue: &weir_config::QueueConfig, capacity: usize) -> weir_queue
     }
 }
 
+/// Longest wait at start-up for the limits store (Redis) before serving anyway.
+const LIMITS_STORE_WARMUP: Duration = Duration::from_secs(1);
+
 /// Runs the server until SIGTERM/SIGINT (Ok) or a fatal error.
 pub async fn run(config: Config) -> Result<(), ServeError> {
     let backlog = config.server.backlog;
@@ -172,6 +175,10 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         })?),
         None => None,
     };
+    // With `[limits] store = "redis://..."`, once the limits are known valid: connect
+    // before accepting (at most a second), so the first requests are limited in Redis, not
+    // given on_store_error. Not reachable: weir-limits warns once, serving starts anyway.
+    zones.connect(LIMITS_STORE_WARMUP).await;
     let limits = crate::limit::FrontLimits::new(zones, fair_key);
     let srv = &config.server;
     let front = Arc::new(Front {

@@ -10,7 +10,9 @@
 //! - [`memory`]: buckets in memory, sharded, bounded by `max_keys` (LRU).
 //! - [`redis_store`]: buckets in Redis, one Lua script per check, timeouts, reconnects,
 //!   `on_store_error`.
-//! - [`limit_conn`]: requests in progress per key (memory only).
+//! - [`limit_conn`]: requests in progress per key, in memory.
+//! - [`redis_conn`]: requests in progress per key shared through Redis, with leases that
+//!   end the slots of an instance that died.
 //! - [`limit_rate`]: a response body paced to the client.
 //! - this file: [`Limits`], the one object the front door calls.
 //!
@@ -18,6 +20,9 @@
 //! ```ignore
 //! // at start-up, after Config::validate:
 //! let limits = Arc::new(Limits::from_config(&config)?);
+//! // before accepting: connect to Redis (if it is the store), waiting at most a second
+//! // (not reachable: one warning, and on_store_error applies until it answers)
+//! limits.connect(Duration::from_secs(1)).await;
 //! // per [[route]], when the route table is built:
 //! let route_limits = limits.route(&route_config)?;      // RouteLimits
 //! // per request, after identify and route, before the queue (stage 8):
@@ -46,8 +51,11 @@
 //! admit, as NGINX's `limit_req_dry_run on` would check them: they count and report
 //! ([`Outcome::dry_run`]) but never refuse or delay. A zone whose key renders empty does not
 //! apply. With the Redis store, a failing Redis gives every request of the failing check
-//! `on_store_error`'s verdict: admitted (`allow`), or refused by the first zone of the check
-//! with Retry-After 1 (`deny`).
+//! `on_store_error`'s verdict: admitted (`allow`, and holding no `limit_conn` slot), or
+//! refused by the first enforcing zone of the check (`deny`: a `limit_req` zone answers
+//! `rate-limited` with Retry-After 1, a `limit_conn` zone `conn-limited`). A request whose
+//! `limit_req` check already failed does not try Redis again for its `limit_conn` slots:
+//! one request waits at most one store timeout.
 //!
 //! # Memory
 //! A remembered key costs about 40 bytes in the memory store whatever its length (a 64-bit
@@ -61,6 +69,7 @@ pub mod limit_conn;
 pub mod limit_rate;
 pub mod limit_req;
 pub mod memory;
+pub mod redis_conn;
 pub mod redis_store;
 
 use std::fmt::Write as _;
@@ -77,6 +86,7 @@ pub use key::{KeyTemplate, RequestView, SimpleRequest};
 pub use limit_conn::{ConnGuard, ConnZone};
 pub use limit_rate::RateLimitedBody;
 pub use limit_req::{Decision, DelayMode, Rule, Verdict};
+pub use redis_conn::{ConnCheck, Lease};
 pub use redis_store::{RedisOptions, StoreError, StoreHealth};
 
 /// A configuration weir-limits cannot use (only before `Config::validate` passed, or a
@@ -117,7 +127,7 @@ impl Counters {
         "dry_run_refused",
         "store_error",
     ];
-    const CONN: [&'static str; 3] = ["admitted", "refused", "dry_run_refused"];
+    const CONN: [&'static str; 4] = ["admitted", "refused", "dry_run_refused", "store_error"];
     fn add(&self, i: usize) {
         self.0[i].fetch_add(1, Ordering::Relaxed);
     }
@@ -143,6 +153,7 @@ struct ConnZoneEntry {
     name: Arc<str>,
     key: KeyTemplate,
     zone: Arc<ConnZone>,
+    max: u64,
     status: StatusCode,
     dry_run: bool,
     counters: Counters,
@@ -255,11 +266,25 @@ pub struct Outcome {
     /// Redis did not answer for this request (`on_store_error` applied).
     pub store_error: bool,
     guards: Vec<ConnGuard>,
+    lease: Option<redis_conn::Lease>,
+    /// `on_store_error = "allow"` was counted for this request already.
+    fell_back: bool,
 }
 
-/// The `limit_conn` slots of a request; dropping it frees them.
+/// The `limit_conn` slots of a request (in memory, or a lease in Redis); dropping it
+/// frees them (a Redis lease in the background: dropping never waits).
 #[derive(Debug, Default)]
-pub struct ConnGuards(#[allow(dead_code)] Vec<ConnGuard>);
+pub struct ConnGuards(
+    #[allow(dead_code)] Vec<ConnGuard>,
+    #[allow(dead_code)] Option<redis_conn::Lease>,
+);
+
+impl ConnGuards {
+    /// Holds no slot.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty() && self.1.is_none()
+    }
+}
 
 impl Outcome {
     /// The zone for the access log: the one that refused, else the one that delayed.
@@ -277,7 +302,7 @@ impl Outcome {
 
     /// The `limit_conn` slots, to hold until the response is done.
     pub fn into_guard(self) -> ConnGuards {
-        ConnGuards(self.guards)
+        ConnGuards(self.guards, self.lease)
     }
 }
 
@@ -302,7 +327,8 @@ impl limit_req::Buckets for MemGroup<'_> {
 
 impl Limits {
     /// Builds the zones of a validated configuration (`[limits] store` a Redis URL: the
-    /// connection is made on the first check, from the tokio runtime).
+    /// connection is made by [`Limits::connect`], or else on the first check, from the
+    /// tokio runtime).
     pub fn from_config(cfg: &Config) -> Result<Limits, LimitsError> {
         Limits::from_config_with(cfg, RedisOptions::default())
     }
@@ -356,6 +382,7 @@ impl Limits {
                     .parse()
                     .map_err(|e: key::KeyError| invalid(k("key"), e.to_string()))?,
                 zone: ConnZone::new(z.max),
+                max: z.max,
                 status: status(&k("status"), z.status)?,
                 dry_run: z.dry_run,
                 counters: Counters::default(),
@@ -424,6 +451,44 @@ impl Limits {
         })
     }
 
+    /// Connects to the store before serving: with Redis, waits at most `within` for a
+    /// connection (and loads the scripts), so the first requests do not get
+    /// `on_store_error` while it is being made. `true` when connected (always with the
+    /// memory store). Not reachable: one warning (the outage starts, and is logged only
+    /// once), `on_store_error` applies until Redis answers, and the connection keeps
+    /// being retried in the background with the usual backoff.
+    pub async fn connect(&self, within: Duration) -> bool {
+        let Store::Redis(r) = &self.store else {
+            return true;
+        };
+        match r.connect(within).await {
+            Ok(()) => {
+                tracing::info!("limits store (Redis) connected: zones are shared");
+                true
+            }
+            Err(e) => {
+                self.health.failed_at_start(&e, self.policy(), within);
+                false
+            }
+        }
+    }
+
+    fn policy(&self) -> &'static str {
+        match self.on_store_error {
+            OnStoreError::Allow => "allow",
+            OnStoreError::Deny => "deny",
+        }
+    }
+
+    /// Requests of this instance holding shared `limit_conn` slots in Redis (0 with the
+    /// memory store).
+    pub fn shared_conn_leases(&self) -> usize {
+        match &self.store {
+            Store::Redis(r) => r.live_leases(),
+            Store::Memory => 0,
+        }
+    }
+
     /// The store's health (Redis outages and errors).
     pub fn store_health(&self) -> &StoreHealth {
         &self.health
@@ -439,7 +504,7 @@ impl Limits {
         if let Some((_, d)) = &out.delayed {
             tokio::time::sleep(*d).await;
         }
-        self.acquire_conn(route, req, &mut out);
+        self.acquire_conn(route, req, &mut out).await;
         out
     }
 
@@ -486,6 +551,7 @@ impl Limits {
                         return out;
                     }
                     self.fallback[0].fetch_add(1, Ordering::Relaxed);
+                    out.fell_back = true;
                 }
             }
             if out.refusal.is_some() {
@@ -540,11 +606,7 @@ impl Limits {
                         Ok(d)
                     }
                     Err(e) => {
-                        let policy = match self.on_store_error {
-                            OnStoreError::Allow => "allow",
-                            OnStoreError::Deny => "deny",
-                        };
-                        self.health.failed(&e, policy);
+                        self.health.failed(&e, self.policy());
                         Err(())
                     }
                 }
@@ -586,8 +648,22 @@ impl Limits {
     }
 
     /// The `limit_conn` half of [`Limits::check`]: takes a slot in each of the route's
-    /// zones, or sets `out.refusal` (and takes none).
-    pub fn acquire_conn(&self, route: &RouteLimits, req: &impl RequestView, out: &mut Outcome) {
+    /// zones, or sets `out.refusal` (and takes none). With the Redis store the slots are
+    /// leases in Redis (one script for all the zones, bounded by the store's timeout, and
+    /// `on_store_error` when it fails); cancel-safe either way.
+    pub async fn acquire_conn(
+        &self,
+        route: &RouteLimits,
+        req: &impl RequestView,
+        out: &mut Outcome,
+    ) {
+        match &self.store {
+            Store::Memory => self.acquire_conn_memory(route, req, out),
+            Store::Redis(r) => self.acquire_conn_redis(r, route, req, out).await,
+        }
+    }
+
+    fn acquire_conn_memory(&self, route: &RouteLimits, req: &impl RequestView, out: &mut Outcome) {
         for &i in route.conn.iter() {
             let z = &self.conn[i];
             let k = z.key.eval(req);
@@ -599,27 +675,115 @@ impl Limits {
                     z.counters.add(0);
                     out.guards.push(g);
                 }
-                None if z.dry_run => {
-                    z.counters.add(2);
-                    out.dry_run.push(DryRun {
-                        zone: z.name.clone(),
-                        would: Verdict::Refuse {
-                            retry_after: Duration::ZERO,
-                        },
-                    });
-                }
+                None if z.dry_run => self.conn_dry_refused(z, out),
                 None => {
-                    z.counters.add(1);
                     out.guards.clear();
-                    out.refusal = Some(Refusal {
-                        class: ErrorClass::ConnLimited,
-                        zone: z.name.clone(),
-                        status: z.status,
-                        retry_after_secs: None,
-                        store_error: false,
-                    });
+                    self.conn_refused(z, out);
                     return;
                 }
+            }
+        }
+    }
+
+    async fn acquire_conn_redis(
+        &self,
+        r: &redis_store::RedisStore,
+        route: &RouteLimits,
+        req: &impl RequestView,
+        out: &mut Outcome,
+    ) {
+        let mut zones: Vec<(&ConnZoneEntry, String)> = Vec::new();
+        for &i in route.conn.iter() {
+            let z = &self.conn[i];
+            let k = z.key.eval(req);
+            if !(k.is_empty() || k.len() > 65535) {
+                zones.push((z, k));
+            }
+        }
+        if zones.is_empty() {
+            return;
+        }
+        if out.store_error {
+            // this request's limit_req check just failed: do not wait on Redis twice
+            self.conn_store_error(&zones, out);
+            return;
+        }
+        let checks: Vec<ConnCheck<'_>> = zones
+            .iter()
+            .map(|(z, k)| ConnCheck {
+                zone: &z.name,
+                key: k,
+                max: z.max,
+                dry_run: z.dry_run,
+            })
+            .collect();
+        match r.acquire(&checks).await {
+            Ok(a) => {
+                self.health.succeeded();
+                for ((z, _), room) in zones.iter().zip(&a.room) {
+                    match (room, z.dry_run) {
+                        (true, _) => z.counters.add(0),
+                        (false, true) => self.conn_dry_refused(z, out),
+                        (false, false) => {
+                            self.conn_refused(z, out);
+                            return;
+                        }
+                    }
+                }
+                out.lease = a.lease;
+            }
+            Err(e) => {
+                self.health.failed(&e, self.policy());
+                self.conn_store_error(&zones, out);
+            }
+        }
+    }
+
+    fn conn_dry_refused(&self, z: &ConnZoneEntry, out: &mut Outcome) {
+        z.counters.add(2);
+        out.dry_run.push(DryRun {
+            zone: z.name.clone(),
+            would: Verdict::Refuse {
+                retry_after: Duration::ZERO,
+            },
+        });
+    }
+
+    fn conn_refused(&self, z: &ConnZoneEntry, out: &mut Outcome) {
+        z.counters.add(1);
+        out.refusal = Some(Refusal {
+            class: ErrorClass::ConnLimited,
+            zone: z.name.clone(),
+            status: z.status,
+            retry_after_secs: None,
+            store_error: false,
+        });
+    }
+
+    /// Redis did not answer for the request's `limit_conn` zones: `on_store_error`.
+    fn conn_store_error(&self, zones: &[(&ConnZoneEntry, String)], out: &mut Outcome) {
+        out.store_error = true;
+        // dry-run zones never refuse: only an enforcing zone gets the verdict
+        let Some((z, _)) = zones.iter().find(|(z, _)| !z.dry_run) else {
+            return;
+        };
+        z.counters.add(3);
+        match self.on_store_error {
+            OnStoreError::Allow => {
+                if !out.fell_back {
+                    self.fallback[0].fetch_add(1, Ordering::Relaxed);
+                    out.fell_back = true;
+                }
+            }
+            OnStoreError::Deny => {
+                self.fallback[1].fetch_add(1, Ordering::Relaxed);
+                out.refusal = Some(Refusal {
+                    class: ErrorClass::ConnLimited,
+                    zone: z.name.clone(),
+                    status: z.status,
+                    retry_after_secs: None,
+                    store_error: true,
+                });
             }
         }
     }
@@ -653,7 +817,8 @@ impl Limits {
     /// Appends the limits' metrics in Prometheus text format:
     /// `weir_limit_req_total{zone,outcome}` (the zone that decided the request's outcome:
     /// admitted, delayed, refused, dry_run_delayed, dry_run_refused, store_error),
-    /// `weir_limit_conn_total{zone,outcome}`, `weir_limit_req_keys{zone}` (memory store),
+    /// `weir_limit_conn_total{zone,outcome}` (admitted, refused, dry_run_refused,
+    /// store_error), `weir_limit_req_keys{zone}` (memory store),
     /// and with Redis `weir_limits_store_up`, `weir_limits_store_errors_total{kind}`,
     /// `weir_limits_store_outages_total`, `weir_limits_store_fallback_total{verdict}`.
     pub fn render_metrics(&self, out: &mut String) {

@@ -6,10 +6,9 @@
 //! request's future drops the guard). A key with no request in progress is not kept, so
 //! memory follows the keys in progress, not the keys seen.
 //!
-//! Memory only, per instance, even with `[limits] store = "redis://..."`: a count of
-//! requests in progress shared across instances needs leases (a slot taken in Redis by an
-//! instance that then dies must expire), which is a noted follow-up; until then each
-//! instance enforces `max` on its own share of the traffic.
+//! This is the memory store's `limit_conn`, per instance. With `[limits] store =
+//! "redis://..."` the counts live in Redis instead, shared by every instance, as leases
+//! that end the slots of an instance that died: see [`crate::redis_conn`].
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;

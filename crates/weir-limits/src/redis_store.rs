@@ -1,4 +1,6 @@
-//! The Redis store: zones shared by every weir instance using one Redis.
+//! The Redis store: zones shared by every weir instance using one Redis. This module is
+//! the connection, the `limit_req` script and the failure accounting; `limit_conn`'s
+//! leases on the same connection are [`crate::redis_conn`].
 //!
 //! One check is one atomic server-side Lua script ([`SCRIPT`]) over the request's zones
 //! (of one kind: enforcing or dry-run): it reads Redis's own clock (`TIME`, so instances
@@ -114,6 +116,18 @@ impl StoreHealth {
         }
     }
 
+    /// Records that Redis did not answer at start-up ([`crate::Limits::connect`]): the
+    /// outage starts now, logged once here (the checks that fail next log nothing more).
+    pub fn failed_at_start(&self, e: &StoreError, policy: &str, within: Duration) {
+        let k = Self::KINDS.iter().position(|k| *k == e.kind()).unwrap_or(0);
+        self.errors[k].fetch_add(1, Ordering::Relaxed);
+        if !self.down.swap(true, Ordering::AcqRel) {
+            self.outages.fetch_add(1, Ordering::Relaxed);
+            self.since_ms.store(now_ms(), Ordering::Relaxed);
+            tracing::warn!(error = %e, on_store_error = policy, waited = ?within, "limits store (Redis) does not answer at start-up: serving anyway; requests get on_store_error until it answers");
+        }
+    }
+
     /// Records a success: the end of an outage is logged.
     pub fn succeeded(&self) {
         self.checks.fetch_add(1, Ordering::Relaxed);
@@ -163,6 +177,11 @@ pub struct RedisOptions {
     pub connect_timeout: Duration,
     /// Prefix of every bucket's key. Default `weir:lr:`.
     pub prefix: String,
+    /// Prefix of every `limit_conn` lease set's key. Default `weir:lc:`.
+    pub conn_prefix: String,
+    /// How long a `limit_conn` slot taken in Redis lives without renewal: an instance
+    /// that dies holds its slots this long. Renewed every third of it. Default 30 s.
+    pub lease: Duration,
 }
 
 impl Default for RedisOptions {
@@ -171,6 +190,8 @@ impl Default for RedisOptions {
             timeout: Duration::from_millis(10),
             connect_timeout: Duration::from_millis(250),
             prefix: "weir:lr:".into(),
+            conn_prefix: "weir:lc:".into(),
+            lease: Duration::from_secs(30),
         }
     }
 }
@@ -179,16 +200,19 @@ impl Default for RedisOptions {
 struct Reconnect {
     next_attempt: Instant,
     backoff: Duration,
+    last_error: Option<String>,
 }
 
-/// A shared limit_req store on Redis.
+/// A shared store on Redis (`limit_req` buckets here, `limit_conn` leases in
+/// [`crate::redis_conn`]).
 pub struct RedisStore {
     client: redis::Client,
-    opts: RedisOptions,
+    pub(crate) opts: RedisOptions,
     connecting: Arc<AtomicBool>,
     reconnect: Arc<Mutex<Reconnect>>,
     script: redis::Script,
-    slot: Arc<Mutex<Option<ConnectionManager>>>,
+    pub(crate) slot: Arc<Mutex<Option<ConnectionManager>>>,
+    pub(crate) leases: Arc<crate::redis_conn::Leases>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -214,10 +238,42 @@ impl RedisStore {
             reconnect: Arc::new(Mutex::new(Reconnect {
                 next_attempt: Instant::now(),
                 backoff: BACKOFF_MIN,
+                last_error: None,
             })),
             script: redis::Script::new(SCRIPT),
             slot: Arc::new(Mutex::new(None)),
+            leases: Arc::new(crate::redis_conn::Leases::new()),
         })
+    }
+
+    /// Waits (at most `within`) until a connection is made and the scripts are loaded, so
+    /// the first checks need not wait for either. `Err`: the last reason it could not.
+    pub async fn connect(&self, within: Duration) -> Result<(), StoreError> {
+        let deadline = tokio::time::Instant::now() + within;
+        // bounded: every turn waits 10 ms, and the loop ends at the deadline
+        let conn = loop {
+            if let Ok(c) = self.connection() {
+                break c;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let r = self.reconnect.lock().unwrap_or_else(|p| p.into_inner());
+                return Err(StoreError::Connect(r.last_error.clone().unwrap_or_else(
+                    || "no connection attempt finished in time".into(),
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let rest = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let load = async {
+            let mut c = conn.clone();
+            self.script.prepare_invoke().load_async(&mut c).await?;
+            crate::redis_conn::load_scripts(&mut c).await
+        };
+        match tokio::time::timeout(rest.max(self.opts.timeout), load).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(store_error(e)),
+            Err(_) => Err(StoreError::Timeout(rest)),
+        }
     }
 
     /// The Redis key of a zone's bucket for `key`.
@@ -230,7 +286,7 @@ impl RedisStore {
         k
     }
 
-    fn connection(&self) -> Result<ConnectionManager, StoreError> {
+    pub(crate) fn connection(&self) -> Result<ConnectionManager, StoreError> {
         if let Some(c) = self.slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             return Ok(c.clone());
         }
@@ -278,8 +334,15 @@ impl RedisStore {
                 Ok(Ok(c)) => {
                     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
                     r.backoff = BACKOFF_MIN;
+                    r.last_error = None;
                 }
-                _ => {
+                Ok(Err(e)) => {
+                    r.last_error = Some(e.to_string());
+                    r.next_attempt = Instant::now() + r.backoff;
+                    r.backoff = (r.backoff * 2).min(BACKOFF_MAX);
+                }
+                Err(_) => {
+                    r.last_error = Some(format!("no connection within {:?}", timeout * 2));
                     r.next_attempt = Instant::now() + r.backoff;
                     r.backoff = (r.backoff * 2).min(BACKOFF_MAX);
                 }
@@ -303,19 +366,18 @@ impl RedisStore {
         let reply = tokio::time::timeout(self.opts.timeout, inv.invoke_async::<Value>(&mut conn))
             .await
             .map_err(|_| StoreError::Timeout(self.opts.timeout))?
-            .map_err(|e| {
-                if e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.is_timeout()
-                {
-                    StoreError::Connect(e.to_string())
-                } else {
-                    StoreError::Script(e.to_string())
-                }
-            })?;
+            .map_err(store_error)?;
         let rules: Vec<Rule> = zones.iter().map(|z| z.2).collect();
         parse_reply(&reply, &rules)
+    }
+}
+
+/// A client error as a [`StoreError`]: the connection's, or Redis's answer.
+pub(crate) fn store_error(e: redis::RedisError) -> StoreError {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+        StoreError::Connect(e.to_string())
+    } else {
+        StoreError::Script(e.to_string())
     }
 }
 

@@ -180,3 +180,22 @@ async fn two_zones_on_one_request_follow_nginx() {
     tokio::time::advance(Duration::from_millis(500)).await;
     assert!(!l.check(&route, &req("b")).await.is_refused());
 }
+
+#[tokio::test(start_paused = true)]
+async fn memory_store_needs_no_connection_and_its_guards_hold_slots() {
+    let (l, c) = limits(ISSUE_14);
+    assert!(
+        l.connect(Duration::from_secs(1)).await,
+        "memory: nothing to connect"
+    );
+    assert!(!l.store_health().is_down());
+    let route = l.zones(&[], &["per_ip".into()]).unwrap();
+    let g = l.check(&route, &req("a")).await.into_guard();
+    assert!(!g.is_empty());
+    assert!(l.check(&route, &req("a")).await.is_refused());
+    drop(g);
+    assert!(!l.check(&route, &req("a")).await.is_refused());
+    assert_eq!(l.shared_conn_leases(), 0);
+    let none = l.check(&l.route(&c.route[0]).unwrap(), &req("")).await;
+    assert!(none.into_guard().is_empty(), "an empty key takes no slot");
+}
