@@ -2,8 +2,12 @@
 //! the connection, the `limit_req` script and the failure accounting; `limit_conn`'s
 //! leases on the same connection are [`crate::redis_conn`].
 //!
-//! One check is one atomic server-side Lua script ([`SCRIPT`]) over the request's zones
-//! (of one kind: enforcing or dry-run): it reads Redis's own clock (`TIME`, so instances
+//! One check is one atomic run of a server-side Lua script ([`SCRIPT`]) over the request's
+//! zones (of one kind: enforcing or dry-run), batched with the checks of other requests
+//! that arrive while one call is on its way (one call in flight per instance; the next
+//! carries everything that came meanwhile, up to [`MAX_BATCH`]): one round trip and one
+//! script call for many requests under load, one for one when idle. The script reads
+//! Redis's own clock (`TIME`, so instances
 //! need not agree on time), runs NGINX's arithmetic ([`crate::limit_req`]) on every zone,
 //! writes the buckets only when none refuses, and sets each bucket's TTL to the moment it
 //! is fully drained (a forgotten key then behaves exactly as the drained one it replaces).
@@ -25,42 +29,69 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Value;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::limit_req::{Decision, Rule};
 
-/// The check script. KEYS: one bucket per zone; ARGV: `rate, burst` per zone (NGINX's
-/// units, times 1000).
+/// The check script, for a batch of checks (concurrent requests' checks go to Redis
+/// together, see [`RedisStore::check`]). ARGV: the number of checks, then for each its
+/// number of zones and `rate, burst` per zone (NGINX's units, times 1000); KEYS: one
+/// bucket per zone of each check, in order. A bucket is a string `"excess last_ms"` with a
+/// TTL; the checks run one after the other on one clock reading, as if they had come in
+/// the same millisecond. Answers one array per check.
 pub const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = #KEYS
-local ex, ls = {}, {}
-for i = 1, n do
-  local rate = tonumber(ARGV[2 * i - 1])
-  local burst = tonumber(ARGV[2 * i])
-  local v = redis.call('HMGET', KEYS[i], 'e', 'l')
-  local e, l = tonumber(v[1]), tonumber(v[2])
-  if e == nil or l == nil then
-    ex[i] = 0
-    ls[i] = now
-  else
-    local ms = now - l
-    if ms < -60000 then ms = 1 elseif ms < 0 then ms = 0 end
-    local x = e + 1000 - math.floor(rate * ms / 1000)
-    if x < 0 then x = 0 end
-    if x > burst then return {1, i - 1, x} end
-    ex[i] = x
-    if ms ~= 0 then ls[i] = now else ls[i] = l end
+local checks = tonumber(ARGV[1])
+local a, k = 2, 1
+local res = {}
+for c = 1, checks do
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  local ex, ls = {}, {}
+  local refused = nil
+  for i = 1, n do
+    local rate = tonumber(ARGV[a + 2 * i - 2])
+    local burst = tonumber(ARGV[a + 2 * i - 1])
+    local v = redis.call('GET', KEYS[k + i - 1])
+    if not v then
+      ex[i] = 0
+      ls[i] = now
+    else
+      local sp = string.find(v, ' ', 1, true)
+      local e = sp and tonumber(string.sub(v, 1, sp - 1))
+      local l = sp and tonumber(string.sub(v, sp + 1))
+      if not e or not l then
+        return redis.error_reply('weir: key ' .. KEYS[k + i - 1] .. ' is not a weir bucket')
+      end
+      local ms = now - l
+      if ms < -60000 then ms = 1 elseif ms < 0 then ms = 0 end
+      local x = e + 1000 - math.floor(rate * ms / 1000)
+      if x < 0 then x = 0 end
+      if x > burst then
+        refused = {1, i - 1, x}
+        break
+      end
+      ex[i] = x
+      if ms ~= 0 then ls[i] = now else ls[i] = l end
+    end
   end
+  if refused then
+    res[c] = refused
+  else
+    local out = {0, now}
+    for i = 1, n do
+      local rate = tonumber(ARGV[a + 2 * i - 2])
+      redis.call('SET', KEYS[k + i - 1], ex[i] .. ' ' .. ls[i], 'PX',
+        math.floor((ex[i] + 1000) * 1000 / rate) + 1)
+      out[#out + 1] = ex[i]
+    end
+    res[c] = out
+  end
+  a = a + 2 * n
+  k = k + n
 end
-local out = {0, now}
-for i = 1, n do
-  local rate = tonumber(ARGV[2 * i - 1])
-  redis.call('HSET', KEYS[i], 'e', string.format('%.0f', ex[i]), 'l', string.format('%.0f', ls[i]))
-  redis.call('PEXPIRE', KEYS[i], string.format('%.0f', math.floor((ex[i] + 1000) * 1000 / rate) + 1))
-  out[#out + 1] = ex[i]
-end
-return out
+return res
 "#;
 
 /// Why a check got no answer from Redis.
@@ -211,6 +242,8 @@ pub struct RedisStore {
     connecting: Arc<AtomicBool>,
     reconnect: Arc<Mutex<Reconnect>>,
     script: redis::Script,
+    /// The batching task's inbox (started with the first check).
+    batches: std::sync::OnceLock<mpsc::UnboundedSender<Job>>,
     pub(crate) slot: Arc<Mutex<Option<ConnectionManager>>>,
     pub(crate) leases: Arc<crate::redis_conn::Leases>,
 }
@@ -241,6 +274,7 @@ impl RedisStore {
                 last_error: None,
             })),
             script: redis::Script::new(SCRIPT),
+            batches: std::sync::OnceLock::new(),
             slot: Arc::new(Mutex::new(None)),
             leases: Arc::new(crate::redis_conn::Leases::new()),
         })
@@ -357,18 +391,116 @@ impl RedisStore {
         if zones.is_empty() {
             return Ok(Decision::NONE);
         }
-        let mut conn = self.connection()?;
-        let mut inv = self.script.prepare_invoke();
-        for (zone, key, rule) in zones {
-            inv.key(self.bucket_key(zone, key));
-            inv.arg(rule.rate).arg(rule.burst);
+        // Not connected: fail fast (and connect in the background).
+        self.connection()?;
+        let Some(batches) = self.batches() else {
+            return Err(StoreError::Connect("no tokio runtime".into()));
+        };
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            keys: zones
+                .iter()
+                .map(|(z, k, _)| self.bucket_key(z, k))
+                .collect(),
+            rules: zones.iter().map(|z| z.2).collect(),
+            reply,
+        };
+        if batches.send(job).is_err() {
+            return Err(StoreError::Connect("the batching task stopped".into()));
         }
-        let reply = tokio::time::timeout(self.opts.timeout, inv.invoke_async::<Value>(&mut conn))
-            .await
-            .map_err(|_| StoreError::Timeout(self.opts.timeout))?
-            .map_err(store_error)?;
-        let rules: Vec<Rule> = zones.iter().map(|z| z.2).collect();
-        parse_reply(&reply, &rules)
+        match tokio::time::timeout(self.opts.timeout, answer).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(StoreError::Connect("the batching task stopped".into())),
+            Err(_) => Err(StoreError::Timeout(self.opts.timeout)),
+        }
+    }
+
+    /// The batching task's inbox, started on first use (from a tokio runtime).
+    fn batches(&self) -> Option<&mpsc::UnboundedSender<Job>> {
+        if let Some(tx) = self.batches.get() {
+            return Some(tx);
+        }
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        if self.batches.set(tx).is_ok() {
+            handle.spawn(run_batches(
+                rx,
+                self.slot.clone(),
+                self.script.clone(),
+                self.opts.timeout,
+            ));
+        }
+        self.batches.get()
+    }
+}
+
+/// The most checks in one script call.
+pub const MAX_BATCH: usize = 64;
+
+/// One request's check, waiting for its batch.
+struct Job {
+    keys: Vec<String>,
+    rules: Vec<Rule>,
+    reply: oneshot::Sender<Result<Decision, StoreError>>,
+}
+
+/// The batching task: takes what has arrived (at least one check), sends it as one script
+/// call, answers each check, and goes on; it ends when the store is dropped (its inbox
+/// closes). A check whose caller has given up (its timeout, its client gone) is left out.
+async fn run_batches(
+    mut inbox: mpsc::UnboundedReceiver<Job>,
+    slot: Arc<Mutex<Option<ConnectionManager>>>,
+    script: redis::Script,
+    timeout: Duration,
+) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = inbox.recv().await {
+        jobs.push(first);
+        while jobs.len() < MAX_BATCH {
+            match inbox.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        jobs.retain(|j| !j.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
+        let conn = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let result = match conn {
+            None => Err(StoreError::Connect("not connected".into())),
+            Some(mut conn) => {
+                let mut inv = script.prepare_invoke();
+                inv.arg(jobs.len());
+                for j in &jobs {
+                    inv.arg(j.rules.len());
+                    for (key, rule) in j.keys.iter().zip(&j.rules) {
+                        inv.key(key);
+                        inv.arg(rule.rate).arg(rule.burst);
+                    }
+                }
+                match tokio::time::timeout(timeout, inv.invoke_async::<Value>(&mut conn)).await {
+                    Err(_) => Err(StoreError::Timeout(timeout)),
+                    Ok(Err(e)) => Err(store_error(e)),
+                    Ok(Ok(Value::Array(answers))) if answers.len() == jobs.len() => Ok(answers),
+                    Ok(Ok(other)) => Err(StoreError::Reply(
+                        format!("{other:?}").chars().take(200).collect(),
+                    )),
+                }
+            }
+        };
+        match result {
+            Ok(answers) => {
+                for (j, a) in jobs.drain(..).zip(answers) {
+                    let _ = j.reply.send(parse_reply(&a, &j.rules));
+                }
+            }
+            Err(e) => {
+                for j in jobs.drain(..) {
+                    let _ = j.reply.send(Err(e.clone()));
+                }
+            }
+        }
     }
 }
 

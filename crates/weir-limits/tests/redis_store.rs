@@ -149,10 +149,10 @@ async fn two_instances_share_one_bucket_and_survive_redis_going_away() {
     assert!((14..=22).contains(&(oka + okb)), "{}", oka + okb);
     assert_eq!(a.store_health().outages(), outages + 1, "one outage logged");
 
-    // a script error (the bucket's key holds a string: WRONGTYPE) -> on_store_error
+    // a script error (the bucket's key holds a list: WRONGTYPE) -> on_store_error
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut c = client.get_connection().unwrap();
-    redis::cmd("SET")
+    redis::cmd("LPUSH")
         .arg("weir:lr:z:10.0.0.4")
         .arg("x")
         .query::<()>(&mut c)
@@ -161,9 +161,17 @@ async fn two_instances_share_one_bucket_and_survive_redis_going_away() {
     assert!(o.store_error && !o.is_refused());
     let o = b.decide(&rb, &req("10.0.0.4")).await;
     assert!(o.store_error && o.is_refused());
+    // a string that is not a bucket ("excess last_ms") -> the script refuses it: on_store_error
+    redis::cmd("SET")
+        .arg("weir:lr:z:10.0.0.5")
+        .arg("x")
+        .query::<()>(&mut c)
+        .unwrap();
+    let o = a.decide(&ra, &req("10.0.0.5")).await;
+    assert!(o.store_error && !o.is_refused());
     let errs = a.store_health().errors();
     assert!(
-        errs.iter().any(|(k, n)| *k == "script" && *n >= 1),
+        errs.iter().any(|(k, n)| *k == "script" && *n >= 2),
         "{errs:?}"
     );
     // keys expire once drained (TTL), so idle keys do not pile up in Redis
