@@ -38,13 +38,37 @@ use crate::limit_req::{Decision, Rule};
 /// number of zones and `rate, burst` per zone (NGINX's units, times 1000); KEYS: one
 /// bucket per zone of each check, in order. A bucket is a string `"excess last_ms"` with a
 /// TTL; the checks run one after the other on one clock reading, as if they had come in
-/// the same millisecond. Answers one array per check.
+/// the same millisecond, and each bucket is read and written once per batch however many
+/// of its checks there are. Answers one array per check.
 pub const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local checks = tonumber(ARGV[1])
 local a, k = 2, 1
 local res = {}
+-- The batch's buckets, read once and written once at the end: a key met by several checks
+-- of the batch (a busy client, a zone keyed by $host) costs one GET and one SET, not one
+-- per check. The checks still run one after the other on the buckets' latest state.
+local cache = {}
+local function bucket(key)
+  local b = cache[key]
+  if b then return b end
+  local v = redis.call('GET', key)
+  if not v then
+    b = {e = nil, l = nil, dirty = false}
+  else
+    local sp = string.find(v, ' ', 1, true)
+    local e = sp and tonumber(string.sub(v, 1, sp - 1))
+    local l = sp and tonumber(string.sub(v, sp + 1))
+    if not e or not l then
+      return nil
+    end
+    b = {e = e, l = l, dirty = false}
+  end
+  cache[key] = b
+  return b
+end
+local order = {}
 for c = 1, checks do
   local n = tonumber(ARGV[a])
   a = a + 1
@@ -53,27 +77,25 @@ for c = 1, checks do
   for i = 1, n do
     local rate = tonumber(ARGV[a + 2 * i - 2])
     local burst = tonumber(ARGV[a + 2 * i - 1])
-    local v = redis.call('GET', KEYS[k + i - 1])
-    if not v then
+    local key = KEYS[k + i - 1]
+    local b = bucket(key)
+    if not b then
+      return redis.error_reply('weir: key ' .. key .. ' is not a weir bucket')
+    end
+    if b.e == nil then
       ex[i] = 0
       ls[i] = now
     else
-      local sp = string.find(v, ' ', 1, true)
-      local e = sp and tonumber(string.sub(v, 1, sp - 1))
-      local l = sp and tonumber(string.sub(v, sp + 1))
-      if not e or not l then
-        return redis.error_reply('weir: key ' .. KEYS[k + i - 1] .. ' is not a weir bucket')
-      end
-      local ms = now - l
+      local ms = now - b.l
       if ms < -60000 then ms = 1 elseif ms < 0 then ms = 0 end
-      local x = e + 1000 - math.floor(rate * ms / 1000)
+      local x = b.e + 1000 - math.floor(rate * ms / 1000)
       if x < 0 then x = 0 end
       if x > burst then
         refused = {1, i - 1, x}
         break
       end
       ex[i] = x
-      if ms ~= 0 then ls[i] = now else ls[i] = l end
+      if ms ~= 0 then ls[i] = now else ls[i] = b.l end
     end
   end
   if refused then
@@ -81,15 +103,25 @@ for c = 1, checks do
   else
     local out = {0, now}
     for i = 1, n do
-      local rate = tonumber(ARGV[a + 2 * i - 2])
-      redis.call('SET', KEYS[k + i - 1], ex[i] .. ' ' .. ls[i], 'PX',
-        math.floor((ex[i] + 1000) * 1000 / rate) + 1)
+      local key = KEYS[k + i - 1]
+      local b = cache[key]
+      if not b.dirty then
+        b.dirty = true
+        order[#order + 1] = key
+      end
+      b.e = ex[i]
+      b.l = ls[i]
+      b.rate = tonumber(ARGV[a + 2 * i - 2])
       out[#out + 1] = ex[i]
     end
     res[c] = out
   end
   a = a + 2 * n
   k = k + n
+end
+for _, key in ipairs(order) do
+  local b = cache[key]
+  redis.call('SET', key, b.e .. ' ' .. b.l, 'PX', math.floor((b.e + 1000) * 1000 / b.rate) + 1)
 end
 return res
 "#;

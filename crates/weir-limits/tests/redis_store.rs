@@ -244,3 +244,47 @@ async fn a_server_answering_garbage_gives_on_store_error() {
     }
     server.abort();
 }
+
+/// Checks of one key that share a batch (a busy client) are evaluated one after the other,
+/// on the bucket's latest state, exactly as if they had come one by one: with `nodelay`
+/// and `burst = 5`, 40 checks at once admit the first (free) and five more, whatever the
+/// batches they fall into; and the bucket is written back once per batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_of_one_key_in_one_batch_count_one_after_the_other() {
+    if !have_redis() {
+        eprintln!("SKIPPED: redis-server is not installed (scripts/install-deps.sh installs it)");
+        return;
+    }
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let redis = Redis::start(port);
+    let text = format!(
+        "[app]\nmodule = \"a:b\"\n[limit_req.z]\nkey = \"$remote_addr\"\nrate = \"1r/m\"\nburst = 5\n\
+         nodelay = true\n[limits]\nstore = \"{url}\"\n"
+    );
+    let mut c = Config::parse(&text, Path::new("t.toml")).unwrap();
+    c.apply_defaults();
+    c.validate().unwrap();
+    let l = Arc::new(Limits::from_config(&c).unwrap());
+    let r = l.zones(&["z".into()], &[]).unwrap();
+    assert!(
+        l.connect(Duration::from_secs(5)).await,
+        "Redis did not answer"
+    );
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let (l, r) = (l.clone(), r.clone());
+            tokio::spawn(async move {
+                let o = l.decide(&r, &req("10.9.9.9")).await;
+                assert!(!o.store_error, "{o:?}");
+                o.is_refused()
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += u32::from(!t.await.unwrap());
+    }
+    assert_eq!(admitted, 6, "1 + burst 5 at 1r/m");
+    drop(redis);
+}
