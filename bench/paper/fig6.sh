@@ -3,7 +3,8 @@
 # requests: nginx `uwsgi_limit_rate` 10k, 20k and 40k (bytes per second per request), plus
 # nginx without a limit, weir plain, and weir's own `limit_rate` 10k, 20k and 40k (NGINX's
 # `limit_rate`: the answer is paced to the client, and the worker is freed as soon as it has
-# produced it, where `uwsgi_limit_rate` paces the read from uWSGI and holds the worker).
+# produced it, where `uwsgi_limit_rate` paces the read from uWSGI, holding the worker for
+# an answer larger than the socket buffer).
 # The response is examples/shop's /big?kb=40 (40960 bytes of text).
 # Usage: bench/paper/fig6.sh [RUNS]   (default 1)
 # Environment: WORKERS (10), RATE (10), REQUESTS (100), KB (40), LIMITS ("10k 20k 40k"),
@@ -50,5 +51,5 @@ for l in $LIMITS; do rows+=(--row "weir-limit-$l|weir, limit_rate $l|paced to th
 paper_summary --name fig6 --runs "$RUNS" \
   --title "Figure 6: ${KB} KB responses, uwsgi_limit_rate ${LIMITS// /, }, $RATE req/s, $REQUESTS requests" \
   --command "bench/paper/fig6.sh $RUNS" \
-  --intro "\`weir load --rate $RATE --requests $REQUESTS\` on \`/big?kb=$KB\` ($((KB * 1024)) bytes), $WORKERS workers on each side. nginx's \`uwsgi_limit_rate\` is per request, in bytes per second (10k = 10240 B/s): a $KB KB answer read at 10k needs about $((KB * 1024 / 10240)) s. weir's \`limit_rate\` is NGINX's \`limit_rate\` (per request, to the client, with NGINX's one second of credit): the worker hands its answer over at once and the front door paces it, so at $RATE req/s no worker is held and no request waits for one; \`uwsgi_limit_rate\` paces the read from uWSGI, so each answer holds its worker for its whole transfer." \
+  --intro "\`weir load --rate $RATE --requests $REQUESTS\` on \`/big?kb=$KB\` ($((KB * 1024)) bytes), $WORKERS workers on each side. nginx's \`uwsgi_limit_rate\` is per request, in bytes per second (10k = 10240 B/s): a $KB KB answer read at 10k needs about $((KB * 1024 / 10240)) s. weir's \`limit_rate\` is NGINX's \`limit_rate\` (per request, to the client, with NGINX's one second of credit): the worker hands its answer over at once and the front door paces it. \`uwsgi_limit_rate\` paces nginx's read from uWSGI: an answer larger than the socket buffer holds a uWSGI worker for its transfer, while weir's worker is freed however large the answer." \
   "${rows[@]}"
