@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, have_redis, Redis};
+use common::{free_port, have_redis, redis_or_skip, Redis};
 use weir_config::Config;
 use weir_errors::ErrorClass;
 use weir_limits::{Limits, Outcome, RedisOptions, RouteLimits, SimpleRequest};
@@ -94,13 +94,10 @@ async fn connected(l: &Limits) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_the_slots_of_a_key() {
-    if !have_redis() {
-        eprintln!("SKIPPED: redis-server is not installed (scripts/install-deps.sh installs it)");
+    let Some(_redis) = redis_or_skip() else {
         return;
-    }
-    let port = free_port();
-    let url = format!("redis://127.0.0.1:{port}/0");
-    let _redis = Redis::start(port);
+    };
+    let url = _redis.url();
     let (a, ra) = limits(&url, "allow");
     let (b, rb) = limits(&url, "allow");
     connected(&a).await;
@@ -194,13 +191,10 @@ async fn two_instances_share_the_slots_of_a_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_instance_s_slots_end_with_their_lease_and_live_ones_are_renewed() {
-    if !have_redis() {
-        eprintln!("SKIPPED: redis-server is not installed (scripts/install-deps.sh installs it)");
+    let Some(_redis) = redis_or_skip() else {
         return;
-    }
-    let port = free_port();
-    let url = format!("redis://127.0.0.1:{port}/0");
-    let _redis = Redis::start(port);
+    };
+    let url = _redis.url();
     let lease = Duration::from_millis(300);
     let (live, rl) = limits(&url, "allow");
     connected(&live).await;
@@ -237,13 +231,10 @@ async fn a_dead_instance_s_slots_end_with_their_lease_and_live_ones_are_renewed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_gives_on_store_error_and_back_shares_again() {
-    if !have_redis() {
-        eprintln!("SKIPPED: redis-server is not installed (scripts/install-deps.sh installs it)");
+    let Some(mut redis) = redis_or_skip() else {
         return;
-    }
-    let port = free_port();
-    let url = format!("redis://127.0.0.1:{port}/0");
-    let mut redis = Redis::start(port);
+    };
+    let (port, url) = (redis.port, redis.url());
     let (a, ra) = limits(&url, "allow");
     let (b, rb) = limits(&url, "deny");
     connected(&a).await;

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, have_redis, Redis};
+use common::{redis_or_skip, Redis};
 use weir_config::Config;
 use weir_limits::{Limits, RedisOptions, RouteLimits, SimpleRequest};
 
@@ -72,13 +72,10 @@ async fn offer(l: Arc<Limits>, r: RouteLimits, key: &'static str, n: u32) -> (u3
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_one_bucket_and_survive_redis_going_away() {
-    if !have_redis() {
-        eprintln!("SKIPPED: redis-server is not installed (scripts/install-deps.sh installs it)");
+    let Some(mut redis) = redis_or_skip() else {
         return;
-    }
-    let port = free_port();
-    let url = format!("redis://127.0.0.1:{port}/0");
-    let mut redis = Redis::start(port);
+    };
+    let (port, url) = (redis.port, redis.url());
     let (a, ra) = limits(&url, "allow");
     let (b, rb) = limits(&url, "deny");
     until_connected(&a, &ra, "warmup").await;
@@ -251,13 +248,10 @@ async fn a_server_answering_garbage_gives_on_store_error() {
 /// batches they fall into; and the bucket is written back once per batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checks_of_one_key_in_one_batch_count_one_after_the_other() {
-    if !have_redis() {
-        eprintln!("SKIPPED: redis-server is not installed (scripts/install-deps.sh installs it)");
+    let Some(redis) = redis_or_skip() else {
         return;
-    }
-    let port = free_port();
-    let url = format!("redis://127.0.0.1:{port}/0");
-    let redis = Redis::start(port);
+    };
+    let url = redis.url();
     let text = format!(
         "[app]\nmodule = \"a:b\"\n[limit_req.z]\nkey = \"$remote_addr\"\nrate = \"1r/m\"\nburst = 5\n\
          nodelay = true\n[limits]\nstore = \"{url}\"\n"

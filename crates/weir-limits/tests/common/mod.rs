@@ -23,7 +23,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-pub struct Redis(Child);
+/// A private redis-server; killed when dropped.
+pub struct Redis {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+}
+
+/// A private redis-server on a free port, or `None` (with a SKIPPED line) when
+/// redis-server is not installed.
+pub fn redis_or_skip() -> Option<Redis> {
+    if !have_redis() {
+        eprintln!("SKIPPED: redis-server is not installed (scripts/install-deps.sh installs it)");
+        return None;
+    }
+    Some(Redis::start(free_port()))
+}
 
 impl Redis {
     pub fn start(port: u16) -> Redis {
@@ -42,7 +57,7 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("start redis-server");
-        let r = Redis(child);
+        let r = Redis { child, port };
         // poll until it answers PING (bounded)
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -61,9 +76,16 @@ impl Redis {
     }
 }
 
+impl Redis {
+    /// Its URL (database 0).
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
