@@ -79,7 +79,8 @@ wait_socket() {  # wait_socket PATH
 # by WEIR_BASE_BIN: another build, for a before/after in one interleaved run), weir-limit
 # (one [limit_req] zone keyed by $remote_addr on every request, memory store, a rate no
 # request reaches: the cost of the check), weir-limit-redis (the same zone in a local
-# redis-server: one Redis round trip per request), nginx-uwsgi,
+# redis-server: one Redis round trip per request, batched), weir-limit-redis-unix (the same
+# over a Unix socket to the local redis-server), nginx-uwsgi,
 # nginx-gunicorn, granian. Also needs WEIR_BIN, SHOP_APP, SHOP_DIR, WORKERS and NGINX from
 # the caller.
 start_server() {
@@ -89,7 +90,7 @@ start_server() {
   mkdir -p "$d"
   case "$name" in
     weir | weir-preload | weir-lazy | weir-noprefetch | weir-threads1 | weir-threads2 | weir-base \
-      | weir-limit | weir-limit-redis)
+      | weir-limit | weir-limit-redis | weir-limit-redis-unix)
       local bin=$WEIR_BIN
       [[ $name == weir-base ]] && bin=${WEIR_BASE_BIN:-}
       [[ -x "$bin" ]] || { log "weir binary '$bin' missing (weir-base needs WEIR_BASE_BIN)"; return 1; }
@@ -103,14 +104,22 @@ start_server() {
       fi
       if [[ $name == weir-limit* ]]; then
         printf '[limit_req.bench]\nkey = "$remote_addr"\nrate = "1000000r/s"\nburst = 1000000\nnodelay = true\n\n[[route]]\npath = "/"\nlimit_req = ["bench"]\n' > "$d/weir.toml"
-        if [[ $name == weir-limit-redis ]]; then
+        if [[ $name == weir-limit-redis* ]]; then
           command -v redis-server >/dev/null || { log "redis-server not found: run scripts/install-deps.sh"; return 1; }
-          local rport
+          local rport rcli
           rport=$(free_port)
-          start redis redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$d"
-          printf '\n[limits]\nstore = "redis://127.0.0.1:%s/0"\n' "$rport" >> "$d/weir.toml"
+          if [[ $name == weir-limit-redis-unix ]]; then
+            start redis redis-server --port 0 --unixsocket "$d/redis.sock" --unixsocketperm 700 --save "" \
+              --appendonly no --dir "$d"
+            printf '\n[limits]\nstore = "redis+unix://%s/redis.sock"\n' "$d" >> "$d/weir.toml"
+            rcli=(-s "$d/redis.sock")
+          else
+            start redis redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$d"
+            printf '\n[limits]\nstore = "redis://127.0.0.1:%s/0"\n' "$rport" >> "$d/weir.toml"
+            rcli=(-p "$rport")
+          fi
           local deadline=$((SECONDS + 10))
-          until redis-cli -p "$rport" ping >/dev/null 2>&1; do
+          until redis-cli "${rcli[@]}" ping >/dev/null 2>&1; do
             ((SECONDS < deadline)) || { log "redis-server did not answer"; return 1; }
             sleep 0.1
           done

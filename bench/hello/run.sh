@@ -11,7 +11,8 @@
 #                   change in one interleaved run)
 #   weir-limit      the defaults plus one limit_req zone on every request (memory store;
 #                   a rate no request reaches): the cost of the limit stage
-#   weir-limit-redis the same zone shared through a local redis-server (one round trip each)
+#   weir-limit-redis the same zone shared through a local redis-server (one round trip each,
+#                   batched), over TCP; weir-limit-redis-unix: over a Unix socket
 #   weir-preload    the same with --preload on (forked whatever the check says; not in the
 #                   default set: for the shop it runs as weir does)
 #   nginx-uwsgi     nginx -> uWSGI 2.0.31 over a Unix socket (uwsgi_pass)
