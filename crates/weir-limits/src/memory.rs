@@ -4,7 +4,7 @@
 //! bucket's arithmetic) so that two runtime threads rarely contend. A shard is a compact
 //! LRU: a slab of 32-byte entries (the key's 64-bit hash, the bucket, and the LRU links as
 //! `u32` indices) and a `hashbrown::HashTable<u32>` index into it, so a key costs about 40
-//! bytes whatever its length (measured: see the crate doc and `tests/memory_per_key.rs`).
+//! bytes whatever its length (measured: see the crate doc and `crates/weir-limits/tests/memory_per_key.rs`).
 //! When a shard is full its least recently used key goes.
 //!
 //! Keys are not stored, only a 64-bit SipHash of them under a per-process random key

@@ -425,7 +425,12 @@ impl RedisStore {
         }
         // Not connected: fail fast (and connect in the background). Connected: the batching
         // task uses the connection (no clone of it here, on every request's path).
-        if self.slot.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+        if self
+            .slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+        {
             self.start_connecting();
             return Err(StoreError::Connect(
                 "not connected (connecting in the background)".into(),
