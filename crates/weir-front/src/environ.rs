@@ -21,6 +21,19 @@ pub struct ConnInfo {
     pub watch: crate::conn_io::ClientWatch,
 }
 
+/// Appends the CGI variable of a (lowercase) header name: `x-api-key` -> `HTTP_X_API_KEY`,
+/// as NGINX's uwsgi params name it.
+pub(crate) fn push_cgi_header_name(out: &mut Vec<u8>, lowercase_name: &str) {
+    out.extend_from_slice(b"HTTP_");
+    out.extend(lowercase_name.bytes().map(|b| {
+        if b == b'-' {
+            b'_'
+        } else {
+            b.to_ascii_uppercase()
+        }
+    }));
+}
+
 /// Decodes `%XX` escapes into raw bytes; a malformed escape is kept as it is (as NGINX
 /// does for PATH_INFO).
 pub fn percent_decode(s: &[u8]) -> Vec<u8> {
@@ -168,14 +181,7 @@ pub fn encode(
             continue;
         }
         key.clear();
-        key.extend_from_slice(b"HTTP_");
-        key.extend(n.bytes().map(|b| {
-            if b == b'-' {
-                b'_'
-            } else {
-                b.to_ascii_uppercase()
-            }
-        }));
+        push_cgi_header_name(&mut key, n);
         let mut values = parts.headers.get_all(name).iter();
         let first = values.next().map_or(&b""[..], |v| v.as_bytes());
         match values.next() {

@@ -147,7 +147,6 @@ async fn stages(
     });
 
     // The limits come before the body is read: a refused request's upload is not taken.
-    rec.limit_rate = route.limits.limit_rate();
     let mut fair_key = 0;
     if front.limits.applies(route) {
         let view = crate::limit::HttpView::new(&parts, id.client, id.scheme);

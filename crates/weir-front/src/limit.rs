@@ -234,14 +234,7 @@ impl RequestView for UwsgiView<'_, '_> {
     }
     fn header(&self, lowercase_name: &str) -> Option<&[u8]> {
         let mut var = Vec::with_capacity(5 + lowercase_name.len());
-        var.extend_from_slice(b"HTTP_");
-        var.extend(lowercase_name.bytes().map(|b| {
-            if b == b'-' {
-                b'_'
-            } else {
-                b.to_ascii_uppercase()
-            }
-        }));
+        crate::environ::push_cgi_header_name(&mut var, lowercase_name);
         match lowercase_name {
             "content-type" => self.pkt.get(b"CONTENT_TYPE"),
             "content-length" => self.pkt.get(b"CONTENT_LENGTH"),

@@ -94,7 +94,6 @@ where
             )
         })
     } else if !front.limits.applies(route) {
-        rec.limit_rate = route.limits.limit_rate();
         None
     } else {
         // The limits, as on the HTTP listener (before the body is taken).
