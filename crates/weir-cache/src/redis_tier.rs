@@ -1,0 +1,1 @@
+//! The Redis tier (to be written).
