@@ -8,7 +8,7 @@
 //! - [`template`]: NGINX-style key templates (`"$remote_addr:$uri"`), parsed once for
 //!   validation here and evaluation in weir-limits.
 //! - this file: the sections (`[server]`, `[app]`, `[queue]`, `[limit_req.NAME]`,
-//!   `[limit_conn.NAME]`, `[limits]`), [`Config::load`], [`Config::validate`].
+//!   `[limit_conn.NAME]`, `[limits]`, `[cache]`), [`Config::load`], [`Config::validate`].
 //!
 //! Every section is `#[serde(default, deny_unknown_fields)]`: a missing key takes its
 //! default, an unknown one is an error that names it (the shape of pingora's
@@ -22,6 +22,7 @@ pub mod units;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -90,6 +91,9 @@ pub struct Config {
     pub limit_conn: BTreeMap<String, LimitConnConfig>,
     /// Where the zones keep their state (`[limits]`).
     pub limits: LimitsConfig,
+    /// The response cache's storage (`[cache]`); absent: nothing is cached. Which routes
+    /// are cached, and how, is each route's `[route.cache]`.
+    pub cache: Option<CacheConfig>,
 }
 
 /// The status a limit answers with unless its zone says otherwise (NGINX's is 503).
@@ -226,6 +230,242 @@ pub struct RouteConfig {
     pub limit_rate: Option<Size>,
     /// The first bytes of each response at full speed (NGINX's `limit_rate_after`).
     pub limit_rate_after: Option<Size>,
+    /// Cache this route's responses (`[route.cache]`; needs a `[cache]` section).
+    pub cache: Option<RouteCacheConfig>,
+}
+
+/// `[cache]`: where cached responses are kept, as NGINX's `uwsgi_cache_path` (`keys_zone`,
+/// `max_size`). A memory tier always; a disk tier and a shared Redis tier when set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Bytes the in-memory tier holds at most (the least recently used go first).
+    pub memory: Size,
+    /// A directory for a second tier that survives restarts (absolute). Unset: no disk
+    /// tier.
+    pub disk: Option<PathBuf>,
+    /// Bytes the disk tier holds at most (NGINX's `max_size`); only with `disk`
+    /// ([`CacheConfig::disk_max_bytes`]).
+    pub disk_max_size: Option<Size>,
+    /// A Redis URL for a tier shared by several weir instances (as `[limits] store`).
+    /// Unset: no shared tier.
+    pub store: Option<String>,
+}
+
+impl CacheConfig {
+    /// `memory` when unset.
+    pub const DEFAULT_MEMORY: Size = Size::from_bytes(256 << 20);
+    /// `disk_max_size` when `disk` is set and it is not.
+    pub const DEFAULT_DISK_MAX_SIZE: Size = Size::from_bytes(10 << 30);
+    /// The least `memory` (and `disk_max_size`) accepted.
+    pub const MIN_MEMORY: Size = Size::from_bytes(1 << 20);
+
+    /// The disk tier's bound in bytes: `disk_max_size`, or 10 GiB when unset (meaningful
+    /// only when `disk` is set).
+    pub fn disk_max_bytes(&self) -> u64 {
+        self.disk_max_size
+            .unwrap_or(Self::DEFAULT_DISK_MAX_SIZE)
+            .bytes()
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            memory: Self::DEFAULT_MEMORY,
+            disk: None,
+            disk_max_size: None,
+            store: None,
+        }
+    }
+}
+
+/// `[route.cache]`: how a route's responses are cached, as NGINX's `uwsgi_cache_*`
+/// directives in its `location`. Only GET and HEAD are cached.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteCacheConfig {
+    /// How long a response is fresh by its status (`"200"`, or `"any"` for every status
+    /// not listed), used when the response carries no freshness of its own
+    /// (`uwsgi_cache_valid`); 0: not stored. A status not listed, with no `"any"`, is not
+    /// stored unless the response gives its own freshness. See
+    /// [`RouteCacheConfig::valid_for`].
+    pub valid: BTreeMap<String, Seconds>,
+    /// The key template an entry is stored under (`uwsgi_cache_key`); the variables of
+    /// the `[limit_req]` keys.
+    pub key: String,
+    /// Store a response only once its key has been requested this many times
+    /// (`uwsgi_cache_min_uses`).
+    pub min_uses: u64,
+    /// One request fills a missing entry; the others for its key wait for it
+    /// (`uwsgi_cache_lock`).
+    pub lock: bool,
+    /// How long the others wait; then they go to the app themselves, and their answers
+    /// are not stored (`uwsgi_cache_lock_timeout`).
+    pub lock_timeout: Seconds,
+    /// When an expired entry may be served instead (`uwsgi_cache_use_stale`); empty: never.
+    pub use_stale: Vec<UseStale>,
+    /// An expired entry is served stale while one background request refreshes it
+    /// (`uwsgi_cache_background_update`; with [`UseStale::Updating`]).
+    pub background_update: bool,
+    /// Key templates; when any is non-empty and not `"0"` the request goes to the app (its
+    /// answer may still be stored) (`uwsgi_cache_bypass`).
+    pub bypass: Vec<String>,
+    /// Key templates; when any is non-empty and not `"0"` the answer is not stored
+    /// (`uwsgi_no_cache`).
+    pub no_cache: Vec<String>,
+    /// Refresh an expired entry with a conditional request (`If-None-Match`,
+    /// `If-Modified-Since`) (`uwsgi_cache_revalidate`).
+    pub revalidate: bool,
+}
+
+impl RouteCacheConfig {
+    /// `key` when unset (NGINX's `proxy_cache_key` default, `$scheme$proxy_host$request_uri`,
+    /// with the request's host).
+    pub const DEFAULT_KEY: &'static str = "$scheme$host$request_uri";
+
+    /// How long a response of `status` is fresh when it gives no freshness of its own:
+    /// its own code's entry in `valid`, else `"any"`'s, else `None` (not stored). A zero
+    /// duration means: not stored.
+    pub fn valid_for(&self, status: u16) -> Option<Duration> {
+        self.valid
+            .get(status.to_string().as_str())
+            .or_else(|| self.valid.get("any"))
+            .map(|s| s.as_duration())
+    }
+}
+
+impl Default for RouteCacheConfig {
+    fn default() -> Self {
+        RouteCacheConfig {
+            valid: BTreeMap::new(),
+            key: Self::DEFAULT_KEY.to_owned(),
+            min_uses: 1,
+            lock: false,
+            lock_timeout: Seconds::from_secs(5),
+            use_stale: Vec::new(),
+            background_update: false,
+            bypass: Vec::new(),
+            no_cache: Vec::new(),
+            revalidate: false,
+        }
+    }
+}
+
+/// `[route.cache] use_stale`: when an expired entry may be served, as NGINX's
+/// `uwsgi_cache_use_stale` (whose `off` is an empty list here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UseStale {
+    /// `"error"`: the app or upstream could not be reached or failed the request.
+    Error,
+    /// `"timeout"`: the app or upstream timed out.
+    Timeout,
+    /// `"invalid_header"`: the app's response head was invalid.
+    InvalidHeader,
+    /// `"updating"`: the entry is being refreshed by another request.
+    Updating,
+    /// `"http_500"`: the app answered 500.
+    Http500,
+    /// `"http_502"`: the app answered 502.
+    Http502,
+    /// `"http_503"`: the app answered 503.
+    Http503,
+    /// `"http_504"`: the app answered 504.
+    Http504,
+    /// `"http_403"`: the app answered 403.
+    Http403,
+    /// `"http_404"`: the app answered 404.
+    Http404,
+    /// `"http_429"`: the app answered 429.
+    Http429,
+}
+
+impl UseStale {
+    /// Every value, in the order of [`UseStale::ACCEPTED`].
+    pub const ALL: [UseStale; 11] = [
+        UseStale::Error,
+        UseStale::Timeout,
+        UseStale::InvalidHeader,
+        UseStale::Updating,
+        UseStale::Http500,
+        UseStale::Http502,
+        UseStale::Http503,
+        UseStale::Http504,
+        UseStale::Http403,
+        UseStale::Http404,
+        UseStale::Http429,
+    ];
+
+    /// The accepted values, for messages.
+    pub const ACCEPTED: &'static str = "\"error\", \"timeout\", \"invalid_header\", \"updating\", \"http_500\", \"http_502\", \"http_503\", \"http_504\", \"http_403\", \"http_404\", \"http_429\"";
+
+    /// As written in weir.toml (`"http_500"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UseStale::Error => "error",
+            UseStale::Timeout => "timeout",
+            UseStale::InvalidHeader => "invalid_header",
+            UseStale::Updating => "updating",
+            UseStale::Http500 => "http_500",
+            UseStale::Http502 => "http_502",
+            UseStale::Http503 => "http_503",
+            UseStale::Http504 => "http_504",
+            UseStale::Http403 => "http_403",
+            UseStale::Http404 => "http_404",
+            UseStale::Http429 => "http_429",
+        }
+    }
+
+    /// The app's status this value is about (`http_500`: 500); `None` for the others.
+    pub fn status(self) -> Option<u16> {
+        Some(match self {
+            UseStale::Http500 => 500,
+            UseStale::Http502 => 502,
+            UseStale::Http503 => 503,
+            UseStale::Http504 => 504,
+            UseStale::Http403 => 403,
+            UseStale::Http404 => 404,
+            UseStale::Http429 => 429,
+            UseStale::Error | UseStale::Timeout | UseStale::InvalidHeader | UseStale::Updating => {
+                return None
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for UseStale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for UseStale {
+    type Err = String;
+
+    /// A value as written in weir.toml; the message names the key and the accepted values.
+    fn from_str(s: &str) -> Result<UseStale, String> {
+        UseStale::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| {
+                let hint = if s == "off" {
+                    " (for none, leave the list empty: use_stale = [])"
+                } else {
+                    ""
+                };
+                format!(
+                    "invalid value {s:?} in route.cache.use_stale: use {}{hint}",
+                    UseStale::ACCEPTED
+                )
+            })
+    }
+}
+
+impl<'de> Deserialize<'de> for UseStale {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<UseStale, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// How weir talks to an external upstream.
@@ -747,6 +987,7 @@ impl Config {
             check_chain(&harakiri_key, harakiri, &timeout_key, timeout)?;
         }
         self.validate_limits()?;
+        self.validate_cache()?;
         if let Some(ListenAddr::Tcp(a)) = &self.admin.listen {
             if self
                 .server
@@ -882,6 +1123,91 @@ impl Config {
     }
 }
 
+impl Config {
+    /// `[cache]` and every route's `[route.cache]`. The disk directory is not looked at
+    /// here: the cache checks it can write there when it starts.
+    fn validate_cache(&self) -> Result<(), ConfigError> {
+        if let Some(c) = &self.cache {
+            if c.memory < CacheConfig::MIN_MEMORY {
+                return Err(ConfigError::invalid(
+                    "cache.memory",
+                    format!("{} bytes is too small: below 1MiB the memory tier would hold hardly a response and evict on almost every store; use at least \"1MiB\" (default \"256MiB\")", c.memory.bytes()),
+                ));
+            }
+            match (&c.disk, c.disk_max_size) {
+                (None, Some(_)) => {
+                    return Err(ConfigError::invalid(
+                        "cache.disk_max_size",
+                        "bounds the disk tier, which is off: set cache.disk to a directory, or remove disk_max_size",
+                    ))
+                }
+                (Some(dir), _) if !dir.is_absolute() => {
+                    return Err(ConfigError::invalid(
+                        "cache.disk",
+                        format!("{dir:?} is relative: give an absolute directory (e.g. \"/var/cache/weir\"), so it does not depend on where weir was started"),
+                    ))
+                }
+                (Some(_), Some(m)) if m < CacheConfig::MIN_MEMORY => {
+                    return Err(ConfigError::invalid(
+                        "cache.disk_max_size",
+                        format!("{} bytes is too small: use at least \"1MiB\" (default \"10GiB\"), or remove cache.disk for no disk tier", m.bytes()),
+                    ))
+                }
+                _ => {}
+            }
+            if let Some(url) = &c.store {
+                units::check_redis_url(url).map_err(|e| {
+                    ConfigError::invalid(
+                        "cache.store",
+                        format!("{e}; or remove it for no shared tier"),
+                    )
+                })?;
+            }
+        }
+        for (i, r) in self.route.iter().enumerate() {
+            let Some(rc) = &r.cache else { continue };
+            let key = |k: &str| format!("route[{i}].cache{k}");
+            if self.cache.is_none() {
+                return Err(ConfigError::invalid(
+                    key(""),
+                    "there is no [cache] section to store the responses in: add a [cache] section (e.g. memory = \"256MiB\"), or remove this route's [route.cache]",
+                ));
+            }
+            for status in rc.valid.keys() {
+                let is_status = status.len() == 3
+                    && status
+                        .parse::<u16>()
+                        .is_ok_and(|n| (100..=599).contains(&n));
+                if !is_status && status != "any" {
+                    return Err(ConfigError::invalid(
+                        key(&format!(".valid.{status}")),
+                        format!("{status:?} is not a status: use a code from \"100\" to \"599\", or \"any\" for every status not listed (e.g. valid = {{ \"200\" = \"10m\", \"any\" = \"1m\" }})"),
+                    ));
+                }
+            }
+            check_key_template(&key(".key"), &rc.key)?;
+            if rc.min_uses == 0 {
+                return Err(ConfigError::invalid(
+                    key(".min_uses"),
+                    "must be at least 1 (1, the default, stores a response the first time its key is requested)",
+                ));
+            }
+            if rc.lock && rc.lock_timeout.is_zero() {
+                return Err(ConfigError::invalid(
+                    key(".lock_timeout"),
+                    "must be more than 0 with lock = true: it is how long a request waits for another to fill the entry (default \"5s\"); or set lock = false",
+                ));
+            }
+            for (list, items) in [("bypass", &rc.bypass), ("no_cache", &rc.no_cache)] {
+                for (j, t) in items.iter().enumerate() {
+                    check_key_template(&key(&format!(".{list}[{j}]")), t)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A zone's name goes into headers (RateLimit-Policy), metrics labels and Redis keys.
 fn check_zone_name(key: &str, name: &str) -> Result<(), ConfigError> {
     if name.is_empty()
@@ -964,6 +1290,7 @@ fn validate_app_spec(spec: &str) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s, Path::new("weir.toml"))
@@ -1213,6 +1540,183 @@ on_store_error = "allow"        # or "deny"
         .unwrap_err()
         .to_string();
         assert!(e.contains("$urx"), "{e}");
+    }
+
+    const CACHE: &str = r#"
+[app]
+module = "app:app"
+
+[cache]
+memory = "256MiB"                       # in-memory tier, bounded by bytes
+disk = "/var/cache/weir"                # optional second tier that survives restarts...
+disk_max_size = "10GiB"                 # ...bounded by bytes
+store = "redis://127.0.0.1:6379/1"      # optional shared tier for several weir instances
+
+[[route]]
+path = "/items"
+[route.cache]
+valid = { "200" = "10s", "404" = "1s" } # used when the response carries no freshness of its own
+key = "$scheme$host$request_uri"        # the default; NGINX variables as in limit_req keys
+min_uses = 1                            # store only after this many requests for the key
+lock = true                             # one request fills a missing entry; others wait for it
+lock_timeout = "5s"                     # then they go to the app themselves, uncached
+use_stale = ["error", "timeout", "updating", "http_500", "http_502", "http_503", "http_504"]
+background_update = true                # an expired entry is refreshed by one background request
+bypass = ["$cookie_nocache", "$arg_nocache"]   # any non-empty, non-"0": go to the app, may store
+no_cache = ["$arg_nostore"]             # any non-empty, non-"0": do not store the answer
+revalidate = true                       # refresh expired entries with If-None-Match/If-Modified-Since
+"#;
+
+    #[test]
+    fn cache_parses() {
+        let c = validated(CACHE).unwrap();
+        let cc = c.cache.as_ref().unwrap();
+        assert_eq!(cc.memory.bytes(), 256 << 20);
+        assert_eq!(cc.disk.as_deref(), Some(Path::new("/var/cache/weir")));
+        assert_eq!(cc.disk_max_bytes(), 10 << 30);
+        assert_eq!(cc.store.as_deref(), Some("redis://127.0.0.1:6379/1"));
+        let rc = c.route[0].cache.as_ref().unwrap();
+        assert_eq!(rc.valid_for(200), Some(Duration::from_secs(10)));
+        assert_eq!(rc.valid_for(404), Some(Duration::from_secs(1)));
+        assert_eq!(rc.valid_for(500), None);
+        assert_eq!(rc.key, "$scheme$host$request_uri");
+        assert_eq!(rc.min_uses, 1);
+        assert!(rc.lock && rc.background_update && rc.revalidate);
+        assert_eq!(rc.lock_timeout, Seconds::from_secs(5));
+        use UseStale::*;
+        assert_eq!(
+            rc.use_stale,
+            [Error, Timeout, Updating, Http500, Http502, Http503, Http504]
+        );
+        assert_eq!(rc.bypass, ["$cookie_nocache", "$arg_nocache"]);
+        assert_eq!(rc.no_cache, ["$arg_nostore"]);
+        // defaults
+        let c = validated("[app]\nmodule = \"a:b\"\n[cache]\n[[route]]\npath = \"/\"\n[route.cache]\nvalid = { \"200\" = \"1m\", any = 0 }\n").unwrap();
+        let cc = c.cache.as_ref().unwrap();
+        assert_eq!(cc.memory.bytes(), 256 << 20);
+        assert!(cc.disk.is_none() && cc.disk_max_size.is_none() && cc.store.is_none());
+        let rc = c.route[0].cache.as_ref().unwrap();
+        assert_eq!(rc.key, RouteCacheConfig::DEFAULT_KEY);
+        assert_eq!(
+            (rc.min_uses, rc.lock, rc.background_update, rc.revalidate),
+            (1, false, false, false)
+        );
+        assert_eq!(rc.lock_timeout, Seconds::from_secs(5));
+        assert!(rc.use_stale.is_empty() && rc.bypass.is_empty() && rc.no_cache.is_empty());
+        assert_eq!(rc.valid_for(200), Some(Duration::from_secs(60)));
+        assert_eq!(rc.valid_for(302), Some(Duration::ZERO));
+        // a disk tier without a size gets 10GiB
+        let c = validated(&CACHE.replace("disk_max_size = \"10GiB\"", "")).unwrap();
+        assert_eq!(c.cache.unwrap().disk_max_bytes(), 10 << 30);
+        // no [cache]: no cache
+        assert!(validated("[app]\nmodule = \"a:b\"\n")
+            .unwrap()
+            .cache
+            .is_none());
+    }
+
+    #[test]
+    fn use_stale_values() {
+        for v in UseStale::ALL {
+            assert_eq!(v.as_str().parse(), Ok(v));
+            assert!(UseStale::ACCEPTED.contains(&format!("\"{v}\"")), "{v}");
+            assert_eq!(
+                v.status().map(|s| format!("http_{s}")),
+                v.as_str()
+                    .starts_with("http_")
+                    .then(|| v.as_str().to_owned())
+            );
+        }
+        for bad in ["\"off\"", "\"http_418\"", "\"Error\""] {
+            let e = validated(&CACHE.replace("\"updating\"", bad))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("use_stale"), "{bad}: {e}");
+            assert!(e.contains(UseStale::ACCEPTED), "{bad}: {e}");
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn cache_errors_name_the_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("\"256MiB\"", "\"10 parsecs\"", "memory"),
+            ("\"256MiB\"", "\"512KiB\"", "cache.memory"),
+            (
+                "\"200\" = \"10s\"",
+                "\"2000\" = \"10s\"",
+                "route[0].cache.valid.2000",
+            ),
+            (
+                "\"404\" = \"1s\"",
+                "abc = \"1s\"",
+                "route[0].cache.valid.abc",
+            ),
+            (
+                "\"404\" = \"1s\"",
+                "\"099\" = \"1s\"",
+                "route[0].cache.valid.099",
+            ),
+            ("[cache]", "[cachex]", "cachex"),
+            ("disk = \"/var/cache/weir\"", "", "cache.disk_max_size"),
+            ("\"/var/cache/weir\"", "\"var/cache/weir\"", "cache.disk"),
+            ("\"10GiB\"", "0", "cache.disk_max_size"),
+            (
+                "\"redis://127.0.0.1:6379/1\"",
+                "\"redis://127.0.0.1:notaport/1\"",
+                "cache.store",
+            ),
+            (
+                "\"redis://127.0.0.1:6379/1\"",
+                "\"127.0.0.1:6379\"",
+                "cache.store",
+            ),
+            (
+                "key = \"$scheme$host$request_uri\"",
+                "key = \"$scheme$hots\"",
+                "route[0].cache.key",
+            ),
+            (
+                "key = \"$scheme$host$request_uri\"",
+                "key = \"\"",
+                "route[0].cache.key",
+            ),
+            ("\"$arg_nocache\"", "\"$args\"", "route[0].cache.bypass[1]"),
+            ("\"$arg_nostore\"", "\"\"", "route[0].cache.no_cache[0]"),
+            ("min_uses = 1 ", "min_uses = 0 ", "route[0].cache.min_uses"),
+            (
+                "lock_timeout = \"5s\"",
+                "lock_timeout = 0",
+                "route[0].cache.lock_timeout",
+            ),
+            (
+                "revalidate = true",
+                "revalidate = true\nmax_age = 3",
+                "max_age",
+            ),
+        ];
+        for (from, to, want) in cases {
+            assert!(CACHE.contains(from), "{from}");
+            let text = CACHE.replacen(from, to, 1);
+            let e = validated(&text).unwrap_err().to_string();
+            assert!(e.contains(want), "{from} -> {to}: {e}");
+        }
+        // lock_timeout = 0 is fine without lock
+        validated(
+            &CACHE
+                .replace("lock = true", "lock = false")
+                .replace("\"5s\"", "0"),
+        )
+        .unwrap();
+        // a route cache without [cache]
+        let start = CACHE.find("[cache]").unwrap();
+        let end = CACHE.find("[[route]]").unwrap();
+        let text = format!("{}{}", &CACHE[..start], &CACHE[end..]);
+        let e = validated(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("route[0].cache:") && e.contains("add a [cache] section"),
+            "{e}"
+        );
     }
 
     #[test]
