@@ -17,10 +17,17 @@
 
 pub mod disk;
 pub mod entry;
+pub mod freshness;
+pub mod lock;
 pub mod memory;
 pub mod redis_tier;
+pub mod tiers;
+pub mod uses;
 
 pub use entry::{CodecError, Entry, Purge, Stored, VaryMarker};
+pub use lock::{Fill, FillLocks, FillTurn, FillWait};
+pub use tiers::{Lookup, Purged, TierName, TierStats, Tiers};
+pub use uses::UseCounts;
 
 /// A cache that cannot start (the process exits 2 with this message).
 #[derive(Debug, thiserror::Error)]
