@@ -43,6 +43,9 @@ pub struct Entry {
     /// Unix milliseconds after which the entry is of no use even stale: every tier may
     /// forget it then (its time to live there).
     pub useless_after_ms: u64,
+    /// Unix milliseconds when it stops being fresh (as the policy saw it when stored): how
+    /// stale it is, for `stale-while-revalidate`, `stale-if-error` and `Cache-Status`.
+    pub fresh_until_ms: u64,
     /// The body.
     #[serde(skip)]
     pub body: Bytes,
@@ -300,6 +303,7 @@ pub(crate) mod tests {
             headers: res.headers().clone(),
             policy,
             useless_after_ms: unix_ms(now) + 60_000,
+            fresh_until_ms: unix_ms(now) + 60_000,
             body: Bytes::from_static(body),
         }))
     }

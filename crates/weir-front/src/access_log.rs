@@ -4,8 +4,9 @@
 //! Fields: `time` (arrival, RFC 3339 UTC), `id`, `client`, `method`, `path`, `status`,
 //! `error` (weir's class, or null when the app answered), `bytes` (body bytes sent),
 //! `queue_ms` (waiting for a route slot and a worker), `worker_ms` (worker until the
-//! response head), `send_ms` (head to last byte), `total_ms`, and `aborted` when the body
-//! was cut.
+//! response head), `send_ms` (head to last byte), `total_ms`, `cache` on a cached route
+//! (what the cache did: hit, miss, expired, stale, updating, revalidated, bypass), and
+//! `aborted` when the body was cut.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -101,6 +102,8 @@ pub struct Record {
     pub conn_slots: Option<weir_limits::ConnGuards>,
     /// Its route's `limit_rate` and `limit_rate_after` (bytes; rate 0: none).
     pub limit_rate: (u64, u64),
+    /// What the cache did (a cached route only).
+    pub cache: Option<crate::cache::Outcome>,
 }
 
 /// What a limit did to a request, for its log line: `zone` and `outcome`
@@ -134,6 +137,7 @@ impl Record {
             limit: None,
             conn_slots: None,
             limit_rate: (0, 0),
+            cache: None,
         }
     }
 }
@@ -234,6 +238,11 @@ impl AccessLog {
                 l.outcome,
                 ms(l.delay)
             ));
+        }
+        if let Some(c) = rec.cache {
+            line.push_str(",\"cache\":\"");
+            line.push_str(c.as_str());
+            line.push('"');
         }
         if aborted {
             line.push_str(",\"aborted\":true");

@@ -19,6 +19,8 @@ pub struct Front {
     pub routes: Routes,
     /// `limit_req`, `limit_conn` and the queue's fairness key.
     pub limits: crate::limit::FrontLimits,
+    /// The response cache (`[cache]`).
+    pub cache: Option<crate::cache::FrontCache>,
     /// Trusted proxies.
     pub trusted: TrustedProxies,
     /// Access log and metrics.

@@ -26,6 +26,7 @@ use weir_config::UpstreamProtocol;
 use weir_pool::ResponseBody;
 
 use crate::access_log::{AccessLog, Logged, Record};
+use crate::cache::{self, Before};
 use crate::dispatch::{client_gone, dispatch, reply, Job, Work};
 use crate::environ::{self, ConnInfo, Facts};
 use crate::front::{Backend, Front};
@@ -123,8 +124,16 @@ pub async fn handle(
         rec: Some(rec),
     };
     let rec = guard.rec.as_mut().expect("set just above");
-    let result = stages(&front, &conn, &id, parts, body, rec).await;
+    let mut result = stages(&front, &conn, &id, parts, body, rec).await;
     let rec = guard.rec.take().expect("taken only here");
+    if let Some(update) = result
+        .as_mut()
+        .ok()
+        .and_then(|r| r.extensions_mut().remove::<cache::BackgroundUpdate>())
+    {
+        let (front, conn, id) = (front.clone(), conn.clone(), id.clone());
+        tokio::spawn(async move { background_update(front, &conn, id, update).await });
+    }
     Ok(reply(&front.log, result, &id.request_id, json, rec))
 }
 
@@ -132,19 +141,12 @@ async fn stages(
     front: &Front,
     conn: &ConnInfo,
     id: &Identity,
-    parts: Parts,
+    mut parts: Parts,
     body: Incoming,
     rec: &mut Record,
 ) -> Result<Response<ResponseBody>, Rejection> {
     check_head(front, &parts)?;
     let route = front.routes.find(parts.uri.path());
-    let deadline = route.request_timeout.map(|t| rec.arrived + t);
-    let deadline_unix = route.request_timeout.map(|t| {
-        (rec.time + t)
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64()
-    });
 
     // The limits come before the body is read: a refused request's upload is not taken.
     let mut fair_key = 0;
@@ -154,8 +156,52 @@ async fn stages(
         fair_key = front.limits.fair_key(&view);
     }
 
-    let (length, body) = read_body(front, &parts, body).await?;
+    // The cache: a fresh entry answers here; otherwise a plan for the response.
+    let mut plan = None;
+    let mut invalidate = None;
+    if let (Some(fc), Some(rc)) = (&front.cache, &route.cache) {
+        let keys = rc.keys(&crate::limit::HttpView::new(&parts, id.client, id.scheme));
+        match cache::before(fc, rc, &mut parts, keys, rec).await {
+            Before::Answer(resp) => return Ok(resp),
+            Before::Forward(p) => plan = Some(p),
+            Before::Pass { invalidate: k } => invalidate = k,
+        }
+    }
 
+    let (length, body) = read_body(front, &parts, body).await?;
+    let result = forward(front, conn, id, route, parts, length, body, fair_key, rec).await;
+    if let Some(fc) = &front.cache {
+        if let Some(plan) = plan {
+            return cache::after(fc, plan, result, rec);
+        }
+        if let (Some(key), Ok(resp)) = (invalidate, &result) {
+            cache::invalidate(fc, key, resp.status()).await;
+        }
+    }
+    result
+}
+
+/// The request's way to its backend: a uwsgi packet for the workers or a uwsgi upstream,
+/// the request head for an HTTP upstream; then dispatch.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    front: &Front,
+    conn: &ConnInfo,
+    id: &Identity,
+    route: &crate::route::Route,
+    parts: Parts,
+    length: environ::BodyLength,
+    body: weir_pool::RequestBody,
+    fair_key: u64,
+    rec: &mut Record,
+) -> Result<Response<ResponseBody>, Rejection> {
+    let deadline = route.request_timeout.map(|t| rec.arrived + t);
+    let deadline_unix = route.request_timeout.map(|t| {
+        (rec.time + t)
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64()
+    });
     if let Backend::Upstream(u) = &front.backend {
         if u.protocol() == UpstreamProtocol::Http {
             let head = forwarded_head(parts, conn, id);
@@ -199,6 +245,47 @@ async fn stages(
         rec,
     )
     .await
+}
+
+/// A background update (`background_update`): the request for the expired entry, sent
+/// after its client was answered with the stale copy, with no client to watch; its log
+/// line carries the client request's id with `-update`.
+async fn background_update(
+    front: Arc<Front>,
+    conn: &ConnInfo,
+    id: Identity,
+    update: cache::BackgroundUpdate,
+) {
+    let Some((parts, plan)) = update.take() else {
+        return;
+    };
+    let Some(fc) = &front.cache else { return };
+    let conn = ConnInfo {
+        peer: conn.peer,
+        local: conn.local,
+        watch: crate::conn_io::ClientWatch::None,
+    };
+    let request_id = format!("{}-update", id.request_id);
+    let mut rec = Record::new(&request_id, id.client, "GET", parts.uri.path());
+    let route = front.routes.find(parts.uri.path());
+    let body = weir_pool::RequestBody::Empty;
+    let result = forward(
+        &front,
+        &conn,
+        &id,
+        route,
+        parts,
+        environ::BodyLength::None,
+        body,
+        0,
+        &mut rec,
+    )
+    .await;
+    let result = cache::after(fc, plan, result, &mut rec);
+    // Read to its end: a streamed answer is stored when it is whole, and the log line is
+    // written when the body is done.
+    let resp = reply(&front.log, result, &request_id, false, rec);
+    let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
 }
 
 /// The request head for an HTTP upstream: hop-by-hop headers dropped, and

@@ -13,6 +13,10 @@
 //!   stages in order and answers (with the access log line) whatever they end with.
 //! - [`front`]: what every connection shares ([`front::Front`]) and where requests go
 //!   ([`front::Backend`]: the pool, or an upstream).
+//! - [`limit`]: the limits stage (`limit_req`, `limit_conn`, `limit_rate`, the queue's
+//!   fairness key), before the body is read.
+//! - [`cache`]: the cache stage (NGINX's `uwsgi_cache`): a fresh entry answers here;
+//!   otherwise what comes back is stored, refreshed, or replaced by a stale copy.
 //! - [`request_body`]: the body stage (limits, buffering small bodies whole).
 //! - [`dispatch`]: the route slot, the queue and the backend, up to the response head;
 //!   shared by both listeners.
@@ -33,6 +37,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod backend;
+pub mod cache;
 pub mod cli;
 pub mod conn_io;
 pub mod dispatch;

@@ -26,6 +26,8 @@ pub struct Route {
     /// The typical time its requests hold a worker: what the pool judges a wait behind
     /// one of them by (prefetch offers, see weir-pool's `offer_policy`).
     pub service: Arc<ServiceTime>,
+    /// Its `[route.cache]`, when its answers are cached.
+    pub cache: Option<Arc<crate::cache::RouteCache>>,
 }
 
 /// The route table, longest prefix first, plus the defaults for everything else.
@@ -55,7 +57,8 @@ impl Routes {
         let mut routes: Vec<Route> = config
             .route
             .iter()
-            .map(|r| {
+.enumerate()
+            .map(|(i, r)| {
                 Ok(Route {
                     path: r.path.clone(),
                     limit: r.max_concurrency.map(|n| Slots::new(n, policy)),
@@ -63,6 +66,10 @@ impl Routes {
                     harakiri: r.harakiri.map(|s| s.as_duration()).or(harakiri),
                     service: Arc::default(),
                     limits: limits.route(r)?,
+                    cache: match &r.cache {
+                        Some(c) => Some(Arc::new(crate::cache::RouteCache::new(i, c)?)),
+                        None => None,
+                    },
                 })
             })
             .collect::<Result<_, weir_limits::LimitsError>>()?;
@@ -76,8 +83,14 @@ impl Routes {
                 harakiri,
                 service: Arc::default(),
                 limits: weir_limits::RouteLimits::default(),
+                cache: None,
             },
         })
+    }
+
+    /// The configured routes, longest prefix first.
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
     }
 
     /// The route for a path: the longest prefix that matches at a segment boundary

@@ -47,6 +47,9 @@ pub enum ServeError {
     /// A limit zone cannot be built (only what `Config::validate` did not catch).
     #[error("invalid config: {0}")]
     Limits(#[from] weir_limits::LimitsError),
+    /// The cache cannot start (its disk directory cannot be used).
+    #[error(transparent)]
+    Cache(#[from] weir_cache::CacheError),
     /// weir cannot find its own executable to start workers.
     #[error("cannot find weir's own executable to start workers: {0}")]
     Exe(std::io::Error),
@@ -59,7 +62,9 @@ impl ServeError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ServeError::Pool(SupervisorError::AppImport(_)) => crate::cli::EXIT_CONFIG,
-            ServeError::AccessLog(..) | ServeError::Limits(_) => crate::cli::EXIT_CONFIG,
+            ServeError::AccessLog(..) | ServeError::Limits(_) | ServeError::Cache(_) => {
+                crate::cli::EXIT_CONFIG
+            }
             _ => 1,
         }
     }
@@ -180,11 +185,16 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     // given on_store_error. Not reachable: weir-limits warns once, serving starts anyway.
     zones.connect(LIMITS_STORE_WARMUP).await;
     let limits = crate::limit::FrontLimits::new(zones, fair_key);
+    let cache = match &config.cache {
+        Some(c) => Some(crate::cache::FrontCache::open(c).await?),
+        None => None,
+    };
     let srv = &config.server;
     let front = Arc::new(Front {
         backend,
         routes,
         limits,
+        cache,
         trusted: TrustedProxies::new(&srv.trusted_proxies),
         log: Arc::new(AccessLog::new(sink)),
         retry_after: config.queue.retry_after,
