@@ -36,6 +36,8 @@ def _toml_value(v) -> str:
         return json.dumps(v)  # a JSON string is a valid TOML basic string
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table: [route] cache = { valid = { "200" = "1s" } }
+        return "{" + ", ".join("%s = %s" % (json.dumps(str(k)), _toml_value(x)) for k, x in v.items()) + "}"
     raise TypeError("no TOML for %r" % (v,))
 
 

@@ -69,17 +69,6 @@ impl MemoryTier {
 
     /// Forgets what `purge` names; how many entries went.
     pub fn purge(&self, purge: &Purge) -> usize {
-        if let Purge::Key(k) = purge {
-            // The common case: the key itself, without a walk when it has no variants.
-            if self
-                .cache
-                .get(k.as_str())
-                .is_some_and(|s| matches!(s, Stored::Response(_)))
-            {
-                self.cache.invalidate(k.as_str());
-                return 1;
-            }
-        }
         let gone: Vec<Arc<String>> = self
             .cache
             .iter()

@@ -64,10 +64,19 @@ async fn handle(
             .retry(front.retry_after)
             .respond(&crate::request_id::make(), json)
     };
+    if req.uri().path() == "/cache/purge" {
+        return Ok(match purge(&front, req).await {
+            Ok(r) => r,
+            Err((class, message)) => refuse(class, message),
+        });
+    }
     Ok(match req.uri().path() {
         "/metrics" => {
             let mut out = front.log.metrics.render(&front.backend);
             front.limits.limits.render_metrics(&mut out);
+            if let Some(c) = &front.cache {
+                c.render_metrics(&front.routes, &mut out);
+            }
             text(
                 StatusCode::OK,
                 out,
@@ -97,9 +106,54 @@ async fn handle(
         }
         path => refuse(
             ErrorClass::NotFound,
-            format!("the admin listener has no {path}; its endpoints are /metrics /livez /readyz"),
+            format!("the admin listener has no {path}; its endpoints are /metrics /livez /readyz /cache/purge"),
         ),
     })
+}
+
+/// `POST /cache/purge` with `{"key": "..."}`, `{"prefix": "/items"}` or
+/// `{"tag": "product-42"}`: removes those entries from every tier of this instance and
+/// Redis, and tells the other instances; answers how many went.
+async fn purge(
+    front: &Front,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, (ErrorClass, String)> {
+    const USAGE: &str = r#"send POST /cache/purge with a JSON body: {"key": "<cache key>"}, {"prefix": "/path"} or {"tag": "<tag>"}"#;
+    let Some(cache) = &front.cache else {
+        return Err((
+            ErrorClass::NotFound,
+            "there is no cache to purge: the configuration has no [cache] section".into(),
+        ));
+    };
+    if req.method() != http::Method::POST {
+        return Err((
+            ErrorClass::MethodNotAllowed,
+            format!("{} /cache/purge: {USAGE}", req.method()),
+        ));
+    }
+    let body = http_body_util::Limited::new(req.into_body(), 64 * 1024);
+    let body = http_body_util::BodyExt::collect(body)
+        .await
+        .map_err(|e| {
+            (
+                ErrorClass::BadRequest,
+                format!("cannot read the purge request: {e}; {USAGE}"),
+            )
+        })?
+        .to_bytes();
+    let what: weir_cache::Purge = serde_json::from_slice(&body).map_err(|e| {
+        (
+            ErrorClass::BadRequest,
+            format!("the purge request is not understood ({e}); {USAGE}"),
+        )
+    })?;
+    let gone = cache.tiers.purge(&what).await;
+    let out = serde_json::json!({
+        "purged": gone.entries(),
+        "tiers": gone,
+    });
+    tracing::info!(purge = ?what, purged = gone.entries(), "cache purge");
+    Ok(text(StatusCode::OK, format!("{out}\n"), "application/json"))
 }
 
 /// Runs the app's ready check in an idle worker: `Ok` with the ready answer's text, or

@@ -157,10 +157,7 @@ pub struct RouteCache {
 impl RouteCache {
     /// From the route's config (already validated: a template that fails here names its
     /// key all the same).
-    pub fn new(
-        route: usize,
-        c: &RouteCacheConfig,
-    ) -> Result<RouteCache, weir_limits::LimitsError> {
+    pub fn new(route: usize, c: &RouteCacheConfig) -> Result<RouteCache, weir_limits::LimitsError> {
         let parse = |what: String, s: &str| {
             s.parse::<KeyTemplate>()
                 .map_err(|e| weir_limits::LimitsError::Invalid {
@@ -342,7 +339,11 @@ pub(crate) async fn before(
     }
     let mut waited = false;
     loop {
-        match fc.tiers.lookup(&plan.key, &plan.policy_req.headers().clone()).await {
+        match fc
+            .tiers
+            .lookup(&plan.key, &plan.policy_req.headers().clone())
+            .await
+        {
             Lookup::Found { entry, .. } if !entry.policy.is_stale(now) => {
                 rc.count(Outcome::Hit);
                 rec.cache = Some(Outcome::Hit);
@@ -409,9 +410,7 @@ fn expired(
 ) -> Before {
     let allowance = freshness::stale_allowance(&entry.headers);
     let staleness = staleness(&entry, now);
-    let swr = allowance
-        .while_revalidate
-        .is_some_and(|w| staleness <= w);
+    let swr = allowance.while_revalidate.is_some_and(|w| staleness <= w);
     let serve_while_updating = !allowance.forbidden
         && (rc.config.background_update || rc.uses_stale(UseStale::Updating) || swr);
     plan.outcome = Outcome::Expired;
@@ -490,7 +489,11 @@ fn client_conditionals(h: &HeaderMap) -> HeaderMap {
 }
 
 /// A response to send and the background update to start once it is on its way.
-fn with_update(resp: Response<ResponseBody>, parts: &Parts, plan: Box<Plan>) -> Response<ResponseBody> {
+fn with_update(
+    resp: Response<ResponseBody>,
+    parts: &Parts,
+    plan: Box<Plan>,
+) -> Response<ResponseBody> {
     let mut resp = resp;
     let mut head = Request::builder()
         .method(Method::GET)
@@ -511,7 +514,10 @@ fn with_update(resp: Response<ResponseBody>, parts: &Parts, plan: Box<Plan>) -> 
             }
         }
     }
-    resp.extensions_mut().insert(BackgroundUpdate(Arc::new(std::sync::Mutex::new(Some((head, plan))))));
+    resp.extensions_mut()
+        .insert(BackgroundUpdate(Arc::new(std::sync::Mutex::new(Some((
+            head, plan,
+        ))))));
     resp
 }
 
@@ -531,7 +537,12 @@ impl BackgroundUpdate {
 
 /// An answer made from an entry: a 304 when the client's conditionals match it, else the
 /// entry (hyper leaves the body out for a HEAD), with its Age and `Cache-Status`.
-fn answer(entry: &Entry, client: &HeaderMap, now: SystemTime, cache_status: &str) -> Response<ResponseBody> {
+fn answer(
+    entry: &Entry,
+    client: &HeaderMap,
+    now: SystemTime,
+    cache_status: &str,
+) -> Response<ResponseBody> {
     let age = HeaderValue::from(entry.policy.age(now).as_secs());
     let status = HeaderValue::from_str(cache_status).unwrap_or(HeaderValue::from_static("weir"));
     if freshness::not_modified(client, &entry.headers, entry.status) {
@@ -638,7 +649,11 @@ pub(crate) fn after(
                 return Ok(stale);
             }
             count_forwarded(&plan, rec);
-            let v = format!("weir; fwd={}; fwd-status={}", fwd_reason(&plan), rej.status().as_u16());
+            let v = format!(
+                "weir; fwd={}; fwd-status={}",
+                fwd_reason(&plan),
+                rej.status().as_u16()
+            );
             if let Ok(v) = HeaderValue::from_str(&v) {
                 rej.headers.push((CACHE_STATUS, v));
             }
@@ -788,7 +803,12 @@ fn revalidated(
     rec: &mut crate::access_log::Record,
 ) -> Option<Response<ResponseBody>> {
     let old = plan.stale.clone()?;
-    const KEEP: &[&str] = &["content-length", "content-encoding", "transfer-encoding", "content-range"];
+    const KEEP: &[&str] = &[
+        "content-length",
+        "content-encoding",
+        "transfer-encoding",
+        "content-range",
+    ];
     let mut headers = old.headers.clone();
     for (k, v) in resp.headers() {
         if !KEEP.contains(&k.as_str()) {
@@ -812,7 +832,10 @@ fn revalidated(
         body: old.body.clone(),
     };
     plan.note(Outcome::Revalidated, rec);
-    let answer_status = format!("weir; fwd=stale; fwd-status=304; stored; ttl={}", ttl.as_secs());
+    let answer_status = format!(
+        "weir; fwd=stale; fwd-status=304; stored; ttl={}",
+        ttl.as_secs()
+    );
     let r = answer(&entry, &plan.client, now, &answer_status);
     fc.tiers.store(
         &plan.key,
@@ -835,7 +858,10 @@ fn conditional_answer(resp: Response<ResponseBody>, client: &HeaderMap) -> Respo
     let mut r = Response::new(ResponseBody::Empty);
     *r.status_mut() = StatusCode::NOT_MODIFIED;
     let h = r.headers_mut();
-    for name in freshness::NOT_MODIFIED_FIELDS.iter().chain(&["cache-status", "age"]) {
+    for name in freshness::NOT_MODIFIED_FIELDS
+        .iter()
+        .chain(&["cache-status", "age"])
+    {
         for v in parts.headers.get_all(*name) {
             h.append(HeaderName::from_static(name), v.clone());
         }

@@ -77,6 +77,11 @@ pub async fn dispatch(
             return Err(r);
         }
     };
+    front
+        .log
+        .metrics
+        .backend_requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let admitted = Admitted {
         route,
         deadline,

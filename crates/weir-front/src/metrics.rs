@@ -59,6 +59,8 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(u16, Option<ErrorClass>), u64>>,
     duration: Histogram,
     queue_wait: Histogram,
+    /// Requests handed to a worker or the upstream (a cache hit is not one).
+    pub backend_requests: AtomicU64,
 }
 
 impl Metrics {
@@ -106,6 +108,11 @@ impl Metrics {
             &mut out,
             "weir_queue_wait_seconds",
             "Time spent waiting for a worker.",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP weir_backend_requests_total Requests handed to a worker or the upstream (answers from the cache are not).\n# TYPE weir_backend_requests_total counter\nweir_backend_requests_total {}",
+            self.backend_requests.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,

@@ -57,7 +57,7 @@ impl Routes {
         let mut routes: Vec<Route> = config
             .route
             .iter()
-.enumerate()
+            .enumerate()
             .map(|(i, r)| {
                 Ok(Route {
                     path: r.path.clone(),

@@ -15,6 +15,14 @@ The action is the last path segment, so route prefixes can be put in front of it
 - `status?code=` an app-made answer with that status
 - `boom`        raises before start_response (weir answers 500 app-exception)
 - `crash`       os._exit(3) mid-request (502 worker-died)
+- `cached?...`  an answer for the cache tests (tests/front/test_cache.py), shaped by its
+                query: cc= (Cache-Control), etag= (ETag, and 304 to a matching
+                If-None-Match), lm= (Last-Modified), vary=, skey= (Surrogate-Key), cookie=1
+                (Set-Cookie), code=, size= (body padded to size bytes), chunks= (streamed in
+                that many chunks), sleep=. Its body is JSON with a fresh `t` (time.time()) and
+                the request's Accept-Encoding. While $FRONT_STATE/CACHE_FAIL exists, it fails
+                as that file says: `boom` (raise), `crash` (os._exit), `status503` (an app
+                503), `sleep5` (sleep 5 s first).
 - anything else 404 (the app's own)
 
 ready_check(): fails (returns False) while $FRONT_STATE/NOT_READY exists, raises while
@@ -88,6 +96,8 @@ def application(environ, start_response):
                 yield b"x" * size
                 time.sleep(delay)
         return gen()
+    if action == "cached":
+        return _cached(environ, start_response, q)
     if action == "status":
         code = int(q.get("code", "404"))
         return _send(start_response, "app says %d" % code, "%d App Status" % code)
@@ -96,6 +106,60 @@ def application(environ, start_response):
     if action == "crash":
         os._exit(3)
     return _send(start_response, "not found", "404 Not Found")
+
+
+def _cached(environ, start_response, q):
+    fail = ""
+    if STATE and os.path.exists(os.path.join(STATE, "CACHE_FAIL")):
+        with open(os.path.join(STATE, "CACHE_FAIL")) as f:
+            fail = f.read().strip()
+    if fail == "boom":
+        raise RuntimeError("front-app cached boom")
+    if fail == "crash":
+        os._exit(3)
+    if fail.startswith("status"):
+        code = int(fail[len("status"):])
+        return _send(start_response, "app fails with %d" % code, "%d Failing" % code)
+    if fail.startswith("sleep"):
+        time.sleep(float(fail[len("sleep"):]))
+    if q.get("sleep"):
+        time.sleep(float(q["sleep"]))
+    headers = []
+    for param, name in (("cc", "Cache-Control"), ("lm", "Last-Modified"), ("vary", "Vary"),
+                        ("skey", "Surrogate-Key")):
+        if q.get(param):
+            headers.append((name, q[param]))
+    etag = q.get("etag")
+    if etag:
+        headers.append(("ETag", '"%s"' % etag))
+    if q.get("cookie"):
+        headers.append(("Set-Cookie", "session=1"))
+    inm = environ.get("HTTP_IF_NONE_MATCH", "")
+    _log({"event": "cached", "path": environ.get("PATH_INFO"), "qs": environ.get("QUERY_STRING"),
+          "inm": inm, "ims": environ.get("HTTP_IF_MODIFIED_SINCE", ""),
+          "method": environ.get("REQUEST_METHOD"), "t": time.time()})
+    if etag and '"%s"' % etag in inm:
+        start_response("304 Not Modified", headers)
+        return [b""]
+    body = json.dumps({"t": time.time(), "pid": os.getpid(), "ae": environ.get("HTTP_ACCEPT_ENCODING", ""),
+                       "qs": environ.get("QUERY_STRING", "")}).encode()
+    size = int(q.get("size", "0"))
+    if size > len(body):
+        body += b" " * (size - len(body))
+    code = int(q.get("code", "200"))
+    chunks = int(q.get("chunks", "0"))
+    if chunks:
+        start_response("%d Cached" % code, [("Content-Type", "application/json")] + headers)
+        step = max(1, len(body) // chunks)
+
+        def gen():
+            for i in range(0, len(body), step):
+                yield body[i:i + step]
+                time.sleep(0.01)
+        return gen()
+    start_response("%d Cached" % code, [("Content-Type", "application/json"),
+                                        ("Content-Length", str(len(body)))] + headers)
+    return [body]
 
 
 def ready_check():
