@@ -419,7 +419,7 @@ fn expired(
         let updating = |rec: &mut crate::access_log::Record| {
             rc.count(Outcome::Updating);
             rec.cache = Some(Outcome::Updating);
-            let status = format!("weir; hit; ttl=-{}; detail=updating", staleness.as_secs());
+            let status = format!("weir; hit; ttl={}; detail=updating", stale_ttl(staleness));
             answer(&entry, &plan.client, now, &status)
         };
         match fc.locks.turn(&plan.key) {
@@ -439,26 +439,33 @@ fn expired(
     forward(parts, plan)
 }
 
+/// `Cache-Status`'s ttl of a stale entry: minus the seconds past its freshness.
+fn stale_ttl(staleness: Duration) -> i64 {
+    -(staleness.as_secs() as i64)
+}
+
 /// How long past its freshness an entry is.
 fn staleness(entry: &Entry, now: SystemTime) -> Duration {
     Duration::from_millis(weir_cache::entry::unix_ms(now).saturating_sub(entry.fresh_until_ms))
 }
 
-fn add_validators(parts: &mut Parts, plan: &mut Plan) {
-    if !plan.route.config.revalidate {
-        return;
-    }
-    let Some(entry) = &plan.stale else { return };
-    let v = freshness::revalidation_headers(&entry.headers);
-    plan.revalidating = !v.is_empty();
-    for (k, val) in v {
-        parts.headers.insert(k, val);
-    }
+/// With `revalidate`, an expired entry that has validators is refreshed with them.
+fn add_validators(_parts: &mut Parts, plan: &mut Plan) {
+    plan.revalidating = plan.route.config.revalidate
+        && plan
+            .stale
+            .as_ref()
+            .is_some_and(|e| freshness::revalidatable(&e.headers));
 }
 
 /// Makes `parts` what the app is sent for a cached route (see [`before`]).
 fn forward(parts: &mut Parts, plan: Box<Plan>) -> Before {
     prepare_for_app(parts);
+    if let (true, Some(entry)) = (plan.revalidating, &plan.stale) {
+        for (k, v) in freshness::revalidation_headers(&entry.headers) {
+            parts.headers.insert(k, v);
+        }
+    }
     Before::Forward(plan)
 }
 
@@ -628,8 +635,8 @@ fn stale_for_failure(
     plan.note(Outcome::Stale, rec);
     let detail = conditions.last().map_or("error", |c| c.as_str());
     let status = format!(
-        "weir; hit; ttl=-{}; fwd=stale; fwd-status={}; detail={detail}",
-        staleness.as_secs(),
+        "weir; hit; ttl={}; fwd=stale; fwd-status={}; detail={detail}",
+        stale_ttl(staleness),
         status.as_u16()
     );
     Some(answer(entry, &plan.client, now, &status))
@@ -702,6 +709,7 @@ pub(crate) fn after(
             ResponseBody::Empty
         }
         (Some((policy, ttl)), ResponseBody::Stream(rx)) => {
+            status.push_str("; stored");
             // Stored when the body has all come, if it stays within a tenth of memory.
             let filler = StreamFill {
                 tiers: fc.tiers.clone(),
