@@ -309,85 +309,84 @@ pub(crate) async fn before(
             invalidate: unsafe_method.then_some(key),
         };
     }
-    let now = SystemTime::now();
-    let client = client_conditionals(&parts.headers);
-    let policy_req = freshness::policy_request(&parts.uri, &parts.headers);
-    let uri = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
-    let may_store = !no_cache;
-    let mut plan = Box::new(Plan {
-        route: rc.clone(),
-        key,
-        outcome: Outcome::Miss,
-        stale: None,
-        revalidating: false,
-        may_store,
-        fill: None,
-        policy_req,
-        client,
-        uri,
-        collapsed: false,
-        vary_miss: false,
-        background: false,
-    });
-    if bypass {
-        plan.outcome = Outcome::Bypass;
-        plan.may_store &= counted_enough(fc, rc, &plan.key);
-        return forward(parts, plan);
-    }
+    // A hit reads the request as it came (its Vary-named fields, its conditionals) and
+    // builds nothing else; the plan is made only for a request that goes on.
     let mut waited = false;
-    loop {
-        match fc
-            .tiers
-            .lookup(&plan.key, &plan.policy_req.headers().clone())
-            .await
-        {
-            Lookup::Found { entry, .. } if !entry.policy.is_stale(now) => {
-                rc.count(Outcome::Hit);
-                rec.cache = Some(Outcome::Hit);
-                let ttl = entry.policy.time_to_live(now).as_secs();
-                let status = if waited {
-                    format!("weir; hit; ttl={ttl}; collapsed")
-                } else {
-                    format!("weir; hit; ttl={ttl}")
-                };
-                return Before::Answer(answer(&entry, &plan.client, now, &status));
-            }
-            Lookup::Found { entry, .. } => {
-                return expired(fc, rc, parts, plan, entry, now, rec);
-            }
-            Lookup::Miss { vary_miss } => {
-                plan.vary_miss = vary_miss;
-                if !rc.config.lock || waited {
-                    if waited {
-                        // The fill it waited for stored nothing it can use, or took longer
-                        // than lock_timeout: to the app, uncached (NGINX).
-                        plan.collapsed = true;
-                        plan.may_store = false;
-                    }
-                    plan.may_store &= counted_enough(fc, rc, &plan.key);
-                    return forward(parts, plan);
+    let mut found = None;
+    let mut vary_miss = false;
+    let mut fill = None;
+    let mut collapsed = false;
+    if !bypass {
+        loop {
+            let now = SystemTime::now();
+            match fc.tiers.lookup(&key, &parts.headers).await {
+                Lookup::Found { entry, .. } if !entry.policy.is_stale(now) => {
+                    rc.count(Outcome::Hit);
+                    rec.cache = Some(Outcome::Hit);
+                    let ttl = entry.policy.time_to_live(now).as_secs();
+                    let status = if waited {
+                        format!("weir; hit; ttl={ttl}; collapsed")
+                    } else {
+                        format!("weir; hit; ttl={ttl}")
+                    };
+                    return Before::Answer(answer(&entry, &parts.headers, now, &status));
                 }
-                match fc.locks.turn(&plan.key) {
-                    FillTurn::Mine(fill) => {
-                        plan.fill = Some(fill);
-                        plan.may_store &= counted_enough(fc, rc, &plan.key);
-                        return forward(parts, plan);
+                Lookup::Found { entry, .. } => {
+                    found = Some(entry);
+                    break;
+                }
+                Lookup::Miss { vary_miss: v } => {
+                    vary_miss = v;
+                    if !rc.config.lock || waited {
+                        // After a wait: the fill stored nothing this request can use. To
+                        // the app, uncached (NGINX).
+                        collapsed = waited;
+                        break;
                     }
-                    FillTurn::Theirs(wait) => {
-                        let ended = wait.done_within(rc.config.lock_timeout.as_duration()).await;
-                        waited = true;
-                        if !ended {
-                            plan.collapsed = true;
-                            plan.may_store = false;
-                            return forward(parts, plan);
+                    match fc.locks.turn(&key) {
+                        FillTurn::Mine(f) => {
+                            fill = Some(f);
+                            break;
+                        }
+                        FillTurn::Theirs(wait) => {
+                            waited = true;
+                            if !wait.done_within(rc.config.lock_timeout.as_duration()).await {
+                                // lock_timeout: to the app, uncached (NGINX).
+                                collapsed = true;
+                                break;
+                            }
                         }
                     }
                 }
             }
         }
+    }
+    let uri = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+    let plan = Box::new(Plan {
+        route: rc.clone(),
+        outcome: if bypass {
+            Outcome::Bypass
+        } else {
+            Outcome::Miss
+        },
+        stale: None,
+        revalidating: false,
+        may_store: !no_cache && !collapsed && counted_enough(fc, rc, &key),
+        fill,
+        policy_req: freshness::policy_request(&parts.uri, &parts.headers),
+        client: client_conditionals(&parts.headers),
+        uri,
+        collapsed,
+        vary_miss,
+        background: false,
+        key,
+    });
+    match found {
+        Some(entry) => expired(fc, rc, parts, plan, entry, SystemTime::now(), rec),
+        None => forward(parts, plan),
     }
 }
 
@@ -427,14 +426,12 @@ fn expired(
             FillTurn::Mine(fill) if rc.config.background_update || swr => {
                 let resp = updating(rec);
                 plan.fill = Some(fill);
-                plan.may_store &= counted_enough(fc, rc, &plan.key);
                 add_validators(parts, &mut plan);
                 return Before::Answer(with_update(resp, parts, plan));
             }
             FillTurn::Mine(fill) => plan.fill = Some(fill),
         }
     }
-    plan.may_store &= counted_enough(fc, rc, &plan.key);
     add_validators(parts, &mut plan);
     forward(parts, plan)
 }
