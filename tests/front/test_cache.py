@@ -17,7 +17,7 @@ import time
 import pytest
 
 from e2e_lib import free_port, get, request, wait_for
-from front_lib import FRONT_APPS, RedisServer, to_toml
+from front_lib import FRONT_APPS, Background, RedisServer, to_toml, wait_tag_started
 from test_cli_config import run_weir
 
 pytestmark = pytest.mark.e2e_timeout(120)
@@ -456,3 +456,18 @@ def test_instances_share_entries_and_purges_through_redis(front, redis_server, t
     r = get(a.addr, "/down/cached?new=1", timeout=10)
     assert r.status == 200 and "stored" in status_of(r)
     a.wait_metric("weir_cache_errors_total", lambda v: v > 0, timeout=15, kind="redis")
+
+
+def test_use_stale_answers_when_the_queue_refuses(front):
+    route = cached_route("/q", valid={"200": "1s"}, use_stale=["error", "timeout"])
+    cfg = config(route)
+    cfg["queue"] = {"timeout": "300ms"}
+    f = front(config=cfg, workers=1, admin=True)
+    first = get(f.addr, "/q/cached", timeout=10)
+    wait_for(lambda: time.time() > json.loads(first.body)["t"] + 1.2, 5, what="expiry")
+    hold = Background(f.addr, "/other/sleep?s=3&tag=hold")  # the only worker, busy
+    wait_tag_started(f.state, "hold")
+    r = get(f.addr, "/q/cached", timeout=10)
+    assert r.status == 200 and r.body == first.body, r
+    assert "fwd=stale" in status_of(r) and "fwd-status=503" in status_of(r), r.headers
+    assert hold.join().status == 200
