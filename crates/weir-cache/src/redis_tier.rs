@@ -1057,6 +1057,7 @@ mod tests {
             headers: res.headers().clone(),
             policy,
             useless_after_ms: unix_ms(now) + keep.as_millis() as u64,
+            fresh_until_ms: unix_ms(now) + keep.as_millis() as u64,
             body: Bytes::from(format!("body of {key}")),
         }))
     }
