@@ -1,7 +1,7 @@
-# Shared by bench/hello/run.sh, rss.sh and cpu.sh (sourced): free ports, servers
-# started in their own sessions and stopped whole, bounded readiness waits, an nginx
-# config. The caller sets PY, OUT, RUN (the run number, for log names), RUN_DIR,
-# READY_TIMEOUT and defines log().
+# Shared by bench/hello/run.sh, rss.sh, cpu.sh and bench/cache/run.sh (sourced): free
+# ports, servers started in their own sessions and stopped whole, bounded readiness waits,
+# an nginx config, wrk's report parsed. The caller sets PY, OUT, RUN (the run number, for
+# log names), RUN_DIR, READY_TIMEOUT and defines log().
 
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -37,8 +37,8 @@ wait_ready() {  # wait_ready URL: polls until GET answers 200, bounded
   return 1
 }
 
-nginx_conf() {  # nginx_conf DIR PORT LOCATION_BODY
-  local dir=$1 port=$2 loc=$3
+nginx_conf() {  # nginx_conf DIR PORT LOCATION_BODY [HTTP_DIRECTIVES]
+  local dir=$1 port=$2 loc=$3 http=${4:-}
   mkdir -p "$dir"
   cat >"$dir/nginx.conf" <<EOF
 $([[ $(id -u) == 0 ]] && echo "user root;")
@@ -55,6 +55,7 @@ http {
     uwsgi_temp_path $dir/uwsgi_temp;
     scgi_temp_path $dir/scgi_temp;
     keepalive_requests 100000;
+$http
     server {
         listen 127.0.0.1:$port backlog=4096;
         location / {
@@ -71,6 +72,28 @@ wait_socket() {  # wait_socket PATH
   log "socket $1 did not appear"; return 1
 }
 
+# -- wrk's report -----------------------------------------------------------------------
+parse_wrk() {  # parse_wrk FILE -> "rps p50_ms p99_ms errors"
+  "$PY" - "$1" <<'PY'
+import re, sys
+t = open(sys.argv[1]).read()
+def ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s|m)", v)
+    n, u = float(m.group(1)), m.group(2)
+    return n / 1000 if u == "us" else n if u == "ms" else n * 1000 if u == "s" else n * 60000
+rps = re.search(r"Requests/sec:\s+([\d.]+)", t)
+p50 = re.search(r"^\s+50%\s+(\S+)", t, re.M)
+p99 = re.search(r"^\s+99%\s+(\S+)", t, re.M)
+err = 0
+m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", t)
+if m: err += int(m.group(1))
+m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", t)
+if m: err += sum(int(x) for x in m.groups())
+print(rps.group(1) if rps else "nan", "%.3f" % ms(p50.group(1)) if p50 else "nan",
+      "%.3f" % ms(p99.group(1)) if p99 else "nan", err)
+PY
+}
+
 # -- the servers of bench/hello/run.sh and cpu.sh --------------------------------------
 # start_server NAME: sets the server up, waits until ready, sets URL to its /hello.
 # NAME: weir (defaults), weir-preload (--preload on), weir-lazy (--preload off),
@@ -80,9 +103,13 @@ wait_socket() {  # wait_socket PATH
 # (one [limit_req] zone keyed by $remote_addr on every request, memory store, a rate no
 # request reaches: the cost of the check), weir-limit-redis (the same zone in a local
 # redis-server: one Redis round trip per request, batched), weir-limit-redis-unix (the same
-# over a Unix socket to the local redis-server), nginx-uwsgi,
-# nginx-gunicorn, granian. Also needs WEIR_BIN, SHOP_APP, SHOP_DIR, WORKERS and NGINX from
-# the caller.
+# over a Unix socket to the local redis-server), weir-cache (a [cache] in memory and
+# [route.cache] on CACHE_PATH, entries valid CACHE_VALID for 200, key $request_uri, lock off;
+# sets ADMIN_URL to its admin listener, for /metrics), nginx-uwsgi, nginx-uwsgi-cache (the
+# same with uwsgi_cache on CACHE_PATH, valid CACHE_VALID, key $request_uri, and a buffered
+# access log of "$uri $upstream_cache_status" in CACHE_LOG), nginx-gunicorn, granian. Also
+# needs WEIR_BIN, SHOP_APP, SHOP_DIR, WORKERS and NGINX from the caller (and CACHE_PATH,
+# CACHE_VALID, CACHE_LOG for the cache cases).
 start_server() {
   local name=$1 port d sock
   port=$(free_port)
@@ -90,7 +117,7 @@ start_server() {
   mkdir -p "$d"
   case "$name" in
     weir | weir-preload | weir-lazy | weir-noprefetch | weir-threads1 | weir-threads2 | weir-base \
-      | weir-limit | weir-limit-redis | weir-limit-redis-unix)
+      | weir-limit | weir-limit-redis | weir-limit-redis-unix | weir-cache)
       local bin=$WEIR_BIN
       [[ $name == weir-base ]] && bin=${WEIR_BASE_BIN:-}
       [[ -x "$bin" ]] || { log "weir binary '$bin' missing (weir-base needs WEIR_BASE_BIN)"; return 1; }
@@ -126,16 +153,35 @@ start_server() {
         fi
         preload=(--config "$d/weir.toml")
       fi
+      if [[ $name == weir-cache ]]; then
+        local aport
+        aport=$(free_port)
+        ADMIN_URL="http://127.0.0.1:$aport"
+        printf '[admin]\nlisten = "127.0.0.1:%s"\n\n[cache]\nmemory = "256MiB"\n\n[[route]]\npath = "%s"\n[route.cache]\nvalid = { "200" = "%s" }\nkey = "$request_uri"\nlock = false\n' \
+          "$aport" "$CACHE_PATH" "$CACHE_VALID" > "$d/weir.toml"
+        cp "$d/weir.toml" "$OUT/$name.$RUN.weir.toml"
+        preload=(--config "$d/weir.toml")
+      fi
       start "$name" env RUST_LOG="${RUST_LOG:-warn}" "$bin" serve --app "$SHOP_APP" --chdir "$SHOP_DIR" \
         --workers "$WORKERS" --listen "127.0.0.1:$port" --access-log off "${preload[@]}" ;;
-    nginx-uwsgi)
+    nginx-uwsgi | nginx-uwsgi-cache)
       sock="$d/uwsgi.sock"
       start uwsgi uwsgi --socket "$sock" --chmod-socket=666 --master --processes "$WORKERS" \
         --chdir "$SHOP_DIR" --module "$SHOP_APP" --need-app --die-on-term --disable-logging \
         --listen 1024
       wait_socket "$sock" || return 1
+      local cache_loc="" cache_http=""
+      if [[ $name == nginx-uwsgi-cache ]]; then
+        rm -rf "$d/nginx/cache"  # no entry left by an earlier run (nginx would load it)
+        cache_loc="            uwsgi_cache shop; uwsgi_cache_key \$request_uri; uwsgi_cache_valid 200 $CACHE_VALID;
+            access_log $CACHE_LOG cachestatus buffer=256k flush=1s;"
+        cache_http="    uwsgi_cache_path $d/nginx/cache levels=1:2 keys_zone=shop:10m max_size=100m inactive=$CACHE_VALID use_temp_path=off;
+    log_format cachestatus '\$uri \$upstream_cache_status';"
+      fi
       nginx_conf "$d/nginx" "$port" "            include /etc/nginx/uwsgi_params;
-            uwsgi_pass unix:$sock;"
+            uwsgi_pass unix:$sock;
+$cache_loc" "$cache_http"
+      if [[ $name == nginx-uwsgi-cache ]]; then cp "$d/nginx/nginx.conf" "$OUT/$name.$RUN.nginx.conf"; fi
       start nginx-for-uwsgi "$NGINX" -p "$d/nginx" -c "$d/nginx/nginx.conf" -e "$d/nginx/error.log" ;;
     nginx-gunicorn)
       sock="$d/gunicorn.sock"

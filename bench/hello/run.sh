@@ -122,26 +122,6 @@ PY
 # -- runs --------------------------------------------------------------------------------
 RESULTS="$OUT/results.tsv"
 printf 'run\tserver\treq_per_s\tp50_ms\tp99_ms\terrors\tworker_rss_kib\tworkers_seen\n' >"$RESULTS"
-parse_wrk() {  # parse_wrk FILE -> "rps p50_ms p99_ms errors"
-  "$PY" - "$1" <<'PY'
-import re, sys
-t = open(sys.argv[1]).read()
-def ms(v):
-    m = re.match(r"([\d.]+)(us|ms|s|m)", v)
-    n, u = float(m.group(1)), m.group(2)
-    return n / 1000 if u == "us" else n if u == "ms" else n * 1000 if u == "s" else n * 60000
-rps = re.search(r"Requests/sec:\s+([\d.]+)", t)
-p50 = re.search(r"^\s+50%\s+(\S+)", t, re.M)
-p99 = re.search(r"^\s+99%\s+(\S+)", t, re.M)
-err = 0
-m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", t)
-if m: err += int(m.group(1))
-m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", t)
-if m: err += sum(int(x) for x in m.groups())
-print(rps.group(1) if rps else "nan", "%.3f" % ms(p50.group(1)) if p50 else "nan",
-      "%.3f" % ms(p99.group(1)) if p99 else "nan", err)
-PY
-}
 
 for RUN in $(seq 1 "$RUNS"); do
   for name in $SERVERS; do

@@ -2,7 +2,7 @@
 # Every experiment of the paper reproduced here, in sequence: section4.sh, fig3.sh, fig4.sh,
 # fig5.sh, fig6.sh (see README.md). Builds weir once, then runs each script with RUNS; a script
 # that fails does not stop the others, and the exit status says whether all passed.
-# Usage: bench/paper/all.sh [RUNS]   (default 1; about 5.5 minutes, 15.5 with RUNS=3)
+# Usage: bench/paper/all.sh [RUNS]   (default 1; about 6 minutes, 16.5 with RUNS=3)
 # Environment: passed through to every script (NO_RECORD=1, DB=..., WEIR_BIN=...).
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
