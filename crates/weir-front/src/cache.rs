@@ -79,8 +79,9 @@ impl Outcome {
     }
 }
 
-/// Entries are kept this long past their freshness when the route can still use them
-/// stale (`use_stale`, `background_update`, `revalidate`): NGINX's default `inactive`.
+/// Entries are kept this long past their freshness (NGINX's default `inactive`), for
+/// `use_stale`, `background_update` and `revalidate`, and so a refetch is counted
+/// `expired` as NGINX counts it; memory's bound evicts them first when it is short.
 const STALE_KEEP: Duration = Duration::from_secs(600);
 
 /// The cache of the front door: the tiers, the fill locks, the use counts.
@@ -199,12 +200,7 @@ impl RouteCache {
             .while_revalidate
             .unwrap_or_default()
             .max(a.if_error.unwrap_or_default());
-        let c = &self.config;
-        if !c.use_stale.is_empty() || c.background_update || c.revalidate {
-            own.max(STALE_KEEP)
-        } else {
-            own
-        }
+        own.max(STALE_KEEP)
     }
 }
 
