@@ -286,8 +286,21 @@ pub(crate) mod tests {
     use super::*;
     use http::{Request, Response};
 
-    /// An entry for `key`, fresh for `max_age` seconds from `now`.
+    /// An entry for `key`, fresh for a minute from `now`, tagged `t1`.
     pub(crate) fn entry(key: &str, uri: &str, body: &'static [u8], now: SystemTime) -> Stored {
+        let minute = std::time::Duration::from_secs(60);
+        entry_kept(key, uri, &["t1"], Bytes::from_static(body), minute, now)
+    }
+
+    /// An entry for `key` with `tags`, fresh and kept for `keep` from `now`.
+    pub(crate) fn entry_kept(
+        key: &str,
+        uri: &str,
+        tags: &[&str],
+        body: Bytes,
+        keep: std::time::Duration,
+        now: SystemTime,
+    ) -> Stored {
         let req = Request::get(uri).body(()).unwrap();
         let res = Response::builder()
             .header("cache-control", "max-age=60")
@@ -295,16 +308,17 @@ pub(crate) mod tests {
             .body(())
             .unwrap();
         let policy = CachePolicy::new_options(&req, &res, now, Default::default());
+        let until = unix_ms(now) + keep.as_millis() as u64;
         Stored::Response(Arc::new(Entry {
             key: key.into(),
             uri: uri.into(),
-            tags: vec!["t1".into()],
+            tags: tags.iter().map(|t| t.to_string()).collect(),
             status: StatusCode::OK,
             headers: res.headers().clone(),
             policy,
-            useless_after_ms: unix_ms(now) + 60_000,
-            fresh_until_ms: unix_ms(now) + 60_000,
-            body: Bytes::from_static(body),
+            useless_after_ms: until,
+            fresh_until_ms: until,
+            body,
         }))
     }
 

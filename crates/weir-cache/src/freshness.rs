@@ -125,16 +125,16 @@ pub fn policy_request(uri: &http::Uri, headers: &HeaderMap) -> Request<()> {
         .expect("a GET with the request's own URI");
     let h = req.headers_mut();
     for (k, v) in headers {
-        if !IGNORED_REQUEST_FIELDS.contains(&k.as_str()) {
+        if !ignored_request_field(k.as_str()) {
             h.append(k.clone(), v.clone());
         }
     }
     req
 }
 
-const IGNORED_REQUEST_FIELDS: &[&str] = &[
-    "cache-control",
-    "pragma",
+/// A client's conditional and range fields: never passed to the app on a cached route
+/// (weir answers conditionals from the entry, and stores whole answers).
+pub const CONDITIONAL_FIELDS: &[&str] = &[
     "if-none-match",
     "if-modified-since",
     "if-match",
@@ -142,6 +142,10 @@ const IGNORED_REQUEST_FIELDS: &[&str] = &[
     "if-range",
     "range",
 ];
+
+fn ignored_request_field(name: &str) -> bool {
+    name == "cache-control" || name == "pragma" || CONDITIONAL_FIELDS.contains(&name)
+}
 
 /// Whether an entry with these headers can be revalidated (it has a validator).
 pub fn revalidatable(h: &HeaderMap) -> bool {

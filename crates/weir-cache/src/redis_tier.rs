@@ -914,10 +914,8 @@ fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entry::{Entry, VaryMarker};
+    use crate::entry::VaryMarker;
     use bytes::Bytes;
-    use http::{Request, Response, StatusCode};
-    use http_cache_semantics::CachePolicy;
     use std::path::PathBuf;
     use std::process::{Child, Command, Stdio};
 
@@ -1042,24 +1040,8 @@ mod tests {
 
     /// A response for `key`, kept `keep` from now, with `tags`.
     fn entry(key: &str, uri: &str, tags: &[&str], keep: Duration) -> Stored {
-        let now = SystemTime::now();
-        let req = Request::get(uri).body(()).unwrap();
-        let res = Response::builder()
-            .header("cache-control", "max-age=60")
-            .body(())
-            .unwrap();
-        let policy = CachePolicy::new_options(&req, &res, now, Default::default());
-        Stored::Response(Arc::new(Entry {
-            key: key.into(),
-            uri: uri.into(),
-            tags: tags.iter().map(|t| t.to_string()).collect(),
-            status: StatusCode::OK,
-            headers: res.headers().clone(),
-            policy,
-            useless_after_ms: unix_ms(now) + keep.as_millis() as u64,
-            fresh_until_ms: unix_ms(now) + keep.as_millis() as u64,
-            body: Bytes::from(format!("body of {key}")),
-        }))
+        let body = Bytes::from(format!("body of {key}"));
+        crate::entry::tests::entry_kept(key, uri, tags, body, keep, SystemTime::now())
     }
 
     fn body(s: &Stored) -> Bytes {
@@ -1185,13 +1167,7 @@ mod tests {
         assert!(t.get("httpa/items?p=2").await.is_none());
         assert!(t.get("httpa/users").await.is_some());
         let mut c = srv.conn().await;
-        let left: Vec<String> = redis::cmd("ZRANGE")
-            .arg(URIS_KEY)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut c)
-            .await
-            .unwrap();
+        let left = uri_index(&mut c).await;
         assert!(left.iter().all(|m| !m.starts_with("/items")), "{left:?}");
 
         // by tag: b is left on /users only (its entry on /items?p=2 went by prefix)
@@ -1227,32 +1203,35 @@ mod tests {
         assert_eq!(t.purge(&Purge::Key("k".into())).await, 1);
     }
 
+    /// The members of the URI index.
+    async fn uri_index(c: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+        redis::cmd("ZRANGE")
+            .arg(URIS_KEY)
+            .arg(0)
+            .arg(-1)
+            .query_async(c)
+            .await
+            .unwrap()
+    }
+
+    /// `n` entries under `/many/`, tagged `many`.
+    async fn put_many(t: &RedisTier, n: usize) {
+        for i in 0..n {
+            let e = entry(&format!("k{i}"), &format!("/many/{i}"), &["many"], MIN);
+            t.put(&e).await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn prefix_purges_go_in_batches() {
         let srv = server_or_skip!();
         let t = RedisTier::connect(&srv.url(), 1 << 20).await.unwrap();
         let n = PURGE_BATCH * 2 + 7;
-        for i in 0..n {
-            t.put(&entry(
-                &format!("k{i}"),
-                &format!("/many/{i}"),
-                &["many"],
-                MIN,
-            ))
-            .await;
-        }
+        put_many(&t, n).await;
         t.put(&entry("keep", "/manx", &[], MIN)).await;
         assert_eq!(t.purge(&Purge::Prefix("/many/".into())).await, n);
         assert!(t.get("keep").await.is_some());
-        for i in 0..n {
-            t.put(&entry(
-                &format!("k{i}"),
-                &format!("/many/{i}"),
-                &["many"],
-                MIN,
-            ))
-            .await;
-        }
+        put_many(&t, n).await;
         assert_eq!(t.purge(&Purge::Tag("many".into())).await, n);
         assert_eq!(t.errors(), 0);
     }
@@ -1310,13 +1289,7 @@ mod tests {
         for _ in 0..300 {
             t.put(&live).await;
         }
-        let members: Vec<String> = redis::cmd("ZRANGE")
-            .arg(URIS_KEY)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut c)
-            .await
-            .unwrap();
+        let members = uri_index(&mut c).await;
         assert_eq!(members, vec!["/live\0live".to_string()]);
     }
 

@@ -466,15 +466,8 @@ fn prepare_for_app(parts: &mut Parts) {
     if parts.method == Method::HEAD {
         parts.method = Method::GET;
     }
-    for h in [
-        "if-none-match",
-        "if-modified-since",
-        "if-match",
-        "if-unmodified-since",
-        "if-range",
-        "range",
-    ] {
-        parts.headers.remove(h);
+    for h in freshness::CONDITIONAL_FIELDS {
+        parts.headers.remove(*h);
     }
 }
 
