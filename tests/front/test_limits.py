@@ -165,7 +165,7 @@ def polite(conn: http.client.HTTPConnection, tag: str, n: int, every: float) -> 
 def test_fair_queueing_keeps_a_polite_client_fast_beside_a_flood(front, weir_bin):
     """One client at 10x capacity (4 workers x 0.4 s = 10 req/s; the flood is 100 req/s),
     another at 2 req/s: with `fair_key`, the polite client's requests all succeed, its
-    worst latency within 2x of its unloaded one; the flood's excess gets fast 503s."""
+    worst latency within 2x of its unloaded one (plus jitter); the flood's excess gets fast 503s."""
     cfg = {"queue": {"fair_key": "$arg_client", "per_key_max": 32}}
     f = front(config=cfg, workers=4, admin=True)
     # The polite client's connection is open before the flood: a new connection during it
@@ -184,4 +184,8 @@ def test_fair_queueing_keeps_a_polite_client_fast_beside_a_flood(front, weir_bin
         conn.close()
     assert all(st == 200 for st, _ in loaded), loaded
     worst = max(lat for _, lat in loaded)
-    assert worst <= 2 * max(unloaded), "polite worst %.3fs vs unloaded %.3fs: %r" % (worst, max(unloaded), loaded)
+    # At worst a polite request waits for one flood request already in service (0.4 s) and
+    # then runs its own: exactly 2x its unloaded time, plus the machine's scheduling jitter
+    # (a shared 2-core box: 250 ms of slack; bench/fair measures the ratio itself).
+    bound = 2 * max(unloaded) + 0.25
+    assert worst <= bound, "polite worst %.3fs vs unloaded %.3fs: %r" % (worst, max(unloaded), loaded)
