@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs, idempotently and quietly, everything weir's tests and benchmarks talk to:
 # Debian packages (nginx, MariaDB, wrk, Redis, nghttp2's h2load) and the Python peers (Flask, uWSGI, Gunicorn,
-# Granian, PyMySQL, pytest). Safe to run again: it skips what is already there.
+# Granian, PyMySQL, pytest, brotli and zstandard to decode compressed answers). Safe to run again: it skips what is already there.
 # Usage: scripts/install-deps.sh [--no-apt]   (root is needed for the apt part)
 set -euo pipefail
 
@@ -14,6 +14,8 @@ PIP_PACKAGES=(
   "pymysql>=1.1"
   "pytest>=8"
   "requests>=2.31"
+  "brotli>=1.1"
+  "zstandard>=0.22"
 )
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod compression;
 pub mod template;
 pub mod units;
 
@@ -27,6 +28,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+pub use compression::{Algorithm, CompressionConfig};
 pub use template::{parse_template, Segment, Var};
 pub use units::{ListenAddr, Rate, Seconds, Size};
 
@@ -94,6 +96,9 @@ pub struct Config {
     /// The response cache's storage (`[cache]`); absent: nothing is cached. Which routes
     /// are cached, and how, is each route's `[route.cache]`.
     pub cache: Option<CacheConfig>,
+    /// Response compression (`[compression]`, NGINX's `gzip`); absent: nothing is
+    /// compressed.
+    pub compression: Option<CompressionConfig>,
 }
 
 /// The status a limit answers with unless its zone says otherwise (NGINX's is 503).
@@ -988,6 +993,9 @@ impl Config {
         }
         self.validate_limits()?;
         self.validate_cache()?;
+        if let Some(c) = &self.compression {
+            c.validate()?;
+        }
         if let Some(ListenAddr::Tcp(a)) = &self.admin.listen {
             if self
                 .server

@@ -2,7 +2,8 @@
 //! `send_ms` are true), and the request metrics recorded at the same moment.
 //!
 //! Fields: `time` (arrival, RFC 3339 UTC), `id`, `client`, `method`, `path`, `status`,
-//! `error` (weir's class, or null when the app answered), `bytes` (body bytes sent),
+//! `error` (weir's class, or null when the app answered), `bytes` (body bytes sent,
+//! compressed when the compression stage compressed them),
 //! `queue_ms` (waiting for a route slot and a worker), `worker_ms` (worker until the
 //! response head), `send_ms` (head to last byte), `total_ms`, `cache` on a cached route
 //! (what the cache did: hit, miss, expired, stale, updating, revalidated, bypass), and
@@ -21,7 +22,9 @@ use bytes::Bytes;
 use http::Response;
 use hyper::body::{Body, Frame, SizeHint};
 use weir_limits::RateLimitedBody;
-use weir_pool::{BodyError, ResponseBody};
+use weir_pool::BodyError;
+
+use crate::compression::Encoded;
 
 use crate::metrics::Metrics;
 
@@ -154,7 +157,7 @@ impl AccessLog {
     /// Wraps a response so its line is written when the body is done.
     pub fn wrap(
         self: &Arc<Self>,
-        resp: Response<ResponseBody>,
+        resp: Response<impl Into<Encoded>>,
         mut rec: Record,
     ) -> Response<Logged> {
         rec.status = resp.status().as_u16();
@@ -163,7 +166,7 @@ impl AccessLog {
         let gone = rec.status == 499;
         let (rate, after) = rec.limit_rate;
         resp.map(|inner| Logged {
-            inner: RateLimitedBody::new(inner, rate, after),
+            inner: RateLimitedBody::new(inner.into(), rate, after),
             rec: Some(Box::new(rec)),
             bytes: 0,
             aborted: gone,
@@ -255,8 +258,9 @@ impl AccessLog {
 /// A response body that counts what it sends and logs the request when it is dropped.
 #[derive(Debug)]
 pub struct Logged {
-    /// The response body, paced by the route's `limit_rate` (as is without one).
-    inner: RateLimitedBody<ResponseBody>,
+    /// The response body, compressed by the compression stage (or as it was), paced by
+    /// the route's `limit_rate` (as is without one): `bytes` counts what is sent.
+    inner: RateLimitedBody<Encoded>,
     rec: Option<Box<Record>>,
     bytes: u64,
     aborted: bool,

@@ -136,6 +136,19 @@ pub fn reply(
     wants_json: bool,
     mut rec: Record,
 ) -> Response<Logged> {
+    let resp = answer(result, request_id, wants_json, &mut rec);
+    log.wrap(resp, rec)
+}
+
+/// [`reply`] without the access log's wrapping, for a listener with a step between the
+/// two (the HTTP listener's compression): the worker's own error answers attributed, a
+/// rejection turned into weir's answer (its class in `rec`), the request id set.
+pub fn answer(
+    result: Result<Response<ResponseBody>, Rejection>,
+    request_id: &str,
+    wants_json: bool,
+    rec: &mut Record,
+) -> Response<ResponseBody> {
     let mut resp = match result.and_then(attribute_worker_answer) {
         Ok(resp) => resp,
         Err(rej) => {
@@ -146,5 +159,5 @@ pub fn reply(
     if let Ok(v) = HeaderValue::from_str(request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    log.wrap(resp, rec)
+    resp
 }

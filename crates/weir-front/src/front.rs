@@ -21,6 +21,8 @@ pub struct Front {
     pub limits: crate::limit::FrontLimits,
     /// The response cache (`[cache]`).
     pub cache: Option<crate::cache::FrontCache>,
+    /// Response compression (`[compression]`; the HTTP listener only).
+    pub compression: Option<crate::compression::Compression>,
     /// Trusted proxies.
     pub trusted: TrustedProxies,
     /// Access log and metrics.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use weir_errors::ErrorClass;
 
-use http::header::{HeaderValue, ACCEPT};
+use http::header::{HeaderValue, ACCEPT, ACCEPT_ENCODING};
 use http::request::Parts;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -27,7 +27,7 @@ use weir_pool::ResponseBody;
 
 use crate::access_log::{AccessLog, Logged, Record};
 use crate::cache::{self, Before};
-use crate::dispatch::{client_gone, dispatch, reply, Job, Work};
+use crate::dispatch::{answer, client_gone, dispatch, reply, Job, Work};
 use crate::environ::{self, ConnInfo, Facts};
 use crate::front::{Backend, Front};
 use crate::gate::{GatedIo, RefusalLog};
@@ -117,6 +117,13 @@ pub async fn handle(
         parts.uri.path(),
     );
     let json = wants_json(parts.headers.get(ACCEPT).map(HeaderValue::as_bytes));
+    // For the compression stage, after the others have taken the request.
+    let negotiation = front.compression.as_ref().map(|_| {
+        (
+            parts.method.clone(),
+            parts.headers.get(ACCEPT_ENCODING).cloned(),
+        )
+    });
     // If hyper drops this future (the client went away mid-request), the guard still
     // writes the request's log line, as 499 `client-closed`.
     let mut guard = DropGuard {
@@ -134,7 +141,14 @@ pub async fn handle(
         let (front, conn, id) = (front.clone(), conn.clone(), id.clone());
         tokio::spawn(async move { background_update(front, &conn, id, update).await });
     }
-    Ok(reply(&front.log, result, &id.request_id, json, rec))
+    let mut rec = rec;
+    let resp = answer(result, &id.request_id, json, &mut rec);
+    // Compression: after the cache's response side (the cache keeps the identity body),
+    // before the log's wrapping (the log counts the bytes sent).
+    Ok(match (&front.compression, negotiation) {
+        (Some(c), Some((method, ae))) => front.log.wrap(c.apply(&method, ae.as_ref(), resp), rec),
+        _ => front.log.wrap(resp, rec),
+    })
 }
 
 async fn stages(

@@ -17,6 +17,8 @@
 //!   fairness key), before the body is read.
 //! - [`cache`]: the cache stage (NGINX's `uwsgi_cache`): a fresh entry answers here;
 //!   otherwise what comes back is stored, refreshed, or replaced by a stale copy.
+//! - [`compression`]: the compression stage (NGINX's `gzip`, with brotli and zstd) on the
+//!   HTTP listener's response side, after the cache's and before the access log's wrapping.
 //! - [`request_body`]: the body stage (limits, buffering small bodies whole).
 //! - [`dispatch`]: the route slot, the queue and the backend, up to the response head;
 //!   shared by both listeners.
@@ -39,6 +41,7 @@ pub mod admin;
 pub mod backend;
 pub mod cache;
 pub mod cli;
+pub mod compression;
 pub mod conn_io;
 pub mod dispatch;
 pub mod environ;

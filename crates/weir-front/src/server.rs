@@ -195,6 +195,10 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         routes,
         limits,
         cache,
+        compression: config
+            .compression
+            .as_ref()
+            .map(crate::compression::Compression::new),
         trusted: TrustedProxies::new(&srv.trusted_proxies),
         log: Arc::new(AccessLog::new(sink)),
         retry_after: config.queue.retry_after,
