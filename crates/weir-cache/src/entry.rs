@@ -49,6 +49,28 @@ pub struct Entry {
     /// The body.
     #[serde(skip)]
     pub body: Bytes,
+    /// Compressed copies of the body, made on first use for clients that accept a coding
+    /// (weir-front's compression stage) and kept as long as the entry is in memory; not
+    /// part of the byte form.
+    #[serde(skip)]
+    pub encoded: Encodings,
+}
+
+/// An entry's compressed copies, one slot per content coding.
+#[derive(Debug, Clone, Default)]
+pub struct Encodings([std::sync::OnceLock<Bytes>; 4]);
+
+impl Encodings {
+    /// The copy in `slot` (0 to 3, one per coding), made by `make` if it is not yet;
+    /// `None` when `make` fails (nothing is kept then).
+    pub fn get_or_make(&self, slot: usize, make: impl FnOnce() -> Option<Bytes>) -> Option<Bytes> {
+        let cell = self.0.get(slot)?;
+        if let Some(b) = cell.get() {
+            return Some(b.clone());
+        }
+        let b = make()?;
+        Some(cell.get_or_init(|| b).clone())
+    }
 }
 
 /// The marker stored under a cache key whose response varies: the request headers its
@@ -132,8 +154,9 @@ impl Stored {
         Duration::from_millis(self.useless_after_ms().saturating_sub(unix_ms(now)))
     }
 
-    /// About how many bytes it takes in memory (the body, the headers twice: ours and the
-    /// policy's copy, and the keys), for the tiers' byte bounds.
+    /// About how many bytes it takes in memory (the body and an allowance for its
+    /// compressed copies, the headers twice: ours and the policy's copy, and the keys), for
+    /// the tiers' byte bounds.
     pub fn weight(&self) -> usize {
         const OVERHEAD: usize = 256;
         match self {
@@ -143,7 +166,9 @@ impl Stored {
                     .iter()
                     .map(|(k, v)| k.as_str().len() + v.len() + 16)
                     .sum();
-                OVERHEAD + e.key.len() + e.uri.len() + e.body.len() + 2 * headers
+                // Half the body again for its compressed copies (a text body compresses
+                // to a fifth or less, and a client population uses one or two codings).
+                OVERHEAD + e.key.len() + e.uri.len() + e.body.len() * 3 / 2 + 2 * headers
             }
             Stored::Vary(v) => {
                 OVERHEAD
@@ -319,6 +344,7 @@ pub(crate) mod tests {
             useless_after_ms: until,
             fresh_until_ms: until,
             body,
+            encoded: Default::default(),
         }))
     }
 

@@ -531,7 +531,7 @@ impl BackgroundUpdate {
 /// An answer made from an entry: a 304 when the client's conditionals match it, else the
 /// entry (hyper leaves the body out for a HEAD), with its Age and `Cache-Status`.
 fn answer(
-    entry: &Entry,
+    entry: &Arc<Entry>,
     client: &HeaderMap,
     now: SystemTime,
     cache_status: &str,
@@ -556,8 +556,14 @@ fn answer(
     *r.headers_mut() = entry.headers.clone();
     r.headers_mut().insert(AGE, age);
     r.headers_mut().insert(CACHE_STATUS, status);
+    // The compression stage keeps its compressed copy of this body in the entry.
+    r.extensions_mut().insert(CachedBody(entry.clone()));
     r
 }
+
+/// On an answer made from an entry: the entry, whose body the answer is.
+#[derive(Clone)]
+pub struct CachedBody(pub Arc<Entry>);
 
 /// RFC 9211's field.
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -778,6 +784,7 @@ fn store(
         useless_after_ms: useless_after(now, ttl + plan.route.stale_keep(&parts.headers)),
         fresh_until_ms: useless_after(now, ttl),
         body,
+        encoded: Default::default(),
     };
     fc.tiers.store(
         &plan.key,
@@ -824,13 +831,14 @@ fn revalidated(
         useless_after_ms: useless_after(now, ttl + plan.route.stale_keep(&old.headers)),
         fresh_until_ms: useless_after(now, ttl),
         body: old.body.clone(),
+        encoded: Default::default(),
     };
     plan.note(Outcome::Revalidated, rec);
     let answer_status = format!(
         "weir; fwd=stale; fwd-status=304; stored; ttl={}",
         ttl.as_secs()
     );
-    let r = answer(&entry, &plan.client, now, &answer_status);
+    let r = answer(&Arc::new(entry.clone()), &plan.client, now, &answer_status);
     fc.tiers.store(
         &plan.key,
         freshness::vary_names(&entry.headers),
@@ -933,6 +941,7 @@ impl StreamFill {
             useless_after_ms: self.useless_after_ms,
             fresh_until_ms: self.fresh_until_ms,
             body,
+            encoded: Default::default(),
         };
         let vary = freshness::vary_names(&entry.headers);
         self.tiers.store(&self.key, vary, &self.req_headers, entry);

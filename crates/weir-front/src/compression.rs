@@ -133,9 +133,19 @@ impl Compression {
         if *method == Method::HEAD {
             return Response::from_parts(parts, Encoded::Identity(body));
         }
+        // An answer from the response cache: its entry keeps one compressed copy per coding.
+        let cached = parts.extensions.remove::<crate::cache::CachedBody>();
         let body = match body {
             ResponseBody::Full(Some(b)) if b.len() <= INLINE_MAX => {
-                match self.compress_whole(alg, &b) {
+                let z = match &cached {
+                    Some(c) if c.0.body.as_ptr() == b.as_ptr() && c.0.body.len() == b.len() => {
+                        c.0.encoded.get_or_make(alg as usize, || {
+                            self.compress_whole(alg, &b).ok().map(Bytes::from)
+                        })
+                    }
+                    _ => self.compress_whole(alg, &b).ok().map(Bytes::from),
+                };
+                match z.ok_or(()) {
                     Ok(z) => {
                         h.insert(CONTENT_LENGTH, HeaderValue::from(z.len()));
                         Encoded::Identity(ResponseBody::full(z))
