@@ -7,6 +7,7 @@
 //!   (`HOST:PORT` or `unix:PATH`).
 //! - [`template`]: NGINX-style key templates (`"$remote_addr:$uri"`), parsed once for
 //!   validation here and evaluation in weir-limits.
+//! - [`static_files`]: `[[static]]`, directories the front door serves itself.
 //! - this file: the sections (`[server]`, `[app]`, `[queue]`, `[limit_req.NAME]`,
 //!   `[limit_conn.NAME]`, `[limits]`, `[cache]`), [`Config::load`], [`Config::validate`].
 //!
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod static_files;
 pub mod template;
 pub mod units;
 
@@ -27,6 +29,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+pub use static_files::StaticConfig;
 pub use template::{parse_template, Segment, Var};
 pub use units::{ListenAddr, Rate, Seconds, Size};
 
@@ -94,6 +97,9 @@ pub struct Config {
     /// The response cache's storage (`[cache]`); absent: nothing is cached. Which routes
     /// are cached, and how, is each route's `[route.cache]`.
     pub cache: Option<CacheConfig>,
+    /// Directories the front door serves itself (`[[static]]`, [`static_files`]).
+    #[serde(rename = "static")]
+    pub statics: Vec<StaticConfig>,
 }
 
 /// The status a limit answers with unless its zone says otherwise (NGINX's is 503).
@@ -988,6 +994,7 @@ impl Config {
         }
         self.validate_limits()?;
         self.validate_cache()?;
+        static_files::validate(&self.statics)?;
         if let Some(ListenAddr::Tcp(a)) = &self.admin.listen {
             if self
                 .server

@@ -21,6 +21,8 @@ pub struct Front {
     pub limits: crate::limit::FrontLimits,
     /// The response cache (`[cache]`).
     pub cache: Option<crate::cache::FrontCache>,
+    /// Directories served by the front door (`[[static]]`).
+    pub statics: Option<crate::static_files::FrontStatic>,
     /// Trusted proxies.
     pub trusted: TrustedProxies,
     /// Access log and metrics.

@@ -17,6 +17,8 @@
 //!   fairness key), before the body is read.
 //! - [`cache`]: the cache stage (NGINX's `uwsgi_cache`): a fresh entry answers here;
 //!   otherwise what comes back is stored, refreshed, or replaced by a stale copy.
+//! - [`static_files`]: the static stage (`[[static]]`): files under a prefix answered by
+//!   the front door from a directory, never from outside it, without a worker.
 //! - [`request_body`]: the body stage (limits, buffering small bodies whole).
 //! - [`dispatch`]: the route slot, the queue and the backend, up to the response head;
 //!   shared by both listeners.
@@ -54,4 +56,5 @@ pub mod request_body;
 pub mod request_id;
 pub mod route;
 pub mod server;
+pub mod static_files;
 pub mod uwsgi_listener;
