@@ -7,6 +7,7 @@
 //!   (`HOST:PORT` or `unix:PATH`).
 //! - [`template`]: NGINX-style key templates (`"$remote_addr:$uri"`), parsed once for
 //!   validation here and evaluation in weir-limits.
+//! - [`static_files`]: `[[static]]`, directories the front door serves itself.
 //! - this file: the sections (`[server]`, `[app]`, `[queue]`, `[limit_req.NAME]`,
 //!   `[limit_conn.NAME]`, `[limits]`, `[cache]`), [`Config::load`], [`Config::validate`].
 //!
@@ -18,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod compression;
+pub mod static_files;
 pub mod template;
 pub mod units;
 
@@ -29,6 +31,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 pub use compression::{Algorithm, CompressionConfig};
+pub use static_files::StaticConfig;
 pub use template::{parse_template, Segment, Var};
 pub use units::{ListenAddr, Rate, Seconds, Size};
 
@@ -99,6 +102,9 @@ pub struct Config {
     /// Response compression (`[compression]`, NGINX's `gzip`); absent: nothing is
     /// compressed.
     pub compression: Option<CompressionConfig>,
+    /// Directories the front door serves itself (`[[static]]`, [`static_files`]).
+    #[serde(rename = "static")]
+    pub statics: Vec<StaticConfig>,
 }
 
 /// The status a limit answers with unless its zone says otherwise (NGINX's is 503).
@@ -996,6 +1002,7 @@ impl Config {
         if let Some(c) = &self.compression {
             c.validate()?;
         }
+        static_files::validate(&self.statics)?;
         if let Some(ListenAddr::Tcp(a)) = &self.admin.listen {
             if self
                 .server

@@ -38,7 +38,7 @@ impl fmt::Display for Seconds {
     }
 }
 
-/// Parses a duration: a number with an optional unit (ms, s, m, h; default seconds).
+/// Parses a duration: a number with an optional unit (ms, s, m, h, d; default seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t
@@ -54,9 +54,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "us" | "µs" => 1e-6,
         "m" | "min" => 60.0,
         "h" => 3600.0,
+        "d" => 86400.0,
         other => {
             return Err(format!(
-                "{s:?} has an unknown unit {other:?} (use ms, s, m or h)"
+                "{s:?} has an unknown unit {other:?} (use ms, s, m, h or d)"
             ))
         }
     };
@@ -409,6 +410,10 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("3 days").is_err());
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
     }
 
     #[test]

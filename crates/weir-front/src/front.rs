@@ -23,6 +23,8 @@ pub struct Front {
     pub cache: Option<crate::cache::FrontCache>,
     /// Response compression (`[compression]`; the HTTP listener only).
     pub compression: Option<crate::compression::Compression>,
+    /// Directories served by the front door (`[[static]]`).
+    pub statics: Option<crate::static_files::FrontStatic>,
     /// Trusted proxies.
     pub trusted: TrustedProxies,
     /// Access log and metrics.

@@ -2,8 +2,9 @@
 //! of the request path in order; each either passes the request on or ends it with a
 //! [`Rejection`]:
 //!
-//! identity ([`crate::identity`]) -> head checks -> route ([`crate::route`]) -> body
-//! ([`crate::request_body`]: limits, buffering) -> packet ([`crate::environ`]) -> route
+//! identity ([`crate::identity`]) -> head checks -> route ([`crate::route`]) -> limits
+//! ([`crate::limit`]) -> static files ([`crate::static_files`]: answered here) -> cache
+//! ([`crate::cache`]) -> body ([`crate::request_body`]: limits, buffering) -> packet ([`crate::environ`]) -> route
 //! slot, queue, worker or upstream ([`crate::dispatch`]) -> response head; the access log
 //! line is written when the body is done ([`crate::access_log`]).
 
@@ -168,6 +169,13 @@ async fn stages(
         let view = crate::limit::HttpView::new(&parts, id.client, id.scheme);
         crate::limit::check(front, route, &view, &conn.watch, rec).await?;
         fair_key = front.limits.fair_key(&view);
+    }
+
+    // Static files: answered here from their directory, never by a worker.
+    if let Some(st) = &front.statics {
+        if let Some(mount) = st.find(parts.uri.path()) {
+            return crate::static_files::serve(st, mount, &parts, &id.request_id).await;
+        }
     }
 
     // The cache: a fresh entry answers here; otherwise a plan for the response.

@@ -19,6 +19,8 @@
 //!   otherwise what comes back is stored, refreshed, or replaced by a stale copy.
 //! - [`compression`]: the compression stage (NGINX's `gzip`, with brotli and zstd) on the
 //!   HTTP listener's response side, after the cache's and before the access log's wrapping.
+//! - [`static_files`]: the static stage (`[[static]]`): files under a prefix answered by
+//!   the front door from a directory, never from outside it, without a worker.
 //! - [`request_body`]: the body stage (limits, buffering small bodies whole).
 //! - [`dispatch`]: the route slot, the queue and the backend, up to the response head;
 //!   shared by both listeners.
@@ -57,4 +59,5 @@ pub mod request_body;
 pub mod request_id;
 pub mod route;
 pub mod server;
+pub mod static_files;
 pub mod uwsgi_listener;

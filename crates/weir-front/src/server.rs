@@ -50,6 +50,9 @@ pub enum ServeError {
     /// The cache cannot start (its disk directory cannot be used).
     #[error(transparent)]
     Cache(#[from] weir_cache::CacheError),
+    /// A `[[static]]` root cannot be used (it names `static[N].root`).
+    #[error("invalid config: {0}")]
+    Static(String),
     /// weir cannot find its own executable to start workers.
     #[error("cannot find weir's own executable to start workers: {0}")]
     Exe(std::io::Error),
@@ -62,9 +65,10 @@ impl ServeError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ServeError::Pool(SupervisorError::AppImport(_)) => crate::cli::EXIT_CONFIG,
-            ServeError::AccessLog(..) | ServeError::Limits(_) | ServeError::Cache(_) => {
-                crate::cli::EXIT_CONFIG
-            }
+            ServeError::AccessLog(..)
+            | ServeError::Limits(_)
+            | ServeError::Cache(_)
+            | ServeError::Static(_) => crate::cli::EXIT_CONFIG,
             _ => 1,
         }
     }
@@ -189,6 +193,8 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         Some(c) => Some(crate::cache::FrontCache::open(c).await?),
         None => None,
     };
+    let statics =
+        crate::static_files::FrontStatic::new(&config.statics).map_err(ServeError::Static)?;
     let srv = &config.server;
     let front = Arc::new(Front {
         backend,
@@ -199,6 +205,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             .compression
             .as_ref()
             .map(crate::compression::Compression::new),
+        statics,
         trusted: TrustedProxies::new(&srv.trusted_proxies),
         log: Arc::new(AccessLog::new(sink)),
         retry_after: config.queue.retry_after,
