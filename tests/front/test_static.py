@@ -114,6 +114,7 @@ def test_files_with_mime_types_validators_and_expires_never_reach_a_worker(front
     lines = [json.loads(x) for x in log.read_text().splitlines()]
     css = [x for x in lines if x["path"] == "/static/css/site.css"]
     assert css and css[0]["status"] == 200 and css[0]["error"] is None and css[0]["bytes"] == len(CSS), css
+    assert css[0].get("static") is True, css
 
 
 def test_a_changed_file_is_served_new(front, site):

@@ -6,8 +6,8 @@
 //! compressed when the compression stage compressed them),
 //! `queue_ms` (waiting for a route slot and a worker), `worker_ms` (worker until the
 //! response head), `send_ms` (head to last byte), `total_ms`, `cache` on a cached route
-//! (what the cache did: hit, miss, expired, stale, updating, revalidated, bypass), and
-//! `aborted` when the body was cut.
+//! (what the cache did: hit, miss, expired, stale, updating, revalidated, bypass), `static`
+//! (true) when a `[[static]]` file answered, and `aborted` when the body was cut.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -107,6 +107,8 @@ pub struct Record {
     pub limit_rate: (u64, u64),
     /// What the cache did (a cached route only).
     pub cache: Option<crate::cache::Outcome>,
+    /// Answered by the static stage (`[[static]]`), from a file.
+    pub static_file: bool,
 }
 
 /// What a limit did to a request, for its log line: `zone` and `outcome`
@@ -141,6 +143,7 @@ impl Record {
             conn_slots: None,
             limit_rate: (0, 0),
             cache: None,
+            static_file: false,
         }
     }
 }
@@ -246,6 +249,9 @@ impl AccessLog {
             line.push_str(",\"cache\":\"");
             line.push_str(c.as_str());
             line.push('"');
+        }
+        if rec.static_file {
+            line.push_str(",\"static\":true");
         }
         if aborted {
             line.push_str(",\"aborted\":true");

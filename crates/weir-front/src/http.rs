@@ -174,6 +174,7 @@ async fn stages(
     // Static files: answered here from their directory, never by a worker.
     if let Some(st) = &front.statics {
         if let Some(mount) = st.find(parts.uri.path()) {
+            rec.static_file = true;
             return crate::static_files::serve(st, mount, &parts, &id.request_id).await;
         }
     }
