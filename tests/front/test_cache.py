@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 import time
 
@@ -471,3 +472,26 @@ def test_use_stale_answers_when_the_queue_refuses(front):
     assert r.status == 200 and r.body == first.body, r
     assert "fwd=stale" in status_of(r) and "fwd-status=503" in status_of(r), r.headers
     assert hold.join().status == 200
+
+
+@pytest.mark.skipif(subprocess.run(["which", "curl"], capture_output=True).returncode != 0, reason="no curl")
+def test_curl_revalidates_against_the_cache(front, tmp_path):
+    """curl, a client no one here wrote: --etag-save / --etag-compare and -z send the
+    conditionals a browser would; the cache answers 304 itself, the app is asked once."""
+    f = front(config=config(), workers=1, admin=True)
+    url = "http://%s/curl/cached?etag=c1&lm=Mon%%2C%%2001%%20Jan%%202024%%2000%%3A00%%3A00%%20GMT" % f.addr.host_header
+    etag = tmp_path / "etag"
+
+    def curl(*args):
+        p = subprocess.run(["curl", "-sS", "--max-time", "20", "-o", os.devnull, "-w", "%{http_code}", *args],
+                           capture_output=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        return p.stdout.decode()
+    assert curl("--etag-save", str(etag), url) == "200"
+    assert etag.read_text().strip() == '"c1"'
+    assert curl("--etag-compare", str(etag), url) == "304"
+    stamp = tmp_path / "stamp"
+    stamp.write_text("x")
+    os.utime(stamp, (1704153600, 1704153600))  # 2024-01-02: after the entry's Last-Modified
+    assert curl("-z", str(stamp), url) == "304"
+    assert len(app_calls(f)) == 1
