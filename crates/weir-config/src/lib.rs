@@ -243,6 +243,11 @@ pub struct RouteConfig {
     pub limit_rate_after: Option<Size>,
     /// Cache this route's responses (`[route.cache]`; needs a `[cache]` section).
     pub cache: Option<RouteCacheConfig>,
+    /// Buffer the answers (the default, `true`): read ahead of the client into memory and
+    /// a temp file so the worker is freed. `false`: streamed answers (server-sent events,
+    /// downloads that must start at once) go through as the app yields them, the worker
+    /// held until the client takes them (NGINX's `proxy_buffering off`).
+    pub buffering: Option<bool>,
 }
 
 /// `[cache]`: where cached responses are kept, as NGINX's `uwsgi_cache_path` (`keys_zone`,
@@ -579,6 +584,21 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<String>,
     /// Access log: "stdout", "stderr", "off", or a file path. One JSON line per request.
     pub access_log: String,
+    /// Memory a response may be buffered in (NGINX's `proxy_buffers`, counted in bytes):
+    /// past it, the rest of a streamed answer spills to a temp file.
+    pub response_buffer: Size,
+    /// Memory every response together may be buffered in; past it, answers spill.
+    pub response_buffers_total: Size,
+    /// Where the temp files of spilled answers are made (unlinked at once). Unset: the
+    /// system's temp directory (`TMPDIR`, else /tmp).
+    pub temp_path: Option<PathBuf>,
+    /// Bytes one response may have on disk (NGINX's `proxy_max_temp_file_size`); past
+    /// memory and this, the worker is read only as fast as the client takes it. 0: no temp
+    /// files.
+    pub max_temp_file_size: Size,
+    /// A client that takes no byte of its answer for this long is dropped (NGINX's
+    /// `send_timeout`), logged `client-timeout`.
+    pub send_timeout: Seconds,
 }
 
 impl Default for ServerConfig {
@@ -595,6 +615,11 @@ impl Default for ServerConfig {
             client_body_timeout: Seconds::from_secs(30),
             trusted_proxies: Vec::new(),
             access_log: "stdout".to_owned(),
+            response_buffer: Size::from_bytes(256 << 10),
+            response_buffers_total: Size::from_bytes(64 << 20),
+            temp_path: None,
+            max_temp_file_size: Size::from_bytes(1 << 30),
+            send_timeout: Seconds::from_secs(60),
         }
     }
 }
@@ -936,6 +961,36 @@ impl Config {
         }
         for p in &srv.trusted_proxies {
             units::parse_cidr(p).map_err(|e| ConfigError::invalid("server.trusted_proxies", e))?;
+        }
+        if srv.response_buffer.bytes() < 4096 {
+            return Err(ConfigError::invalid(
+                "server.response_buffer",
+                "must be at least 4KiB",
+            ));
+        }
+        if srv.response_buffers_total < srv.response_buffer {
+            return Err(ConfigError::invalid(
+                "server.response_buffers_total",
+                format!(
+                    "{} bytes is less than server.response_buffer ({} bytes)",
+                    srv.response_buffers_total.bytes(),
+                    srv.response_buffer.bytes()
+                ),
+            ));
+        }
+        if srv.send_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "server.send_timeout",
+                "must be more than 0",
+            ));
+        }
+        if let Some(dir) = &srv.temp_path {
+            if !dir.is_dir() {
+                return Err(ConfigError::invalid(
+                    "server.temp_path",
+                    format!("{} is not a directory", dir.display()),
+                ));
+            }
         }
         if let Some(t) = srv.request_timeout {
             if t.is_zero() {
@@ -1309,6 +1364,36 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s, Path::new("weir.toml"))
+    }
+
+    #[test]
+    fn response_buffering_defaults_are_safe_and_checked() {
+        let c = parse("[app]\nmodule = \"app:app\"\n").unwrap();
+        let srv = &c.server;
+        assert_eq!(srv.response_buffer.bytes(), 256 << 10);
+        assert_eq!(srv.response_buffers_total.bytes(), 64 << 20);
+        assert_eq!(srv.max_temp_file_size.bytes(), 1 << 30);
+        assert_eq!(srv.send_timeout.as_duration(), Duration::from_secs(60));
+        assert!(srv.temp_path.is_none());
+        c.validate().unwrap();
+        for (text, key) in [
+            ("response_buffer = \"1KiB\"", "server.response_buffer"),
+            (
+                "response_buffers_total = \"128KiB\"",
+                "server.response_buffers_total",
+            ),
+            ("send_timeout = \"0s\"", "server.send_timeout"),
+            ("temp_path = \"/nonexistent/weir\"", "server.temp_path"),
+        ] {
+            let c = parse(&format!("[server]\n{text}\n[app]\nmodule = \"app:app\"\n")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let c = parse(
+            "[app]\nmodule = \"app:app\"\n[[route]]\npath = \"/events\"\nbuffering = false\n",
+        )
+        .unwrap();
+        assert_eq!(c.route[0].buffering, Some(false));
     }
 
     #[test]

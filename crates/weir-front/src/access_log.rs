@@ -175,6 +175,7 @@ impl AccessLog {
             aborted: gone,
             head_at,
             log: self.clone(),
+            send_timeout: None,
         })
     }
 
@@ -272,6 +273,16 @@ pub struct Logged {
     aborted: bool,
     head_at: Instant,
     log: Arc<AccessLog>,
+    /// Set when the client was dropped by `send_timeout` (see `crate::gate`).
+    send_timeout: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl Logged {
+    /// The line says `client-timeout` if `flag` is set when the body is dropped (the
+    /// connection's `send_timeout` fired).
+    pub fn mark_send_timeout(&mut self, flag: Arc<std::sync::atomic::AtomicBool>) {
+        self.send_timeout = Some(flag);
+    }
 }
 
 impl Body for Logged {
@@ -307,7 +318,12 @@ impl Body for Logged {
 
 impl Drop for Logged {
     fn drop(&mut self) {
-        if let Some(rec) = self.rec.take() {
+        if let Some(mut rec) = self.rec.take() {
+            if let Some(f) = &self.send_timeout {
+                if f.load(std::sync::atomic::Ordering::Acquire) && rec.class.is_none() {
+                    rec.class = Some(ErrorClass::ClientTimeout);
+                }
+            }
             // A body dropped before its end (client gone) counts as aborted.
             let aborted = self.aborted || !self.inner.is_end_stream();
             self.log.finish(&rec, self.bytes, aborted, self.head_at);

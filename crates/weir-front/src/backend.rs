@@ -145,6 +145,7 @@ impl Dispatch for Pool {
             body_timeout: front.body_timeout,
             service: Some(route.service.clone()),
             fair_key: job.fair_key,
+            spool: route.buffering.then(|| front.spool.clone()),
         };
         // Waiting for a worker. The worker that frees starts the request itself.
         let started = tokio::select! {

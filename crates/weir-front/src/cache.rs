@@ -700,7 +700,7 @@ pub(crate) fn after(
             store(fc, &plan, &parts, policy, ttl, Bytes::new(), now);
             ResponseBody::Empty
         }
-        (Some((policy, ttl)), ResponseBody::Stream(rx)) => {
+        (Some((policy, ttl)), body @ (ResponseBody::Stream(_) | ResponseBody::Spooled(_))) => {
             status.push_str("; stored");
             // Stored when the body has all come, if it stays within a tenth of memory.
             let filler = StreamFill {
@@ -716,7 +716,7 @@ pub(crate) fn after(
                 fill: plan.fill.take(),
                 max: fc.max_entry,
             };
-            ResponseBody::Stream(filler.tee(rx))
+            ResponseBody::Stream(filler.tee(body))
         }
         (Some(_), body) => body,
     };
@@ -892,12 +892,18 @@ impl StreamFill {
     /// Passes the chunks on to the client and keeps a copy; stores it at the body's normal
     /// end. A client that leaves does not stop the copy (the fill completes for the
     /// requests waiting on it); a body over `max`, or one that fails, is not stored.
-    fn tee(self, mut rx: Chunks) -> Chunks {
+    fn tee(self, mut body: ResponseBody) -> Chunks {
         let (tx, out) = mpsc::channel(4);
         tokio::spawn(async move {
             let mut copy = Some(BytesMut::new());
             let mut client = Some(tx);
-            while let Some(chunk) = rx.recv().await {
+            loop {
+                let chunk = match &mut body {
+                    ResponseBody::Stream(rx) => rx.recv().await,
+                    ResponseBody::Spooled(rx) => rx.recv().await,
+                    _ => None,
+                };
+                let Some(chunk) = chunk else { break };
                 let end = matches!(&chunk, Ok(b) if b.is_empty());
                 match &chunk {
                     Ok(b) => {

@@ -39,6 +39,11 @@ pub struct Front {
     pub header_timeout: Duration,
     /// `[server] client_body_timeout`.
     pub body_timeout: Duration,
+    /// `[server] send_timeout`: a client that takes no byte for this long is dropped.
+    pub send_timeout: Duration,
+    /// Bounded response buffering (`[server] response_buffer`, `response_buffers_total`,
+    /// `temp_path`, `max_temp_file_size`): the spools of streamed answers.
+    pub spool: weir_response::Spooler,
     /// Whether `[app] ready_check` is set.
     pub has_ready_check: bool,
     /// The last ready_check result: (when, passed, message).

@@ -15,11 +15,17 @@
 //! 413, say), the gate reads and drops what the client still sends for a moment before
 //! closing (NGINX's `lingering_close`): closing a socket with unread input sends a reset,
 //! which can destroy the answer before the client reads it.
+//!
+//! The write side enforces `[server] send_timeout` (NGINX's): a write that makes no
+//! progress for that long (the client takes nothing) fails, so hyper drops the connection
+//! and with it the response body, its buffered memory and its temp file; the connection's
+//! `stalled` flag marks the request's log line `client-timeout`.
 
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -76,6 +82,12 @@ pub struct GatedIo<S> {
     linger: Option<Pin<Box<Sleep>>>,
     lingered: usize,
     linger_done: bool,
+    /// `[server] send_timeout`, the timer of the write that waits now (armed while a
+    /// write makes no progress), and the flag set when it fires.
+    send_timeout: Option<Duration>,
+    stall: Option<Pin<Box<Sleep>>>,
+    stall_armed: bool,
+    stalled: Arc<AtomicBool>,
 }
 
 impl<S> GatedIo<S> {
@@ -98,7 +110,51 @@ impl<S> GatedIo<S> {
             linger: None,
             lingered: 0,
             linger_done: false,
+            send_timeout: None,
+            stall: None,
+            stall_armed: false,
+            stalled: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Drops the connection when a write makes no progress for `limit` (the client takes
+    /// nothing), setting `stalled` first.
+    pub fn send_timeout(mut self, limit: Duration, stalled: Arc<AtomicBool>) -> Self {
+        self.send_timeout = Some(limit);
+        self.stalled = stalled;
+        self
+    }
+
+    /// A write returned: progress (the timer is disarmed) or pending (the timer runs; once
+    /// it fires, the write fails with `TimedOut`).
+    fn watch_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let Some(limit) = self.send_timeout else {
+            return r;
+        };
+        if r.is_ready() {
+            self.stall_armed = false;
+            return r;
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        let timer = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.stall_armed {
+            timer.as_mut().reset(deadline);
+            self.stall_armed = true;
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            self.stalled.store(true, Ordering::Release);
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client took nothing for {limit:?} (send_timeout)"),
+            )));
+        }
+        Poll::Pending
     }
 
     /// Runs the framer over the unchecked bytes.
@@ -197,27 +253,33 @@ impl<S: AsyncRead + Unpin> AsyncRead for GatedIo<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GatedIo<S> {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.watch_write(cx, r)
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.watch_write(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        this.watch_write(cx, r)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -260,5 +322,59 @@ impl<S> Drop for GatedIo<S> {
     fn drop(&mut self) {
         // The connection ended before the answer was all written (the client left).
         self.log_refused();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access_log::Sink;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn gated(
+        io: tokio::io::DuplexStream,
+        flag: &Arc<AtomicBool>,
+    ) -> GatedIo<tokio::io::DuplexStream> {
+        let refusals = RefusalLog {
+            log: Arc::new(AccessLog::new(Sink::Off)),
+            peer: None,
+        };
+        GatedIo::new(io, 1024, refusals).send_timeout(Duration::from_secs(1), flag.clone())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_makes_no_progress_for_send_timeout_fails_and_marks_the_connection() {
+        let (server, _client) = tokio::io::duplex(16);
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut io = gated(server, &flag);
+        io.write_all(&[0; 16]).await.unwrap();
+        let t0 = tokio::time::Instant::now();
+        let e = io.write_all(&[0; 1]).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(t0.elapsed(), Duration::from_secs(1));
+        assert!(flag.load(Ordering::Acquire));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_client_that_keeps_taking_bytes_is_not_dropped() {
+        let (server, mut client) = tokio::io::duplex(16);
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut io = gated(server, &flag);
+        // The client takes 8 bytes every 900 ms: each write waits less than send_timeout,
+        // though the whole answer takes far longer.
+        let reader = tokio::spawn(async move {
+            let mut buf = [0; 8];
+            let mut got = 0;
+            while got < 256 {
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                got += client.read(&mut buf).await.unwrap();
+            }
+            got
+        });
+        let t0 = tokio::time::Instant::now();
+        io.write_all(&[0; 256]).await.unwrap();
+        assert!(t0.elapsed() > Duration::from_secs(20));
+        assert!(!flag.load(Ordering::Acquire));
+        assert_eq!(reader.await.unwrap(), 256);
     }
 }

@@ -9,6 +9,7 @@
 //! line is written when the body is done ([`crate::access_log`]).
 
 use std::convert::Infallible;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use weir_errors::ErrorClass;
@@ -58,6 +59,9 @@ pub async fn serve_connection<S>(
     let conn = Arc::new(conn);
     let peer = conn.peer.map(|p| p.ip());
     let log = front.log.clone();
+    // Set when the client took nothing for send_timeout: the connection is dropped and
+    // the request it was answering is logged `client-timeout`.
+    let stalled = Arc::new(AtomicBool::new(false));
     let io = GatedIo::new(
         io,
         front.max_header_size,
@@ -65,8 +69,18 @@ pub async fn serve_connection<S>(
             log: log.clone(),
             peer,
         },
-    );
-    let svc = service_fn(move |req| handle(front.clone(), conn.clone(), req));
+    )
+    .send_timeout(front.send_timeout, stalled.clone());
+    let svc = service_fn(move |req| {
+        let (front, conn, stalled) = (front.clone(), conn.clone(), stalled.clone());
+        async move {
+            let mut resp = handle(front, conn, req).await;
+            if let Ok(r) = &mut resp {
+                r.body_mut().mark_send_timeout(stalled);
+            }
+            resp
+        }
+    });
     let connection = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(connection);
     let draining = tokio::select! {

@@ -28,6 +28,8 @@ pub struct Route {
     pub service: Arc<ServiceTime>,
     /// Its `[route.cache]`, when its answers are cached.
     pub cache: Option<Arc<crate::cache::RouteCache>>,
+    /// Its `buffering` (default true): streamed answers go through the spool.
+    pub buffering: bool,
 }
 
 /// The route table, longest prefix first, plus the defaults for everything else.
@@ -70,6 +72,7 @@ impl Routes {
                         Some(c) => Some(Arc::new(crate::cache::RouteCache::new(i, c)?)),
                         None => None,
                     },
+                    buffering: r.buffering.unwrap_or(true),
                 })
             })
             .collect::<Result<_, weir_limits::LimitsError>>()?;
@@ -84,6 +87,7 @@ impl Routes {
                 service: Arc::default(),
                 limits: weir_limits::RouteLimits::default(),
                 cache: None,
+                buffering: true,
             },
         })
     }

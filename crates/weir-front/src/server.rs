@@ -53,6 +53,9 @@ pub enum ServeError {
     /// A `[[static]]` root cannot be used (it names `static[N].root`).
     #[error("invalid config: {0}")]
     Static(String),
+    /// `[server] temp_path` cannot hold temp files.
+    #[error("invalid config: server.temp_path: cannot make a temp file in {0}: {1}")]
+    TempPath(String, std::io::Error),
     /// weir cannot find its own executable to start workers.
     #[error("cannot find weir's own executable to start workers: {0}")]
     Exe(std::io::Error),
@@ -68,7 +71,8 @@ impl ServeError {
             ServeError::AccessLog(..)
             | ServeError::Limits(_)
             | ServeError::Cache(_)
-            | ServeError::Static(_) => crate::cli::EXIT_CONFIG,
+            | ServeError::Static(_)
+            | ServeError::TempPath(..) => crate::cli::EXIT_CONFIG,
             _ => 1,
         }
     }
@@ -137,6 +141,21 @@ fn queue_policy(queue: &weir_config::QueueConfig, capacity: usize) -> weir_queue
     }
 }
 
+/// `[server]`'s response buffering; checks that `temp_path` can hold temp files.
+pub fn spooler(srv: &weir_config::ServerConfig) -> Result<weir_response::Spooler, ServeError> {
+    let temp_path = srv
+        .temp_path
+        .clone()
+        .unwrap_or_else(weir_response::spool::default_temp_path);
+    weir_response::Spooler::new(weir_response::SpoolConfig {
+        response_buffer: srv.response_buffer.bytes() as usize,
+        buffers_total: srv.response_buffers_total.bytes() as usize,
+        max_temp_file_size: srv.max_temp_file_size.bytes(),
+        temp_path: temp_path.clone(),
+    })
+    .map_err(|e| ServeError::TempPath(temp_path.display().to_string(), e))
+}
+
 /// Longest wait at start-up for the limits store (Redis) before serving anyway.
 const LIMITS_STORE_WARMUP: Duration = Duration::from_secs(1);
 
@@ -161,6 +180,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     };
     let sink = Sink::open(&config.server.access_log)
         .map_err(|e| ServeError::AccessLog(config.server.access_log.clone(), e))?;
+    let spool = spooler(&config.server)?;
     let (supervisor, backend) = match &config.upstream {
         Some(u) => {
             let policy = queue_policy(&config.queue, u.max_conns * u.servers.len());
@@ -213,6 +233,8 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         max_body_size: srv.max_body_size.bytes(),
         header_timeout: srv.client_header_timeout.as_duration(),
         body_timeout: srv.client_body_timeout.as_duration(),
+        send_timeout: srv.send_timeout.as_duration(),
+        spool,
         has_ready_check: config.app.ready_check.is_some(),
         last_ready: std::sync::Mutex::new(None),
     });

@@ -20,7 +20,7 @@ use crate::error::{ClientBodyError, DispatchError};
 use crate::pool::{Lease, Pool};
 use crate::request::{ClaimPending, HeadReply, RequestBody, WorkerRequest};
 use crate::slot::RestartReason;
-use weir_response::{BodyError, ResponseBody};
+use weir_response::{BodyError, ResponseBody, SpoolError, SpoolWriter, Spooler};
 
 /// How an exchange ended early.
 enum Ended {
@@ -36,14 +36,84 @@ enum Ended {
 /// See `run`: how long a request whose deadline passed before its exchange started gets.
 const LATE_START_GRACE: Duration = Duration::from_millis(500);
 
-/// Where the answer goes: first the head (with the body or a body channel), then, when
-/// streaming, chunks.
+/// Where the answer goes: first the head (with the body, or the body's sink), then, when
+/// the body streams, its chunks through the sink.
 struct Reply {
     head: Option<HeadReply>,
-    chunks: Option<mpsc::Sender<Result<Bytes, BodyError>>>,
+    /// Where a streamed body's chunks go; `None` before the body streams and once the
+    /// client is gone. Kept here (not in `read_response`) so that a worker killed mid-body
+    /// (harakiri) cuts the client's body only after the kill (`Reply::fail`).
+    sink: Option<Sink>,
+    /// The spool a streamed body goes through (`None`: the route has `buffering = false`).
+    spool: Option<Spooler>,
     /// When the request started on its worker, for a request that was offered (its wait
     /// ended then, not when its submitter was told): put on the head as [`StartedAt`].
     started_at: Option<Instant>,
+}
+
+/// Chunks of a streamed body on a route with `buffering = false` in flight at most: the
+/// worker is held until the client takes them.
+const UNBUFFERED_CHUNKS: usize = 4;
+
+/// The most body bytes read from the worker before they are handed on: a worker's frame
+/// can be 16 MiB (weir-uwsgi's `MAX_FRAME_LEN`), so frames are passed on in pieces.
+const PIECE: usize = 64 * 1024;
+
+/// A streamed body's way to the client: a spool (buffering on, the default) or a small
+/// channel (buffering off).
+enum Sink {
+    Spool(SpoolWriter),
+    Channel(mpsc::Sender<Result<Bytes, BodyError>>),
+}
+
+impl Sink {
+    /// Passes a chunk on; `false` once nobody takes the body (the client left, or its temp
+    /// file failed: the body is cut).
+    async fn send(&mut self, chunk: Bytes) -> bool {
+        match self {
+            Sink::Spool(w) => match w.send(chunk).await {
+                Ok(()) => true,
+                Err(SpoolError::Gone) => false,
+                Err(SpoolError::Io(e)) => {
+                    tracing::error!("response temp file failed, the response is cut: {e}");
+                    false
+                }
+            },
+            Sink::Channel(tx) => tx.send(Ok(chunk)).await.is_ok(),
+        }
+    }
+
+    /// The body's normal end.
+    async fn finish(self) {
+        match self {
+            Sink::Spool(w) => w.finish(),
+            Sink::Channel(tx) => {
+                let _ = tx.send(Ok(Bytes::new())).await;
+            }
+        }
+    }
+
+    /// The app failed mid-body.
+    async fn fail(self, e: BodyError) {
+        match self {
+            Sink::Spool(w) => w.fail(e),
+            Sink::Channel(tx) => {
+                let _ = tx.send(Err(e)).await;
+            }
+        }
+    }
+}
+
+impl Reply {
+    /// Sends a chunk to the client's body; once the client is gone, chunks are dropped and
+    /// the worker's answer is read to its end so the worker stays usable.
+    async fn send(&mut self, chunk: Bytes) {
+        if let Some(sink) = &mut self.sink {
+            if !sink.send(chunk).await {
+                self.sink = None;
+            }
+        }
+    }
 }
 
 /// On the response head of a request that was offered behind a busy worker (prefetch):
@@ -77,9 +147,9 @@ impl Reply {
             // The client may be gone; nobody to tell then.
             let _ = tx.send(Err(err));
         }
-        // After the head: dropping the chunk sender without the end marker makes the
-        // body fail, so the client's connection is cut rather than ended as if whole.
-        self.chunks = None;
+        // After the head: dropping the sink without the end marker makes the body fail,
+        // so the client's connection is cut rather than ended as if whole.
+        self.sink = None;
     }
 }
 
@@ -95,11 +165,6 @@ pub(crate) async fn run(
     claim_pending: Option<ClaimPending>,
     started_at: Option<Instant>,
 ) {
-    let mut out = Reply {
-        head: Some(reply),
-        chunks: None,
-        started_at,
-    };
     let WorkerRequest {
         mut packet,
         body,
@@ -109,7 +174,14 @@ pub(crate) async fn run(
         body_timeout,
         service,
         fair_key,
+        spool,
     } = req;
+    let mut out = Reply {
+        head: Some(reply),
+        sink: None,
+        spool,
+        started_at,
+    };
     // The worker's limit is harakiri or the request's deadline, whichever comes first. A
     // request whose deadline has passed before its exchange starts was offered behind
     // another (prefetch) and taken by its worker: if the worker took it late, it answers
@@ -150,6 +222,7 @@ pub(crate) async fn run(
                     body_timeout,
                     service,
                     fair_key,
+                    spool: out.spool.take(),
                 };
                 Some((u, req, head))
             }
@@ -355,11 +428,25 @@ async fn read_response(
         }
     }
 
-    let (tx, rx) = mpsc::channel(16);
-    *response.body_mut() = ResponseBody::Stream(rx);
-    let mut sink = out.answer(response).then_some(tx);
+    // The body streams: through the spool (read ahead of the client, bounded), or, with
+    // `buffering = false`, through a small channel (the worker paced by the client).
+    let sink = match &out.spool {
+        Some(spool) => {
+            let (w, r) = spool.spool();
+            *response.body_mut() = ResponseBody::Spooled(r);
+            Sink::Spool(w)
+        }
+        None => {
+            let (tx, rx) = mpsc::channel(UNBUFFERED_CHUNKS);
+            *response.body_mut() = ResponseBody::Stream(rx);
+            Sink::Channel(tx)
+        }
+    };
+    if out.answer(response) {
+        out.sink = Some(sink);
+    }
     for c in chunks {
-        send_chunk(&mut sink, Ok(c)).await;
+        out.send(c).await;
     }
     loop {
         let prefix = loop {
@@ -374,57 +461,51 @@ async fn read_response(
         rbuf.advance(frame::PREFIX_LEN);
         match prefix {
             Prefix::End => {
-                out.chunks = None;
-                send_chunk(&mut sink, Ok(Bytes::new())).await;
+                if let Some(sink) = out.sink.take() {
+                    sink.finish().await;
+                }
                 return Ok(());
             }
             Prefix::Abort => {
-                send_chunk(&mut sink, Err(BodyError::AppAborted)).await;
+                if let Some(sink) = out.sink.take() {
+                    sink.fail(BodyError::AppAborted).await;
+                }
                 return Ok(());
             }
             Prefix::Data(n) => {
-                while rbuf.len() < n {
-                    let need = n - rbuf.len();
-                    fill(rd, rbuf, need).await?;
-                }
-                let data = rbuf.split_to(n).freeze();
-                // Keep the sender reachable for `Reply::fail` if the worker dies next.
-                out.chunks = sink.clone();
-                let had_client = sink.is_some();
-                send_chunk(&mut sink, Ok(data)).await;
-                if had_client && sink.is_none() {
-                    // The client went away: ask the worker to stop the app's iterable
-                    // (it answers with ABORT), instead of running it to its end.
-                    // Requests offered behind this one are taken back first (served
-                    // elsewhere), so the worker can look past them to the CANCEL. If
-                    // the worker already took one, it has ended this response (it is
-                    // all in the socket): no CANCEL then, the rest is read to its end.
-                    let cancel = cancel
-                        .take()
-                        .filter(|(_, pool, holder)| pool.revoke_offers_for_cancel(*holder));
-                    if let Some((wr, _, _)) = cancel {
-                        let mut c = Vec::with_capacity(4);
-                        weir_uwsgi::packet::encode_control(
-                            &mut c,
-                            weir_uwsgi::packet::MODIFIER_CANCEL,
-                        );
-                        wr.write_all(&c).await.map_err(|_| Ended::Died)?;
+                // In pieces of at most PIECE bytes: a frame is never held whole.
+                let mut left = n;
+                while left > 0 {
+                    let piece = left.min(PIECE);
+                    while rbuf.len() < piece {
+                        let need = piece - rbuf.len();
+                        fill(rd, rbuf, need).await?;
+                    }
+                    let data = rbuf.split_to(piece).freeze();
+                    left -= piece;
+                    let had_client = out.sink.is_some();
+                    out.send(data).await;
+                    if had_client && out.sink.is_none() {
+                        // The client went away: ask the worker to stop the app's iterable
+                        // (it answers with ABORT), instead of running it to its end.
+                        // Requests offered behind this one are taken back first (served
+                        // elsewhere), so the worker can look past them to the CANCEL. If
+                        // the worker already took one, it has ended this response (it is
+                        // all in the socket): no CANCEL then, the rest is read to its end.
+                        let cancel = cancel
+                            .take()
+                            .filter(|(_, pool, holder)| pool.revoke_offers_for_cancel(*holder));
+                        if let Some((wr, _, _)) = cancel {
+                            let mut c = Vec::with_capacity(4);
+                            weir_uwsgi::packet::encode_control(
+                                &mut c,
+                                weir_uwsgi::packet::MODIFIER_CANCEL,
+                            );
+                            wr.write_all(&c).await.map_err(|_| Ended::Died)?;
+                        }
                     }
                 }
             }
-        }
-    }
-}
-
-/// Sends a chunk to the client's body; once the client is gone, chunks are dropped and
-/// the worker's answer is read to its end so the worker stays usable.
-async fn send_chunk(
-    sink: &mut Option<mpsc::Sender<Result<Bytes, BodyError>>>,
-    chunk: Result<Bytes, BodyError>,
-) {
-    if let Some(tx) = sink {
-        if tx.send(chunk).await.is_err() {
-            *sink = None;
         }
     }
 }

@@ -320,6 +320,7 @@ impl Pool {
             body_timeout: wait,
             service: None,
             fair_key: 0,
+            spool: None,
         };
         let resp = self
             .submit_by(req, Some(queue_deadline))

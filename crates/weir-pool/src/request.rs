@@ -69,6 +69,10 @@ pub struct WorkerRequest {
     /// Its fairness key (`[queue] fair_key`, hashed; 0 when fair queueing is off): waiting
     /// requests are served round robin across keys.
     pub fair_key: u64,
+    /// The spool a streamed answer goes through (bounded buffering: memory, then a temp
+    /// file, then backpressure); `None` on a route with `buffering = false`: chunks go
+    /// through as the app yields them, the worker held until the client takes them.
+    pub spool: Option<weir_response::Spooler>,
 }
 
 pub(crate) type HeadReply = oneshot::Sender<Result<Response<ResponseBody>, DispatchError>>;

@@ -1,6 +1,8 @@
 //! The response body a dispatch hands to a listener: the whole body when the worker's
 //! answer arrived at once (the common case: one read, no channel), or a stream of chunks
-//! while the worker is still producing them (generators, big files).
+//! while the worker is still producing them (generators, big files): through a spool
+//! (`Spooled`, bounded buffering in memory then a temp file, see [`crate::spool`]) or, on a
+//! route with `buffering = false` and from external upstreams, a small channel (`Stream`).
 //!
 //! A stream that fails is cut only after what came before the failure has been flushed:
 //! hyper's connection writes a response's head and chunks into its buffer while the body
@@ -28,6 +30,9 @@ pub enum BodyError {
     /// The worker died or was killed (harakiri) mid-body.
     #[error("the worker ended mid-body: {0}")]
     WorkerEnded(weir_errors::ErrorClass),
+    /// The response's temp file could not be written or read (see [`crate::spool`]).
+    #[error("the response's temp file failed: {0}")]
+    TempFile(String),
 }
 
 /// A response body.
@@ -41,6 +46,9 @@ pub enum ResponseBody {
     /// that closes without it means the worker ended mid-body, and the body fails (so
     /// the listener cuts the connection instead of presenting a truncated body as whole).
     Stream(mpsc::Receiver<Result<Bytes, BodyError>>),
+    /// The same, through a spool (bounded buffering: memory, then a temp file; see
+    /// [`crate::spool`]): the backend was read ahead of the client.
+    Spooled(crate::spool::SpoolReader),
     /// A stream that failed: the error, returned at the next poll (see the module doc).
     Failing(Option<BodyError>),
 }
@@ -53,6 +61,28 @@ impl ResponseBody {
             ResponseBody::Empty
         } else {
             ResponseBody::Full(Some(b))
+        }
+    }
+
+    /// A streamed body's next chunk as a frame: an empty chunk is the normal end, a
+    /// source gone without it a failure.
+    fn chunk(
+        &mut self,
+        next: Poll<Option<Result<Bytes, BodyError>>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match next {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(b))) if b.is_empty() => {
+                *self = ResponseBody::Empty;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            Poll::Ready(Some(Err(e))) => self.fail_next_turn(e, cx),
+            Poll::Ready(None) => self.fail_next_turn(
+                BodyError::WorkerEnded(weir_errors::ErrorClass::WorkerDied),
+                cx,
+            ),
         }
     }
 
@@ -80,19 +110,14 @@ impl Body for ResponseBody {
         match this {
             ResponseBody::Empty => Poll::Ready(None),
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ResponseBody::Stream(rx) => match rx.poll_recv(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Some(Ok(b))) if b.is_empty() => {
-                    *this = ResponseBody::Empty;
-                    Poll::Ready(None)
-                }
-                Poll::Ready(Some(Ok(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
-                Poll::Ready(Some(Err(e))) => this.fail_next_turn(e, cx),
-                Poll::Ready(None) => this.fail_next_turn(
-                    BodyError::WorkerEnded(weir_errors::ErrorClass::WorkerDied),
-                    cx,
-                ),
-            },
+            ResponseBody::Stream(rx) => {
+                let next = rx.poll_recv(cx);
+                this.chunk(next, cx)
+            }
+            ResponseBody::Spooled(rx) => {
+                let next = rx.poll_recv(cx);
+                this.chunk(next, cx)
+            }
             ResponseBody::Failing(e) => {
                 let e = e.take();
                 *this = ResponseBody::Empty;
@@ -105,7 +130,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Empty => true,
             ResponseBody::Full(b) => b.is_none(),
-            ResponseBody::Stream(_) | ResponseBody::Failing(_) => false,
+            ResponseBody::Stream(_) | ResponseBody::Spooled(_) | ResponseBody::Failing(_) => false,
         }
     }
 
@@ -113,7 +138,9 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Empty => SizeHint::with_exact(0),
             ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ResponseBody::Stream(_) | ResponseBody::Failing(_) => SizeHint::default(),
+            ResponseBody::Stream(_) | ResponseBody::Spooled(_) | ResponseBody::Failing(_) => {
+                SizeHint::default()
+            }
         }
     }
 }

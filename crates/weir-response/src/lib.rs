@@ -1,6 +1,7 @@
 //! The response every backend of the front door hands to a listener, whichever backend
 //! made it (a weir worker, a uWSGI over uwsgi, an HTTP app server): [`ResponseBody`] (the
-//! whole body, or a stream that fails only after what came before is flushed) and
+//! whole body, or a stream that fails only after what came before is flushed; a streamed
+//! body's bounded buffering, [`spool`]) and
 //! [`parse_head`] (an HTTP/1.x response head, as a worker, uWSGI or an HTTP server writes
 //! it, into a response with its hop-by-hop fields dropped).
 //!
@@ -10,10 +11,12 @@
 #![warn(missing_docs)]
 
 pub mod body;
+pub mod spool;
 
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 
 pub use body::{BodyError, ResponseBody};
+pub use spool::{SpoolConfig, SpoolError, SpoolReader, SpoolWriter, Spooler};
 
 /// Parses an HTTP/1.x response head (as a worker, uWSGI or any HTTP server writes it)
 /// into a response with an empty body, dropping hop-by-hop headers.

@@ -22,6 +22,7 @@ fn request(deadline: Option<Instant>) -> WorkerRequest {
         body_timeout: Duration::from_secs(60),
         service: None,
         fair_key: 0,
+        spool: None,
     }
 }
 
