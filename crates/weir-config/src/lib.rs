@@ -9,6 +9,7 @@
 //!   validation here and evaluation in weir-limits.
 //! - this file: the sections (`[server]`, `[app]`, `[queue]`, `[limit_req.NAME]`,
 //!   `[limit_conn.NAME]`, `[limits]`, `[cache]`), [`Config::load`], [`Config::validate`].
+//! - [`error_map`]: `[[error_map]]` and `[errors]` (app exceptions to statuses).
 //!
 //! Every section is `#[serde(default, deny_unknown_fields)]`: a missing key takes its
 //! default, an unknown one is an error that names it (the shape of pingora's
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod error_map;
 pub mod template;
 pub mod units;
 
@@ -27,6 +29,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+pub use error_map::{ErrorMapEntry, ErrorsConfig, MappedError};
 pub use template::{parse_template, Segment, Var};
 pub use units::{ListenAddr, Rate, Seconds, Size};
 
@@ -94,6 +97,11 @@ pub struct Config {
     /// The response cache's storage (`[cache]`); absent: nothing is cached. Which routes
     /// are cached, and how, is each route's `[route.cache]`.
     pub cache: Option<CacheConfig>,
+    /// App exceptions answered with a chosen status and class (`[[error_map]]`, see
+    /// [`error_map`]).
+    pub error_map: Vec<ErrorMapEntry>,
+    /// `[errors]`: the error map's presets (`mysql`).
+    pub errors: ErrorsConfig,
 }
 
 /// The status a limit answers with unless its zone says otherwise (NGINX's is 503).
@@ -988,6 +996,7 @@ impl Config {
         }
         self.validate_limits()?;
         self.validate_cache()?;
+        self.validate_error_map()?;
         if let Some(ListenAddr::Tcp(a)) = &self.admin.listen {
             if self
                 .server
