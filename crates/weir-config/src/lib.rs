@@ -10,6 +10,7 @@
 //! - [`static_files`]: `[[static]]`, directories the front door serves itself.
 //! - this file: the sections (`[server]`, `[app]`, `[queue]`, `[limit_req.NAME]`,
 //!   `[limit_conn.NAME]`, `[limits]`, `[cache]`), [`Config::load`], [`Config::validate`].
+//! - [`error_map`]: `[[error_map]]` and `[errors]` (app exceptions to statuses).
 //!
 //! Every section is `#[serde(default, deny_unknown_fields)]`: a missing key takes its
 //! default, an unknown one is an error that names it (the shape of pingora's
@@ -20,6 +21,7 @@
 
 pub mod compression;
 pub mod static_files;
+pub mod error_map;
 pub mod template;
 pub mod units;
 
@@ -32,6 +34,7 @@ use thiserror::Error;
 
 pub use compression::{Algorithm, CompressionConfig};
 pub use static_files::StaticConfig;
+pub use error_map::{ErrorMapEntry, ErrorsConfig, MappedError};
 pub use template::{parse_template, Segment, Var};
 pub use units::{ListenAddr, Rate, Seconds, Size};
 
@@ -105,6 +108,11 @@ pub struct Config {
     /// Directories the front door serves itself (`[[static]]`, [`static_files`]).
     #[serde(rename = "static")]
     pub statics: Vec<StaticConfig>,
+    /// App exceptions answered with a chosen status and class (`[[error_map]]`, see
+    /// [`error_map`]).
+    pub error_map: Vec<ErrorMapEntry>,
+    /// `[errors]`: the error map's presets (`mysql`).
+    pub errors: ErrorsConfig,
 }
 
 /// The status a limit answers with unless its zone says otherwise (NGINX's is 503).
@@ -1058,6 +1066,7 @@ impl Config {
             c.validate()?;
         }
         static_files::validate(&self.statics)?;
+        self.validate_error_map()?;
         if let Some(ListenAddr::Tcp(a)) = &self.admin.listen {
             if self
                 .server

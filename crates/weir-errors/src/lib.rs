@@ -28,6 +28,10 @@ pub enum Origin {
     Worker,
     /// An external upstream (`[upstream]`).
     Upstream,
+    /// The app's database: the app raised a driver exception that `[[error_map]]` (or the
+    /// `[errors] mysql` preset) maps to a `db-*` class (a lock conflict, the server away, a
+    /// statement timeout).
+    Database,
 }
 
 impl Origin {
@@ -38,6 +42,7 @@ impl Origin {
             Origin::Weir => "weir",
             Origin::Worker => "worker",
             Origin::Upstream => "upstream",
+            Origin::Database => "database",
         }
     }
 }
@@ -92,11 +97,25 @@ pub enum ErrorClass {
     /// A `[limit_conn.NAME]` zone refused the request (its key already has `max` requests
     /// in progress). Default status 429; the zone's `status` overrides it.
     ConnLimited,
+    /// The app raised a database exception that the error map names a conflict (MySQL
+    /// 1205 lock wait timeout, 1213 deadlock). Default status 409, with Retry-After; the
+    /// map entry's `status` overrides it.
+    DbConflict,
+    /// The app raised a database exception that the error map names the database away
+    /// (1040/1203 too many connections, 2002/2003/2006/2013 server gone). Default 503,
+    /// with Retry-After.
+    DbUnavailable,
+    /// The app raised a database exception that the error map names a statement timeout
+    /// (MySQL 3024, MariaDB 1969 `max_statement_time`). Default 504.
+    DbTimeout,
+    /// The app raised an exception that an `[[error_map]]` entry maps without naming a
+    /// `db-*` class. Its status is the entry's `status` (default 500).
+    AppMapped,
 }
 
 impl ErrorClass {
     /// Every class, in the order of docs/errors.md.
-    pub const ALL: [ErrorClass; 22] = [
+    pub const ALL: [ErrorClass; 26] = [
         ErrorClass::QueueFull,
         ErrorClass::QueueTimeout,
         ErrorClass::Deadline,
@@ -119,6 +138,19 @@ impl ErrorClass {
         ErrorClass::NotReady,
         ErrorClass::RateLimited,
         ErrorClass::ConnLimited,
+        ErrorClass::DbConflict,
+        ErrorClass::DbUnavailable,
+        ErrorClass::DbTimeout,
+        ErrorClass::AppMapped,
+    ];
+
+    /// The classes an `[[error_map]]` entry may name (`class`): the answers the worker
+    /// makes for an exception the map matches.
+    pub const MAPPED: [ErrorClass; 4] = [
+        ErrorClass::DbConflict,
+        ErrorClass::DbUnavailable,
+        ErrorClass::DbTimeout,
+        ErrorClass::AppMapped,
     ];
 
     /// The wire name (`x-weir-error`, the access log, the metric label).
@@ -146,6 +178,10 @@ impl ErrorClass {
             ErrorClass::NotReady => "not-ready",
             ErrorClass::RateLimited => "rate-limited",
             ErrorClass::ConnLimited => "conn-limited",
+            ErrorClass::DbConflict => "db-conflict",
+            ErrorClass::DbUnavailable => "db-unavailable",
+            ErrorClass::DbTimeout => "db-timeout",
+            ErrorClass::AppMapped => "app-mapped",
         }
     }
 
@@ -157,15 +193,18 @@ impl ErrorClass {
             ErrorClass::QueueFull
             | ErrorClass::QueueTimeout
             | ErrorClass::ShuttingDown
-            | ErrorClass::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorClass::Deadline | ErrorClass::Harakiri | ErrorClass::UpstreamTimeout => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            | ErrorClass::NotReady
+            | ErrorClass::DbUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorClass::Deadline
+            | ErrorClass::Harakiri
+            | ErrorClass::UpstreamTimeout
+            | ErrorClass::DbTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorClass::WorkerDied
             | ErrorClass::WorkerProtocol
             | ErrorClass::UpstreamConnect
             | ErrorClass::UpstreamProtocol => StatusCode::BAD_GATEWAY,
-            ErrorClass::AppException => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorClass::AppException | ErrorClass::AppMapped => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorClass::DbConflict => StatusCode::CONFLICT,
             ErrorClass::BadRequest => StatusCode::BAD_REQUEST,
             ErrorClass::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorClass::NotImplemented => StatusCode::NOT_IMPLEMENTED,
@@ -179,9 +218,23 @@ impl ErrorClass {
     }
 
     /// Whether the configuration may choose its status (a limit zone's `status`, as
-    /// NGINX's `limit_req_status`/`limit_conn_status`).
+    /// NGINX's `limit_req_status`/`limit_conn_status`; an `[[error_map]]` entry's
+    /// `status`).
     pub const fn configurable_status(self) -> bool {
-        matches!(self, ErrorClass::RateLimited | ErrorClass::ConnLimited)
+        matches!(self, ErrorClass::RateLimited | ErrorClass::ConnLimited) || self.mapped()
+    }
+
+    /// Whether it is the answer to an app exception that the error map matched
+    /// ([`ErrorClass::MAPPED`]): the worker makes it, with the map entry's status and
+    /// Retry-After.
+    pub const fn mapped(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::DbConflict
+                | ErrorClass::DbUnavailable
+                | ErrorClass::DbTimeout
+                | ErrorClass::AppMapped
+        )
     }
 
     /// The status of its answer given a configured one: `configured` when the class's
@@ -195,7 +248,9 @@ impl ErrorClass {
     }
 
     /// Whether its answer carries Retry-After: the refusal was about load (or a drain),
-    /// so the same request may succeed later.
+    /// or a conflict that a retry resolves, so the same request may succeed later. For the
+    /// mapped classes ([`ErrorClass::mapped`]) this is the default: an `[[error_map]]`
+    /// entry's `retry_after` sets it either way.
     pub const fn retry_after(self) -> bool {
         matches!(
             self,
@@ -204,6 +259,8 @@ impl ErrorClass {
                 | ErrorClass::ShuttingDown
                 | ErrorClass::NotReady
                 | ErrorClass::RateLimited
+                | ErrorClass::DbConflict
+                | ErrorClass::DbUnavailable
         )
     }
 
@@ -228,7 +285,11 @@ impl ErrorClass {
             ErrorClass::Harakiri
             | ErrorClass::WorkerDied
             | ErrorClass::WorkerProtocol
-            | ErrorClass::AppException => Origin::Worker,
+            | ErrorClass::AppException
+            | ErrorClass::AppMapped => Origin::Worker,
+            ErrorClass::DbConflict | ErrorClass::DbUnavailable | ErrorClass::DbTimeout => {
+                Origin::Database
+            }
             ErrorClass::UpstreamConnect
             | ErrorClass::UpstreamTimeout
             | ErrorClass::UpstreamProtocol => Origin::Upstream,
@@ -272,11 +333,13 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_on_503_and_rate_limited() {
+    fn retry_after_on_503_rate_limited_and_db_conflict() {
         for c in ErrorClass::ALL {
             assert_eq!(
                 c.retry_after(),
-                c.status() == StatusCode::SERVICE_UNAVAILABLE || c == ErrorClass::RateLimited,
+                c.status() == StatusCode::SERVICE_UNAVAILABLE
+                    || c == ErrorClass::RateLimited
+                    || c == ErrorClass::DbConflict,
                 "{c}"
             );
         }
@@ -301,7 +364,25 @@ mod tests {
                 .iter()
                 .filter(|c| c.configurable_status())
                 .count(),
-            2
+            2 + ErrorClass::MAPPED.len()
+        );
+    }
+
+    #[test]
+    fn mapped_classes() {
+        for c in ErrorClass::ALL {
+            assert_eq!(c.mapped(), ErrorClass::MAPPED.contains(&c), "{c}");
+        }
+        for c in ErrorClass::MAPPED {
+            assert!(c.configurable_status(), "{c}");
+            assert!(c.status().is_client_error() || c.status().is_server_error());
+        }
+        assert_eq!(ErrorClass::DbConflict.status(), StatusCode::CONFLICT);
+        assert_eq!(ErrorClass::DbTimeout.origin(), Origin::Database);
+        assert_eq!(ErrorClass::AppMapped.origin(), Origin::Worker);
+        assert_eq!(
+            ErrorClass::AppMapped.status_or(Some(StatusCode::IM_A_TEAPOT)),
+            StatusCode::IM_A_TEAPOT
         );
     }
 

@@ -160,6 +160,9 @@ pub fn main(args: ServeArgs) -> ExitCode {
         }
     };
     if args.check {
+        if let Err(code) = check_error_map(&config) {
+            return code;
+        }
         println!("weir: configuration is valid");
         return ExitCode::SUCCESS;
     }
@@ -186,6 +189,50 @@ pub fn main(args: ServeArgs) -> ExitCode {
         Err(e) => {
             eprintln!("weir: {e}");
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// `--check` with an `[[error_map]]`: its classes must import where the app runs. The
+/// master never runs Python, so a worker process resolves them (`weir worker
+/// --check-error-map`, with the app's `chdir` and `virtualenv`, without importing the app)
+/// and prints the entry that fails (`error_map[N].exception: ...`). The presets' classes
+/// are not checked: a driver that is not installed is skipped.
+fn check_error_map(config: &Config) -> Result<(), ExitCode> {
+    let (Some(module), true) = (&config.app.module, !config.error_map.is_empty()) else {
+        return Ok(());
+    };
+    let Some(map) = crate::server::error_map_arg(config) else {
+        return Ok(());
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("weir: cannot check error_map: no path to this executable: {e}");
+            return Err(ExitCode::FAILURE);
+        }
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("worker").arg("--app").arg(module);
+    if let Some(d) = &config.app.chdir {
+        cmd.arg("--chdir").arg(d);
+    }
+    if let Some(d) = &config.app.virtualenv {
+        cmd.arg("--virtualenv").arg(d);
+    }
+    cmd.arg("--error-map").arg(map).arg("--check-error-map");
+    cmd.stdin(std::process::Stdio::null());
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(()),
+        // The worker printed what is wrong.
+        Ok(s) if s.code() == Some(i32::from(EXIT_CONFIG)) => Err(ExitCode::from(EXIT_CONFIG)),
+        Ok(s) => {
+            eprintln!("weir: cannot check error_map: the checking worker {s}");
+            Err(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("weir: cannot check error_map: cannot start a worker: {e}");
+            Err(ExitCode::FAILURE)
         }
     }
 }

@@ -96,7 +96,8 @@ pub async fn dispatch(
 /// request whose deadline passed before the worker got to it; a packet it could not read)
 /// carry `x-weir-error`; they get the same body as every weir-made answer (JSON or text,
 /// with the request id) and their class reaches the log, so the contract holds whichever
-/// part of weir answered.
+/// part of weir answered. The answers to app exceptions the error map matched
+/// (`ErrorClass::mapped`) bring their status and Retry-After in the head too.
 pub fn attribute_worker_answer(
     resp: Response<ResponseBody>,
 ) -> Result<Response<ResponseBody>, Rejection> {
@@ -111,9 +112,27 @@ pub fn attribute_worker_answer(
         ErrorClass::AppException => "the app raised an exception before starting its response; the traceback is in weir's log under this request id".to_string(),
         ErrorClass::Deadline => weir_pool::DispatchError::DeadlineExceeded.to_string(),
         ErrorClass::BadRequest => "the worker could not read the request".to_string(),
+        ErrorClass::DbConflict => "the database refused the request's transaction (a lock conflict); retrying may succeed".to_string(),
+        ErrorClass::DbUnavailable => "the app's database is unavailable".to_string(),
+        ErrorClass::DbTimeout => "a database statement ran out of time".to_string(),
+        ErrorClass::AppMapped => "the app raised an exception that weir's error map answers with this status; the traceback is in weir's log under this request id".to_string(),
         other => format!("the worker answered {other}"),
     };
-    Err(Rejection::new(class, message))
+    let mut rej = Rejection::new(class, message);
+    if class.mapped() {
+        // The error map's entry chose the status and Retry-After; the worker's head
+        // carries them (weir-worker's `mapped_response`).
+        let s = resp.status();
+        if s.is_client_error() || s.is_server_error() {
+            rej.status = Some(s);
+        }
+        rej.retry_after = resp
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+    }
+    Err(rej)
 }
 
 /// The client closed its connection while its request waited: NGINX's 499, for the log
@@ -160,4 +179,65 @@ pub fn answer(
         resp.headers_mut().insert("x-request-id", v);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    fn worker_answer(status: u16, headers: &[(&str, &str)]) -> Response<ResponseBody> {
+        let mut b = Response::builder().status(status);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(ResponseBody::full("x")).unwrap()
+    }
+
+    #[test]
+    fn mapped_answers_keep_their_status_and_retry_after() {
+        let rej = attribute_worker_answer(worker_answer(
+            409,
+            &[("x-weir-error", "db-conflict"), ("retry-after", "2")],
+        ))
+        .unwrap_err();
+        assert_eq!(rej.class, ErrorClass::DbConflict);
+        assert_eq!(rej.status(), StatusCode::CONFLICT);
+        assert_eq!(rej.retry_after, Some(2));
+        let resp = rej.respond("rid", true);
+        assert_eq!(resp.headers()["x-weir-error"], "db-conflict");
+        assert_eq!(resp.headers()["retry-after"], "2");
+
+        // an entry's own status and Retry-After on app-mapped
+        let rej = attribute_worker_answer(worker_answer(
+            418,
+            &[("x-weir-error", "app-mapped"), ("retry-after", "5")],
+        ))
+        .unwrap_err();
+        assert_eq!(rej.status().as_u16(), 418);
+        assert_eq!(rej.retry_after, Some(5));
+
+        // no Retry-After from the worker: none
+        let rej = attribute_worker_answer(worker_answer(504, &[("x-weir-error", "db-timeout")]))
+            .unwrap_err();
+        assert_eq!(rej.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(rej.retry_after, None);
+
+        // a status that is no error is not taken: the class's
+        let rej =
+            attribute_worker_answer(worker_answer(200, &[("x-weir-error", "db-unavailable")]))
+                .unwrap_err();
+        assert_eq!(rej.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+        // the other classes keep theirs, whatever the head says
+        let rej = attribute_worker_answer(worker_answer(
+            418,
+            &[("x-weir-error", "app-exception"), ("retry-after", "3")],
+        ))
+        .unwrap_err();
+        assert_eq!(rej.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(rej.retry_after, None);
+
+        assert!(attribute_worker_answer(worker_answer(409, &[])).is_ok());
+    }
 }

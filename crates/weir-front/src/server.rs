@@ -110,6 +110,10 @@ pub fn pool_config(config: &Config) -> Result<PoolConfig, ServeError> {
         args.push("--ready-check".into());
         args.push(c.into());
     }
+    if let Some(map) = error_map_arg(config) {
+        args.push("--error-map".into());
+        args.push(map.into());
+    }
     Ok(PoolConfig {
         exe: std::env::current_exe().map_err(ServeError::Exe)?,
         worker_args: args,
@@ -123,6 +127,16 @@ pub fn pool_config(config: &Config) -> Result<PoolConfig, ServeError> {
         startup_timeout: app.startup_timeout.as_duration(),
         queue: queue_policy(&config.queue, app.workers),
     })
+}
+
+/// `[[error_map]]` and `[errors]` as the workers' `--error-map` (JSON), or None when
+/// there is no map.
+pub fn error_map_arg(config: &Config) -> Option<String> {
+    let spec = config.error_map_spec();
+    if spec.is_empty() {
+        return None;
+    }
+    Some(serde_json::to_string(&spec).expect("MappedError serializes"))
 }
 
 /// `[queue]` for a backend that serves `capacity` requests at once (workers, or upstream

@@ -702,6 +702,22 @@ impl Conn {
         self.simple_response(py, &status, Some(class), body)
     }
 
+    /// The worker's answer to an app exception the error map matched: the entry's
+    /// `status`, `x-weir-error: <class>` and `Retry-After`, which the master reads back
+    /// (weir-front's `attribute_worker_answer`). The caller checked `!resp.head_sent`.
+    pub fn mapped_response(
+        &mut self,
+        py: Python<'_>,
+        status: u16,
+        class: weir_errors::ErrorClass,
+        retry_after: Option<u64>,
+    ) -> io::Result<()> {
+        let s = http::StatusCode::from_u16(status).unwrap_or(class.status());
+        let reason = s.canonical_reason().unwrap_or("Error");
+        let line = format!("{} {reason}", s.as_u16());
+        self.fixed_response(py, &line, Some(class), retry_after, reason)
+    }
+
     /// Answers with a complete fixed response (errors, ready checks), replacing anything
     /// not yet sent; `error_tag`: the answer is the worker's own, of that class
     /// (`x-weir-error`). The caller checked `!resp.head_sent`.
@@ -710,6 +726,18 @@ impl Conn {
         py: Python<'_>,
         status: &str,
         error_tag: Option<weir_errors::ErrorClass>,
+        body: &str,
+    ) -> io::Result<()> {
+        self.fixed_response(py, status, error_tag, None, body)
+    }
+
+    /// [`Conn::simple_response`] with an optional Retry-After.
+    fn fixed_response(
+        &mut self,
+        py: Python<'_>,
+        status: &str,
+        error_tag: Option<weir_errors::ErrorClass>,
+        retry_after: Option<u64>,
         body: &str,
     ) -> io::Result<()> {
         let mut out = std::mem::take(&mut self.pending);
@@ -722,6 +750,11 @@ impl Conn {
         if let Some(tag) = error_tag {
             out.extend_from_slice(b"x-weir-error: ");
             out.extend_from_slice(tag.as_str().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(s) = retry_after {
+            out.extend_from_slice(b"Retry-After: ");
+            out.extend_from_slice(s.to_string().as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");

@@ -32,6 +32,16 @@
 //!   body); an app exception (or WSGI misuse) before the head was written gets
 //!   `500 Internal Server Error` with `x-weir-error: app-exception` and the body
 //!   `Internal Server Error`; after the head, ABORT. The worker goes on serving.
+//! - The error map (`--error-map`, weir-config's `MappedError` list as JSON): its entries'
+//!   classes are imported after the app (one that cannot be is an import failure, exit 3;
+//!   a preset's are looked up among the modules already imported, never imported). An app
+//!   exception before the head that an entry matches (isinstance, then `code` against
+//!   `args[0]` or `errno`) gets the entry's status, `x-weir-error: <class>` (one of
+//!   `ErrorClass::MAPPED`) and `Retry-After: <s>` when it has one, and its traceback is
+//!   logged as `weir worker <id> request <rid>: warning: exception in the app answered
+//!   <status> <class> (<key>):`. The worker goes on serving.
+//!   `--check-error-map` only resolves the classes (with `--chdir`/`--virtualenv`, without
+//!   the app) and exits 0, or [`EXIT_USAGE`] with one line naming the entry.
 //! - A response with a Content-Length header carries exactly that many body bytes: more is
 //!   cut (and logged), fewer is a 500 (nothing sent yet) or ABORT. HEAD requests and
 //!   1xx/204/304 statuses get the head and END, never data frames. Hop-by-hop headers
@@ -128,6 +138,16 @@ pub struct WorkerOptions {
     /// it they are reported and the zygote forks anyway.
     #[arg(long, requires = "zygote")]
     pub if_fork_safe: bool,
+    /// The error map (`[[error_map]]` and `[errors]`' presets) as JSON: weir-config's
+    /// `MappedError` list, in matching order. Its classes are resolved after the app is
+    /// imported; one that cannot be is an import failure (exit 3).
+    #[arg(long)]
+    pub error_map: Option<String>,
+    /// Resolve --error-map's classes (after --virtualenv and --chdir, without importing
+    /// the app), print what is wrong and exit: 0 when every class imports, 2 otherwise
+    /// (`weir serve --check`). Standard input is not used.
+    #[arg(long, requires = "error_map")]
+    pub check_error_map: bool,
 }
 
 /// Writes one log line to stderr in a single write.
@@ -157,6 +177,10 @@ fn take_socket() -> io::Result<UnixStream> {
 /// Runs the worker until the master closes the socket.
 pub fn main(opts: WorkerOptions) -> ExitCode {
     let id = opts.id;
+    if opts.check_error_map {
+        Python::initialize();
+        return Python::attach(|py| check_error_map(py, &opts));
+    }
     let sock = match take_socket() {
         Ok(s) => s,
         Err(e) => {
@@ -188,6 +212,8 @@ struct Loaded {
     app: Py<PyAny>,
     ready_check: Option<Py<PyAny>>,
     format_exc: Py<PyAny>,
+    /// boot.py's `ErrorMap` (`--error-map`), its classes resolved.
+    error_map: Option<Py<PyAny>>,
 }
 
 /// Formats a Python exception with its traceback (falls back to its message).
@@ -203,7 +229,12 @@ pub(crate) fn format_err(py: Python<'_>, format_exc: &Py<PyAny>, err: &PyErr) ->
         .unwrap_or_else(|_| err.to_string())
 }
 
-fn load(py: Python<'_>, opts: &WorkerOptions) -> Result<Loaded, String> {
+/// boot.py as module `_weir_boot`, with `--virtualenv` activated and `--chdir` (or the
+/// current directory) first on `sys.path`; and its `format_exc`.
+fn boot<'py>(
+    py: Python<'py>,
+    opts: &WorkerOptions,
+) -> Result<(Bound<'py, PyModule>, Py<PyAny>), String> {
     let code = CString::new(include_str!("boot.py")).expect("no NUL in boot.py");
     let boot = PyModule::from_code(py, &code, c"weir_boot.py", c"_weir_boot")
         .map_err(|e| format!("startup helpers failed: {e}"))?;
@@ -224,6 +255,57 @@ fn load(py: Python<'_>, opts: &WorkerOptions) -> Result<Loaded, String> {
         None => std::env::current_dir().map_err(|e| format!("no current directory: {e}"))?,
     };
     boot.call_method1("put_first", (first,)).map_err(fmt)?;
+    Ok((boot, format_exc))
+}
+
+/// boot.py's `ErrorMap` of `--error-map`: its entries' classes imported. Err: one line
+/// that names the entry's key (`error_map[N].exception: ...`), or a traceback.
+fn error_map(
+    py: Python<'_>,
+    boot: &Bound<'_, PyModule>,
+    format_exc: &Py<PyAny>,
+    spec: &str,
+) -> Result<Py<PyAny>, String> {
+    boot.call_method1("ErrorMap", (spec,))
+        .map(Bound::unbind)
+        .map_err(|e| {
+            let named = boot
+                .getattr("ErrorMapError")
+                .is_ok_and(|t| e.get_type(py).is(&t));
+            if named {
+                e.value(py).to_string()
+            } else {
+                format!("error map: {}", format_err(py, format_exc, &e))
+            }
+        })
+}
+
+/// `weir worker --check-error-map` (`weir serve --check`): exit 0 when every
+/// `[[error_map]]` class imports, 2 with one line naming the entry otherwise.
+fn check_error_map(py: Python<'_>, opts: &WorkerOptions) -> ExitCode {
+    let result = boot(py, opts).and_then(|(boot, format_exc)| {
+        error_map(
+            py,
+            &boot,
+            &format_exc,
+            opts.error_map.as_deref().unwrap_or("[]"),
+        )
+    });
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(msg) => {
+            log_line(format_args!("weir: invalid config: {msg}"));
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// Imports the app (and the ready check, the error map's classes). Err: the whole
+/// message for the log, after `weir worker <id>: ` or `weir zygote: `.
+fn load(py: Python<'_>, opts: &WorkerOptions) -> Result<Loaded, String> {
+    let prefix = |m: String| format!("cannot import app {}:\n{m}", opts.app);
+    let (boot, format_exc) = boot(py, opts).map_err(prefix)?;
+    let fmt = |e: PyErr| prefix(format_err(py, &format_exc, &e));
     let app = boot
         .call_method1("load", (&opts.app, "application"))
         .map_err(fmt)?
@@ -231,8 +313,21 @@ fn load(py: Python<'_>, opts: &WorkerOptions) -> Result<Loaded, String> {
     let ready_check = match &opts.ready_check {
         Some(spec) => Some(
             boot.call_method1("load", (spec, py.None()))
-                .map_err(|e| format!("ready check {spec}: {}", fmt(e)))?
+                .map_err(|e| {
+                    prefix(format!(
+                        "ready check {spec}: {}",
+                        format_err(py, &format_exc, &e)
+                    ))
+                })?
                 .unbind(),
+        ),
+        None => None,
+    };
+    // After the app: a class of its own modules is imported already.
+    let error_map = match &opts.error_map {
+        Some(spec) => Some(
+            error_map(py, &boot, &format_exc, spec)
+                .map_err(|m| format!("cannot start: invalid config: {m}"))?,
         ),
         None => None,
     };
@@ -240,6 +335,7 @@ fn load(py: Python<'_>, opts: &WorkerOptions) -> Result<Loaded, String> {
         app,
         ready_check,
         format_exc,
+        error_map,
     })
 }
 
@@ -249,10 +345,7 @@ fn run(py: Python<'_>, opts: &WorkerOptions, sock: UnixStream) -> ExitCode {
     let loaded = match load(py, opts) {
         Ok(l) => l,
         Err(msg) => {
-            log_line(format_args!(
-                "weir worker {id}: cannot import app {}:\n{msg}",
-                opts.app
-            ));
+            log_line(format_args!("weir worker {id}: {msg}"));
             return ExitCode::from(EXIT_IMPORT_FAILED);
         }
     };

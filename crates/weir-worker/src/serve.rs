@@ -21,11 +21,22 @@ pub struct Worker {
     app: Py<PyAny>,
     ready_check: Option<Py<PyAny>>,
     format_exc: Py<PyAny>,
+    /// boot.py's `ErrorMap` (`--error-map`).
+    error_map: Option<Py<PyAny>>,
     template: Py<PyDict>,
     shared: Arc<Shared>,
     log: Arc<LogCtx>,
     strings: Strings,
     rid: String,
+}
+
+/// The error map's answer to an app exception: (status, class, Retry-After, the entry's
+/// key).
+struct Mapped {
+    status: u16,
+    class: ErrorClass,
+    retry_after: Option<u64>,
+    key: String,
 }
 
 /// Why a request's response could not be completed normally.
@@ -58,6 +69,7 @@ impl Worker {
             app: loaded.app,
             ready_check: loaded.ready_check,
             format_exc: loaded.format_exc,
+            error_map: loaded.error_map,
             template,
             shared,
             log,
@@ -230,17 +242,24 @@ impl Worker {
             Ok(()) => {}
             Err(Failure::Io(e)) => io_error = Some(e),
             Err(Failure::App(err)) => {
-                let mut c = shared.lock(py);
-                let r = if !c.resp.head_sent {
-                    c.error_response(py, ErrorClass::AppException, "Internal Server Error")
+                let head_sent = shared.lock(py).resp.head_sent;
+                // Matched before the lock is taken again: the map runs Python code.
+                let mapped = if head_sent {
+                    None
                 } else {
-                    c.abort(py)
+                    self.match_error(py, &err)
+                };
+                let mut c = shared.lock(py);
+                let r = match &mapped {
+                    _ if c.resp.head_sent => c.abort(py),
+                    Some(m) => c.mapped_response(py, m.status, m.class, m.retry_after),
+                    None => c.error_response(py, ErrorClass::AppException, "Internal Server Error"),
                 };
                 drop(c);
                 if let Err(e) = r {
                     io_error = Some(e);
                 }
-                app_error = Some(err);
+                app_error = Some((err, mapped));
             }
         }
         if let Ok(res) = &result {
@@ -249,8 +268,18 @@ impl Worker {
             }
         }
         drop(result);
-        if let Some(err) = app_error {
-            self.log_exception(py, "in the app", &err);
+        match app_error {
+            None => {}
+            Some((err, None)) => self.log_exception(py, "in the app", &err),
+            Some((err, Some(m))) => {
+                // The answer the map chose is not a failure of weir's: a warning, and the
+                // worker goes on serving.
+                let text = format_err(py, &self.format_exc, &err);
+                log_line(format_args!(
+                    "weir worker {} request {}: warning: exception in the app answered {} {} ({}):\n{text}",
+                    self.id, self.rid, m.status, m.class, m.key
+                ));
+            }
         }
         let mut c = shared.lock(py);
         if c.resp.excess > 0 {
@@ -269,6 +298,33 @@ impl Worker {
         c.drain_body(py)?;
         c.shrink();
         Ok(())
+    }
+
+    /// The error map's answer to `err`, if an entry matches it.
+    fn match_error(&self, py: Python<'_>, err: &PyErr) -> Option<Mapped> {
+        let map = self.error_map.as_ref()?;
+        let found = map
+            .bind(py)
+            .call_method1(intern!(py, "match"), (err.value(py),))
+            .and_then(|v| v.extract::<Option<(u16, String, Option<u64>, String)>>());
+        match found {
+            Ok(None) => None,
+            Ok(Some((status, class, retry_after, key))) => {
+                let class = ErrorClass::from_name(class.as_bytes()).filter(|c| c.mapped())?;
+                Some(Mapped {
+                    status,
+                    class,
+                    retry_after,
+                    key,
+                })
+            }
+            Err(e) => {
+                // A bug of weir's, or an exception whose attributes raise: 500 as without
+                // a map, and the reason in the log.
+                self.log_exception(py, "while matching the error map", &e);
+                None
+            }
+        }
     }
 
     /// Iterates the app's result and writes the body.

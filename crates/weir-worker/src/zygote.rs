@@ -54,10 +54,7 @@ pub(crate) fn run(py: Python<'_>, opts: &WorkerOptions, ctl: OwnedFd) -> ExitCod
     let loaded = match crate::load(py, opts) {
         Ok(l) => l,
         Err(msg) => {
-            log_line(format_args!(
-                "weir zygote: cannot import app {}:\n{msg}",
-                opts.app
-            ));
+            log_line(format_args!("weir zygote: {msg}"));
             return ExitCode::from(EXIT_IMPORT_FAILED);
         }
     };
