@@ -12,8 +12,9 @@
 #                      compressing, weir against itself
 # With CACHE=1 each of the three also caches /items (weir: `[cache]` + `[route.cache]`, valid
 # 10m; nginx: `uwsgi_cache`, valid 10m), so every measured request is a hit and the
-# compression's cost is not hidden behind Python's: weir compresses its one identity copy per
-# hit, nginx gzips its cached identity copy per hit too.
+# compression's cost is not hidden behind Python's: weir compresses its identity copy once
+# per coding and keeps the compressed copy in the entry; nginx gzips its cached identity
+# copy on every hit.
 # Types (both): text/html text/plain text/css application/json application/javascript
 # image/svg+xml.
 # Before each measurement one request checks the answer is gzip (Content-Encoding: gzip, or
@@ -264,7 +265,7 @@ of uWSGI over a Unix socket; weir-plain: no `[compression]`.%s
        " ".join(read("loadavg-start")), " ".join(read("loadavg-end")), head_rev,
        " + uncommitted changes" if dirty else "", first_line(["nginx", "-v"]).split("/")[-1],
        first_line(["uwsgi", "--version"]), conns, dur, workers,
-       " Every measured request is a cache hit (weir `[route.cache]`, nginx `uwsgi_cache`, valid 10m): each side compresses its identity copy per hit." if cache == "1" else "",
+       " Every measured request is a cache hit (weir `[route.cache]`, nginx `uwsgi_cache`, valid 10m): weir compresses its identity copy once per coding and keeps it in the entry, nginx gzips its copy on every hit." if cache == "1" else "",
        table, summary, os.path.relpath(out, root))
 open(os.path.join(out, "section.md"), "w").write(section)
 print("(a section for bench/RESULTS.md: %s)" % os.path.join(out, "section.md"))

@@ -52,4 +52,4 @@ paper_summary --name fig5 --runs "$RUNS" \
   --intro "nginx with \`$TINY\` against the same stack with nginx's default buffers and against weir with its defaults; \`weir load --rate $RATE --requests $REQUESTS\` on \`$PATH_RESP\`, $WORKERS workers on each side." \
   --row "nginx-uwsgi-tiny|nginx -> uWSGI, uwsgi_buffers 8 128, buffer_size 128, busy 256|$tiny_note" \
   --row "nginx-uwsgi|nginx -> uWSGI, default buffers|reference" \
-  --row "weir|weir, defaults|no buffer knob in weir"
+  --row "weir|weir, defaults|response_buffer 256 KiB (a small answer comes whole; no spool)"
