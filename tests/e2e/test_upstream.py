@@ -190,3 +190,45 @@ def test_a_route_slot_is_held_to_the_end_of_the_upstream_response_body(weir, tmp
                                 "response head" % (a_end - b_end))
     finally:
         p.stop()
+
+
+@pytest.mark.parametrize("protocol", ["uwsgi", "http"])
+def test_a_slow_client_does_not_hold_the_upstream_connection(weir, tmp_path, short_tmp, protocol):
+    """`max_conns = 1` before a real uWSGI or Gunicorn: A asks for 8 MiB and reads none of
+    it (32 MiB unbuffered: more than the kernel's socket buffers and the few chunks in
+    flight hold). weir reads the answer into its spool (memory, then a temp file), so the upstream's
+    one connection is free at once and B is answered while A still has not read (NGINX's
+    `uwsgi_buffering`/`proxy_buffering`). With `buffering = false` on the route, B waits
+    for A's connection and is refused by the queue's timeout."""
+    module = "conformance_app:application"
+    if protocol == "uwsgi":
+        p, addr = start_uwsgi(tmp_path, short_tmp, processes=2, module=module)
+    else:
+        p, addr = start_gunicorn(tmp_path, workers=2, module=module)
+    try:
+        cfg = {"server": {"access_log": "off"},
+               "queue": {"timeout": "2s"},
+               "route": [{"path": "/big", "buffering": False}],
+               "upstream": {"servers": [addr], "protocol": protocol, "max_conns": 1, "read_timeout": "30s"}}
+        w = weir(app=None, chdir=None, workers=None, config=cfg, ready_path="/pid")
+        for path, b_status in (("/file?kind=bytesio&kb=8192", 200), ("/big?kb=32768", 503)):
+            sa = w.addr.socket(30)
+            sa.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 16 * 1024)
+            sa.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = sa.recv(4096)
+                assert data, "A's connection closed before its head"
+                head += data
+            assert head.startswith(b"HTTP/1.1 200"), head
+            t0 = time.monotonic()
+            rb = get(w.addr, "/pid", timeout=30)
+            took = time.monotonic() - t0
+            assert rb.status == b_status, (path, rb)
+            if b_status == 200:
+                assert took < 1.5, "B waited %.2fs for the connection A's slow read held" % took
+            sa.close()
+            # A's connection is given back when its client leaves
+            wait_for(lambda: get(w.addr, "/pid", timeout=30).status == 200, 30, what="the connection back")
+    finally:
+        p.stop()

@@ -20,8 +20,8 @@
 #![warn(missing_docs)]
 
 pub mod compression;
-pub mod static_files;
 pub mod error_map;
+pub mod static_files;
 pub mod template;
 pub mod units;
 
@@ -33,8 +33,8 @@ use serde::Deserialize;
 use thiserror::Error;
 
 pub use compression::{Algorithm, CompressionConfig};
-pub use static_files::StaticConfig;
 pub use error_map::{ErrorMapEntry, ErrorsConfig, MappedError};
+pub use static_files::StaticConfig;
 pub use template::{parse_template, Segment, Var};
 pub use units::{ListenAddr, Rate, Seconds, Size};
 

@@ -206,11 +206,11 @@ impl Dispatch for Upstream {
         rec: &mut Record,
     ) -> Result<Response<ResponseBody>, Rejection> {
         let Admitted {
+            route,
             deadline,
             job,
             hold: permit,
             queued_at,
-            ..
         } = req;
         // Request bodies reach an upstream whole.
         let body = match job.body {
@@ -230,6 +230,9 @@ impl Dispatch for Upstream {
             Work::Http(head) => UpstreamRequest::Http(Request::from_parts(head, body)),
         };
         let idempotent = is_idempotent(job.method);
+        // The answer is read into a spool, freeing the connection early (as for a worker),
+        // unless the route has `buffering = false`.
+        let spool = route.buffering.then(|| front.spool.clone());
         rec.queued = queued_at.elapsed();
         let started = Instant::now();
         // The route's slot is held to the end of the response body, as for a worker. A
@@ -237,7 +240,7 @@ impl Dispatch for Upstream {
         // `proxy_ignore_client_abort off`).
         let resp = tokio::select! {
             biased;
-            r = self.dispatch(req, idempotent, deadline, job.fair_key, hold(permit)) => {
+            r = self.dispatch(req, idempotent, deadline, job.fair_key, hold(permit), spool) => {
                 r.map_err(|e| Rejection::from_upstream(&e, front.retry_after))
             }
             () = watch.gone() => Err(client_gone()),

@@ -20,7 +20,7 @@ use crate::error::{ClientBodyError, DispatchError};
 use crate::pool::{Lease, Pool};
 use crate::request::{ClaimPending, HeadReply, RequestBody, WorkerRequest};
 use crate::slot::RestartReason;
-use weir_response::{BodyError, ResponseBody, SpoolError, SpoolWriter, Spooler};
+use weir_response::{BodyError, BodySink, ResponseBody, Spooler};
 
 /// How an exchange ended early.
 enum Ended {
@@ -43,7 +43,7 @@ struct Reply {
     /// Where a streamed body's chunks go; `None` before the body streams and once the
     /// client is gone. Kept here (not in `read_response`) so that a worker killed mid-body
     /// (harakiri) cuts the client's body only after the kill (`Reply::fail`).
-    sink: Option<Sink>,
+    sink: Option<BodySink>,
     /// The spool a streamed body goes through (`None`: the route has `buffering = false`).
     spool: Option<Spooler>,
     /// When the request started on its worker, for a request that was offered (its wait
@@ -59,57 +59,12 @@ const UNBUFFERED_CHUNKS: usize = 4;
 /// can be 16 MiB (weir-uwsgi's `MAX_FRAME_LEN`), so frames are passed on in pieces.
 const PIECE: usize = 64 * 1024;
 
-/// A streamed body's way to the client: a spool (buffering on, the default) or a small
-/// channel (buffering off).
-enum Sink {
-    Spool(SpoolWriter),
-    Channel(mpsc::Sender<Result<Bytes, BodyError>>),
-}
-
-impl Sink {
-    /// Passes a chunk on; `false` once nobody takes the body (the client left, or its temp
-    /// file failed: the body is cut).
-    async fn send(&mut self, chunk: Bytes) -> bool {
-        match self {
-            Sink::Spool(w) => match w.send(chunk).await {
-                Ok(()) => true,
-                Err(SpoolError::Gone) => false,
-                Err(SpoolError::Io(e)) => {
-                    tracing::error!("response temp file failed, the response is cut: {e}");
-                    false
-                }
-            },
-            Sink::Channel(tx) => tx.send(Ok(chunk)).await.is_ok(),
-        }
-    }
-
-    /// The body's normal end.
-    async fn finish(self) {
-        match self {
-            Sink::Spool(w) => w.finish(),
-            Sink::Channel(tx) => {
-                let _ = tx.send(Ok(Bytes::new())).await;
-            }
-        }
-    }
-
-    /// The app failed mid-body.
-    async fn fail(self, e: BodyError) {
-        match self {
-            Sink::Spool(w) => w.fail(e),
-            Sink::Channel(tx) => {
-                let _ = tx.send(Err(e)).await;
-            }
-        }
-    }
-}
-
 impl Reply {
     /// Sends a chunk to the client's body; once the client is gone, chunks are dropped and
     /// the worker's answer is read to its end so the worker stays usable.
     async fn send(&mut self, chunk: Bytes) {
         if let Some(sink) = &mut self.sink {
-            if !sink.send(chunk).await {
+            if sink.send(chunk).await.is_err() {
                 self.sink = None;
             }
         }
@@ -430,18 +385,8 @@ async fn read_response(
 
     // The body streams: through the spool (read ahead of the client, bounded), or, with
     // `buffering = false`, through a small channel (the worker paced by the client).
-    let sink = match &out.spool {
-        Some(spool) => {
-            let (w, r) = spool.spool();
-            *response.body_mut() = ResponseBody::Spooled(r);
-            Sink::Spool(w)
-        }
-        None => {
-            let (tx, rx) = mpsc::channel(UNBUFFERED_CHUNKS);
-            *response.body_mut() = ResponseBody::Stream(rx);
-            Sink::Channel(tx)
-        }
-    };
+    let (sink, body) = BodySink::open(out.spool.as_ref(), UNBUFFERED_CHUNKS);
+    *response.body_mut() = body;
     if out.answer(response) {
         out.sink = Some(sink);
     }

@@ -11,11 +11,13 @@
 #![warn(missing_docs)]
 
 pub mod body;
+pub mod sink;
 pub mod spool;
 
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 
 pub use body::{BodyError, ResponseBody};
+pub use sink::{BodySink, Gone};
 pub use spool::{SpoolConfig, SpoolError, SpoolReader, SpoolWriter, Spooler};
 
 /// Parses an HTTP/1.x response head (as a worker, uWSGI or any HTTP server writes it)

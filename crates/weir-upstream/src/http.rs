@@ -5,22 +5,22 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use weir_config::UpstreamConfig;
 use weir_http1::HOP_BY_HOP;
-use weir_response::{BodyError, ResponseBody};
+use weir_response::{BodyError, BodySink, ResponseBody, Spooler};
 
-use crate::{Conn, Held, UpstreamError};
+use crate::{Conn, Held, UpstreamError, CHANNEL_CHUNKS};
 
 pub(crate) async fn exchange(
     conn: Conn,
     req: &Request<Bytes>,
     cfg: &UpstreamConfig,
     held: Held,
+    spool: Option<Spooler>,
 ) -> Result<Response<ResponseBody>, UpstreamError> {
     match conn {
-        Conn::Tcp(s) => run(s, req, cfg, held).await,
-        Conn::Unix(s) => run(s, req, cfg, held).await,
+        Conn::Tcp(s) => run(s, req, cfg, held, spool).await,
+        Conn::Unix(s) => run(s, req, cfg, held, spool).await,
     }
 }
 
@@ -29,6 +29,7 @@ async fn run<S>(
     req: &Request<Bytes>,
     cfg: &UpstreamConfig,
     held: Held,
+    spool: Option<Spooler>,
 ) -> Result<Response<ResponseBody>, UpstreamError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -58,35 +59,26 @@ where
         parts.headers.remove(h);
     }
     let read_timeout = cfg.read_timeout.as_duration();
-    let (tx, rx) = mpsc::channel(16);
+    let (mut sink, body_out) = BodySink::open(spool.as_ref(), CHANNEL_CHUNKS);
     tokio::spawn(async move {
+        // The connection is held until the body is read: into the spool (freed as soon
+        // as it is all there), or, without one, as the client takes it.
         let _held = held;
         let _sender = sender;
         loop {
             match tokio::time::timeout(read_timeout, body.frame()).await {
                 Err(_) => {
-                    let _ = tx
-                        .send(Err(BodyError::WorkerEnded(
-                            weir_errors::ErrorClass::UpstreamTimeout,
-                        )))
-                        .await;
-                    return;
+                    let e = BodyError::WorkerEnded(weir_errors::ErrorClass::UpstreamTimeout);
+                    return sink.fail(e).await;
                 }
-                Ok(None) => {
-                    let _ = tx.send(Ok(Bytes::new())).await;
-                    return;
-                }
+                Ok(None) => return sink.finish().await,
                 Ok(Some(Err(_))) => {
-                    let _ = tx
-                        .send(Err(BodyError::WorkerEnded(
-                            weir_errors::ErrorClass::UpstreamProtocol,
-                        )))
-                        .await;
-                    return;
+                    let e = BodyError::WorkerEnded(weir_errors::ErrorClass::UpstreamProtocol);
+                    return sink.fail(e).await;
                 }
                 Ok(Some(Ok(f))) => {
                     if let Ok(d) = f.into_data() {
-                        if !d.is_empty() && tx.send(Ok(d)).await.is_err() {
+                        if !d.is_empty() && sink.send(d).await.is_err() {
                             return;
                         }
                     }
@@ -94,5 +86,5 @@ where
             }
         }
     });
-    Ok(Response::from_parts(parts, ResponseBody::Stream(rx)))
+    Ok(Response::from_parts(parts, body_out))
 }

@@ -127,6 +127,12 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
+/// Chunks in flight to a client that reads an upstream's answer without a spool (a route
+/// with `buffering = false`): the upstream is paced by the client beyond them. A chunk is
+/// one read: up to 16 KiB from a uwsgi upstream, one of hyper's frames (its read buffer,
+/// a few hundred KiB at most) from an HTTP one.
+pub(crate) const CHANNEL_CHUNKS: usize = 4;
+
 /// Permits held while a request is at a server (released when its body is done).
 pub(crate) struct Held {
     _admission: SlotPermit,
@@ -184,6 +190,7 @@ impl Upstream {
         deadline: Option<Instant>,
         fair_key: u64,
         mut hold: Option<Box<dyn std::any::Any + Send>>,
+        spool: Option<weir_response::Spooler>,
     ) -> Result<::http::Response<ResponseBody>, UpstreamError> {
         let admitted = self.admit(deadline, fair_key).await?;
         let mut admitted = Some(admitted);
@@ -207,10 +214,11 @@ impl Upstream {
                     };
                     let result = match &req {
                         UpstreamRequest::Uwsgi { packet, body } => {
-                            uwsgi::exchange(conn, packet, body, &self.config, held).await
+                            let spool = spool.clone();
+                            uwsgi::exchange(conn, packet, body, &self.config, held, spool).await
                         }
                         UpstreamRequest::Http(r) => {
-                            http::exchange(conn, r, &self.config, held).await
+                            http::exchange(conn, r, &self.config, held, spool.clone()).await
                         }
                     };
                     match &result {

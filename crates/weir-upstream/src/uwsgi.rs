@@ -4,12 +4,11 @@
 use bytes::{Buf, Bytes, BytesMut};
 use http::Response;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use weir_config::UpstreamConfig;
-use weir_response::{parse_head, BodyError, ResponseBody};
+use weir_response::{parse_head, BodyError, BodySink, ResponseBody, Spooler};
 use weir_uwsgi::head;
 
-use crate::{Conn, Held, UpstreamError};
+use crate::{Conn, Held, UpstreamError, CHANNEL_CHUNKS};
 
 const MAX_HEAD: usize = 64 * 1024;
 
@@ -19,10 +18,11 @@ pub(crate) async fn exchange(
     body: &Bytes,
     cfg: &UpstreamConfig,
     held: Held,
+    spool: Option<Spooler>,
 ) -> Result<Response<ResponseBody>, UpstreamError> {
     match conn {
-        Conn::Tcp(s) => run(s, packet, body, cfg, held).await,
-        Conn::Unix(s) => run(s, packet, body, cfg, held).await,
+        Conn::Tcp(s) => run(s, packet, body, cfg, held, spool).await,
+        Conn::Unix(s) => run(s, packet, body, cfg, held, spool).await,
     }
 }
 
@@ -32,6 +32,7 @@ async fn run<S>(
     body: &Bytes,
     cfg: &UpstreamConfig,
     held: Held,
+    spool: Option<Spooler>,
 ) -> Result<Response<ResponseBody>, UpstreamError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -85,9 +86,11 @@ where
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok());
-    let (tx, rx) = mpsc::channel(16);
-    *resp.body_mut() = ResponseBody::Stream(rx);
+    let (mut sink, body_out) = BodySink::open(spool.as_ref(), CHANNEL_CHUNKS);
+    *resp.body_mut() = body_out;
     tokio::spawn(async move {
+        // The connection is held until the body is read: into the spool (freed as soon
+        // as it is all there), or, without one, as the client takes it.
         let _held = held;
         let mut remaining = length;
         let mut buf = buf;
@@ -98,36 +101,24 @@ where
                 if let Some(r) = remaining.as_mut() {
                     *r -= take;
                 }
-                if tx.send(Ok(chunk)).await.is_err() {
+                if sink.send(chunk).await.is_err() {
                     return; // client gone: closing the connection ends the upstream's work
                 }
             }
             if remaining == Some(0) {
-                let _ = tx.send(Ok(Bytes::new())).await;
-                return;
+                return sink.finish().await;
             }
             buf.reserve(16 * 1024);
             match tokio::time::timeout(read_timeout, s.read_buf(&mut buf)).await {
                 Err(_) => {
-                    let _ = tx
-                        .send(Err(BodyError::WorkerEnded(
-                            weir_errors::ErrorClass::UpstreamTimeout,
-                        )))
-                        .await;
-                    return;
+                    let e = BodyError::WorkerEnded(weir_errors::ErrorClass::UpstreamTimeout);
+                    return sink.fail(e).await;
                 }
-                Ok(Ok(0)) if remaining.is_none() => {
-                    let _ = tx.send(Ok(Bytes::new())).await;
-                    return;
-                }
+                Ok(Ok(0)) if remaining.is_none() => return sink.finish().await,
                 Ok(Ok(0)) | Ok(Err(_)) => {
                     // Closed before Content-Length bytes: a cut body.
-                    let _ = tx
-                        .send(Err(BodyError::WorkerEnded(
-                            weir_errors::ErrorClass::UpstreamProtocol,
-                        )))
-                        .await;
-                    return;
+                    let e = BodyError::WorkerEnded(weir_errors::ErrorClass::UpstreamProtocol);
+                    return sink.fail(e).await;
                 }
                 Ok(Ok(_)) => {}
             }
