@@ -70,26 +70,9 @@ done
 command -v wrk >/dev/null || { log "wrk not found: run scripts/install-deps.sh"; exit 2; }
 command -v uwsgi >/dev/null || { log "uwsgi not found: run scripts/install-deps.sh"; exit 2; }
 [[ -x "$NGINX" ]] || { log "nginx not found: run scripts/install-deps.sh"; exit 2; }
-if [[ -z "${WEIR_BIN:-}" ]]; then
-  WEIR_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/weir"
-  if [[ "${NO_BUILD:-0}" != 1 ]]; then
-    log "cargo build --release -p weir"
-    cargo build --release -p weir >&2
-  fi
-fi
-[[ -x "$WEIR_BIN" ]] || { log "no weir binary at $WEIR_BIN"; exit 2; }
-# A private copy: other work may rebuild the binary mid-benchmark.
-{
-  echo "binary $WEIR_BIN, modified $(date -u -r "$WEIR_BIN" '+%Y-%m-%d %H:%M UTC')"
-  echo "HEAD $(git rev-parse --short HEAD)"
-  git status --porcelain -- crates Cargo.toml Cargo.lock | sed 's/^/dirty /'
-} > "$OUT/weir-build"
-cp "$WEIR_BIN" "$RUN_DIR/weir"
-WEIR_BIN=$RUN_DIR/weir
-"$PY" -c 'import flask' 2>/dev/null || "$PY" -m pip install -q -r "$SHOP_DIR/requirements.txt"
-# SQLite, in the temp dir (not examples/shop/shop.db); created and seeded by the first request.
-unset DATABASE_URL
-export SHOP_SQLITE_PATH=$RUN_DIR/shop.db
+source "$ROOT/bench/weir-bin.sh"
+weir_bin_private
+shop_on_sqlite
 
 source "$ROOT/bench/hello/lib.sh"
 
