@@ -457,6 +457,29 @@ fn secs(v: Option<&Value>) -> Option<std::time::Duration> {
 /// refuses the contradiction; NGINX would have answered 504 first), with a note on the
 /// directive that set it.
 pub(crate) fn finish(b: &mut Builder) {
+    // Zones: a limit_req/limit_conn may come before (or without) its zone's definition;
+    // a zone without its definition is dropped, with the routes' references to it.
+    for (kind, needed) in [
+        ("limit_req", ["key", "rate"]),
+        ("limit_conn", ["key", "max"]),
+    ] {
+        let Some(zones) = b.t.get_mut(kind).and_then(Value::as_table_mut) else {
+            continue;
+        };
+        zones.retain(|_, z| needed.iter().all(|k| z.get(*k).is_some()));
+        let defined: Vec<String> = zones.keys().cloned().collect();
+        if defined.is_empty() {
+            b.t.remove(kind);
+        }
+        for r in b.routes.iter_mut() {
+            if let Some(Value::Array(list)) = r.get_mut(kind) {
+                list.retain(|z| z.as_str().is_some_and(|z| defined.iter().any(|d| d == z)));
+                if list.is_empty() {
+                    r.remove(kind);
+                }
+            }
+        }
+    }
     let harakiri = secs(b.get("app.harakiri"));
     let Some(h) = harakiri else { return };
     let raise = |b: &mut Builder, key: &str, current: std::time::Duration| {

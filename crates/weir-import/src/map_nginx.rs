@@ -740,7 +740,9 @@ fn limit_req_zone(b: &mut Builder, d: &Directive) {
     let sec = format!("limit_req.{name}");
     b.set(&format!("{sec}.key"), key);
     b.set(&format!("{sec}.rate"), rate.to_owned());
-    b.set(&format!("{sec}.status"), 503);
+    if b.get(&format!("{sec}.status")).is_none() {
+        b.set(&format!("{sec}.status"), 503);
+    }
     let mut note = "status 503 as NGINX's default (weir's own default is 429); burst, nodelay and delay come from limit_req".to_owned();
     if let Some(bytes) = size {
         // NGINX: "one megabyte zone can keep about 16 thousand 64-byte states".
@@ -765,7 +767,9 @@ fn limit_conn_zone(b: &mut Builder, d: &Directive) {
     };
     let sec = format!("limit_conn.{name}");
     b.set(&format!("{sec}.key"), key);
-    b.set(&format!("{sec}.status"), 503);
+    if b.get(&format!("{sec}.status")).is_none() {
+        b.set(&format!("{sec}.status"), 503);
+    }
     b.mapped_note(
         f,
         d.line,
@@ -1118,9 +1122,7 @@ fn route_settings(b: &mut Builder, ctx: &mut Ctx, idx: usize, chain: &[&[Directi
         let Some(zone) = d.args.iter().find_map(|a| a.strip_prefix("zone=")) else {
             continue;
         };
-        if b.get(&format!("limit_req.{zone}")).is_none() {
-            continue;
-        }
+
         let params: Vec<&String> = d.args.iter().filter(|a| !a.starts_with("zone=")).collect();
         let sig = format!("{params:?}");
         match ctx.zone_params.get(zone) {
@@ -1172,9 +1174,6 @@ fn route_settings(b: &mut Builder, ctx: &mut Ctx, idx: usize, chain: &[&[Directi
             continue;
         };
         let sec = format!("limit_conn.{zone}");
-        if b.get(&sec).is_none() {
-            continue;
-        }
         if b.get(&format!("{sec}.max")).is_none() {
             b.set(&format!("{sec}.max"), max);
             if let Some(s) = cstatus {

@@ -419,3 +419,20 @@ fn every_directive_is_listed() {
     );
     assert!(is_unsupported(&i, "something_new"));
 }
+
+#[test]
+fn zones_defined_after_their_use_or_never() {
+    let i = conv(
+        "http { server { location / { limit_req zone=late burst=2; limit_req_status 444; limit_req zone=nowhere; limit_conn c 3; uwsgi_pass 127.0.0.1:1; } } limit_req_zone $remote_addr zone=late:1m rate=1r/s; }",
+        None,
+    );
+    let c = check(&i);
+    assert_eq!(c.route[0].limit_req, vec!["late"]);
+    assert_eq!(
+        (c.limit_req["late"].burst, c.limit_req["late"].status),
+        (2, 444)
+    );
+    assert!(!c.limit_req.contains_key("nowhere"));
+    assert!(c.route[0].limit_conn.is_empty());
+    assert!(c.limit_conn.is_empty());
+}
