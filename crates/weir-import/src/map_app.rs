@@ -463,13 +463,30 @@ pub(crate) fn finish(b: &mut Builder) {
         ("limit_req", ["key", "rate"]),
         ("limit_conn", ["key", "max"]),
     ] {
-        let Some(zones) = b.t.get_mut(kind).and_then(Value::as_table_mut) else {
-            continue;
-        };
-        zones.retain(|_, z| needed.iter().all(|k| z.get(*k).is_some()));
-        let defined: Vec<String> = zones.keys().cloned().collect();
+        let mut defined: Vec<String> = Vec::new();
+        if let Some(zones) = b.t.get_mut(kind).and_then(Value::as_table_mut) {
+            zones.retain(|_, z| needed.iter().all(|k| z.get(*k).is_some()));
+            defined = zones.keys().cloned().collect();
+        }
         if defined.is_empty() {
             b.t.remove(kind);
+        }
+        for f in b.findings.iter_mut() {
+            let zone = match (kind, f.directive.split(' ').collect::<Vec<_>>().as_slice()) {
+                ("limit_req", ["limit_req", args @ ..]) => args
+                    .iter()
+                    .find_map(|a| a.strip_prefix("zone="))
+                    .map(str::to_owned),
+                ("limit_conn", ["limit_conn", z, ..]) => Some((*z).to_owned()),
+                _ => None,
+            };
+            if let Some(z) = zone {
+                if !defined.contains(&z) {
+                    f.verdict = crate::Verdict::Unsupported {
+                        what_to_do: format!("zone {z:?} has no valid {kind}_zone: define it (key and rate/max), or remove this"),
+                    };
+                }
+            }
         }
         for r in b.routes.iter_mut() {
             if let Some(Value::Array(list)) = r.get_mut(kind) {

@@ -100,8 +100,9 @@ fn not_needed_why(name: &str) -> Option<&'static str> {
         }
         "real_ip_header" => "weir reads X-Forwarded-For from [server] trusted_proxies",
         "real_ip_recursive" => "weir skips every trusted proxy in X-Forwarded-For",
-        "keepalive" | "keepalive_timeout" | "keepalive_requests" | "keepalive_time" => {
-            "weir manages keep-alive itself (one upstream connection per request)"
+        "keepalive" => "weir opens one upstream connection per request",
+        "keepalive_timeout" | "keepalive_requests" | "keepalive_time" => {
+            "weir keeps client connections alive by its own rules; a slow client is bounded by client_header_timeout"
         }
         "zone" => "weir's upstream state is in memory",
         "reset_timedout_connection" | "lingering_close" | "lingering_time"
@@ -264,6 +265,42 @@ pub(crate) fn map(b: &mut Builder, file: &str, tree: &[Directive], app_given: bo
         max_read_timeout: None,
     };
     let _ = ctx.file;
+    let start = b.findings.len();
+    walk(b, &mut ctx, tree);
+    // Exactly one finding per directive, in the order of the files: a directive a mapping
+    // did not look into (inside a block it does not import) is listed as not supported.
+    let mut got: Vec<Option<crate::Finding>> = b.findings.drain(start..).map(Some).collect();
+    let mut ordered = Vec::new();
+    fn pre_order<'t>(t: &'t [Directive], out: &mut Vec<&'t Directive>) {
+        for d in t {
+            out.push(d);
+            pre_order(d.block.as_deref().unwrap_or(&[]), out);
+        }
+    }
+    let mut all = Vec::new();
+    pre_order(tree, &mut all);
+    for d in all {
+        let t = text(d);
+        let found = got.iter_mut().find(|f| {
+            f.as_ref()
+                .is_some_and(|f| f.source == d.file && f.line == d.line && f.directive == t)
+        });
+        match found.and_then(Option::take) {
+            Some(f) => ordered.push(f),
+            None => ordered.push(crate::Finding {
+                source: d.file.clone(),
+                line: d.line,
+                directive: t,
+                verdict: crate::Verdict::Unsupported {
+                    what_to_do: "inside a block weir does not import".into(),
+                },
+            }),
+        }
+    }
+    b.findings.extend(ordered);
+}
+
+fn walk<'a>(b: &mut Builder, ctx: &mut Ctx<'a>, tree: &'a [Directive]) {
     for d in tree {
         match d.name.as_str() {
             "http" => {
@@ -273,7 +310,7 @@ pub(crate) fn map(b: &mut Builder, file: &str, tree: &[Directive], app_given: bo
                     text(d),
                     "a block: its directives are listed one by one",
                 );
-                http(b, &mut ctx, d);
+                http(b, ctx, d);
             }
             "events" => {
                 b.not_needed(
@@ -283,11 +320,11 @@ pub(crate) fn map(b: &mut Builder, file: &str, tree: &[Directive], app_given: bo
                     "weir's event loop needs no tuning",
                 );
                 for c in d.block.iter().flatten() {
-                    generic(b, &ctx, c);
+                    generic(b, ctx, c);
                 }
             }
             "stream" | "mail" => unsupported_tree(b, d, "weir serves HTTP only"),
-            _ => generic(b, &ctx, d),
+            _ => generic(b, ctx, d),
         }
     }
 }

@@ -159,6 +159,9 @@ fn tokenize(text: &str, file: &str) -> Result<Vec<(Tok, usize)>, SyntaxError> {
                         break;
                     }
                     if ch == '\\' && i + 1 < chars.len() {
+                        if chars[i + 1] == '\n' {
+                            line += 1;
+                        }
                         s.push(ch);
                         s.push(chars[i + 1]);
                         i += 2;
@@ -447,6 +450,13 @@ mod tests {
     #[test]
     fn multi_line_strings_count_lines() {
         let t = parse_text("a \"x\ny\";\nb;\n", "n").unwrap();
+        assert_eq!(t[1].line, 3);
+    }
+
+    #[test]
+    fn escaped_newlines_in_words_count_lines() {
+        let t = parse_text("a b\\\nc;\nd;\n", "n").unwrap();
+        assert_eq!(t[0].args, vec!["b\\\nc"]);
         assert_eq!(t[1].line, 3);
     }
 

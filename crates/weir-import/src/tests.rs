@@ -421,6 +421,17 @@ fn every_directive_is_listed() {
 }
 
 #[test]
+fn a_zone_never_defined_is_dropped() {
+    let i = conv(
+        "http { server { location / { limit_req zone=x; uwsgi_pass 127.0.0.1:1; } } }",
+        None,
+    );
+    let c = check(&i);
+    assert!(c.route[0].limit_req.is_empty());
+    assert!(is_unsupported(&i, "limit_req zone=x"));
+}
+
+#[test]
 fn zones_defined_after_their_use_or_never() {
     let i = conv(
         "http { server { location / { limit_req zone=late burst=2; limit_req_status 444; limit_req zone=nowhere; limit_conn c 3; uwsgi_pass 127.0.0.1:1; } } limit_req_zone $remote_addr zone=late:1m rate=1r/s; }",
@@ -435,4 +446,19 @@ fn zones_defined_after_their_use_or_never() {
     assert!(!c.limit_req.contains_key("nowhere"));
     assert!(c.route[0].limit_conn.is_empty());
     assert!(c.limit_conn.is_empty());
+    assert!(is_unsupported(&i, "limit_req zone=nowhere"));
+    assert!(is_unsupported(&i, "limit_conn c 3"));
+    assert_eq!(key_of(&i, "limit_req zone=late"), "route[0].limit_req");
+}
+
+#[test]
+fn directives_inside_unimported_blocks_are_listed_in_file_order() {
+    let i = conv(
+        "http {\n server {\n  location / {\n   uwsgi_pass 127.0.0.1:1;\n   if ($x) { location /y { z 1; } }\n   client_max_body_size 1m { odd; }\n  }\n }\n}\n",
+        None,
+    );
+    let lines: Vec<usize> = i.findings.iter().map(|f| f.line).collect();
+    assert_eq!(lines, vec![1, 2, 3, 4, 5, 5, 5, 6, 6]);
+    assert!(is_unsupported(&i, "z 1"));
+    assert!(is_unsupported(&i, "odd"));
 }
