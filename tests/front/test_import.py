@@ -143,3 +143,12 @@ def test_help_has_an_example(weir_bin):
     assert code == 0
     assert "weir import --nginx" in out and "--uwsgi" in out and "--gunicorn" in out
 
+
+
+def test_a_result_check_would_refuse_here_is_written_with_a_warning(weir_bin, tmp_path):
+    ini = tmp_path / "u.ini"
+    ini.write_text("[uwsgi]\nmodule = app:app\nchdir = %s\nprocesses = 3\n" % (tmp_path / "missing"))
+    out_toml = tmp_path / "weir.toml"
+    code, out = run_weir(weir_bin, ["import", "--uwsgi", ini, "-o", out_toml])
+    assert code == 0 and out_toml.exists(), out
+    assert "warning" in out and "app.chdir" in out, out

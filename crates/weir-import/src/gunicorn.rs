@@ -6,7 +6,8 @@
 //! weir runs the system `python3` (or `$WEIR_PYTHON`) on the file in a subprocess, the way
 //! Gunicorn does (`runpy.run_path`), and prints every top-level name as JSON with the line
 //! of its last assignment (from `ast`). Functions are reported as hooks; modules are
-//! skipped. The file is the user's own, run as Gunicorn would run it.
+//! skipped. The file is the user's own, run as Gunicorn would run it, from its own directory
+//! (which is put on `sys.path`, as Gunicorn's working directory is).
 
 use std::path::Path;
 use std::process::Command;
@@ -26,8 +27,9 @@ pub struct Setting {
 }
 
 const SCRIPT: &str = r#"
-import ast, json, runpy, sys, types
+import ast, json, os, runpy, sys, types
 path = sys.argv[1]
+sys.path.insert(0, os.getcwd())
 src = open(path, encoding="utf-8").read()
 try:
     tree = ast.parse(src, path)
@@ -80,7 +82,6 @@ print(json.dumps({"settings": out}))
 pub fn eval(path: &Path) -> Result<Vec<Setting>, String> {
     let python = std::env::var("WEIR_PYTHON").unwrap_or_else(|_| "python3".to_owned());
     let out = Command::new(&python)
-        .arg("-I")
         .arg("-c")
         .arg(SCRIPT)
         .arg(path)
