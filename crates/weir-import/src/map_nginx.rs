@@ -536,7 +536,9 @@ fn generic(b: &mut Builder, _ctx: &Ctx, d: &Directive) {
         );
     }
     for c in d.block.iter().flatten() {
-        if d.name == "if" || d.name == "map" || d.name == "types" || d.name == "geo" {
+        if d.name == "types" {
+            b.not_needed(&c.file, c.line, text(c), "a MIME type: weir takes Content-Types from the app, and from the extension for [[static]] files");
+        } else if d.name == "if" || d.name == "map" || d.name == "geo" {
             b.unsupported(
                 &c.file,
                 c.line,
@@ -951,7 +953,11 @@ fn location<'a>(b: &mut Builder, ctx: &mut Ctx<'a>, l: &'a Directive, outer: &[&
         let root = if r.name == "alias" {
             dir.trim_end_matches('/').to_owned()
         } else {
-            format!("{}{}", dir.trim_end_matches('/'), prefix)
+            format!(
+                "{}{}",
+                dir.trim_end_matches('/'),
+                prefix.trim_end_matches('/')
+            )
         };
         let idx = b.statics.len();
         let mut st = Table::new();

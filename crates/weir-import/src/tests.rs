@@ -462,3 +462,15 @@ fn directives_inside_unimported_blocks_are_listed_in_file_order() {
     assert!(is_unsupported(&i, "z 1"));
     assert!(is_unsupported(&i, "odd"));
 }
+
+#[test]
+fn types_blocks_and_server_roots() {
+    let i = conv(
+        "http { types { text/html html; } server { listen 80; root /srv/www/; location / { try_files $uri =404; } location /img { } } }",
+        None,
+    );
+    assert!(is_not_needed(&i, "text/html html"));
+    let st = i.config["static"].as_array().unwrap();
+    assert_eq!(st[0]["root"].as_str(), Some("/srv/www"));
+    assert_eq!(st[1]["root"].as_str(), Some("/srv/www/img"));
+}
