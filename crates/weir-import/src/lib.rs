@@ -256,8 +256,8 @@ pub fn convert(inputs: &Inputs) -> Imported {
     let mut b = Builder::new();
     let app_given = !matches!(inputs.app, AppSource::None) || inputs.app_override.is_some();
     let nginx_given = inputs.nginx.is_some();
-    if let Some((file, tree)) = &inputs.nginx {
-        map_nginx::map(&mut b, file, tree, app_given);
+    if let Some((_, tree)) = &inputs.nginx {
+        map_nginx::map(&mut b, tree, app_given);
     }
     match &inputs.app {
         AppSource::None => {}

@@ -243,7 +243,6 @@ fn pass_target(d: &Directive) -> Result<(&'static str, Target), String> {
 }
 
 struct Ctx<'a> {
-    file: &'a str,
     app_given: bool,
     upstreams: BTreeMap<String, &'a Directive>,
     /// The upstream the imported server passes to: (protocol, name or address).
@@ -254,9 +253,8 @@ struct Ctx<'a> {
     max_read_timeout: Option<String>,
 }
 
-pub(crate) fn map(b: &mut Builder, file: &str, tree: &[Directive], app_given: bool) {
+pub(crate) fn map(b: &mut Builder, tree: &[Directive], app_given: bool) {
     let mut ctx = Ctx {
-        file,
         app_given,
         upstreams: BTreeMap::new(),
         chosen_pass: None,
@@ -264,7 +262,6 @@ pub(crate) fn map(b: &mut Builder, file: &str, tree: &[Directive], app_given: bo
         cache_paths: 0,
         max_read_timeout: None,
     };
-    let _ = ctx.file;
     let start = b.findings.len();
     walk(b, &mut ctx, tree);
     // Exactly one finding per directive, in the order of the files: a directive a mapping
