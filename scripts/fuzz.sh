@@ -10,7 +10,7 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install -q --locked cargo-fuzz
 fi
 export RUSTC_BOOTSTRAP=1
-for t in uwsgi_packet body_frames http1_framing cache_record static_path; do
+for t in uwsgi_packet body_frames http1_framing cache_record static_path nginx_conf; do
   echo "fuzz: $t for ${SECS}s" >&2
   cargo fuzz run "$t" -- -max_total_time="$SECS" -rss_limit_mb=2048 2>&1 | tail -n 3
 done

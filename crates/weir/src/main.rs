@@ -26,6 +26,9 @@ enum Command {
     Load(weir_load::LoadCommand),
     /// Database-side tools: guard (kill long queries), audit (indexes), slap (load).
     Db(weir_db::DbCommand),
+    /// Write a weir.toml from an NGINX config plus a uWSGI ini or gunicorn.conf.py, listing
+    /// what became of every directive.
+    Import(weir_import::cli::ImportArgs),
     /// One worker process (started by `weir serve`; not for direct use).
     #[command(hide = true)]
     Worker(weir_worker::WorkerOptions),
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => weir_front::cli::main(args),
         Command::Load(cmd) => weir_load::main(cmd),
         Command::Db(cmd) => weir_db::main(cmd),
+        Command::Import(args) => weir_import::cli::main(args),
         Command::Worker(opts) => weir_worker::main(opts),
     }
 }
