@@ -1,7 +1,10 @@
 //! Start-up, signals and shutdown, in this order:
-//! 1. bind every listener (a bind error stops weir before any worker starts);
-//! 2. start the pool (requests queue until workers are ready);
-//! 3. serve; SIGHUP reloads the workers; SIGTERM/SIGINT drains:
+//! 1. bind every listener, or take the socket systemd passed for it (socket activation,
+//!    [`crate::systemd`]; a bind error stops weir before any worker starts);
+//! 2. start the pool (requests queue until workers are ready); once the first
+//!    generation's workers are all ready, tell systemd `READY=1`;
+//! 3. serve; SIGHUP reloads the workers (`RELOADING=1`, then `READY=1`); SIGTERM/SIGINT
+//!    drains (`STOPPING=1`):
 //! 4. stop accepting, let each connection finish its current request, stop the pool
 //!    (busy workers finish, up to `graceful_timeout`; every worker and zygote is reaped),
 //!    remove Unix socket files, exit 0.
