@@ -201,6 +201,26 @@ def test_systemd_socket_activate_http_and_uwsgi(weir_bin, tmp_path, nginx, notif
         proc.stop()
 
 
+@pytest.mark.skipif(SOCKET_ACTIVATE is None, reason="systemd-socket-activate missing: scripts/install-deps.sh")
+@pytest.mark.e2e_timeout(60)
+def test_systemd_socket_activate_unix_socket(weir_bin, tmp_path, short_tmp):
+    """An inherited Unix socket is served, and its file (systemd's) is left in place."""
+    path = short_tmp / ("act-%d.sock" % os.getpid())
+    path.unlink(missing_ok=True)
+    argv = [SOCKET_ACTIVATE, "-l", str(path), "--fdname=http", *weir_argv(weir_bin)]
+    proc = Proc("weir", argv, tmp_path / "logs", cwd=tmp_path)
+    try:
+        wait_for(path.exists, 20, what="systemd-socket-activate's socket file")
+        r = wait_ready(proc, Addr(unix=str(path)), "/pid")
+        assert r.status == 200, r
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, proc.describe()
+        assert path.exists(), "weir removed the inherited socket's file"
+    finally:
+        proc.stop()
+        path.unlink(missing_ok=True)
+
+
 def _start_on_fd(weir_bin, tmp_path, sock: socket.socket, name: str, extra=()):
     """weir on an inherited socket, as systemd starts it: the descriptor as 3, LISTEN_FDS=1
     and LISTEN_PID set to the pid weir runs as (bash execs into weir)."""

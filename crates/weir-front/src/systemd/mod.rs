@@ -177,7 +177,8 @@ impl Notifier {
             match r {
                 Ok(t) => Some(t),
                 Err(e) => {
-                    tracing::warn!("NOTIFY_SOCKET={s} cannot be used: {e}");
+                    // Before logging starts (this runs first thing): straight to stderr.
+                    eprintln!("weir: NOTIFY_SOCKET={s} cannot be used: {e}");
                     None
                 }
             }
