@@ -123,6 +123,9 @@ fn take_listeners(n: &str, names: Option<&str>) -> Result<Vec<Inherited>, Activa
         .ok()
         .filter(|&n| (0..=4096).contains(&n))
         .ok_or_else(|| ActivationError(format!("LISTEN_FDS={n} is not a count")))?;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
     let names: Vec<String> = match names {
         Some(s) => s.split(':').map(str::to_owned).collect(),
         None => vec!["unknown".to_owned(); n as usize],
@@ -261,6 +264,16 @@ mod tests {
         let len = rx.recv(&mut buf).unwrap();
         let got = std::str::from_utf8(&buf[..len]).unwrap();
         assert!(got.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{got}");
+    }
+
+    #[test]
+    fn bad_counts_and_names_are_refused() {
+        assert!(take_listeners("0", Some("")).unwrap().is_empty());
+        assert!(take_listeners("x", None).is_err());
+        assert!(take_listeners("-1", None).is_err());
+        // Two names for one descriptor: refused before any descriptor is taken.
+        let e = take_listeners("1", Some("http:uwsgi")).unwrap_err();
+        assert!(e.to_string().contains("2 names"), "{e}");
     }
 
     #[test]
