@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs, idempotently and quietly, everything weir's tests and benchmarks talk to:
-# Debian packages (nginx, MariaDB, wrk, Redis, nghttp2's h2load) and the Python peers (Flask, uWSGI, Gunicorn,
+# Debian packages (nginx, MariaDB, wrk, Redis, nghttp2's h2load, systemd's systemd-socket-activate) and the Python peers (Flask, uWSGI, Gunicorn,
 # Granian, PyMySQL, pytest, brotli and zstandard to decode compressed answers). Safe to run again: it skips what is already there.
 # Usage: scripts/install-deps.sh [--no-apt]   (root is needed for the apt part)
 set -euo pipefail
@@ -25,6 +25,9 @@ if [[ "${1:-}" != "--no-apt" ]]; then
   for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$p")
   done
+  # tests/e2e/test_systemd.py starts weir under systemd-socket-activate (Debian's systemd
+  # package); only its binary is used, no systemd runs.
+  command -v systemd-socket-activate >/dev/null || need_apt+=(systemd)
 fi
 if ((${#need_apt[@]})); then
   log "apt-get install ${need_apt[*]}"

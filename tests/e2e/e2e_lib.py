@@ -118,7 +118,7 @@ class Proc:
     """A child process in its own process group, its stdout/stderr captured to files."""
 
     def __init__(self, name: str, argv: list[str], logdir: Path, cwd: Optional[Path] = None,
-                 env: Optional[dict] = None):
+                 env: Optional[dict] = None, pass_fds: tuple = ()):
         self.name = name
         self.argv = [str(a) for a in argv]
         logdir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +133,8 @@ class Proc:
         self._err = open(self.stderr_path, "wb")
         self.started_at = time.monotonic()
         self.popen = subprocess.Popen(self.argv, stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL,
-                                      cwd=str(cwd) if cwd else None, env=full_env, start_new_session=True)
+                                      cwd=str(cwd) if cwd else None, env=full_env, start_new_session=True,
+                                      pass_fds=pass_fds)
         self.pid = self.popen.pid
         ALL_PROCS.append(self)
 

@@ -94,6 +94,12 @@ fn parse_size_arg(s: &str) -> Result<Size, String> {
 impl ServeArgs {
     /// The file (if any), flags merged over it, defaults filled in, validated.
     pub fn to_config(&self) -> Result<Config, ConfigError> {
+        self.to_config_with(false)
+    }
+
+    /// As [`ServeArgs::to_config`]; with `inherited` (systemd passed listening sockets),
+    /// the default listener is not added when none is configured.
+    pub fn to_config_with(&self, inherited: bool) -> Result<Config, ConfigError> {
         let mut c = match &self.config {
             Some(path) => Config::load(path)?,
             None => Config::default(),
@@ -138,7 +144,9 @@ impl ServeArgs {
         if !self.uwsgi_listen.is_empty() {
             c.server.uwsgi_listen = self.uwsgi_listen.clone();
         }
-        c.apply_defaults();
+        if !inherited {
+            c.apply_defaults();
+        }
         c.validate()?;
         Ok(c)
     }
@@ -152,7 +160,15 @@ fn set<T>(slot: &mut Option<T>, flag: Option<T>) {
 
 /// Runs `weir serve`: exit 0 after a clean stop, 1 when serving failed, 2 for bad config.
 pub fn main(args: ServeArgs) -> ExitCode {
-    let config = match args.to_config() {
+    // Before any thread: it reads and removes systemd's environment variables.
+    let systemd = match crate::systemd::Systemd::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("weir: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match args.to_config_with(!systemd.listeners.is_empty()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("weir: {e}");
@@ -184,7 +200,7 @@ pub fn main(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(crate::server::run(config)) {
+    match runtime.block_on(crate::server::run(config, systemd)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weir: {e}");

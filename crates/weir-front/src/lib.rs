@@ -35,7 +35,7 @@
 //!   `/readyz` on their own listener.
 //! - [`rejection`]: the one function that turns every weir-made failure into a status,
 //!   `x-weir-error`, Retry-After and a body.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod access_log;
@@ -60,4 +60,5 @@ pub mod request_id;
 pub mod route;
 pub mod server;
 pub mod static_files;
+pub mod systemd;
 pub mod uwsgi_listener;

@@ -15,8 +15,9 @@ use weir_config::ListenAddr;
 pub enum Listener {
     /// TCP.
     Tcp(TcpListener),
-    /// Unix; the path is removed when the listener is dropped by [`Listener::cleanup`].
-    Unix(UnixListener, PathBuf),
+    /// Unix; the path is removed by [`Listener::cleanup`] when the flag says weir bound
+    /// it (an inherited socket's file belongs to systemd).
+    Unix(UnixListener, PathBuf, bool),
 }
 
 /// Why a listener could not be bound.
@@ -70,8 +71,38 @@ impl Listener {
                 s.listen(backlog).map_err(err)?;
                 s.set_nonblocking(true).map_err(err)?;
                 let l = UnixListener::from_std(s.into()).map_err(err)?;
-                Ok(Listener::Unix(l, path.clone()))
+                Ok(Listener::Unix(l, path.clone(), true))
             }
+        }
+    }
+
+    /// A listener on a socket inherited from systemd (socket activation).
+    pub fn inherited(socket: Socket) -> std::io::Result<Listener> {
+        if socket.domain()? == Domain::UNIX {
+            let path = socket
+                .local_addr()?
+                .as_pathname()
+                .map_or_else(|| PathBuf::from("(unnamed)"), Path::to_path_buf);
+            let l = UnixListener::from_std(std::os::unix::net::UnixListener::from(
+                std::os::fd::OwnedFd::from(socket),
+            ))?;
+            Ok(Listener::Unix(l, path, false))
+        } else {
+            Ok(Listener::Tcp(TcpListener::from_std(socket.into())?))
+        }
+    }
+
+    /// Whether an inherited `socket` is bound where `addr` says (so it stands for it).
+    pub fn same_address(socket: &Socket, addr: &ListenAddr) -> bool {
+        let Ok(local) = socket.local_addr() else {
+            return false;
+        };
+        match addr {
+            ListenAddr::Tcp(a) => match (local.as_socket(), a.to_socket_addrs()) {
+                (Some(l), Ok(mut it)) => it.any(|x| x == l),
+                _ => false,
+            },
+            ListenAddr::Unix(path) => local.as_pathname() == Some(path.as_path()),
         }
     }
 
@@ -81,13 +112,13 @@ impl Listener {
             Listener::Tcp(l) => l
                 .local_addr()
                 .map_or_else(|_| "tcp".into(), |a| a.to_string()),
-            Listener::Unix(_, p) => format!("unix:{}", p.display()),
+            Listener::Unix(_, p, _) => format!("unix:{}", p.display()),
         }
     }
 
     /// Removes a Unix socket's file.
     pub fn cleanup(&self) {
-        if let Listener::Unix(_, p) = self {
+        if let Listener::Unix(_, p, true) = self {
             // Already gone is fine.
             let _ = std::fs::remove_file(p);
         }

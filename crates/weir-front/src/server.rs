@@ -1,7 +1,10 @@
 //! Start-up, signals and shutdown, in this order:
-//! 1. bind every listener (a bind error stops weir before any worker starts);
-//! 2. start the pool (requests queue until workers are ready);
-//! 3. serve; SIGHUP reloads the workers; SIGTERM/SIGINT drains:
+//! 1. bind every listener, or take the socket systemd passed for it (socket activation,
+//!    [`crate::systemd`]; a bind error stops weir before any worker starts);
+//! 2. start the pool (requests queue until workers are ready); once the first
+//!    generation's workers are all ready, tell systemd `READY=1`;
+//! 3. serve; SIGHUP reloads the workers (`RELOADING=1`, then `READY=1`); SIGTERM/SIGINT
+//!    drains (`STOPPING=1`):
 //! 4. stop accepting, let each connection finish its current request, stop the pool
 //!    (busy workers finish, up to `graceful_timeout`; every worker and zygote is reaped),
 //!    remove Unix socket files, exit 0.
@@ -10,6 +13,7 @@
 //! `mpsc::Sender` held by each connection tells when the last one is gone (the
 //! mini-redis shutdown pattern).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +32,7 @@ use crate::front::{Backend, Front};
 use crate::identity::TrustedProxies;
 use crate::listener::{BindError, Listener};
 use crate::route::Routes;
+use crate::systemd::{Notifier, Systemd};
 
 /// Why `weir serve` stopped with an error.
 #[derive(Debug, Error)]
@@ -56,6 +61,9 @@ pub enum ServeError {
     /// `[server] temp_path` cannot hold temp files.
     #[error("invalid config: server.temp_path: cannot make a temp file in {0}: {1}")]
     TempPath(String, std::io::Error),
+    /// A socket inherited from systemd cannot be used.
+    #[error("socket activation: {0}")]
+    Activation(String),
     /// weir cannot find its own executable to start workers.
     #[error("cannot find weir's own executable to start workers: {0}")]
     Exe(std::io::Error),
@@ -174,15 +182,31 @@ pub fn spooler(srv: &weir_config::ServerConfig) -> Result<weir_response::Spooler
 const LIMITS_STORE_WARMUP: Duration = Duration::from_secs(1);
 
 /// Runs the server until SIGTERM/SIGINT (Ok) or a fatal error.
-pub async fn run(config: Config) -> Result<(), ServeError> {
+pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
     let backlog = config.server.backlog;
+    let Systemd {
+        notifier,
+        listeners: mut inherited,
+    } = systemd;
+    let notifier = Arc::new(notifier);
     let mut http_listeners = Vec::new();
     for a in &config.server.listen {
-        http_listeners.push(Listener::bind(a, backlog)?);
+        http_listeners.push(take_or_bind(a, false, &mut inherited, backlog)?);
     }
     let mut uwsgi_listeners = Vec::new();
     for a in &config.server.uwsgi_listen {
-        uwsgi_listeners.push(Listener::bind(a, backlog)?);
+        uwsgi_listeners.push(take_or_bind(a, true, &mut inherited, backlog)?);
+    }
+    // Inherited sockets no configured address stands for: added, by their names' kind.
+    for i in inherited {
+        let uwsgi = i.is_uwsgi();
+        let l = Listener::inherited(i.socket)
+            .map_err(|e| ServeError::Activation(format!("descriptor {}: {e}", i.name)))?;
+        if uwsgi {
+            uwsgi_listeners.push(l);
+        } else {
+            http_listeners.push(l);
+        }
     }
     let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
@@ -304,24 +328,48 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         ),
     }
 
+    if notifier.enabled() {
+        tokio::spawn(notify_ticks(notifier.clone(), front.clone()));
+    }
+    let workers_ready = all_workers_ready(&supervisor, config.app.workers);
+    tokio::pin!(workers_ready);
+    let mut announced = false;
     let outcome = loop {
         tokio::select! {
+            () = &mut workers_ready, if !announced => {
+                announced = true;
+                notifier.ready(&status_line(&front));
+            }
             _ = term.recv() => { info!("SIGTERM: draining"); break Ok(()) }
             _ = int.recv() => { info!("SIGINT: draining"); break Ok(()) }
             _ = hup.recv() => match supervisor.clone() {
                 Some(s) => {
                     info!("SIGHUP: reloading workers");
+                    notifier.reloading("reloading: starting new workers");
+                    let (n, f) = (notifier.clone(), front.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = s.reload().await {
-                            error!("{e}");
+                        match s.reload().await {
+                            Ok(()) => n.ready(&status_line(&f)),
+                            Err(e) => {
+                                error!("{e}");
+                                n.ready(&format!("{e}; {}", status_line(&f)));
+                            }
                         }
                     });
                 }
-                None => info!("SIGHUP: nothing to reload (the app runs on an external upstream)"),
+                None => {
+                    info!("SIGHUP: nothing to reload (the app runs on an external upstream)");
+                    notifier.reloading("reloading: nothing to reload");
+                    notifier.ready(&status_line(&front));
+                }
             },
             e = fatal(&supervisor) => { error!("{e}"); break Err(ServeError::Pool(e)) }
         }
     };
+    notifier.stopping(&match &outcome {
+        Ok(()) => format!("draining; {}", status_line(&front)),
+        Err(e) => format!("stopping: {e}"),
+    });
 
     // Drain: stop accepting, finish what is in flight.
     let _ = drain_tx.send(true);
@@ -345,6 +393,79 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     tokio::join!(pool_done, conns_done);
     info!("weir stopped");
     outcome
+}
+
+/// An inherited socket for `addr` when systemd passed one of that kind bound there, else
+/// a new bind.
+fn take_or_bind(
+    addr: &weir_config::ListenAddr,
+    uwsgi: bool,
+    inherited: &mut Vec<crate::systemd::Inherited>,
+    backlog: u32,
+) -> Result<Listener, ServeError> {
+    let found = inherited
+        .iter()
+        .position(|i| i.is_uwsgi() == uwsgi && Listener::same_address(&i.socket, addr));
+    match found {
+        Some(at) => {
+            let i = inherited.remove(at);
+            Listener::inherited(i.socket)
+                .map_err(|e| ServeError::Activation(format!("descriptor {}: {e}", i.name)))
+        }
+        None => Ok(Listener::bind(addr, backlog)?),
+    }
+}
+
+/// Resolves once every worker of the first generation is ready (at once for an external
+/// upstream): when `READY=1` goes to systemd.
+async fn all_workers_ready(s: &Option<Arc<Supervisor>>, workers: usize) {
+    let Some(s) = s else { return };
+    let pool = s.pool();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tick.tick().await;
+        let st = pool.stats();
+        let up = st.idle.load(Ordering::Relaxed) + st.busy.load(Ordering::Relaxed);
+        if up >= workers {
+            return;
+        }
+    }
+}
+
+/// The `STATUS=` line: the workers busy and idle and the queue's depth.
+fn status_line(front: &Front) -> String {
+    match &front.backend {
+        Backend::Workers(pool) => {
+            let st = pool.stats();
+            format!(
+                "workers: {} busy, {} idle; queue: {}",
+                st.busy.load(Ordering::Relaxed),
+                st.idle.load(Ordering::Relaxed),
+                pool.queue_depth()
+            )
+        }
+        Backend::Upstream(_) => "serving (external upstream)".to_owned(),
+    }
+}
+
+/// Longest time between two `STATUS=` lines.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+/// `STATUS=` every few seconds, and `WATCHDOG=1` every half of `WATCHDOG_USEC` when set.
+async fn notify_ticks(notifier: Arc<Notifier>, front: Arc<Front>) {
+    let every = notifier.watchdog().map_or(STATUS_EVERY, |w| {
+        (w / 2).clamp(Duration::from_millis(1), STATUS_EVERY)
+    });
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if notifier.watchdog().is_some() {
+            notifier.send(&format!("WATCHDOG=1\nSTATUS={}\n", status_line(&front)));
+        } else {
+            notifier.status(&status_line(&front));
+        }
+    }
 }
 
 async fn fatal(s: &Option<Arc<Supervisor>>) -> SupervisorError {
@@ -432,7 +553,7 @@ async fn accept(l: &Listener) -> std::io::Result<(Io, ConnInfo)> {
                 },
             ))
         }
-        Listener::Unix(u, _) => {
+        Listener::Unix(u, _, _) => {
             let (s, _) = u.accept().await?;
             let io = SharedIo::new(s);
             let watch = ClientWatch::Unix(io.handle());
