@@ -222,23 +222,15 @@ print()
 print("median weir / nginx: %.2fx over %d run(s) (per run: %s)" % (med, len(ratios), " ".join("%.2f" % r for r in ratios)))
 print("(raw results: %s)" % res)
 
+sys.path.insert(0, os.path.join(root, "bench"))
+from benchlib import first_line, read_words, weir_build  # noqa: E402
+
+
 def read(name):
-    try:
-        return open(os.path.join(out, name)).read().split()[:3]
-    except OSError:
-        return ["?"]
-def first_line(cmdv):
-    try:
-        p = subprocess.run(cmdv, capture_output=True, text=True, timeout=10)
-        return (p.stdout + p.stderr).strip().splitlines()[0]
-    except Exception:  # noqa: BLE001
-        return "?"
-head, dirty = "?", False
-for line in open(os.path.join(out, "weir-build")):
-    k, _, v = line.rstrip("\n").partition(" ")
-    if k == "HEAD":
-        head = v
-    dirty = dirty or k == "dirty"
+    return read_words(out, name)
+
+
+head, dirty = weir_build(out)
 weir = "weir at %s%s" % (head, " + uncommitted changes in crates/" if dirty else "")
 now = datetime.datetime.now(datetime.timezone.utc)
 section = """## Response cache: hit throughput — %s

@@ -215,22 +215,15 @@ print(table)
 print()
 print(summary)
 print("(raw results: %s)" % res)
+sys.path.insert(0, os.path.join(root, "bench"))
+from benchlib import first_line, read_words, weir_build  # noqa: E402
+
+
 def read(name):
-    try:
-        return open(os.path.join(out, name)).read().split()[:3]
-    except OSError:
-        return ["?"]
-def first_line(cmdv):
-    try:
-        p = subprocess.run(cmdv, capture_output=True, text=True, timeout=10)
-        return (p.stdout + p.stderr).strip().splitlines()[0]
-    except Exception:  # noqa: BLE001
-        return "?"
-head_rev, dirty = "?", False
-for line in open(os.path.join(out, "weir-build")):
-    k, _, v = line.rstrip("\n").partition(" ")
-    head_rev = v if k == "HEAD" else head_rev
-    dirty = dirty or k == "dirty"
+    return read_words(out, name)
+
+
+head_rev, dirty = weir_build(out)
 now = datetime.datetime.now(datetime.timezone.utc)
 section = """## Response compression: gzip throughput%s — %s
 
