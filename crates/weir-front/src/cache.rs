@@ -422,13 +422,13 @@ fn expired(
             FillTurn::Mine(fill) if rc.config.background_update || swr => {
                 let resp = updating(rec);
                 plan.fill = Some(fill);
-                add_validators(parts, &mut plan);
+                add_validators(&mut plan);
                 return Before::Answer(with_update(resp, parts, plan));
             }
             FillTurn::Mine(fill) => plan.fill = Some(fill),
         }
     }
-    add_validators(parts, &mut plan);
+    add_validators(&mut plan);
     forward(parts, plan)
 }
 
@@ -443,7 +443,7 @@ fn staleness(entry: &Entry, now: SystemTime) -> Duration {
 }
 
 /// With `revalidate`, an expired entry that has validators is refreshed with them.
-fn add_validators(_parts: &mut Parts, plan: &mut Plan) {
+fn add_validators(plan: &mut Plan) {
     plan.revalidating = plan.route.config.revalidate
         && plan
             .stale
@@ -453,13 +453,19 @@ fn add_validators(_parts: &mut Parts, plan: &mut Plan) {
 
 /// Makes `parts` what the app is sent for a cached route (see [`before`]).
 fn forward(parts: &mut Parts, plan: Box<Plan>) -> Before {
+    head_for_app(parts, &plan);
+    Before::Forward(plan)
+}
+
+/// The request head the app is sent: HEAD as GET, the client's conditionals and range
+/// dropped, the entry's validators added when revalidating.
+fn head_for_app(parts: &mut Parts, plan: &Plan) {
     prepare_for_app(parts);
     if let (true, Some(entry)) = (plan.revalidating, &plan.stale) {
         for (k, v) in freshness::revalidation_headers(&entry.headers) {
             parts.headers.insert(k, v);
         }
     }
-    Before::Forward(plan)
 }
 
 fn prepare_for_app(parts: &mut Parts) {
@@ -497,16 +503,9 @@ fn with_update(
         .into_parts()
         .0;
     head.headers = parts.headers.clone();
-    prepare_for_app(&mut head);
+    head_for_app(&mut head, &plan);
     let mut plan = plan;
     plan.background = true;
-    if let Some(entry) = &plan.stale {
-        if plan.revalidating {
-            for (k, v) in freshness::revalidation_headers(&entry.headers) {
-                head.headers.insert(k, v);
-            }
-        }
-    }
     resp.extensions_mut()
         .insert(BackgroundUpdate(Arc::new(std::sync::Mutex::new(Some((
             head, plan,
