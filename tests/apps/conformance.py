@@ -42,6 +42,8 @@ Routes (PATH_INFO; query parameters in brackets):
                          gen: a generator of those, then more): the server sends b"abc".
   /hop                   sets Connection and Transfer-Encoding headers (dropped by weir) and X-Ok.
   /status[?code=NNN]     an empty response with that status ("NNN Whatever").
+  /impersonate           503 with the app's own X-Weir-Error: queue-full (dropped by weir), X-Ok,
+                         body b"app".
   /latin1                a header value "café" (latin-1), body b"ok".
   /tracked[?raise=1]     a result object with close(); with raise=1 its iteration raises.
   /closes                JSON {"closes": N}: how many result/file close() calls so far.
@@ -287,6 +289,9 @@ def application(environ, start_response):
         code = _q(environ, "code", "204")
         start_response("%s Whatever" % code, [])
         return []
+    if path == "/impersonate":
+        start_response("503 Busy", [("X-Weir-Error", "queue-full"), ("X-Ok", "1")])
+        return [b"app"]
     if path == "/latin1":
         start_response("200 OK", [("X-Latin", "caf\xe9")])
         return [b"ok"]

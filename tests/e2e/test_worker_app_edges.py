@@ -90,6 +90,14 @@ def test_exc_info_before_head(wtgt):
     assert r.header("x-weir-error") is None, "the app's own 500 is not weir's error: %r" % r
 
 
+def test_app_cannot_send_weirs_error_header(wtgt):
+    # The class header is weir's: an app's own 503 with x-weir-error is still the app's.
+    r = get(wtgt.addr, "/impersonate")
+    assert r.status == 503 and r.body == b"app", r
+    assert r.header("x-weir-error") is None and r.header("x-ok") == "1", r
+    assert r.header("retry-after") is None, r
+
+
 def test_content_length_longer_body_is_cut_to_length(wtgt):
     conn = wtgt.addr.connection(30)
     try:

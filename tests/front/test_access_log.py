@@ -119,6 +119,23 @@ def test_streamed_body_send_ms_and_bytes(front, tmp_path):
     assert not x.get("aborted"), x
 
 
+def test_streamed_body_with_content_length_is_complete(front, tmp_path):
+    # hyper stops polling a body once its Content-Length is written, so the worker's end
+    # marker may never be read: all the bytes out is a complete answer, not an aborted one.
+    log = tmp_path / "access.jsonl"
+    f = front(config={"server": {"access_log": str(log)}}, workers=1)
+    rids = []
+    for _ in range(3):
+        r = get(f.addr, "/stream?n=4&size=5000&delay=0.05&length=1", timeout=15)
+        assert r.status == 200 and len(r.body) == 20000 and r.header("content-length") == "20000", r
+        rids.append(r.header("x-request-id"))
+    by_id = lines_for(log, rids, timeout=15)
+    for rid in rids:
+        x = by_id[rid]
+        assert x["bytes"] == 20000 and x["status"] == 200, x
+        assert not x.get("aborted"), x
+
+
 def test_cut_body_is_logged_as_aborted(front, tmp_path):
     log = tmp_path / "access.jsonl"
     f = front(config={"server": {"access_log": str(log)}}, workers=1)

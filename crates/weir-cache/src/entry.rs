@@ -56,6 +56,34 @@ pub struct Entry {
     pub encoded: Encodings,
 }
 
+impl Entry {
+    /// A response to store: its tags are read from its headers, its tier key is set by
+    /// the tiers ([`crate::Tiers::store`]), and it has no compressed copy yet.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        uri: String,
+        status: StatusCode,
+        headers: HeaderMap,
+        policy: CachePolicy,
+        fresh_until_ms: u64,
+        useless_after_ms: u64,
+        body: Bytes,
+    ) -> Entry {
+        Entry {
+            key: String::new(),
+            uri,
+            tags: crate::freshness::tags(&headers),
+            status,
+            headers,
+            policy,
+            useless_after_ms,
+            fresh_until_ms,
+            body,
+            encoded: Encodings::default(),
+        }
+    }
+}
+
 /// An entry's compressed copies, one slot per content coding.
 #[derive(Debug, Clone, Default)]
 pub struct Encodings([std::sync::OnceLock<Bytes>; 4]);

@@ -168,10 +168,16 @@ impl AccessLog {
         // 499: the client left before its answer; whatever is written, nobody reads it.
         let gone = rec.status == 499;
         let (rate, after) = rec.limit_rate;
+        let length = resp
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         resp.map(|inner| Logged {
             inner: RateLimitedBody::new(inner.into(), rate, after),
             rec: Some(Box::new(rec)),
             bytes: 0,
+            length,
             aborted: gone,
             head_at,
             log: self.clone(),
@@ -270,6 +276,10 @@ pub struct Logged {
     inner: RateLimitedBody<Encoded>,
     rec: Option<Box<Record>>,
     bytes: u64,
+    /// The answer's Content-Length, if it has one. hyper stops polling a body once that
+    /// many bytes are written, so such a body may never report its end: it is complete
+    /// when `bytes` reaches this.
+    length: Option<u64>,
     aborted: bool,
     head_at: Instant,
     log: Arc<AccessLog>,
@@ -324,8 +334,11 @@ impl Drop for Logged {
                     rec.class = Some(ErrorClass::ClientTimeout);
                 }
             }
-            // A body dropped before its end (client gone) counts as aborted.
-            let aborted = self.aborted || !self.inner.is_end_stream();
+            // A body dropped before its end (client gone) counts as aborted; one that sent
+            // all of its Content-Length is complete even if its end was never polled.
+            let complete =
+                self.inner.is_end_stream() || self.length.is_some_and(|n| self.bytes >= n);
+            let aborted = self.aborted || !complete;
             self.log.finish(&rec, self.bytes, aborted, self.head_at);
         }
     }

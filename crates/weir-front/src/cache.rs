@@ -773,18 +773,15 @@ fn store(
     if body.len() > fc.max_entry {
         return;
     }
-    let entry = Entry {
-        key: String::new(),
-        uri: plan.uri.clone(),
-        tags: freshness::tags(&parts.headers),
-        status: parts.status,
-        headers: parts.headers.clone(),
+    let entry = Entry::new(
+        plan.uri.clone(),
+        parts.status,
+        parts.headers.clone(),
         policy,
-        useless_after_ms: useless_after(now, ttl + plan.route.stale_keep(&parts.headers)),
-        fresh_until_ms: useless_after(now, ttl),
+        useless_after(now, ttl),
+        useless_after(now, ttl + plan.route.stale_keep(&parts.headers)),
         body,
-        encoded: Default::default(),
-    };
+    );
     fc.tiers.store(
         &plan.key,
         freshness::vary_names(&parts.headers),
@@ -820,18 +817,15 @@ fn revalidated(
     *head.headers_mut() = headers.clone();
     let valid = plan.route.config.valid_for(old.status.as_u16());
     let (policy, ttl) = freshness::policy_for(&plan.policy_req, &head, valid, now).ok()?;
-    let entry = Entry {
-        key: String::new(),
-        uri: plan.uri.clone(),
-        tags: freshness::tags(&headers),
-        status: old.status,
+    let entry = Entry::new(
+        plan.uri.clone(),
+        old.status,
         headers,
         policy,
-        useless_after_ms: useless_after(now, ttl + plan.route.stale_keep(&old.headers)),
-        fresh_until_ms: useless_after(now, ttl),
-        body: old.body.clone(),
-        encoded: Default::default(),
-    };
+        useless_after(now, ttl),
+        useless_after(now, ttl + plan.route.stale_keep(&old.headers)),
+        old.body.clone(),
+    );
     plan.note(Outcome::Revalidated, rec);
     let answer_status = format!(
         "weir; fwd=stale; fwd-status=304; stored; ttl={}",
@@ -936,18 +930,15 @@ impl StreamFill {
     }
 
     fn finish(self, body: Bytes) {
-        let entry = Entry {
-            key: String::new(),
-            uri: self.uri,
-            tags: freshness::tags(&self.headers),
-            status: self.parts_status,
-            headers: self.headers,
-            policy: self.policy,
-            useless_after_ms: self.useless_after_ms,
-            fresh_until_ms: self.fresh_until_ms,
+        let entry = Entry::new(
+            self.uri,
+            self.parts_status,
+            self.headers,
+            self.policy,
+            self.fresh_until_ms,
+            self.useless_after_ms,
             body,
-            encoded: Default::default(),
-        };
+        );
         let vary = freshness::vary_names(&entry.headers);
         self.tiers.store(&self.key, vary, &self.req_headers, entry);
         drop(self.fill);

@@ -42,6 +42,8 @@
 //!   <status> <class> (<key>):`. The worker goes on serving.
 //!   `--check-error-map` only resolves the classes (with `--chdir`/`--virtualenv`, without
 //!   the app) and exits 0, or [`EXIT_USAGE`] with one line naming the entry.
+//! - The app's hop-by-hop headers (PEP 3333) and its own `x-weir-error` are dropped from
+//!   its head: the class header is weir's alone.
 //! - A response with a Content-Length header carries exactly that many body bytes: more is
 //!   cut (and logged), fewer is a 500 (nothing sent yet) or ABORT. HEAD requests and
 //!   1xx/204/304 statuses get the head and END, never data frames. Hop-by-hop headers

@@ -316,6 +316,13 @@ fn encode_head(
             out.truncate(line);
             continue;
         }
+        if lower == b"x-weir-error" {
+            // weir's error class is weir's to say: an app's own `x-weir-error` would make
+            // the front door (and every client and dashboard after it) take the app's
+            // answer for one of weir's refusals, so it is dropped like a hop-by-hop header.
+            out.truncate(line);
+            continue;
+        }
         if lower == b"content-length" {
             let v = std::str::from_utf8(&out[v0..]).unwrap_or("").trim();
             let parsed = v
@@ -588,6 +595,7 @@ mod tests {
                 [
                     PyTuple::new(py, ["Content-Type", "text/plain"]).unwrap(),
                     PyTuple::new(py, ["Connection", "close"]).unwrap(),
+                    PyTuple::new(py, ["X-Weir-Error", "queue-full"]).unwrap(),
                     PyTuple::new(py, ["X-Latin", "caf\u{e9}"]).unwrap(),
                     PyTuple::new(py, ["Content-Length", "5"]).unwrap(),
                 ],

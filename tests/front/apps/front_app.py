@@ -89,7 +89,10 @@ def application(environ, start_response):
         return _send(start_response, str(len(data)))
     if action == "stream":
         n, size, delay = int(q.get("n", "10")), int(q.get("size", "1000")), float(q.get("delay", "0.1"))
-        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        headers = [("Content-Type", "application/octet-stream")]
+        if q.get("length") == "1":
+            headers.append(("Content-Length", str(n * size)))
+        start_response("200 OK", headers)
 
         def gen():
             for _ in range(n):
