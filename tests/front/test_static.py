@@ -163,6 +163,30 @@ def test_304_by_etag_and_by_date_and_200_otherwise(front, site):
     assert nm.status == 304
 
 
+def test_412_by_if_match_and_if_unmodified_since(front, site):
+    # The preconditions a resuming client sends: 412 when the file is not the one it had.
+    f = front(config=static_config(site), workers=1)
+    r = get(f.addr, "/static/css/site.css", timeout=10)
+    etag, lm = r.header("etag"), r.header("last-modified")
+    old = email.utils.formatdate(time.time() - 86400 * 365, usegmt=True)
+    for hdrs in ({"If-Match": '"other"'}, {"If-Match": "W/%s" % etag},  # strong comparison
+                 {"If-Unmodified-Since": old},
+                 # If-Match fails first, before any 304
+                 {"If-Match": '"other"', "If-None-Match": etag}):
+        pf = get(f.addr, "/static/css/site.css", headers=hdrs, timeout=10)
+        assert pf.status == 412 and pf.body == b"", (hdrs, pf)
+        assert pf.header("etag") == etag and pf.header("x-weir-error") is None, pf.headers
+    for hdrs in ({"If-Match": etag}, {"If-Match": '"x", %s' % etag}, {"If-Match": "*"},
+                 {"If-Unmodified-Since": lm}, {"If-Unmodified-Since": "not a date"},
+                 # If-Match decides when both are there
+                 {"If-Match": etag, "If-Unmodified-Since": old}):
+        ok = get(f.addr, "/static/css/site.css", headers=hdrs, timeout=10)
+        assert ok.status == 200 and ok.body == CSS, (hdrs, ok)
+    # a range guarded by If-Match: 206 while the file is the same
+    part = get(f.addr, "/static/css/site.css", headers={"If-Match": etag, "Range": "bytes=0-3"}, timeout=10)
+    assert part.status == 206 and part.body == CSS[:4], part
+
+
 # ---------------------------------------------------------------------------------------
 # Range, If-Range, HEAD
 

@@ -331,7 +331,18 @@ pub async fn serve(
     let conds = Conditionals {
         if_none_match: h.get(header::IF_NONE_MATCH).map(HeaderValue::as_bytes),
         if_modified_since: h.get(header::IF_MODIFIED_SINCE).map(HeaderValue::as_bytes),
+        if_match: h.get(header::IF_MATCH).map(HeaderValue::as_bytes),
+        if_unmodified_since: h
+            .get(header::IF_UNMODIFIED_SINCE)
+            .map(HeaderValue::as_bytes),
     };
+    if conds.precondition_failed(&file.etag_text, file.mtime) {
+        return Ok(with(
+            StatusCode::PRECONDITION_FAILED,
+            headers,
+            ResponseBody::Empty,
+        ));
+    }
     if conds.not_modified(&file.etag_text, file.mtime) {
         return Ok(with(StatusCode::NOT_MODIFIED, headers, ResponseBody::Empty));
     }

@@ -9,7 +9,8 @@
 //! - [`range`]: the `Range` field (RFC 9110 14.2) against a length: ignored, one range,
 //!   several (answered whole), or unsatisfiable (416).
 //! - [`cond`]: the validators (NGINX's ETag form, Last-Modified) and the conditional
-//!   fields: `If-None-Match`, `If-Modified-Since` (304), `If-Range`.
+//!   fields: `If-Match`, `If-Unmodified-Since` (412), `If-None-Match`, `If-Modified-Since`
+//!   (304), `If-Range`.
 //! - [`encoding`]: which precompressed variant (`.br`, `.gz`) `Accept-Encoding` allows,
 //!   best first.
 //! - [`mime_for`]: the Content-Type of a file name (crate mime_guess).
