@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e_lib import get, wait_for
+from e2e_lib import Addr, free_port, get, metric_value, wait_for
 from front_lib import FRONT_APPS
 
 pytestmark = pytest.mark.e2e_timeout(180)
@@ -201,15 +201,26 @@ def test_buffering_false_streams_as_produced_and_holds_the_worker_until_the_clie
 
 
 def test_send_timeout_drops_a_client_that_takes_nothing_and_frees_its_temp_file(weir, tmp_path):
-    srv, _, log = start(weir, tmp_path, config={"server": {"send_timeout": "1s"}}, workers=1)
+    admin = Addr("127.0.0.1", free_port())
+    srv, _, log = start(weir, tmp_path, config={"server": {"send_timeout": "1s"},
+                                                "admin": {"listen": "%s:%d" % (admin.host, admin.port)}},
+                        workers=1)
     pid = srv.proc.pid
     s = slow_socket(srv.addr, "/big?mib=32&tag=stuck")
     t0 = time.monotonic()
     head, rest = read_head(s)
     assert head.startswith(b"HTTP/1.1 200"), head
     wait_for(lambda: temp_files(pid) > 0, 10, what="the answer to spill to a temp file")
+    # /metrics shows the spool while it holds the answer (read before send_timeout fires:
+    # the file is there for about a second, the counter stays).
+    files_seen = metric_value(admin, "weir_response_buffer_temp_files")
     # Reading nothing: dropped about a second after its buffers filled, the file freed.
     wait_for(lambda: temp_files(pid) == 0, 10, what="the temp file freed after send_timeout")
+    assert files_seen in (0, 1), files_seen
+    assert metric_value(admin, "weir_response_buffer_spilled_bytes_total") > 0
+    wait_for(lambda: metric_value(admin, "weir_response_buffer_temp_files") == 0
+             and metric_value(admin, "weir_response_buffer_memory_bytes") == 0, 10,
+             what="the spool's gauges back to zero")
     dropped = time.monotonic() - t0
     got = len(rest)
     try:

@@ -163,6 +163,16 @@ def test_304_by_etag_and_by_date_and_200_otherwise(front, site):
     assert nm.status == 304
 
 
+def test_open_file_cache_metrics(front, site):
+    f = front(config=static_config(site), workers=1, admin=True)
+    for _ in range(3):
+        assert get(f.addr, "/static/css/site.css", timeout=10).status == 200
+    assert f.metric("weir_static_cache_lookups_total", outcome="miss") == 1
+    assert f.metric("weir_static_cache_lookups_total", outcome="hit") == 2
+    assert f.metric("weir_static_cache_entries") == 1
+    assert f.metric("weir_static_cache_bytes") >= len(CSS)
+
+
 def test_412_by_if_match_and_if_unmodified_since(front, site):
     # The preconditions a resuming client sends: 412 when the file is not the one it had.
     f = front(config=static_config(site), workers=1)

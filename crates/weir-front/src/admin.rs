@@ -77,6 +77,10 @@ async fn handle(
             if let Some(c) = &front.cache {
                 c.render_metrics(&front.routes, &mut out);
             }
+            if let Some(s) = &front.statics {
+                s.render_metrics(&mut out);
+            }
+            spool_metrics(&front.spool, &mut out);
             text(
                 StatusCode::OK,
                 out,
@@ -198,4 +202,17 @@ async fn ready_check(front: &Front, pool: &weir_pool::Pool) -> Result<String, St
             }
         },
     }
+}
+
+/// The response spools' metrics (`[server] response_buffer`, `response_buffers_total`,
+/// `temp_path`).
+fn spool_metrics(spool: &weir_response::Spooler, out: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "# HELP weir_response_buffer_memory_bytes Bytes of streamed answers held in memory for slow clients now (bounded by response_buffers_total).\n# TYPE weir_response_buffer_memory_bytes gauge\nweir_response_buffer_memory_bytes {}\n# HELP weir_response_buffer_temp_files Temporary files holding streamed answers now.\n# TYPE weir_response_buffer_temp_files gauge\nweir_response_buffer_temp_files {}\n# HELP weir_response_buffer_spilled_bytes_total Bytes of streamed answers written to temporary files.\n# TYPE weir_response_buffer_spilled_bytes_total counter\nweir_response_buffer_spilled_bytes_total {}",
+        spool.memory_in_use(),
+        spool.temp_files(),
+        spool.spilled_bytes()
+    );
 }

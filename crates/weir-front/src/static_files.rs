@@ -82,6 +82,22 @@ pub struct Mount {
 }
 
 impl FrontStatic {
+    /// Appends the open-file and contents cache's metrics to a Prometheus text.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        use std::sync::atomic::Ordering::Relaxed;
+        let f = &self.files;
+        f.entries.run_pending_tasks();
+        let _ = writeln!(
+            out,
+            "# HELP weir_static_cache_lookups_total Static file lookups: answered from the open-file cache (hit) or opened (miss).\n# TYPE weir_static_cache_lookups_total counter\nweir_static_cache_lookups_total{{outcome=\"hit\"}} {}\nweir_static_cache_lookups_total{{outcome=\"miss\"}} {}\n# HELP weir_static_cache_entries Files in the open-file cache.\n# TYPE weir_static_cache_entries gauge\nweir_static_cache_entries {}\n# HELP weir_static_cache_bytes Bytes the open-file cache holds (contents of small files, plus a little per entry).\n# TYPE weir_static_cache_bytes gauge\nweir_static_cache_bytes {}",
+            f.hits.load(Relaxed),
+            f.misses.load(Relaxed),
+            f.entries.entry_count(),
+            f.entries.weighted_size()
+        );
+    }
+
     /// The mounts of `[[static]]`, with their roots canonicalized (None when there are
     /// none). An error names the key (`static[N].root`) and says why.
     pub fn new(configs: &[StaticConfig]) -> Result<Option<FrontStatic>, String> {
@@ -177,6 +193,10 @@ impl FileEntry {
 #[derive(Debug)]
 pub struct FileCache {
     entries: moka::sync::Cache<PathBuf, Arc<FileEntry>>,
+    /// Lookups answered from the cache (the file unchanged since it was read).
+    hits: std::sync::atomic::AtomicU64,
+    /// Lookups that opened the file.
+    misses: std::sync::atomic::AtomicU64,
 }
 
 impl FileCache {
@@ -192,6 +212,8 @@ impl FileCache {
                     u32::try_from(n).unwrap_or(u32::MAX)
                 })
                 .build(),
+            hits: Default::default(),
+            misses: Default::default(),
         }
     }
 
@@ -208,9 +230,12 @@ impl FileCache {
         }
         if let Some(e) = self.entries.get(full) {
             if e.same_file(&md) {
+                self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(e);
             }
         }
+        self.misses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (root, path) = (root.to_path_buf(), full.to_path_buf());
         let entry = tokio::task::spawn_blocking(move || load(&root, &path))
             .await
