@@ -283,7 +283,7 @@ fn per_worker(f: &Facts) -> Option<(u64, String)> {
     match f.app.as_ref()?.db_connections? {
         0 => Some((
             1,
-            "1 per worker (the import opened none; an app that uses the database holds at least one while it serves: pass --pool-size for its pool's real size)".into(),
+            "1 per worker (none of the import's connections was seen in the process list: it opened none, or it connects as another user and the doctor's user lacks PROCESS; an app that uses the database holds at least one while it serves: pass --pool-size for its pool's real size)".into(),
         )),
         n => Some((n, format!("{n} per worker (measured: the app's import opened {n})"))),
     }
@@ -305,7 +305,7 @@ pub fn db_connections(f: &Facts, r: &mut Report) {
         skip(
             r,
             CHECK,
-            "the app's connections were not measured: pass --pool-size N",
+            "the app was not imported (--no-import): pass --pool-size N, the connections one worker holds",
         );
         return;
     };
@@ -351,17 +351,17 @@ pub fn db_connections(f: &Facts, r: &mut Report) {
 /// `memory`: workers x a worker's RSS after import against the machine's memory.
 pub fn memory(f: &Facts, r: &mut Report) {
     const CHECK: &str = "memory";
+    if !runs_app(f) {
+        return;
+    }
     let (Some(m), Some(app)) = (&f.machine, &f.app) else {
         skip(
             r,
             CHECK,
-            "the app was not measured or the machine's memory not read",
+            "the app was not imported (--no-import), so a worker's memory is unknown",
         );
         return;
     };
-    if !runs_app(f) {
-        return;
-    }
     let (procs, total) = worker_memory(f, app);
     let (limit, limit_name) = m.memory_limit();
     let what = format!(
@@ -539,7 +539,7 @@ pub fn preload(f: &Facts, r: &mut Report) {
         skip(
             r,
             CHECK,
-            "the app was not imported, so its fork safety was not checked",
+            "the app was not imported (--no-import), so its fork safety was not checked",
         );
         return;
     };

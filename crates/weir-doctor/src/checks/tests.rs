@@ -298,7 +298,7 @@ fn an_import_without_connections_counts_one_per_worker() {
     assert_eq!(found[0].severity, Severity::Error);
     assert!(found[0]
         .message
-        .contains("200 workers x 1 per worker (the import opened none"));
+        .contains("200 workers x 1 per worker (none of the import's connections"));
 }
 
 #[test]
