@@ -285,7 +285,7 @@ def test_memory_over_the_machine_is_an_error(doctor):
     assert rc == 1
     [f] = by_check(report)["memory"]
     assert f["severity"] == "error"
-    assert "1024 processes x" in f["message"] and "run at most" in f["fix"]
+    assert "1024 processes (1024 workers) x" in f["message"] and "run at most" in f["fix"]
 
 
 def test_preload_true_with_sockets_left_by_the_import_is_an_error(doctor):
@@ -313,6 +313,17 @@ def test_missing_safeguards_are_warnings(doctor):
     for check in ("harakiri", "max_requests", "ready_check", "access_log", "admin_listen",
                   "reload_on_rss"):
         assert severities(report, check) == ["warning"], (check, report["findings"])
+
+
+def test_flags_override_the_file_as_for_weir_serve(doctor):
+    rc, report, err = doctor(
+        safe_config(), "--access-log", "off", "--admin-listen", "0.0.0.0:9901",
+        "--max-requests", "0", "--preload", "on", conns=1,
+    )
+    assert rc == 1, err  # preload on with the import's socket
+    for check in ("access_log", "admin_listen", "max_requests"):
+        assert severities(report, check) == ["warning"], check
+    assert severities(report, "preload") == ["error"]
 
 
 def test_a_backlog_above_somaxconn_is_a_warning(doctor):

@@ -192,28 +192,36 @@ pub fn statement_timeout(f: &Facts, r: &mut Report) {
         );
         return;
     };
-    for s in scopes(f) {
-        let Some(inner) = s.harakiri.clone().or(s.request_timeout.clone()) else {
-            continue; // the harakiri and timeout_chain checks say so
-        };
-        match &db.statement_limit {
-            Some(limit) if limit.value >= inner.value => r.findings.push(Finding::error(
-                CHECK,
-                format!(
-                    "the database lets a statement run {} ({} on {}), not shorter than {} = {} ({}): when weir ends that request the statement goes on in the database, holding its locks and a connection, and under load killed requests pile up there",
-                    dur(limit.value), limit.variable, db.target, inner.key, dur(inner.value), s.name
-                ),
-                statement_fix(&limit.variable, inner.value),
-            )),
-            Some(_) => {}
-            None => r.findings.push(Finding::warning(
-                CHECK,
-                format!(
-                    "the database on {} has no statement time limit (max_statement_time / max_execution_time are 0): a statement outlives {} = {} ({}) when weir ends its request",
-                    db.target, inner.key, dur(inner.value), s.name
-                ),
-                statement_fix(statement_var(db), inner.value),
-            )),
+    // The innermost bound of each scope: harakiri, else the request's deadline.
+    let bounds: Vec<(Keyed, String)> = scopes(f)
+        .into_iter()
+        .filter_map(|s| Some((s.harakiri.or(s.request_timeout)?, s.name)))
+        .collect();
+    match &db.statement_limit {
+        Some(limit) => {
+            for (inner, scope) in bounds.iter().filter(|(b, _)| limit.value >= b.value) {
+                r.findings.push(Finding::error(
+                    CHECK,
+                    format!(
+                        "the database lets a statement run {} ({} on {}), not shorter than {} = {} ({scope}): when weir ends that request the statement goes on in the database, holding its locks and a connection, and under load killed requests pile up there",
+                        dur(limit.value), limit.variable, db.target, inner.key, dur(inner.value)
+                    ),
+                    statement_fix(&limit.variable, inner.value),
+                ));
+            }
+        }
+        None => {
+            // One warning, against the shortest bound (the fix must fit every scope).
+            if let Some((inner, scope)) = bounds.iter().min_by_key(|(b, _)| b.value) {
+                r.findings.push(Finding::warning(
+                    CHECK,
+                    format!(
+                        "the database on {} has no statement time limit (max_statement_time / max_execution_time are 0): a statement outlives {} = {} ({scope}) when weir ends its request, holding its locks and a connection",
+                        db.target, inner.key, dur(inner.value)
+                    ),
+                    statement_fix(statement_var(db), inner.value),
+                ));
+            }
         }
     }
 }
@@ -364,10 +372,20 @@ pub fn memory(f: &Facts, r: &mut Report) {
     };
     let (procs, total) = worker_memory(f, app);
     let (limit, limit_name) = m.memory_limit();
+    let workers = f.config.app.workers as u64;
+    let forked = procs > workers;
+    let (who, bound) = if forked {
+        (
+            format!("{procs} processes ({workers} workers and the zygote they are forked from)"),
+            " (an upper bound: forked workers share the import's pages until they write them)",
+        )
+    } else {
+        (format!("{procs} processes ({workers} workers)"), "")
+    };
     let what = format!(
-        "{procs} processes x {} (a worker's RSS right after importing the app) = {}",
+        "{who} x {} (a worker's RSS right after importing the app) = {}{bound}",
         bytes(app.rss),
-        bytes(total)
+        bytes(total),
     );
     if total > limit {
         r.findings.push(Finding::error(
@@ -378,7 +396,7 @@ pub fn memory(f: &Facts, r: &mut Report) {
             ),
             format!(
                 "run at most {} workers here (app.workers), or give the machine more memory",
-                (limit / app.rss.max(1)).saturating_sub(procs - f.config.app.workers as u64).max(1)
+                (limit / app.rss.max(1)).saturating_sub(procs - workers).max(1)
             ),
         ));
     } else if total > m.mem_available {

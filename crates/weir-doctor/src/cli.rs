@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use weir_config::units::parse_duration;
-use weir_config::{Config, ConfigError, Seconds};
+use weir_config::units::{parse_duration, parse_size};
+use weir_config::{Config, ConfigError, ListenAddr, Seconds, Size};
 use weir_db::dsn::Dsn;
 use weir_db::DbError;
 
@@ -40,7 +40,7 @@ Exit status: 0 no error (warnings are printed), 1 at least one error, 2 bad inpu
 unreachable database, or an app that cannot be imported.";
 
 /// `weir doctor` arguments. The app and the pool are found as `weir serve` finds them:
-/// `--config`, then the flags below over it.
+/// `--config`, then the flags below (the same as `weir serve`'s) over it.
 #[derive(Debug, Clone, Default, clap::Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct DoctorArgs {
@@ -62,6 +62,27 @@ pub struct DoctorArgs {
     /// harakiri, seconds or "30s". [app] harakiri
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     pub harakiri: Option<Seconds>,
+    /// Recycle a worker after N requests. [app] max_requests
+    #[arg(long, value_name = "N")]
+    pub max_requests: Option<u64>,
+    /// Recycle a worker above this resident memory ("300MiB"). [app] reload_on_rss
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub reload_on_rss: Option<Size>,
+    /// auto, on or off. [app] preload
+    #[arg(long, value_name = "WHEN", value_parser = ["auto", "on", "off"])]
+    pub preload: Option<String>,
+    /// HTTP listener, HOST:PORT or unix:PATH; repeat for more. [server] listen
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<ListenAddr>,
+    /// uwsgi-protocol listener; repeat for more. [server] uwsgi_listen
+    #[arg(long, value_name = "ADDR")]
+    pub uwsgi_listen: Vec<ListenAddr>,
+    /// Access log: stdout, stderr, off, or a file path. [server] access_log
+    #[arg(long, value_name = "WHERE")]
+    pub access_log: Option<String>,
+    /// Admin listener (/metrics, /livez, /readyz). [admin] listen
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<ListenAddr>,
     /// The database the app uses (mysql://USER:PASS@HOST:PORT/DB): its max_connections,
     /// statement limit and wait_timeout are read, and the app's connections counted in its
     /// process list (the user needs PROCESS to see another user's connections). Without it
@@ -87,6 +108,10 @@ pub struct DoctorArgs {
 
 fn parse_seconds(s: &str) -> Result<Seconds, String> {
     parse_duration(s).map(Seconds::from_duration)
+}
+
+fn parse_size_arg(s: &str) -> Result<Size, String> {
+    parse_size(s).map(Size::from_bytes)
 }
 
 /// Why `weir doctor` could not check (exit status 2).
@@ -125,6 +150,13 @@ impl DoctorArgs {
             virtualenv: self.virtualenv.clone(),
             workers: self.workers,
             harakiri: self.harakiri,
+            max_requests: self.max_requests,
+            reload_on_rss: self.reload_on_rss,
+            preload: self.preload.clone(),
+            listen: self.listen.clone(),
+            uwsgi_listen: self.uwsgi_listen.clone(),
+            access_log: self.access_log.clone(),
+            admin_listen: self.admin_listen.clone(),
             ..Default::default()
         }
         .to_config()
@@ -260,6 +292,7 @@ pub fn render(o: &Outcome) -> String {
     s.push('\n');
     if let Some(a) = &f.app {
         let conns = match a.db_connections {
+            Some(0) if f.pool_size.is_none() => ", no database connection open after it (a pool that connects on first use: counted as 1 per worker; --pool-size gives its size)".to_owned(),
             Some(n) => format!(", {n} database connection(s) open after it"),
             None => String::new(),
         };

@@ -230,6 +230,43 @@ fn no_statement_limit_is_a_warning_with_the_servers_variable() {
 }
 
 #[test]
+fn no_statement_limit_is_one_warning_against_the_shortest_bound() {
+    let mut f = cfg(r#"
+[[route]]
+path = "/reports"
+request_timeout = "60s"
+harakiri = 55
+[[route]]
+path = "/fast"
+harakiri = 5
+"#);
+    let mut d = db();
+    d.statement_limit = None;
+    f.db = Some(d);
+    let r = run(&f);
+    let found = only(&r, "statement_timeout");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0]
+            .message
+            .contains("route[1].harakiri = 5s (route \"/fast\")"),
+        "{}",
+        found[0].message
+    );
+    // A limit of 20s: too long for the server's 25s? No; for /reports' 55s? No; for
+    // /fast's 5s: yes, one error naming that route.
+    f.db.as_mut().unwrap().statement_limit = Some(StatementLimit {
+        variable: "max_statement_time".into(),
+        value: Duration::from_secs(20),
+    });
+    let r = run(&f);
+    let found = only(&r, "statement_timeout");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].severity, Severity::Error);
+    assert!(found[0].message.contains("route[1].harakiri = 5s"));
+}
+
+#[test]
 fn a_short_wait_timeout_is_a_warning() {
     let mut f = healthy();
     f.db.as_mut().unwrap().wait_timeout = Duration::from_secs(30);
@@ -338,7 +375,9 @@ fn memory_over_the_machine_is_an_error_and_over_available_a_warning() {
     let found = only(&r, "memory");
     assert_eq!(found[0].severity, Severity::Error);
     assert!(
-        found[0].message.contains("5 processes x 4096.0 MiB"),
+        found[0]
+            .message
+            .contains("5 processes (4 workers and the zygote they are forked from) x 4096.0 MiB"),
         "{}",
         found[0].message
     );
@@ -359,7 +398,9 @@ fn a_cgroup_limit_below_the_machines_memory_is_the_limit() {
     let r = run(&f);
     let found = only(&r, "memory");
     assert_eq!(found[0].severity, Severity::Error);
-    assert!(found[0].message.contains("4 processes"));
+    assert!(found[0]
+        .message
+        .contains("4 processes (4 workers) x 80.0 MiB"));
     assert!(
         found[0]
             .message
