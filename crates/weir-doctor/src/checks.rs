@@ -71,7 +71,9 @@ struct Keyed {
     key: String,
 }
 
-/// One set of timeouts requests run under: the server's, or a route's.
+/// One set of timeouts requests run under: the server's, or a route's. `harakiri` is what
+/// ends a request's run: `harakiri` for weir's own workers, `upstream.read_timeout` in
+/// front of an external app server.
 #[derive(Debug, Clone)]
 struct Scope {
     /// `the server` or `route "/reports"`.
@@ -89,7 +91,11 @@ fn scopes(f: &Facts) -> Vec<Scope> {
         })
     };
     let server_rt = keyed(c.server.request_timeout, "server.request_timeout");
-    let app_hk = keyed(c.app.harakiri, "app.harakiri");
+    // In front of an external app server, its read timeout is what ends a request's run.
+    let app_hk = match &c.upstream {
+        Some(u) => keyed(Some(u.read_timeout), "upstream.read_timeout"),
+        None => keyed(c.app.harakiri, "app.harakiri"),
+    };
     let mut out = vec![Scope {
         name: "the server's defaults".into(),
         request_timeout: server_rt.clone(),
@@ -106,8 +112,11 @@ fn scopes(f: &Facts) -> Vec<Scope> {
                 &format!("route[{i}].request_timeout"),
             )
             .or_else(|| server_rt.clone()),
-            harakiri: keyed(route.harakiri, &format!("route[{i}].harakiri"))
-                .or_else(|| app_hk.clone()),
+            harakiri: match c.upstream {
+                Some(_) => app_hk.clone(),
+                None => keyed(route.harakiri, &format!("route[{i}].harakiri"))
+                    .or_else(|| app_hk.clone()),
+            },
         });
     }
     out

@@ -537,4 +537,15 @@ fn an_upstream_setup_skips_the_worker_checks() {
         "harakiri" | "max_requests" | "ready_check" | "reload_on_rss"
     )));
     assert!(r.skipped.iter().any(|s| s.check == "db_connections"));
+    // The upstream's read timeout ends the run: no request_timeout, 10s of queue + the
+    // default read_timeout of 60s is not shorter than the client's 60s.
+    f.config.server.request_timeout = None;
+    let found = only(&run(&f), "timeout_chain");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].severity, Severity::Error);
+    assert!(
+        found[0].message.contains("upstream.read_timeout = 60s"),
+        "{}",
+        found[0].message
+    );
 }
