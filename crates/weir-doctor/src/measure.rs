@@ -13,8 +13,8 @@
 use std::io::{self, Read as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread::JoinHandle;
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use weir_uwsgi::zygote::{Msg, MAX_LEN};
@@ -25,6 +25,8 @@ const EXIT_IMPORT_FAILED: i32 = 3;
 const EXIT_GRACE: Duration = Duration::from_secs(3);
 /// The most of the import's stderr kept for an error message.
 const STDERR_TAIL: usize = 8 * 1024;
+/// How long the import's stderr may stay open after its process ended.
+const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
 /// Why the app could not be measured (exit status 2: the same would stop `weir serve`).
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +74,7 @@ pub enum MeasureError {
 pub struct Held {
     child: Child,
     ctl: Option<UnixStream>,
-    stderr: Option<JoinHandle<String>>,
+    stderr: Option<Output>,
     /// What preload's fork-safety check found, as the zygote words it.
     pub fork_findings: Option<String>,
     /// From start to READY (the interpreter's start and the import).
@@ -104,15 +106,7 @@ pub fn import(
             exe: exe.display().to_string(),
             source,
         })?;
-    let stderr = child.stderr.take().map(|mut e| {
-        std::thread::spawn(move || {
-            let mut all = Vec::new();
-            // The import's output is only kept for a message; a read error ends it.
-            let _ = e.read_to_end(&mut all);
-            let start = all.len().saturating_sub(STDERR_TAIL);
-            String::from_utf8_lossy(&all[start..]).into_owned()
-        })
-    });
+    let stderr = child.stderr.take().map(Output::collect);
     let mut held = Held {
         child,
         ctl: None,
@@ -127,7 +121,7 @@ pub fn import(
             return Err(MeasureError::Timeout {
                 app: app.to_owned(),
                 timeout,
-                stderr: held.stop(),
+                stderr: held.finish(Duration::ZERO),
             });
         }
         ctl.set_read_timeout(Some(left))
@@ -165,7 +159,7 @@ pub fn import(
             Ok(Msg::NotForkSafe { reason }) => held.fork_findings = Some(reason),
             Ok(Msg::Ready) => break,
             other => {
-                held.stop();
+                held.finish(Duration::ZERO);
                 return Err(MeasureError::Protocol(format!("{other:?}")));
             }
         }
@@ -221,11 +215,17 @@ impl Held {
     /// Closes the control socket (the zygote exits on EOF), waits for it (killing it after
     /// [`EXIT_GRACE`]) and returns what it wrote to stderr.
     pub fn stop(&mut self) -> String {
+        self.finish(EXIT_GRACE)
+    }
+
+    /// As [`Held::stop`], killing it after `grace` (at once for zero: an import that is
+    /// still running does not read its control socket).
+    fn finish(&mut self, grace: Duration) -> String {
         if let Some(ctl) = self.ctl.take() {
             // EOF is all the zygote needs; an error means it is already gone.
             let _ = ctl.shutdown(std::net::Shutdown::Both);
         }
-        let deadline = Instant::now() + EXIT_GRACE;
+        let deadline = Instant::now() + grace;
         loop {
             match self.child.try_wait() {
                 Ok(Some(_)) => break,
@@ -233,17 +233,52 @@ impl Held {
                     std::thread::sleep(Duration::from_millis(20))
                 }
                 _ => {
-                    // Still there after the grace (or not waitable): end it.
+                    // Still there after the grace (or not waitable): end it. Errors mean
+                    // it has exited meanwhile.
                     let _ = self.child.kill();
                     let _ = self.child.wait();
                     break;
                 }
             }
         }
-        self.stderr
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default()
+        self.stderr.take().map(|o| o.tail()).unwrap_or_default()
+    }
+}
+
+/// The end of what the import wrote to stderr, read by a thread of its own.
+#[derive(Debug)]
+struct Output {
+    buf: Arc<Mutex<Vec<u8>>>,
+    done: mpsc::Receiver<()>,
+}
+
+impl Output {
+    fn collect(mut pipe: ChildStderr) -> Output {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let (tx, done) = mpsc::channel();
+        let keep = buf.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            // A read error ends the output like EOF: it is only kept for a message.
+            while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+                let mut b = keep.lock().unwrap_or_else(|e| e.into_inner());
+                b.extend_from_slice(&chunk[..n]);
+                let over = b.len().saturating_sub(STDERR_TAIL);
+                b.drain(..over);
+            }
+            // The receiver may have stopped waiting.
+            let _ = tx.send(());
+        });
+        Output { buf, done }
+    }
+
+    /// What was written, once the pipe closed or [`OUTPUT_GRACE`] passed (a process the
+    /// app started may hold the pipe open after the import's process exited).
+    fn tail(self) -> String {
+        // Either way the buffer holds what there is.
+        let _ = self.done.recv_timeout(OUTPUT_GRACE);
+        let b = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&b).into_owned()
     }
 }
 
