@@ -388,6 +388,19 @@ def test_bad_input_exits_2(weir_bin, tmp_path, mysql_url):
     assert "failed to import" in p.stderr and "broken on purpose" in p.stderr
 
 
+def test_an_import_past_startup_timeout_exits_2(weir_bin, tmp_path):
+    (tmp_path / "slowimport.py").write_text("import time\ntime.sleep(30)\napp = None\n")
+    cfg = write_config(tmp_path, f"""
+[app]
+module = "slowimport:app"
+chdir = {json.dumps(str(tmp_path))}
+startup_timeout = "1s"
+""")
+    p = run_doctor(weir_bin, ["--config", str(cfg)])
+    assert p.returncode == 2, p.stderr
+    assert "did not finish importing within app.startup_timeout (1s)" in p.stderr
+
+
 def test_without_a_database_the_database_checks_are_skipped(weir_bin, tmp_path, mysql_url):
     cfg = write_config(tmp_path, safe_config())
     p = run_doctor(weir_bin, ["--config", str(cfg), "--json"], {"DOCTOR_APP_DSN": mysql_url})
