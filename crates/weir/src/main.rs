@@ -29,6 +29,9 @@ enum Command {
     /// Write a weir.toml from an NGINX config plus a uWSGI ini or gunicorn.conf.py, listing
     /// what became of every directive.
     Import(weir_import::cli::ImportArgs),
+    /// Check a setup (config, machine, database, the app's import) against the production
+    /// gotchas: what is wrong, why it matters, the fix.
+    Doctor(weir_doctor::DoctorArgs),
     /// One worker process (started by `weir serve`; not for direct use).
     #[command(hide = true)]
     Worker(weir_worker::WorkerOptions),
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Load(cmd) => weir_load::main(cmd),
         Command::Db(cmd) => weir_db::main(cmd),
         Command::Import(args) => weir_import::cli::main(args),
+        Command::Doctor(args) => weir_doctor::main(args),
         Command::Worker(opts) => weir_worker::main(opts),
     }
 }
