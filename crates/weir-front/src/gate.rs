@@ -63,8 +63,6 @@ pub struct GatedIo<S> {
     /// Read from the client, not yet given to hyper; the first `checked` bytes passed.
     pending: BytesMut,
     checked: usize,
-    /// What each socket read fills.
-    scratch: Vec<u8>,
     /// hyper gets the end of input once the checked bytes are gone.
     stopped: bool,
     /// A refusal inside a body: hyper's read fails with it once the checked bytes are gone.
@@ -98,7 +96,6 @@ impl<S> GatedIo<S> {
             framer: RequestFramer::new(Limits { max_head }),
             pending: BytesMut::new(),
             checked: 0,
-            scratch: Vec::new(),
             stopped: false,
             body_error: None,
             answer: Vec::new(),
@@ -232,14 +229,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for GatedIo<S> {
             if this.stopped {
                 return Poll::Ready(Ok(()));
             }
-            // Read into a buffer zeroed once per connection, then copy what came: a
-            // safe read into fresh memory would zero the whole read size every time.
-            if this.scratch.is_empty() {
-                this.scratch = vec![0; READ_SIZE];
-            }
-            let mut rb = ReadBuf::new(&mut this.scratch);
+            // Read into uninitialized stack memory (nothing is zeroed), then keep only what
+            // came: an idle connection holds no read buffer of its own.
+            let mut tmp = [std::mem::MaybeUninit::<u8>::uninit(); READ_SIZE];
+            let mut rb = ReadBuf::uninit(&mut tmp);
             ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
             let n = rb.filled().len();
+            if this.pending.is_empty() && this.pending.capacity() > 4096 {
+                // Let a large request's bytes go once they are passed on.
+                this.pending = BytesMut::new();
+            }
             this.pending.extend_from_slice(rb.filled());
             if n == 0 {
                 // The client closed: an unfinished head is dropped, as hyper would.
