@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_ready
-from e2e_lib import REPO, Addr, Proc, free_port, get
+from e2e_lib import REPO, Addr, Proc, free_port, get, wait_for
 
 SHOP = REPO / "examples" / "shop"
 PY_TAG = "cp%d%d" % sys.version_info[:2]
@@ -88,8 +87,15 @@ def serve(venv: Path, app: str, chdir: Path, logdir: Path, env=None, ready_path=
     proc = Proc("weir-venv", [venv / "bin" / "weir", "serve", "--app", app, "--chdir", chdir, "--workers", "2",
                               "--listen", "127.0.0.1:%d" % port], logdir, cwd=logdir, env=full)
     addr = Addr("127.0.0.1", port)
+
+    def ready():
+        if not proc.alive:
+            pytest.fail("weir exited (status %s) before it answered\n%s" % (proc.returncode, proc.describe()),
+                        pytrace=False)
+        return get(addr, ready_path, timeout=5).status == 200
+
     try:
-        wait_ready(proc, addr, ready_path)
+        wait_for(ready, 60, what="GET %s on %s" % (ready_path, addr))
     except BaseException:
         proc.stop()
         raise
