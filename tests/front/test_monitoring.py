@@ -6,7 +6,9 @@ groups by, and the label values it matches on exist (an error class is one weir 
 The weir runs with an admin listener, a limit_req and a limit_conn zone and a cached
 route, so every family appears, and serves a refused request of each zone, a cache miss
 and hit, an app exception (500) and a worker crash (502) first. promtool (Debian's
-prometheus package, scripts/install-deps.sh) checks the rules file's syntax.
+prometheus package, scripts/install-deps.sh) lints the live exposition (`check metrics`),
+checks the rules file's syntax, and runs
+monitoring_alerts_test.yml: synthetic series on which each alert must fire, or not.
 """
 
 from __future__ import annotations
@@ -94,6 +96,10 @@ def live_metrics(front) -> dict:
     f.wait_metric("weir_worker_restarts_total", 1, reason="crash")
     r = get(f.admin, "/metrics", timeout=10)
     assert r.status == 200, r
+    promtool = shutil.which("promtool")
+    if promtool:  # Prometheus' own lint of the exposition (names, units, HELP)
+        p = subprocess.run([promtool, "check", "metrics"], input=r.text, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0 and not p.stdout.strip(), p.stdout + p.stderr
     return parse_prometheus(r.text)
 
 
@@ -215,4 +221,22 @@ def test_the_alert_rules_are_valid():
     if promtool is None:
         pytest.skip("promtool is not installed (scripts/install-deps.sh installs Debian's prometheus package)")
     p = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_the_alerts_fire_on_the_series_they_are_for(tmp_path):
+    """promtool's rule unit tests (tests/front/monitoring_alerts_test.yml): each alert fires
+    on the series it is written for, for the labels it names, and not on its neighbours."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (scripts/install-deps.sh installs Debian's prometheus package)")
+    doc = yaml.safe_load(ALERTS.read_text())
+    for g in doc["groups"]:
+        for r in g["rules"]:
+            r.pop("annotations", None)  # promtool compares them too; the prose is not under test
+    (tmp_path / "alerts.yml").write_text(yaml.safe_dump(doc))
+    cases = tmp_path / "alerts_test.yml"
+    cases.write_text((Path(__file__).parent / "monitoring_alerts_test.yml").read_text())
+    p = subprocess.run([promtool, "test", "rules", str(cases)], capture_output=True, text=True, timeout=60,
+                       cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
