@@ -240,3 +240,24 @@ def test_the_alerts_fire_on_the_series_they_are_for(tmp_path):
     p = subprocess.run([promtool, "test", "rules", str(cases)], capture_output=True, text=True, timeout=60,
                        cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_the_dashboard_queries_are_promql(tmp_path):
+    """Every query of the dashboard, its Grafana variables given values, parses as PromQL:
+    promtool checks them as the expressions of recording rules."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (scripts/install-deps.sh installs Debian's prometheus package)")
+    values = {"$__rate_interval": "1m", "$__range": "1h", "$instance": ".*"}
+    rules = []
+    for i, (where, expr) in enumerate(dashboard_exprs()):
+        if expr.startswith("label_values("):
+            continue  # a Grafana function, not PromQL
+        for k, v in values.items():
+            expr = expr.replace(k, v)
+        assert "$" not in expr, "%s: a variable this test does not know: %s" % (where, expr)
+        rules.append({"record": "weir_dashboard:query_%d" % i, "expr": expr})
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    p = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
