@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from shlex import quote
 
 import pytest
 
@@ -116,8 +117,8 @@ def probe(venv: Path, tmp_path: Path) -> dict:
 @pytest.mark.e2e_timeout(BUILD_TIMEOUT + 300)
 def test_wheel_into_a_fresh_venv_serves_the_shop(weir_bin, tmp_path):
     wheels = tmp_path / "wheels"
-    out = run(sourced("exec %s -m maturin build --profile dev --out %s" % (sys.executable, wheels)),
-              env=build_env(weir_bin), cwd=REPO, timeout=BUILD_TIMEOUT)
+    cmd = "exec %s -m maturin build --profile dev --out %s" % (quote(sys.executable), quote(str(wheels)))
+    out = run(sourced(cmd), env=build_env(weir_bin), cwd=REPO, timeout=BUILD_TIMEOUT)
     built = sorted(wheels.glob("weir-*.whl"))
     assert len(built) == 1, out
     # Tagged for the interpreter it embeds, and manylinux: libpython linked in statically
@@ -154,8 +155,8 @@ def test_pip_install_dot_into_a_fresh_venv(weir_bin, tmp_path):
     # pip builds through maturin's PEP 517 backend (maturin from PyPI into an isolated build
     # environment); MATURIN_PEP517_ARGS picks the dev profile, as the test binary's.
     env = build_env(weir_bin, MATURIN_PEP517_ARGS="--profile dev")
-    run(sourced("exec %s -m pip install -q %s" % (venv / "bin" / "python3", REPO)), env=env, cwd=REPO,
-        timeout=BUILD_TIMEOUT)
+    cmd = "exec %s -m pip install -q %s" % (quote(str(venv / "bin" / "python3")), quote(str(REPO)))
+    run(sourced(cmd), env=env, cwd=REPO, timeout=BUILD_TIMEOUT)
     assert run([venv / "bin" / "weir", "--version"]).startswith("weir ")
     seen = probe(venv, tmp_path)
     assert Path(seen["prefix"]).resolve() == venv.resolve(), seen
