@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs, idempotently and quietly, everything weir's tests and benchmarks talk to:
-# Debian packages (nginx, MariaDB, wrk, Redis, nghttp2's h2load, systemd's systemd-socket-activate) and the Python peers (Flask, uWSGI, Gunicorn,
-# Granian, PyMySQL, pytest, brotli and zstandard to decode compressed answers). Safe to run again: it skips what is already there.
+# Debian packages (nginx, MariaDB, wrk, Redis, nghttp2's h2load, systemd's systemd-socket-activate, prometheus's promtool) and the Python peers (Flask, uWSGI, Gunicorn,
+# Granian, PyMySQL, pytest, brotli and zstandard to decode compressed answers, maturin to build the wheel, PyYAML to read the alert rules). Safe to run again: it skips what is already there.
 # Usage: scripts/install-deps.sh [--no-apt]   (root is needed for the apt part)
 set -euo pipefail
 
@@ -16,6 +16,8 @@ PIP_PACKAGES=(
   "requests>=2.31"
   "brotli>=1.1"
   "zstandard>=0.22"
+  "maturin>=1.5,<2"
+  "pyyaml>=6"
 )
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
@@ -28,6 +30,9 @@ if [[ "${1:-}" != "--no-apt" ]]; then
   # tests/e2e/test_systemd.py starts weir under systemd-socket-activate (Debian's systemd
   # package); only its binary is used, no systemd runs.
   command -v systemd-socket-activate >/dev/null || need_apt+=(systemd)
+  # tests/front/test_monitoring.py checks contrib/prometheus/alerts.yml with promtool
+  # (Debian's prometheus package: 19 MB, about 10 s to install); no Prometheus runs.
+  command -v promtool >/dev/null || need_apt+=(prometheus)
 fi
 if ((${#need_apt[@]})); then
   log "apt-get install ${need_apt[*]}"

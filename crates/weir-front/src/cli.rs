@@ -147,9 +147,29 @@ impl ServeArgs {
         if !inherited {
             c.apply_defaults();
         }
+        if c.app.virtualenv.is_none() {
+            c.app.virtualenv = installed_virtualenv();
+        }
         c.validate()?;
         Ok(c)
     }
+}
+
+/// The virtualenv weir is installed in (`pip install weir` put it in `<venv>/bin/weir`):
+/// the app runs in it when `[app] virtualenv` is not set, as Gunicorn installed in a
+/// virtualenv runs that virtualenv's Python. The running executable (symbolic links
+/// resolved) whose directory's parent holds a `pyvenv.cfg`, else None. `VIRTUAL_ENV` is
+/// not read: a weir installed outside a virtualenv does not change with the shell it is
+/// started from (docs/install.md).
+pub fn installed_virtualenv() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    venv_of(&exe)
+}
+
+/// `<dir>` when `exe` is `<dir>/bin/<name>` and `<dir>/pyvenv.cfg` exists.
+fn venv_of(exe: &std::path::Path) -> Option<PathBuf> {
+    let dir = exe.parent()?.parent()?;
+    dir.join("pyvenv.cfg").is_file().then(|| dir.to_path_buf())
 }
 
 fn set<T>(slot: &mut Option<T>, flag: Option<T>) {
@@ -250,5 +270,25 @@ fn check_error_map(config: &Config) -> Result<(), ExitCode> {
             eprintln!("weir: cannot check error_map: cannot start a worker: {e}");
             Err(ExitCode::FAILURE)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::venv_of;
+
+    #[test]
+    fn a_binary_in_a_virtualenvs_bin_runs_its_app_there() {
+        let root = std::env::temp_dir().join(format!("weir-venv-of-{}", std::process::id()));
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let exe = bin.join("weir");
+        // No pyvenv.cfg: a prefix like /usr/local, not a virtualenv.
+        assert_eq!(venv_of(&exe), None);
+        std::fs::write(root.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+        assert_eq!(venv_of(&exe), Some(root.clone()));
+        // Not in a bin/ one level down: target/debug/weir next to nothing.
+        assert_eq!(venv_of(std::path::Path::new("/weir")), None);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -323,6 +323,7 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
             workers = config.app.workers,
             preload = %config.app.preload.as_toml(),
             prefetch = config.app.prefetch,
+            virtualenv = config.app.virtualenv.as_deref().map(|p| tracing::field::display(p.display())),
             "weir serving on {}",
             names.join(", ")
         ),

@@ -179,6 +179,7 @@ fn take_socket() -> io::Result<UnixStream> {
 /// Runs the worker until the master closes the socket.
 pub fn main(opts: WorkerOptions) -> ExitCode {
     let id = opts.id;
+    use_virtualenv_interpreter(&opts);
     if opts.check_error_map {
         Python::initialize();
         return Python::attach(|py| check_error_map(py, &opts));
@@ -207,6 +208,30 @@ pub fn main(opts: WorkerOptions) -> ExitCode {
         return Python::attach(|py| zygote::run(py, &opts, sock.into()));
     }
     Python::attach(|py| run(py, &opts, sock))
+}
+
+/// With `--virtualenv` pointing at a real virtualenv (a `pyvenv.cfg` and a `bin/python3`)
+/// made for this interpreter's version, the interpreter starts as that virtualenv's python
+/// would: `sys.prefix` is the virtualenv, `sys.executable` its `bin/python3`, and the
+/// standard library is the one of the Python it was made from (`home` in `pyvenv.cfg`).
+/// Without it the interpreter finds itself by looking up `python3` in `PATH`, which is
+/// another Python's when the virtualenv is not activated. uWSGI's `virtualenv` sets the
+/// interpreter's home for the same reason. boot.py's `activate` then adds nothing new.
+fn use_virtualenv_interpreter(opts: &WorkerOptions) {
+    let Some(venv) = &opts.virtualenv else { return };
+    let Ok(venv) = std::path::absolute(venv) else {
+        return;
+    };
+    let python = venv.join("bin").join("python3");
+    let site = venv
+        .join("lib")
+        .join(format!("python{}", sys::python_version()))
+        .join("site-packages");
+    // Another version's virtualenv would give this interpreter a foreign standard library;
+    // boot.py's `activate` says what is wrong with it instead.
+    if venv.join("pyvenv.cfg").is_file() && python.exists() && site.is_dir() {
+        sys::set_program_name(&python);
+    }
 }
 
 /// The loaded app and the startup helpers.

@@ -1,5 +1,6 @@
 //! Every `unsafe` call of the worker, each wrapped in a small safe function: process setup
 //! (parent-death signal, SIGINT, fd 0, trimming the C heap after the import), the
+//! interpreter's program name (before it starts), the
 //! non-blocking socket calls of the hot path (`recv`/`sendmsg` with `MSG_DONTWAIT`, so the
 //! GIL is released only when I/O would block), and the zygote's process calls (forking
 //! the interpreter, pidfds, a SIGCHLD signalfd, `poll`,
@@ -74,6 +75,47 @@ pub fn trim_heap() {
 /// Other C libraries: nothing to do.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn trim_heap() {}
+
+/// The embedded interpreter's `major.minor` version ("3.11"), readable before it starts.
+pub fn python_version() -> String {
+    // SAFETY: Py_GetVersion returns a pointer to a static NUL-terminated string; the C API
+    // lists it among the functions that may be called before Py_Initialize.
+    let full = unsafe { std::ffi::CStr::from_ptr(pyo3::ffi::Py_GetVersion()) };
+    let full = full.to_string_lossy();
+    let mut parts = full.split(|c: char| !c.is_ascii_digit());
+    match (parts.next(), parts.next()) {
+        (Some(major), Some(minor)) => format!("{major}.{minor}"),
+        _ => String::new(),
+    }
+}
+
+/// Sets the program name the interpreter will compute its paths from (as `python3` does
+/// with its own path): a virtualenv's `bin/python3` makes `sys.prefix` the virtualenv,
+/// `sys.executable` its python and the standard library its base interpreter's (from
+/// `pyvenv.cfg`). Must be called before `Python::initialize`; a path that is not UTF-8 is
+/// left alone (false).
+pub fn set_program_name(path: &std::path::Path) -> bool {
+    let Some(text) = path.to_str() else {
+        return false;
+    };
+    // wchar_t is UTF-32 on Linux; the C API wants the string to live as long as the
+    // process, hence leaked (once per process).
+    let wide: Vec<libc::wchar_t> = text
+        .chars()
+        .map(|c| c as libc::wchar_t)
+        .chain(std::iter::once(0))
+        .collect();
+    let wide: &'static [libc::wchar_t] = Box::leak(wide.into_boxed_slice());
+    // SAFETY: called before the interpreter starts (the caller's contract); the argument is
+    // a NUL-terminated wide string that is never freed or changed. Deprecated since 3.11
+    // (PyConfig.program_name) but kept through 3.14, and pyo3 starts the interpreter with
+    // Py_InitializeEx, which reads it.
+    #[allow(deprecated)]
+    unsafe {
+        pyo3::ffi::Py_SetProgramName(wide.as_ptr());
+    }
+    true
+}
 
 /// `recv(fd, buf, MSG_DONTWAIT)`: `WouldBlock` instead of blocking. `Ok(0)` is EOF.
 pub fn recv_nowait(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
