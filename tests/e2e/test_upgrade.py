@@ -27,7 +27,7 @@ import pytest
 
 from conftest import wait_ready
 from e2e_lib import APPS, Addr, Proc, free_port, get, pid_alive, sock_path, wait_for
-from test_systemd import NotifySocket
+from test_systemd import SOCKET_ACTIVATE, NotifySocket
 
 RATE = 200  # weir load's requests/s
 FRESH_RATE = 40  # the fresh-connection loop's requests/s
@@ -194,7 +194,12 @@ def test_upgrade_under_load_fails_no_request(weir_bin, weir_copy, tmp_path, noti
         assert "handing over" in out and "the old master handed over" in out, out
         summary = load.check()
         print("load across the upgrade:", summary, "fresh connections:", load.fresh_ok)
-        # The new master is a full master: it drains on SIGTERM and tells systemd.
+        # The new master is a full master, and systemd hears from it now: it reloads on
+        # SIGHUP, and drains on SIGTERM.
+        os.kill(new_pid, signal.SIGHUP)
+        notify_socket.wait_for("RELOADING", "1", timeout=30)
+        notify_socket.wait_for("READY", "1", timeout=60)
+        assert new_pid in served_by(addr)
         os.kill(new_pid, signal.SIGTERM)
         notify_socket.wait_for("STOPPING", "1", timeout=30)
         wait_for(lambda: not pid_alive(new_pid), 30, what="the new master's exit")
@@ -292,7 +297,7 @@ def test_upgrade_with_unix_sockets(weir_bin, weir_copy, tmp_path, short_tmp, ngi
     addr = Addr(unix=http_sock)
     old = Proc("weir", [weir_copy, *weir_args("--listen", "unix:" + http_sock, "--uwsgi-listen", "unix:" + uwsgi_sock)],
                tmp_path / "logs", cwd=tmp_path)
-    new_pid = None
+    new_pid = third = None
     try:
         wait_ready(old, addr, "/pid")
         wait_for(lambda: os.path.exists(uwsgi_sock), 20, what="the uwsgi socket")
@@ -312,13 +317,21 @@ def test_upgrade_with_unix_sockets(weir_bin, weir_copy, tmp_path, short_tmp, ngi
         r = get(n.addr, "/pid")
         assert r.status == 200 and new_pid in ancestors(int(r.body)), r
         load.check()
-        os.kill(new_pid, signal.SIGTERM)
-        wait_for(lambda: not pid_alive(new_pid), 30, what="the new master's exit")
-        # The new master owned the files and removed them when it stopped.
+        # The new master upgrades in turn (its log goes where the first one's went): the
+        # files go over again, and the third master owns them.
+        os.kill(new_pid, signal.SIGUSR2)
+        third = new_master_pid(old, after=1)
+        wait_for(lambda: not pid_alive(new_pid), 60, what="the second master's exit")
+        assert os.path.exists(http_sock) and os.path.exists(uwsgi_sock)
+        assert third in served_by(addr)
+        os.kill(third, signal.SIGTERM)
+        wait_for(lambda: not pid_alive(third), 30, what="the third master's exit")
+        # The last master owned the files and removed them when it stopped.
         assert not os.path.exists(http_sock) and not os.path.exists(uwsgi_sock)
     finally:
-        if new_pid and pid_alive(new_pid):
-            os.kill(new_pid, signal.SIGKILL)
+        for pid in (new_pid, third):
+            if pid and pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
         old.stop()
 
 
@@ -344,3 +357,31 @@ def test_sigterm_during_an_upgrade_stops_both(weir_copy, tmp_path, short_tmp):
         assert not os.path.exists(http_sock)
     finally:
         old.stop()
+
+
+@pytest.mark.skipif(SOCKET_ACTIVATE is None, reason="systemd-socket-activate missing: scripts/install-deps.sh")
+@pytest.mark.e2e_timeout(120)
+def test_upgrade_under_socket_activation_leaves_systemds_socket_file(weir_bin, weir_copy, tmp_path, short_tmp):
+    """A Unix socket systemd passed goes over to the new master like the others, and its
+    file stays systemd's: no master removes it."""
+    path = short_tmp / ("upg-act-%d.sock" % os.getpid())
+    path.unlink(missing_ok=True)
+    argv = [SOCKET_ACTIVATE, "-l", str(path), "--fdname=http", weir_copy, *weir_args()]
+    old = Proc("weir", argv, tmp_path / "logs", cwd=tmp_path)
+    new_pid = None
+    try:
+        wait_for(path.exists, 20, what="systemd-socket-activate's socket file")
+        addr = Addr(unix=str(path))
+        wait_ready(old, addr, "/pid")
+        old.signal(signal.SIGUSR2)
+        assert old.wait(60) == 0, old.describe()
+        new_pid = new_master_pid(old)
+        assert new_pid in served_by(addr)
+        os.kill(new_pid, signal.SIGTERM)
+        wait_for(lambda: not pid_alive(new_pid), 30, what="the new master's exit")
+        assert path.exists(), "a master removed the socket file systemd made"
+    finally:
+        if new_pid and pid_alive(new_pid):
+            os.kill(new_pid, signal.SIGKILL)
+        old.stop()
+        path.unlink(missing_ok=True)
