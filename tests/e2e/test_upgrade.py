@@ -209,6 +209,37 @@ def test_upgrade_under_load_fails_no_request(weir_bin, weir_copy, tmp_path, noti
         old.stop()
 
 
+@pytest.mark.e2e_timeout(180)
+def test_repeated_upgrades_under_load_fail_no_request(weir_bin, weir_copy, tmp_path):
+    """Five upgrades in a row under one load, each new master upgraded in turn: a request
+    read by an old master as its drain began is still served by its workers."""
+    port = free_port()
+    addr = Addr("127.0.0.1", port)
+    first = Proc("weir", [weir_copy, *weir_args("--listen", "127.0.0.1:%d" % port)], tmp_path / "logs",
+                 cwd=tmp_path)
+    masters = [first.pid]
+    try:
+        wait_ready(first, addr, "/pid")
+        load = Load(weir_bin, addr, tmp_path, seconds=15)
+        started(load)
+        for k in range(5):
+            install(weir_bin, weir_copy)
+            os.kill(masters[-1], signal.SIGUSR2)
+            masters.append(new_master_pid(first, after=k))
+            prev = masters[-2]
+            wait_for(lambda: not pid_alive(prev), 60, what="master %d (pid %d) handing over" % (k, prev))
+        assert load.running(), "the load ended before the upgrades did: nothing was tested"
+        assert masters[-1] in served_by(addr)
+        print("five upgrades:", load.check(), "fresh connections:", load.fresh_ok)
+        os.kill(masters[-1], signal.SIGTERM)
+        wait_for(lambda: not pid_alive(masters[-1]), 30, what="the last master's exit")
+    finally:
+        for pid in masters[1:]:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        first.stop()
+
+
 @pytest.fixture
 def notify_socket(short_tmp):
     p = short_tmp / ("notify-upg-%d.sock" % os.getpid())

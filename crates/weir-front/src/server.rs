@@ -11,8 +11,9 @@
 //!    drains as below, without `STOPPING=1` and leaving the Unix socket files; if it fails,
 //!    it is stopped and this master serves on); SIGTERM/SIGINT drains (`STOPPING=1`):
 //! 4. stop accepting, let each connection finish its current request, stop the pool
-//!    (busy workers finish, up to `graceful_timeout`; every worker and zygote is reaped),
-//!    remove the Unix socket files this master owns, exit 0.
+//!    (busy workers finish, up to `graceful_timeout`; every worker and zygote is reaped;
+//!    after a handover, only once the connections are done, so a request read as the
+//!    drain began is still served), remove the Unix socket files this master owns, exit 0.
 //!
 //! During an upgrade a second SIGUSR2 and SIGHUP are ignored (logged): the new master
 //! reads the configuration and imports the app itself. SIGTERM/SIGINT stop the new master
@@ -390,7 +391,8 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
             _ = usr2.recv() => {
                 if let Some(u) = &upgrade {
                     warn!("SIGUSR2 ignored: an upgrade is already in progress (new master pid {})", u.pid());
-                } else if successor.is_some() || waiting_listeners.is_some() {
+                } else if !owns_files.load(Ordering::SeqCst) {
+                    // A new master owns its files once the old one handed over.
                     warn!("SIGUSR2 ignored: this master is itself the new master of an upgrade and has not taken over yet");
                 } else {
                     match handover.start(&notifier, upgrade_timeout) {
@@ -466,7 +468,15 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
     // cut short: it returns once every worker and zygote has been reaped, so weir does not
     // exit before its children.
     let upgrades_done = async { while stopping.join_next().await.is_some() {} };
-    tokio::join!(pool_done, conns_done, upgrades_done);
+    if handed_over {
+        // A connection may have been reading a request when the drain came: the pool
+        // serves it (no `shutting-down` answer during an upgrade), and stops only once
+        // the connections are done. No service manager times this master's stop any more.
+        conns_done.await;
+        tokio::join!(pool_done, upgrades_done);
+    } else {
+        tokio::join!(pool_done, conns_done, upgrades_done);
+    }
     info!("weir stopped");
     outcome
 }
