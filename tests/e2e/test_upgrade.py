@@ -190,6 +190,16 @@ def test_upgrade_under_load_fails_no_request(weir_bin, weir_copy, tmp_path, noti
         lineage = served_by(addr)
         assert new_pid in lineage and old.pid not in lineage, (new_pid, lineage)
         assert get(admin, "/livez").status == 200
+        # The new master's workers see none of the handover's variables, and hold none of
+        # its listening sockets (only the master's copies lost close-on-exec).
+        wpid = int(get(addr, "/pid").body)
+        env = Path("/proc/%d/environ" % wpid).read_bytes().split(b"\0")
+        assert not [e for e in env if e.startswith((b"LISTEN_", b"WEIR_UPGRADE_FD=", b"NOTIFY_SOCKET="))], env
+        master_fds = {os.readlink(f) for f in Path("/proc/%d/fd" % new_pid).iterdir()}
+        listening = {x for x in master_fds if x.startswith("socket:")}
+        worker_fds = {os.readlink(f) for f in Path("/proc/%d/fd" % wpid).iterdir() if f.name not in ("0", "1", "2")}
+        inherited = {os.readlink("/proc/%d/fd/%d" % (new_pid, fd)) for fd in (3, 4)}
+        assert inherited <= listening and not (worker_fds & inherited), (worker_fds, inherited)
         out = old.output()
         assert "handing over" in out and "the old master handed over" in out, out
         summary = load.check()
