@@ -572,6 +572,9 @@ pub struct ServerConfig {
     /// request as one (bench/RESULTS.md) and keep the workers fed on a busy machine. 1 runs
     /// everything on one thread.
     pub threads: usize,
+    /// How long a binary upgrade (SIGUSR2) waits for the new master's workers to be ready
+    /// before it stops the new master and keeps serving (docs/deploy.md).
+    pub upgrade_timeout: Seconds,
     /// Deadline for a whole request, from its arrival. Its remaining budget reaches the
     /// app as `environ["weir.deadline"]`; a request past it is not started (504
     /// `deadline`). Unset: no deadline.
@@ -616,6 +619,7 @@ impl Default for ServerConfig {
             uwsgi_listen: Vec::new(),
             backlog: 1024,
             threads: 2,
+            upgrade_timeout: Seconds::from_secs(60),
             request_timeout: None,
             max_header_size: Size::from_bytes(32 * 1024),
             max_body_size: Size::from_bytes(10 << 20),
@@ -989,6 +993,12 @@ impl Config {
         if srv.send_timeout.is_zero() {
             return Err(ConfigError::invalid(
                 "server.send_timeout",
+                "must be more than 0",
+            ));
+        }
+        if srv.upgrade_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "server.upgrade_timeout",
                 "must be more than 0",
             ));
         }
@@ -1383,6 +1393,7 @@ mod tests {
         assert_eq!(srv.response_buffers_total.bytes(), 64 << 20);
         assert_eq!(srv.max_temp_file_size.bytes(), 1 << 30);
         assert_eq!(srv.send_timeout.as_duration(), Duration::from_secs(60));
+        assert_eq!(srv.upgrade_timeout.as_duration(), Duration::from_secs(60));
         assert!(srv.temp_path.is_none());
         c.validate().unwrap();
         for (text, key) in [
@@ -1392,6 +1403,7 @@ mod tests {
                 "server.response_buffers_total",
             ),
             ("send_timeout = \"0s\"", "server.send_timeout"),
+            ("upgrade_timeout = \"0s\"", "server.upgrade_timeout"),
             ("temp_path = \"/nonexistent/weir\"", "server.temp_path"),
         ] {
             let c = parse(&format!("[server]\n{text}\n[app]\nmodule = \"app:app\"\n")).unwrap();

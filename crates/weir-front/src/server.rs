@@ -1,19 +1,30 @@
 //! Start-up, signals and shutdown, in this order:
-//! 1. bind every listener, or take the socket systemd passed for it (socket activation,
-//!    [`crate::systemd`]; a bind error stops weir before any worker starts);
+//! 1. bind every listener, or take the socket systemd (socket activation) or the old
+//!    master of an upgrade passed for it ([`crate::systemd`]; a bind error stops weir
+//!    before any worker starts);
 //! 2. start the pool (requests queue until workers are ready); once the first
-//!    generation's workers are all ready, tell systemd `READY=1`;
-//! 3. serve; SIGHUP reloads the workers (`RELOADING=1`, then `READY=1`); SIGTERM/SIGINT
-//!    drains (`STOPPING=1`):
+//!    generation's workers are all ready, tell systemd `READY=1`. A new master started
+//!    by an upgrade accepts only from then on, and tells the old master instead;
+//! 3. serve; SIGHUP reloads the workers (`RELOADING=1`, then `READY=1`); SIGUSR2 upgrades
+//!    ([`crate::upgrade`]: the executable at this one's path starts on the same sockets;
+//!    once its workers are ready this master sends systemd `MAINPID=` of the new one and
+//!    drains as below, without `STOPPING=1` and leaving the Unix socket files; if it fails,
+//!    it is stopped and this master serves on); SIGTERM/SIGINT drains (`STOPPING=1`):
 //! 4. stop accepting, let each connection finish its current request, stop the pool
-//!    (busy workers finish, up to `graceful_timeout`; every worker and zygote is reaped),
-//!    remove Unix socket files, exit 0.
+//!    (busy workers finish, up to `graceful_timeout`; every worker and zygote is reaped;
+//!    after a handover, only once the connections are done, so a request read as the
+//!    drain began is still served), remove the Unix socket files this master owns, exit 0.
+//!
+//! During an upgrade a second SIGUSR2 and SIGHUP are ignored (logged): the new master
+//! reads the configuration and imports the app itself. SIGTERM/SIGINT stop the new master
+//! and drain this one.
 //!
 //! One drain signal (a `watch`) reaches every accept loop and connection; a clone of an
 //! `mpsc::Sender` held by each connection tells when the last one is gone (the
 //! mini-redis shutdown pattern).
 
-use std::sync::atomic::Ordering;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +43,8 @@ use crate::front::{Backend, Front};
 use crate::identity::TrustedProxies;
 use crate::listener::{BindError, Listener};
 use crate::route::Routes;
-use crate::systemd::{Notifier, Systemd};
+use crate::systemd::{Inherited, Notifier, Systemd};
+use crate::upgrade::{Handover, Upgrade, UpgradeError};
 
 /// Why `weir serve` stopped with an error.
 #[derive(Debug, Error)]
@@ -187,35 +199,42 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
     let Systemd {
         notifier,
         listeners: mut inherited,
+        upgrade_channel,
     } = systemd;
     let notifier = Arc::new(notifier);
-    let mut http_listeners = Vec::new();
+    // A new master started by an upgrade: it accepts once its workers are ready, then
+    // tells the old master on this channel.
+    let mut successor = upgrade_channel;
+    let adopting = successor.is_some();
+    let mut listeners = Listeners::default();
     for a in &config.server.listen {
-        http_listeners.push(take_or_bind(a, false, &mut inherited, backlog)?);
+        let l = take_or_bind(a, Kind::Http, &mut inherited, backlog, adopting)?;
+        listeners.http.push(l);
     }
-    let mut uwsgi_listeners = Vec::new();
     for a in &config.server.uwsgi_listen {
-        uwsgi_listeners.push(take_or_bind(a, true, &mut inherited, backlog)?);
+        let l = take_or_bind(a, Kind::Uwsgi, &mut inherited, backlog, adopting)?;
+        listeners.uwsgi.push(l);
+    }
+    if let Some(a) = &config.admin.listen {
+        let l = take_or_bind(a, Kind::Admin, &mut inherited, 128, adopting)?;
+        listeners.admin.push(l);
     }
     // Inherited sockets no configured address stands for: added, by their names' kind.
     for i in inherited {
-        let uwsgi = i.is_uwsgi();
-        let l = Listener::inherited(i.socket)
-            .map_err(|e| ServeError::Activation(format!("descriptor {}: {e}", i.name)))?;
-        if uwsgi {
-            uwsgi_listeners.push(l);
-        } else {
-            http_listeners.push(l);
+        let kind = kind_of(&i);
+        let l = adopt(i, adopting)?;
+        match kind {
+            Kind::Http => listeners.http.push(l),
+            Kind::Uwsgi => listeners.uwsgi.push(l),
+            Kind::Admin => listeners.admin.push(l),
         }
     }
+    let handover = listeners.handover();
     let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
+    let mut usr2 = signal(SignalKind::user_defined2()).map_err(ServeError::Signals)?;
 
-    let admin_listener = match &config.admin.listen {
-        Some(a) => Some(Listener::bind(a, 128)?),
-        None => None,
-    };
     let sink = Sink::open(&config.server.access_log)
         .map_err(|e| ServeError::AccessLog(config.server.access_log.clone(), e))?;
     let spool = spooler(&config.server)?;
@@ -278,44 +297,32 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
     });
     let (drain_tx, drain_rx) = watch::channel(false);
     let (conns_tx, mut conns_rx) = mpsc::channel::<()>(1);
-    let mut names = Vec::new();
-    for l in http_listeners {
-        names.push(format!("http://{}", l.describe()));
-        tokio::spawn(accept_loop(
-            l,
-            Kind::Http,
-            front.clone(),
-            drain_rx.clone(),
-            conns_tx.clone(),
-        ));
+    // Whether this master removes its Unix socket files when it stops: not once it handed
+    // them over, and a new master not before the old one handed them over.
+    let owns_files = Arc::new(AtomicBool::new(!adopting));
+    let names = listeners.names();
+    let accepting = Accepting {
+        front: front.clone(),
+        drain: drain_rx.clone(),
+        conns: conns_tx.clone(),
+        owns_files: owns_files.clone(),
+    };
+    let mut waiting_listeners = Some(listeners);
+    if !adopting {
+        if let Some(l) = waiting_listeners.take() {
+            accepting.start(l);
+        }
     }
-    for l in uwsgi_listeners {
-        names.push(format!("uwsgi://{}", l.describe()));
-        tokio::spawn(accept_loop(
-            l,
-            Kind::Uwsgi,
-            front.clone(),
-            drain_rx.clone(),
-            conns_tx.clone(),
-        ));
-    }
-    if let Some(l) = admin_listener {
-        names.push(format!("admin http://{}", l.describe()));
-        // The admin listener does not hold up the drain: scrapers may keep connections.
-        let (admin_tx, _keep) = mpsc::channel::<()>(1);
-        tokio::spawn(accept_loop(
-            l,
-            Kind::Admin,
-            front.clone(),
-            drain_rx.clone(),
-            admin_tx,
-        ));
-    }
+    let role = if adopting {
+        " (the new master of an upgrade: accepting once its workers are ready)"
+    } else {
+        ""
+    };
     match &config.upstream {
         Some(u) => info!(
             servers = ?u.servers.iter().map(ToString::to_string).collect::<Vec<_>>(),
             protocol = ?u.protocol,
-            "weir serving on {}",
+            "weir serving on {}{role}",
             names.join(", ")
         ),
         None => info!(
@@ -324,7 +331,7 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
             preload = %config.app.preload.as_toml(),
             prefetch = config.app.prefetch,
             virtualenv = config.app.virtualenv.as_deref().map(|p| tracing::field::display(p.display())),
-            "weir serving on {}",
+            "weir serving on {}{role}",
             names.join(", ")
         ),
     }
@@ -335,16 +342,34 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
     let workers_ready = all_workers_ready(&supervisor, config.app.workers);
     tokio::pin!(workers_ready);
     let mut announced = false;
+    let upgrade_timeout = config.server.upgrade_timeout.as_duration();
+    let mut upgrade: Option<Upgrade> = None;
+    // New masters being stopped after a failed upgrade; awaited before exit.
+    let mut stopping = tokio::task::JoinSet::new();
+    let mut handed_over = false;
     let outcome = loop {
         tokio::select! {
             () = &mut workers_ready, if !announced => {
                 announced = true;
-                notifier.ready(&status_line(&front));
+                if let Some(l) = waiting_listeners.take() {
+                    accepting.start(l);
+                }
+                match successor.take() {
+                    Some(channel) => {
+                        info!("workers ready: accepting; telling the old master to hand over");
+                        tokio::spawn(take_over(channel, notifier.clone(), front.clone(), owns_files.clone()));
+                    }
+                    None => notifier.ready(&status_line(&front)),
+                }
             }
             _ = term.recv() => { info!("SIGTERM: draining"); break Ok(()) }
             _ = int.recv() => { info!("SIGINT: draining"); break Ok(()) }
-            _ = hup.recv() => match supervisor.clone() {
-                Some(s) => {
+            _ = hup.recv() => match (&upgrade, supervisor.clone()) {
+                (Some(u), _) => warn!(
+                    "SIGHUP ignored: an upgrade is in progress (the new master, pid {}, reads the configuration and imports the app itself); send SIGHUP again if it fails",
+                    u.pid()
+                ),
+                (None, Some(s)) => {
                     info!("SIGHUP: reloading workers");
                     notifier.reloading("reloading: starting new workers");
                     let (n, f) = (notifier.clone(), front.clone());
@@ -358,19 +383,70 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
                         }
                     });
                 }
-                None => {
+                (None, None) => {
                     info!("SIGHUP: nothing to reload (the app runs on an external upstream)");
                     notifier.reloading("reloading: nothing to reload");
                     notifier.ready(&status_line(&front));
                 }
             },
+            _ = usr2.recv() => {
+                if let Some(u) = &upgrade {
+                    warn!("SIGUSR2 ignored: an upgrade is already in progress (new master pid {})", u.pid());
+                } else if !owns_files.load(Ordering::SeqCst) {
+                    // A new master owns its files once the old one handed over.
+                    warn!("SIGUSR2 ignored: this master is itself the new master of an upgrade and has not taken over yet");
+                } else {
+                    match handover.start(&notifier, upgrade_timeout) {
+                        Ok(u) => {
+                            info!(
+                                "SIGUSR2: upgrading: started {} as the new master (pid {}); this master serves until its workers are ready (upgrade_timeout {upgrade_timeout:?})",
+                                u.exe().display(),
+                                u.pid()
+                            );
+                            notifier.status(&format!("upgrading: new master pid {} starting; {}", u.pid(), status_line(&front)));
+                            upgrade = Some(u);
+                        }
+                        Err(e) => upgrade_failed(&e, &notifier, &front),
+                    }
+                }
+            },
+            r = upgrade_ready(&mut upgrade), if upgrade.is_some() => {
+                let u = upgrade.take().expect("this branch runs only during an upgrade");
+                match r {
+                    Ok(()) => {
+                        let pid = u.pid();
+                        info!("upgrade: the new master (pid {pid}) is ready; handing over: this master stops accepting and drains");
+                        // Before the drain ends the accept loops: the new master owns the
+                        // socket files now.
+                        owns_files.store(false, Ordering::SeqCst);
+                        notifier.main_pid(pid, &format!("upgraded: new master pid {pid} serving; old master pid {} draining", std::process::id()));
+                        notifier.silence();
+                        u.commit();
+                        handed_over = true;
+                        break Ok(());
+                    }
+                    Err(e) => {
+                        upgrade_failed(&e, &notifier, &front);
+                        stopping.spawn(u.stop());
+                    }
+                }
+            },
             e = fatal(&supervisor) => { error!("{e}"); break Err(ServeError::Pool(e)) }
         }
     };
-    notifier.stopping(&match &outcome {
-        Ok(()) => format!("draining; {}", status_line(&front)),
-        Err(e) => format!("stopping: {e}"),
-    });
+    if let Some(u) = upgrade.take() {
+        info!(
+            "stopping the new master (pid {}): this master stops before the upgrade ended",
+            u.pid()
+        );
+        stopping.spawn(u.stop());
+    }
+    if !handed_over {
+        notifier.stopping(&match &outcome {
+            Ok(()) => format!("draining; {}", status_line(&front)),
+            Err(e) => format!("stopping: {e}"),
+        });
+    }
 
     // Drain: stop accepting, finish what is in flight.
     let _ = drain_tx.send(true);
@@ -381,6 +457,7 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
         }
     };
     drop(conns_tx);
+    drop(accepting);
     let conns_done = async {
         // recv() returns None once every connection's sender is dropped.
         let closed = tokio::time::timeout(grace + Duration::from_secs(2), conns_rx.recv());
@@ -391,30 +468,182 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
     // The pool's stop is bounded by itself (graceful_timeout, then it kills) and is never
     // cut short: it returns once every worker and zygote has been reaped, so weir does not
     // exit before its children.
-    tokio::join!(pool_done, conns_done);
+    let upgrades_done = async { while stopping.join_next().await.is_some() {} };
+    if handed_over {
+        // A connection may have been reading a request when the drain came: the pool
+        // serves it (no `shutting-down` answer during an upgrade), and stops only once
+        // the connections are done. No service manager times this master's stop any more.
+        conns_done.await;
+        tokio::join!(pool_done, upgrades_done);
+    } else {
+        tokio::join!(pool_done, conns_done, upgrades_done);
+    }
     info!("weir stopped");
     outcome
 }
 
-/// An inherited socket for `addr` when systemd passed one of that kind bound there, else
-/// a new bind.
+/// A failed upgrade: logged, and said in systemd's status; this master serves on.
+fn upgrade_failed(e: &UpgradeError, notifier: &Notifier, front: &Front) {
+    error!("upgrade failed: {e}; this master keeps serving");
+    notifier.status(&format!("upgrade failed: {e}; {}", status_line(front)));
+}
+
+/// The running upgrade's readiness (never resolves without one).
+async fn upgrade_ready(u: &mut Option<Upgrade>) -> Result<(), UpgradeError> {
+    match u {
+        Some(u) => u.ready().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A new master whose workers are ready and who accepts: tells the old master and waits
+/// for the handover; from then on it notifies systemd and owns the Unix socket files.
+async fn take_over(
+    channel: std::os::unix::net::UnixStream,
+    notifier: Arc<Notifier>,
+    front: Arc<Front>,
+    owns_files: Arc<AtomicBool>,
+) {
+    match crate::upgrade::report_ready(channel).await {
+        Ok(()) => info!("upgrade: the old master handed over; this master (pid {}) serves alone", std::process::id()),
+        Err(e) => warn!("upgrade: the channel to the old master failed ({e}); it is gone, this master serves alone"),
+    }
+    owns_files.store(true, Ordering::SeqCst);
+    notifier.resume();
+    notifier.status(&status_line(&front));
+}
+
+/// The listeners by kind, before their accept loops start.
+#[derive(Default)]
+struct Listeners {
+    http: Vec<Listener>,
+    uwsgi: Vec<Listener>,
+    admin: Vec<Listener>,
+}
+
+impl Listeners {
+    fn all(&self) -> impl Iterator<Item = (Kind, &Listener)> {
+        let tag = |k: Kind| move |l| (k, l);
+        self.http
+            .iter()
+            .map(tag(Kind::Http))
+            .chain(self.uwsgi.iter().map(tag(Kind::Uwsgi)))
+            .chain(self.admin.iter().map(tag(Kind::Admin)))
+    }
+
+    /// For the log line.
+    fn names(&self) -> Vec<String> {
+        self.all()
+            .map(|(k, l)| match k {
+                Kind::Http => format!("http://{}", l.describe()),
+                Kind::Uwsgi => format!("uwsgi://{}", l.describe()),
+                Kind::Admin => format!("admin http://{}", l.describe()),
+            })
+            .collect()
+    }
+
+    /// A copy of each socket for an upgrade, named by kind (`+unlink`: a Unix socket file
+    /// this master bound).
+    fn handover(&self) -> Handover {
+        let mut h = Handover::default();
+        for (kind, l) in self.all() {
+            let (fd, owned): (std::io::Result<OwnedFd>, bool) = match l {
+                Listener::Tcp(t) => (t.as_fd().try_clone_to_owned(), false),
+                Listener::Unix(u, _, owned) => (u.as_fd().try_clone_to_owned(), *owned),
+            };
+            let mut name = kind.name().to_owned();
+            if owned {
+                name.push_str(crate::systemd::UNLINK_SUFFIX);
+            }
+            match fd {
+                Ok(fd) => h.add(fd, name),
+                Err(e) => warn!(
+                    "cannot keep a copy of {} for upgrades ({e}): a new master will have to bind it",
+                    l.describe()
+                ),
+            }
+        }
+        h
+    }
+}
+
+/// What every accept loop shares.
+struct Accepting {
+    front: Arc<Front>,
+    drain: watch::Receiver<bool>,
+    conns: mpsc::Sender<()>,
+    owns_files: Arc<AtomicBool>,
+}
+
+impl Accepting {
+    fn start(&self, listeners: Listeners) {
+        let Listeners { http, uwsgi, admin } = listeners;
+        let kinds = [
+            (Kind::Http, http),
+            (Kind::Uwsgi, uwsgi),
+            (Kind::Admin, admin),
+        ];
+        for (kind, ls) in kinds {
+            for l in ls {
+                let conns = match kind {
+                    // The admin listener does not hold up the drain: scrapers may keep
+                    // connections.
+                    Kind::Admin => mpsc::channel::<()>(1).0,
+                    _ => self.conns.clone(),
+                };
+                tokio::spawn(accept_loop(
+                    l,
+                    kind,
+                    self.front.clone(),
+                    self.drain.clone(),
+                    conns,
+                    self.owns_files.clone(),
+                ));
+            }
+        }
+    }
+}
+
+/// An inherited socket for `addr` when systemd (or the old master) passed one of that
+/// kind bound there, else a new bind.
 fn take_or_bind(
     addr: &weir_config::ListenAddr,
-    uwsgi: bool,
-    inherited: &mut Vec<crate::systemd::Inherited>,
+    kind: Kind,
+    inherited: &mut Vec<Inherited>,
     backlog: u32,
+    adopting: bool,
 ) -> Result<Listener, ServeError> {
     let found = inherited
         .iter()
-        .position(|i| i.is_uwsgi() == uwsgi && Listener::same_address(&i.socket, addr));
+        .position(|i| kind_of(i) == kind && Listener::same_address(&i.socket, addr));
     match found {
-        Some(at) => {
-            let i = inherited.remove(at);
-            Listener::inherited(i.socket)
-                .map_err(|e| ServeError::Activation(format!("descriptor {}: {e}", i.name)))
-        }
+        Some(at) => adopt(inherited.remove(at), adopting),
         None => Ok(Listener::bind(addr, backlog)?),
     }
+}
+
+/// The listener kind an inherited socket's name says.
+fn kind_of(i: &Inherited) -> Kind {
+    if i.is_admin() {
+        Kind::Admin
+    } else if i.is_uwsgi() {
+        Kind::Uwsgi
+    } else {
+        Kind::Http
+    }
+}
+
+/// A listener on an inherited socket. Its Unix socket file is systemd's (left in place)
+/// unless the old master of an upgrade (`adopting`) named it `+unlink`: then it is weir's.
+fn adopt(i: Inherited, adopting: bool) -> Result<Listener, ServeError> {
+    let mut l = Listener::inherited(i.socket)
+        .map_err(|e| ServeError::Activation(format!("descriptor {}: {e}", i.name)))?;
+    if adopting && i.name.ends_with(crate::systemd::UNLINK_SUFFIX) {
+        if let Listener::Unix(_, _, owned) = &mut l {
+            *owned = true;
+        }
+    }
+    Ok(l)
 }
 
 /// Resolves once every worker of the first generation is ready (at once for an external
@@ -476,11 +705,22 @@ async fn fatal(s: &Option<Arc<Supervisor>>) -> SupervisorError {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Http,
     Uwsgi,
     Admin,
+}
+
+impl Kind {
+    /// Its `LISTEN_FDNAMES` name in an upgrade.
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Http => "http",
+            Kind::Uwsgi => "uwsgi",
+            Kind::Admin => "admin",
+        }
+    }
 }
 
 async fn accept_loop(
@@ -489,6 +729,7 @@ async fn accept_loop(
     front: Arc<Front>,
     mut drain: watch::Receiver<bool>,
     conns: mpsc::Sender<()>,
+    owns_files: Arc<AtomicBool>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -528,7 +769,9 @@ async fn accept_loop(
             drop(guard);
         });
     }
-    listener.cleanup();
+    if owns_files.load(Ordering::SeqCst) {
+        listener.cleanup();
+    }
 }
 
 enum Io {

@@ -25,6 +25,14 @@
 //! sockets are inherited and no listener is configured, the default `127.0.0.1:8000` is
 //! not added. Inherited Unix sockets' files belong to systemd and are not removed on exit.
 //!
+//! A name starting with `admin` is the admin listener (`[admin] listen`). A binary
+//! upgrade (SIGUSR2, [`crate::upgrade`]) passes the listeners to the new master the same
+//! way ([`spawn_with_sockets`]): names `http`, `uwsgi` and `admin`, with `+unlink` on a
+//! Unix socket whose file weir bound (so the new master removes it when it stops; the
+//! suffix counts only with `WEIR_UPGRADE_FD`), and `LISTEN_PID` set in the forked child
+//! (the unsafe part is in `sys`). `WEIR_UPGRADE_FD` names one more descriptor, the new
+//! master's channel to the old one.
+//!
 //! Both read their environment variables once, in [`Systemd::from_env`], called by
 //! `weir serve` before the event loop starts any thread, and remove them there, so the
 //! workers (and the app) see none of them; the inherited descriptors are marked
@@ -34,8 +42,12 @@
 #[allow(unsafe_code)]
 mod sys;
 
-use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixDatagram;
+use std::ffi::{CString, OsString};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
@@ -45,6 +57,14 @@ use tracing::debug;
 /// The first inherited descriptor (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: i32 = 3;
 
+/// The variable that names the upgrade channel's descriptor in a new master started by a
+/// binary upgrade ([`crate::upgrade`]).
+pub const UPGRADE_FD_VAR: &str = "WEIR_UPGRADE_FD";
+
+/// The name suffix of a handed-over Unix socket whose file the new master removes when
+/// it stops.
+pub const UNLINK_SUFFIX: &str = "+unlink";
+
 /// What systemd handed weir: where to notify, the watchdog, the inherited listeners.
 #[derive(Debug, Default)]
 pub struct Systemd {
@@ -52,6 +72,9 @@ pub struct Systemd {
     pub notifier: Notifier,
     /// The inherited listening sockets, in descriptor order.
     pub listeners: Vec<Inherited>,
+    /// Set in a new master started by a binary upgrade: its channel to the old master
+    /// (`WEIR_UPGRADE_FD`).
+    pub upgrade_channel: Option<UnixStream>,
 }
 
 /// An inherited listening socket.
@@ -68,6 +91,11 @@ impl Inherited {
     pub fn is_uwsgi(&self) -> bool {
         self.name.starts_with("uwsgi")
     }
+
+    /// The admin listener (its name starts with `admin`).
+    pub fn is_admin(&self) -> bool {
+        self.name.starts_with("admin")
+    }
 }
 
 /// Why the inherited sockets cannot be used.
@@ -77,8 +105,8 @@ pub struct ActivationError(String);
 
 impl Systemd {
     /// Reads and removes `NOTIFY_SOCKET`, `WATCHDOG_USEC`, `WATCHDOG_PID`, `LISTEN_PID`,
-    /// `LISTEN_FDS` and `LISTEN_FDNAMES`. Call it before any thread is started (it changes
-    /// the environment).
+    /// `LISTEN_FDS`, `LISTEN_FDNAMES` and `WEIR_UPGRADE_FD`. Call it before any thread is
+    /// started (it changes the environment).
     pub fn from_env() -> Result<Systemd, ActivationError> {
         let var = |k: &str| std::env::var(k).ok();
         let notify_socket = var("NOTIFY_SOCKET");
@@ -87,7 +115,9 @@ impl Systemd {
         let listen_pid = var("LISTEN_PID");
         let listen_fds = var("LISTEN_FDS");
         let listen_names = var("LISTEN_FDNAMES");
+        let upgrade_fd = var(UPGRADE_FD_VAR);
         for k in [
+            UPGRADE_FD_VAR,
             "NOTIFY_SOCKET",
             "WATCHDOG_USEC",
             "WATCHDOG_PID",
@@ -110,11 +140,94 @@ impl Systemd {
             }
             _ => Vec::new(),
         };
+        let upgrade_channel = match upgrade_fd {
+            Some(n) => Some(take_channel(&n)?),
+            None => None,
+        };
+        if upgrade_channel.is_some() {
+            // A new master reports to systemd only once the old one has handed over.
+            notifier.silence();
+        }
         Ok(Systemd {
             notifier,
             listeners,
+            upgrade_channel,
         })
     }
+}
+
+/// The upgrade channel's descriptor (a Unix stream socket), close-on-exec.
+fn take_channel(n: &str) -> Result<UnixStream, ActivationError> {
+    let raw: i32 = n
+        .parse()
+        .ok()
+        .filter(|&n| n >= LISTEN_FDS_START)
+        .ok_or_else(|| ActivationError(format!("{UPGRADE_FD_VAR}={n} is not a descriptor")))?;
+    let fd =
+        sys::take_fd(raw).map_err(|e| ActivationError(format!("{UPGRADE_FD_VAR}={raw}: {e}")))?;
+    let socket = Socket::from(fd);
+    socket
+        .set_cloexec(true)
+        .map_err(|e| ActivationError(format!("{UPGRADE_FD_VAR}={raw}: {e}")))?;
+    Ok(UnixStream::from(OwnedFd::from(socket)))
+}
+
+/// SIGTERM to `pid`, a child of this process that was not reaped yet (a new master that
+/// did not take over). A failure (it is gone) is logged at debug level.
+pub fn terminate(pid: u32) {
+    if let Err(e) = sys::terminate(pid) {
+        debug!("SIGTERM to {pid}: {e}");
+    }
+}
+
+/// Starts `path` (argv `args`, argv[0] first) with the current environment, `env` added,
+/// and `sockets` passed as systemd passes them: descriptors 3, 4, ... in order,
+/// `LISTEN_FDS`, `LISTEN_FDNAMES` (each socket's name) and `LISTEN_PID` (the child's pid,
+/// set after the fork); then `channel` as the next descriptor, named by
+/// `WEIR_UPGRADE_FD`. Only the child's copies lose close-on-exec. An exec failure is
+/// written on `channel` as `EXEC-FAILED <errno>`.
+pub fn spawn_with_sockets(
+    path: &Path,
+    args: &[OsString],
+    env: &[(String, String)],
+    sockets: &[(BorrowedFd<'_>, String)],
+    channel: BorrowedFd<'_>,
+) -> std::io::Result<tokio::process::Child> {
+    let cstr =
+        |b: &[u8]| CString::new(b).map_err(|_| std::io::Error::other("a NUL byte in an argument"));
+    let n = sockets.len();
+    let names: Vec<&str> = sockets.iter().map(|(_, name)| name.as_str()).collect();
+    let ours = [
+        ("LISTEN_FDS".to_owned(), n.to_string()),
+        ("LISTEN_FDNAMES".to_owned(), names.join(":")),
+        (
+            UPGRADE_FD_VAR.to_owned(),
+            (LISTEN_FDS_START as usize + n).to_string(),
+        ),
+    ];
+    let replaced =
+        |k: &[u8]| k == b"LISTEN_PID" || ours.iter().chain(env).any(|(o, _)| o.as_bytes() == k);
+    let mut envp = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        if replaced(k.as_bytes()) {
+            continue;
+        }
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        envp.push(cstr(&kv)?);
+    }
+    for (k, v) in ours.iter().chain(env) {
+        envp.push(cstr(format!("{k}={v}").as_bytes())?);
+    }
+    let argv = args
+        .iter()
+        .map(|a| cstr(a.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut fds: Vec<_> = sockets.iter().map(|(fd, _)| fd.as_raw_fd()).collect();
+    fds.push(channel.as_raw_fd());
+    let exec = sys::Exec::new(cstr(path.as_os_str().as_bytes())?, argv, envp, fds);
+    tokio::process::Command::from(sys::command(exec)).spawn()
 }
 
 fn take_listeners(n: &str, names: Option<&str>) -> Result<Vec<Inherited>, ActivationError> {
@@ -159,11 +272,15 @@ fn take_listeners(n: &str, names: Option<&str>) -> Result<Vec<Inherited>, Activa
     Ok(out)
 }
 
-/// Sends `sd_notify(3)` datagrams to `$NOTIFY_SOCKET`; does nothing without one.
+/// Sends `sd_notify(3)` datagrams to `$NOTIFY_SOCKET`; does nothing without one, nor while
+/// silenced (a master that handed over to a new one, or a new one not yet handed over).
 #[derive(Debug, Default)]
 pub struct Notifier {
     target: Option<(UnixDatagram, std::os::unix::net::SocketAddr)>,
     watchdog: Option<Duration>,
+    /// `$NOTIFY_SOCKET` and `$WATCHDOG_USEC` as given, for a new master.
+    env: Vec<(String, String)>,
+    silenced: AtomicBool,
 }
 
 impl Notifier {
@@ -186,7 +303,41 @@ impl Notifier {
                 }
             }
         });
-        Notifier { target, watchdog }
+        let mut env = Vec::new();
+        if let (Some(s), Some(_)) = (socket, &target) {
+            env.push(("NOTIFY_SOCKET".to_owned(), s.to_owned()));
+            if let Some(w) = watchdog {
+                env.push(("WATCHDOG_USEC".to_owned(), w.as_micros().to_string()));
+            }
+        }
+        Notifier {
+            target,
+            watchdog,
+            env,
+            silenced: AtomicBool::new(false),
+        }
+    }
+
+    /// The variables a new master needs to notify the same service manager (none without
+    /// one): `NOTIFY_SOCKET` and `WATCHDOG_USEC` (for whatever pid is the main one).
+    pub fn env_for_successor(&self) -> &[(String, String)] {
+        &self.env
+    }
+
+    /// Sends nothing more until [`Notifier::resume`].
+    pub fn silence(&self) {
+        self.silenced.store(true, Ordering::SeqCst);
+    }
+
+    /// Sends again.
+    pub fn resume(&self) {
+        self.silenced.store(false, Ordering::SeqCst);
+    }
+
+    /// `MAINPID=` (systemd follows that process from now on), `READY=1` and a status
+    /// line: what the old master sends when a new one takes over.
+    pub fn main_pid(&self, pid: u32, status: &str) {
+        self.send(&format!("MAINPID={pid}\nREADY=1\nSTATUS={status}\n"));
     }
 
     /// Whether there is a service manager to tell.
@@ -202,6 +353,9 @@ impl Notifier {
     /// Sends `lines` (`KEY=VALUE`, one per line) in one datagram. A failure is logged at
     /// debug level: the service manager may be gone, serving goes on.
     pub fn send(&self, lines: &str) {
+        if self.silenced.load(Ordering::SeqCst) {
+            return;
+        }
         if let Some((sock, addr)) = &self.target {
             if let Err(e) = sock.send_to_addr(lines.as_bytes(), addr) {
                 debug!("sd_notify {lines:?}: {e}");
