@@ -426,3 +426,56 @@ def test_upgrade_under_socket_activation_leaves_systemds_socket_file(weir_bin, w
             os.kill(new_pid, signal.SIGKILL)
         old.stop()
         path.unlink(missing_ok=True)
+
+
+def weir_children(master: int) -> dict[int, str]:
+    """The master's descendants that run `weir worker` (workers and zygote): pid -> cmdline."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % d, "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if " worker " in cmd and master in ancestors(int(d)):
+            out[int(d)] = cmd
+    return out
+
+
+@pytest.mark.e2e_timeout(120)
+@pytest.mark.parametrize("preload", ["off", "auto"])
+def test_workers_run_the_masters_binary_after_the_file_is_replaced(weir_copy, tmp_path, preload):
+    # Workers are started through /proc/self/exe: with a file at the path that could not
+    # even run a worker, respawned workers (and, with preload, a new zygote after a SIGHUP
+    # reload) still run the master's version; only SIGUSR2 changes it.
+    port = free_port()
+    addr = Addr("127.0.0.1", port)
+    old = Proc("weir", [weir_copy, *weir_args("--listen", "127.0.0.1:%d" % port, "--preload", preload)],
+               tmp_path / "logs", cwd=tmp_path)
+    try:
+        wait_ready(old, addr, "/pid")
+        install_script(weir_copy, "#!/bin/sh\necho 'not weir' >&2\nexit 1\n")
+        def worker_pids():
+            # not the zygote (a child of the master running --zygote; its forks are workers)
+            return {p for p, c in weir_children(old.pid).items()
+                    if not ("--zygote" in c and ancestors(p)[:1] == [old.pid])}
+        workers = worker_pids()
+        assert len(workers) == 2, weir_children(old.pid)
+        for p in workers:
+            os.kill(p, signal.SIGKILL)
+
+        def replaced(gone):
+            now = worker_pids()
+            return now if len(now) == 2 and now.isdisjoint(gone) else None
+        new = wait_for(lambda: replaced(workers), 30, what="the killed workers replaced")
+        old.signal(signal.SIGHUP)
+        reloaded = wait_for(lambda: replaced(workers | new), 30, what="the reloaded workers")
+        wait_for(lambda: get(addr, "/pid", timeout=10).status == 200, 30, what="an answer after the reload")
+        for pid in (new | reloaded) & set(weir_children(old.pid)):
+            exe = os.readlink("/proc/%d/exe" % pid)
+            assert exe.endswith("(deleted)"), "worker %d runs %s, not the master's binary" % (pid, exe)
+        assert "not weir" not in old.output()
+    finally:
+        old.stop()

@@ -136,6 +136,7 @@ pub fn pool_config(config: &Config) -> Result<PoolConfig, ServeError> {
     }
     Ok(PoolConfig {
         exe: std::env::current_exe().map_err(ServeError::Exe)?,
+        exe_self: true,
         worker_args: args,
         preload: app.preload,
         prefetch: app.prefetch,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::net::UnixStream;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -366,7 +366,7 @@ async fn spawn(ctx: &SlotContext, slot: usize) -> Start {
         Ok(p) => p,
         Err(msg) => return Start::Failed(msg),
     };
-    let mut cmd = Command::new(&ctx.config.exe);
+    let mut cmd = ctx.config.worker_command();
     cmd.arg("worker")
         .args(&ctx.config.worker_args)
         .arg("--id")

@@ -43,8 +43,13 @@ pub use weir_config::Preload;
 /// How the pool runs.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
-    /// The executable.
+    /// The executable (its path, as workers show it in `ps`).
     pub exe: PathBuf,
+    /// Run the master's own binary (`/proc/self/exe`) rather than the file at `exe`, whose
+    /// contents may have changed since the master started: a worker respawned while a new
+    /// weir is installed (before SIGUSR2 hands over) is of the master's version, not the
+    /// new file's.
+    pub exe_self: bool,
     /// Worker arguments after `worker`.
     pub worker_args: Vec<OsString>,
     /// Import the app once per generation in a zygote and fork the workers from it.
@@ -68,6 +73,19 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
+    /// The command that starts `weir worker`: the master's own binary when `exe_self`,
+    /// with `exe` as its argv[0].
+    pub(crate) fn worker_command(&self) -> tokio::process::Command {
+        use std::os::unix::process::CommandExt as _;
+        if self.exe_self {
+            let mut std_cmd = std::process::Command::new("/proc/self/exe");
+            std_cmd.arg0(&self.exe);
+            tokio::process::Command::from(std_cmd)
+        } else {
+            tokio::process::Command::new(&self.exe)
+        }
+    }
+
     /// `max_requests` plus this worker's share of jitter.
     pub(crate) fn recycle_after(&self) -> u64 {
         if self.max_requests == 0 {

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::{oneshot, watch, Mutex};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -321,7 +321,7 @@ impl Zygote {
             sys::async_fd(ours, Interest::READABLE | Interest::WRITABLE)
                 .map_err(|e| system("socket setup", e))?,
         );
-        let mut cmd = Command::new(&config.exe);
+        let mut cmd = config.worker_command();
         cmd.arg("worker").arg("--zygote");
         if config.preload == Preload::Auto {
             cmd.arg("--if-fork-safe");
