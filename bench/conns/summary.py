@@ -138,21 +138,21 @@ for run in range(1, RUNS + 1):
             "%s / %s" % (u[2] if u else "-", bs[2] if bs else "-")))
 
 # -- part 2 ---------------------------------------------------------------------------------
-rows2 = ["| server | run | capacity req/s (closed loop, 50 conns) | unloaded (C/4) p99 ms: client / server | offered 2C req/s, achieved | answers: 200 / 503 / other (share refused) | client p99 ms, all answers | server p99 ms: admitted (200) / refused | admitted p99 / unloaded p99 (server) | missed slots | timeouts, errors; run |",
-         "|---|---:|---:|---|---|---|---:|---|---:|---:|---|"]
+rows2 = ["| server | run | capacity req/s (closed loop, 50 conns) | unloaded (C/4) p99 ms: client / server | offered 2C req/s, achieved | answers by status (share refused) | admitted req/s (/ C) | client p99 ms, all answers | server p99 ms: admitted (200) / refused | admitted p99 / unloaded p99 (server) | missed slots | timeouts, errors; run |",
+         "|---|---:|---:|---|---|---|---:|---:|---|---:|---:|---|"]
 agg2 = {s: [] for s in SERVERS}
 for run in range(1, RUNS + 1):
     for s in SERVERS:
         cap, un, ov = (load("%s.%d.%s.json" % (s, run, k)) for k in ("capacity", "unloaded", "overload"))
         if not (cap and un and ov):
             if cap or un or ov:
-                rows2.append("| %s | %d | not measured | | | | | | | | |" % (s, run))
+                rows2.append("| %s | %d | not measured | | | | | | | | | |" % (s, run))
             continue
         st = {str(k): int(v) for k, v in ov.get("status", {}).items()}
         total = sum(st.values())
-        ok, s503 = st.get("200", 0), st.get("503", 0)
-        other = total - ok - s503
+        ok = st.get("200", 0)
         refused = total - ok
+        admitted = ok / float(ov["manifest"]["duration"] or 1)
         a_un, a_ov = access(s, run, "unloaded"), access(s, run, "overload")
         un_srv = pct([x for k, v in a_un.items() if k == "200" for x in v], 0.99)
         adm = pct(a_ov.get("200", []), 0.99)
@@ -162,11 +162,12 @@ for run in range(1, RUNS + 1):
             agg2[s].append(ratio)
         g = ov.get("generator", {})
         kinds = ov.get("errors_by_kind", {})
-        rows2.append("| %s | %d | %.0f | %s / %s | %.0f, %.0f | %d / %d / %d (%.0f%%) | %s | %s / %s | %s | %s | %s timeouts, %s errors%s; %s |" % (
+        rows2.append("| %s | %d | %.0f | %s / %s | %.0f, %.0f | %s (%.0f%%) | %.0f (%.2f) | %s | %s / %s | %s | %s | %s timeouts, %s errors%s; %s |" % (
             s, run, cap["achieved_rate"], f1(un["latency_ms"]["p99"], "%.2f"), f1(un_srv, "%.2f"),
-            ov["manifest"]["rate"], ov["achieved_rate"], ok, s503, other,
-            100.0 * refused / total if total else 0, f1(ov["latency_ms"]["p99"], "%.1f"),
-            f1(adm, "%.1f"), f1(ref, "%.1f"), f1(ratio, "%.1fx"), g.get("missed_slots", "?"),
+            ov["manifest"]["rate"], ov["achieved_rate"],
+            ", ".join("%s: %d" % kv for kv in sorted(st.items())) or "none",
+            100.0 * refused / total if total else 0, admitted, admitted / cap["achieved_rate"],
+            f1(ov["latency_ms"]["p99"], "%.1f"), f1(adm, "%.1f"), f1(ref, "%.2f"), f1(ratio, "%.1fx"), g.get("missed_slots", "?"),
             kinds.get("timeout", 0), ov.get("errors", 0),
             (" (%s)" % ", ".join("%s %s" % kv for kv in kinds.items() if kv[1])) if ov.get("errors") else "",
             "VALID" if g.get("valid") else "INVALID (%s)" % "; ".join(g.get("invalid_reasons", []))))
@@ -194,7 +195,9 @@ try:
         built = f.readline().split("modified ", 1)[-1].strip()
 except OSError:
     built = "?"
-now = datetime.datetime.now(datetime.timezone.utc)
+# the run's start (its load average file), not the summary's
+now = datetime.datetime.fromtimestamp(os.path.getmtime(os.path.join(OUT, "loadavg-start")),
+                                      datetime.timezone.utc)
 section = """## Connections: idle keep-alive and slowloris clients, and overload (issue 19) — %s
 
 Command: `%s`. %d CPUs; load average %s at the start, %s at the end; weir at %s%s (release
@@ -238,7 +241,7 @@ status. One run: noisy on this machine.
 %s.
 
 Raw results: `%s/` (not committed).
-""" % (now.strftime("%%Y-%%m-%%d %%H:%%M UTC"), CMD, os.cpu_count(),
+""" % (now.strftime("%Y-%m-%d %H:%M UTC"), CMD, os.cpu_count(),
        " ".join(read_words(OUT, "loadavg-start")), " ".join(read_words(OUT, "loadavg-end")),
        head_rev, " + uncommitted changes" if dirty else "", built,
        first_line(["nginx", "-v"]).split("/")[-1], first_line(["uwsgi", "--version"]),

@@ -14,10 +14,10 @@
 #          bench/hello; the app imported once in the master and the workers forked,
 #          uWSGI's default without --lazy-apps), nginx in front only to send the requests
 #          (not counted).
-# Each: a few requests (`wrk -t2 -c2N -d1s` on /hello, then on /items: not every worker is
-# sure to have served), SETTLE s idle, then the total PSS of the server's first process and
-# all its descendants (master [+ zygote] + workers) from /proc/PID/smaps_rollup
-# (bench/workers/pss.py). PSS shares each shared page among the processes mapping it, so
+# Each is measured twice: "fresh" (one GET /hello, SETTLE s idle) and "after requests" (then
+# `wrk -t2 -c2N -d1s` on /hello and on /items: not every worker is sure to have served,
+# SETTLE s idle): the total PSS of the server's first process and all its descendants
+# (master [+ zygote] + workers) from /proc/PID/smaps_rollup (bench/workers/pss.py). PSS shares each shared page among the processes mapping it, so
 # the sum is the tree's real footprint. The per-worker slope is (PSS at 32 - PSS at 4) / 28.
 #
 # Prints a markdown section ($OUT/section.md) with the command, the date, the load average
@@ -57,8 +57,26 @@ done
 command -v wrk >/dev/null || { log "wrk not found: run scripts/install-deps.sh"; exit 2; }
 command -v uwsgi >/dev/null || { log "uwsgi not found: run scripts/install-deps.sh"; exit 2; }
 [[ -x "$NGINX" ]] || { log "nginx not found: run scripts/install-deps.sh"; exit 2; }
+# WEIR_BIN from another checkout (the lead's release build): record that checkout's commit
+# and uncommitted changes, not this one's (bench/weir-bin.sh records the current checkout's).
+bin_origin() {
+  local orig=$1 top
+  [[ -n "$orig" ]] || return 0
+  if ! top=$(git -C "$(dirname "$orig")" rev-parse --show-toplevel 2>/dev/null); then
+    sed -i 's/^HEAD .*/HEAD ? (a binary from outside any checkout)/' "$OUT/weir-build"
+    return 0
+  fi
+  [[ "$top" == "$ROOT" ]] && return 0
+  {
+    echo "binary $orig, modified $(date -u -r "$orig" '+%Y-%m-%d %H:%M UTC')"
+    echo "HEAD $(git -C "$top" rev-parse --short HEAD) of $top"
+    git -C "$top" status --porcelain -- crates Cargo.toml Cargo.lock | sed 's/^/dirty /'
+  } > "$OUT/weir-build"
+}
 source "$ROOT/bench/weir-bin.sh"
+ORIG_BIN=${WEIR_BIN:-}
 weir_bin_private
+bin_origin "$ORIG_BIN"
 shop_on_sqlite
 
 source "$ROOT/bench/hello/lib.sh"
@@ -96,19 +114,22 @@ for RUN in $(seq 1 "$RUNS"); do
             uwsgi_pass unix:$sock;"
           start "nginx-$n" "$NGINX" -p "$d/nginx" -c "$d/nginx/nginx.conf" -e "$d/nginx/error.log"
           if ! wait_ready "http://127.0.0.1:$port/hello"; then stop_all; failed=1; continue; fi
+          sleep "$SETTLE"
+          "$PY" "$ROOT/bench/workers/pss.py" tree "$app_pid" > "$res.fresh.pss"
           for path in /hello /items; do
             timeout 30 wrk -t2 -c$((2 * n)) -d1s "http://127.0.0.1:$port$path" >/dev/null 2>&1 || true
           done
           sleep "$SETTLE"
           "$PY" "$ROOT/bench/workers/pss.py" tree "$app_pid" > "$res.pss"
-          "$PY" - "$res.pss" "$n" > "$res" <<'PY'
+          "$PY" - "$res.fresh.pss" "$res.pss" "$n" > "$res" <<'PY'
 import json, sys
-m, n = json.load(open(sys.argv[1])), int(sys.argv[2])
-roles = [p["role"] for p in m["procs"]]
-print(json.dumps({"workers": n, "errors": [], "idle": {
-    "pss_kib": m["pss_kib"], "rss_kib": m["rss_kib"], "uss_kib": m["uss_kib"], "processes": m["count"],
-    "workers": roles.count("worker"), "zygotes": 0,
-    "by_role_pss_kib": {r: sum(p["pss_kib"] for p in m["procs"] if p["role"] == r) for r in ("master", "worker")}}}))
+def state(path):
+    m = json.load(open(path))
+    roles = [p["role"] for p in m["procs"]]
+    return {"pss_kib": m["pss_kib"], "rss_kib": m["rss_kib"], "uss_kib": m["uss_kib"], "processes": m["count"],
+            "workers": roles.count("worker"), "zygotes": 0,
+            "by_role_pss_kib": {r: sum(p["pss_kib"] for p in m["procs"] if p["role"] == r) for r in ("master", "worker")}}
+print(json.dumps({"workers": int(sys.argv[3]), "errors": [], "fresh": state(sys.argv[1]), "idle": state(sys.argv[2])}))
 PY
           stop_all ;;
         *) log "unknown server $name"; failed=1 ;;

@@ -52,34 +52,36 @@ def mib(kib):
 
 
 # -- memory -----------------------------------------------------------------------------
-head = "| server | " + " | ".join("%d workers" % n for n in COUNTS) + " | per added worker (%d -> %d) |" % (
+STATES = (("fresh", "fresh"), ("idle", "after requests"))
+head = "| server | state | " + " | ".join("%d workers" % n for n in COUNTS) + " | per added worker (%d -> %d) |" % (
     COUNTS[0], COUNTS[-1])
-rows = [head, "|---|" + "---:|" * (len(COUNTS) + 1)]
-detail = ["| server | workers | processes | total PSS MiB | master | zygote | workers (each) | total RSS MiB | total USS MiB |",
-          "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
-slopes = {}
+rows = [head, "|---|---|" + "---:|" * (len(COUNTS) + 1)]
+detail = ["| server | state | workers | processes | total PSS MiB | master | zygote | workers (each) | total RSS MiB | total USS MiB |",
+          "|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+for key, label in STATES:
+    for s in SERVERS:
+        totals = {n: med(runs_of(s, n, lambda r: r[key]["pss_kib"])) for n in COUNTS}
+        cells = []
+        for n in COUNTS:
+            per = runs_of(s, n, lambda r: r[key]["pss_kib"])
+            extra = " (runs: %s)" % " ".join(f(mib(x)) for x in per) if RUNS > 1 else ""
+            cells.append(f(mib(totals[n])) + extra)
+        a, b = totals[COUNTS[0]], totals[COUNTS[-1]]
+        slope = (b - a) / (COUNTS[-1] - COUNTS[0]) if a is not None and b is not None and COUNTS[-1] != COUNTS[0] else None
+        rows.append("| %s | %s | %s | %s |" % (s, label, " | ".join(cells), f(mib(slope), "%.2f")))
 for s in SERVERS:
-    totals = {n: med(runs_of(s, n, lambda r: r["idle"]["pss_kib"])) for n in COUNTS}
-    cells = []
-    for n in COUNTS:
-        per = runs_of(s, n, lambda r: r["idle"]["pss_kib"])
-        extra = " (runs: %s)" % " ".join(f(mib(x)) for x in per) if RUNS > 1 else ""
-        cells.append(f(mib(totals[n])) + extra)
-    a, b = totals[COUNTS[0]], totals[COUNTS[-1]]
-    slope = (b - a) / (COUNTS[-1] - COUNTS[0]) if a is not None and b is not None and COUNTS[-1] != COUNTS[0] else None
-    slopes[s] = slope
-    rows.append("| %s | %s | %s |" % (s, " | ".join(cells), f(mib(slope), "%.2f")))
-    for n in COUNTS:
-        r = load(s, n, 1)
-        if not r or "idle" not in r:
-            continue
-        i = r["idle"]
-        br = i["by_role_pss_kib"]
-        w = i["workers"] or 1
-        detail.append("| %s | %d | %d | %.1f | %.1f | %s | %.1f (%.2f) | %.1f | %.1f |" % (
-            s, n, i["processes"], mib(i["pss_kib"]), mib(br.get("master", 0)),
-            f(mib(br["zygote"])) if "zygote" in br else "-", mib(br.get("worker", 0)),
-            mib(br.get("worker", 0)) / w, mib(i["rss_kib"]), mib(i["uss_kib"])))
+    for key, label in STATES:
+        for n in COUNTS:
+            r = load(s, n, 1)
+            if not r or key not in r:
+                continue
+            i = r[key]
+            br = i["by_role_pss_kib"]
+            w = i["workers"] or 1
+            detail.append("| %s | %s | %d | %d | %.1f | %.1f | %s | %.1f (%.2f) | %.1f | %.1f |" % (
+                s, label, n, i["processes"], mib(i["pss_kib"]), mib(br.get("master", 0)),
+                f(mib(br["zygote"])) if "zygote" in br else "-", mib(br.get("worker", 0)),
+                mib(br.get("worker", 0)) / w, mib(i["rss_kib"]), mib(i["uss_kib"])))
 table_mem = "\n".join(rows)
 table_detail = "\n".join(detail)
 
@@ -120,7 +122,9 @@ try:
         built = fh.readline().split("modified ", 1)[-1].strip()
 except OSError:
     built = "?"
-now = datetime.datetime.now(datetime.timezone.utc)
+# the run's start (its load average file), not the summary's
+now = datetime.datetime.fromtimestamp(os.path.getmtime(os.path.join(OUT, "loadavg-start")),
+                                      datetime.timezone.utc)
 section = """## Memory as workers grow, start and reload (issue 19) — %s
 
 Command: `%s`. %d CPUs; load average %s at the start, %s at the end; weir at %s%s (release
@@ -130,13 +134,16 @@ examples/shop on SQLite. weir: `weir serve --app app:app --workers N --access-lo
 (preload "auto", the default: a zygote imports the app once and forks the workers); uWSGI:
 `--master --processes N --need-app --die-on-term --disable-logging --listen 1024` (the app
 imported in the master and the workers forked: uWSGI's default, no `--lazy-apps`). Each
-server is started fresh for each N, gets `wrk -t2 -c2N -d1s` on /hello then /items, idles
-%s s, and is measured: the sum of `Pss` in `/proc/PID/smaps_rollup` over its first process
-and every descendant (bench/workers/pss.py). Total PSS, MiB:
+server is started anew for each N and measured twice: *fresh* (one GET /hello, then %s s
+idle) and *after requests* (then `wrk -t2 -c2N -d1s` on /hello and on /items, the same
+idle): the sum of `Pss` in `/proc/PID/smaps_rollup` over its first process and every
+descendant (bench/workers/pss.py). The slope is (PSS at the most workers - PSS at the
+fewest) / the workers added. Memory barely depends on the machine's load. Total PSS, MiB:
 
 %s
 
-By process (PSS MiB; RSS and USS totals for comparison; run 1):
+By process (PSS MiB, run 1; RSS and USS totals for comparison; weir's zygote is the process
+the workers are forked from, uWSGI's master plays that part):
 
 %s
 """ % (now.strftime("%Y-%m-%d %H:%M UTC"), CMD, os.cpu_count(),

@@ -7,8 +7,9 @@
    socket of ours (weir's sd_notify support, docs/deploy.md): the time from the exec to
    `READY=1` is the start time (every worker of the first generation has imported the app,
    or been forked from the zygote, and said ready).
-2. A few requests (`wrk -t2 -c2N -d1s` on /hello and on /items), SETTLE s idle, then the
-   total PSS of the master and every descendant (bench/workers/pss.py).
+2. One GET /hello (as the uWSGI side's readiness check), SETTLE s idle, the total PSS of the
+   master and every descendant (bench/workers/pss.py): "fresh". Then a few requests (`wrk
+   -t2 -c2N -d1s` on /hello and on /items), SETTLE s idle, the total PSS again: "idle".
 3. `weir load --rate RELOAD_RATE --duration LOAD_S` on /hello; RELOAD_AT s into it, SIGHUP:
    the time from the signal to the next `READY=1` (the new generation took over) is the
    reload time. The load's statuses and errors are the failures across the reload.
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -103,6 +105,9 @@ try:
     result["start_to_ready_s"] = t_ready - t0
     _m, w, z = tree_roles()
     result["at_ready"] = {"workers": w, "zygotes": z}
+    urllib.request.urlopen(URL + "/hello", timeout=30).read()
+    time.sleep(SETTLE)
+    measure("fresh")
     for path in ("/hello", "/items"):
         subprocess.run(["wrk", "-t2", "-c%d" % (2 * N), "-d1s", URL + path], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, timeout=30, check=False)
