@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs, idempotently and quietly, everything weir's tests and benchmarks talk to:
 # Debian packages (nginx, MariaDB, wrk, Redis, nghttp2's h2load, systemd's systemd-socket-activate) and the Python peers (Flask, uWSGI, Gunicorn,
-# Granian, PyMySQL, pytest, brotli and zstandard to decode compressed answers). Safe to run again: it skips what is already there.
+# Granian, PyMySQL, pytest, brotli and zstandard to decode compressed answers, h2 for HTTP/2 frame-level tests). Safe to run again: it skips what is already there.
 # Usage: scripts/install-deps.sh [--no-apt]   (root is needed for the apt part)
 set -euo pipefail
 
@@ -16,6 +16,7 @@ PIP_PACKAGES=(
   "requests>=2.31"
   "brotli>=1.1"
   "zstandard>=0.22"
+  "h2>=4.1"
 )
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }

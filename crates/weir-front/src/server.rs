@@ -64,6 +64,9 @@ pub enum ServeError {
     /// A socket inherited from systemd cannot be used.
     #[error("socket activation: {0}")]
     Activation(String),
+    /// A TLS certificate or key cannot be used (it names the key and the file).
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// weir cannot find its own executable to start workers.
     #[error("cannot find weir's own executable to start workers: {0}")]
     Exe(std::io::Error),
@@ -80,7 +83,8 @@ impl ServeError {
             | ServeError::Limits(_)
             | ServeError::Cache(_)
             | ServeError::Static(_)
-            | ServeError::TempPath(..) => crate::cli::EXIT_CONFIG,
+            | ServeError::TempPath(..)
+            | ServeError::Tls(_) => crate::cli::EXIT_CONFIG,
             _ => 1,
         }
     }
@@ -189,6 +193,15 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
         listeners: mut inherited,
     } = systemd;
     let notifier = Arc::new(notifier);
+    // The certificates first: a bad one stops weir before anything is bound or started.
+    let tls = match config.server.tls_listen.is_empty() {
+        true => None,
+        false => Some(crate::tls::Tls::new(&config.tls)?),
+    };
+    let mut tls_listeners = Vec::new();
+    for a in &config.server.tls_listen {
+        tls_listeners.push(take_or_bind(a, false, &mut inherited, backlog)?);
+    }
     let mut http_listeners = Vec::new();
     for a in &config.server.listen {
         http_listeners.push(take_or_bind(a, false, &mut inherited, backlog)?);
@@ -273,6 +286,9 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
         body_timeout: srv.client_body_timeout.as_duration(),
         send_timeout: srv.send_timeout.as_duration(),
         spool,
+        tls,
+        h2c: srv.h2c,
+        http2_max_concurrent_streams: srv.http2_max_concurrent_streams,
         has_ready_check: config.app.ready_check.is_some(),
         last_ready: std::sync::Mutex::new(None),
     });
@@ -284,6 +300,16 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
         tokio::spawn(accept_loop(
             l,
             Kind::Http,
+            front.clone(),
+            drain_rx.clone(),
+            conns_tx.clone(),
+        ));
+    }
+    for l in tls_listeners {
+        names.push(format!("https://{}", l.describe()));
+        tokio::spawn(accept_loop(
+            l,
+            Kind::Tls,
             front.clone(),
             drain_rx.clone(),
             conns_tx.clone(),
@@ -342,7 +368,7 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
             }
             _ = term.recv() => { info!("SIGTERM: draining"); break Ok(()) }
             _ = int.recv() => { info!("SIGINT: draining"); break Ok(()) }
-            _ = hup.recv() => match supervisor.clone() {
+            _ = hup.recv() => match (reload_tls(&front), supervisor.clone()).1 {
                 Some(s) => {
                     info!("SIGHUP: reloading workers");
                     notifier.reloading("reloading: starting new workers");
@@ -475,9 +501,20 @@ async fn fatal(s: &Option<Arc<Supervisor>>) -> SupervisorError {
     }
 }
 
+/// SIGHUP: the TLS certificates are read again; a set that does not load keeps the old.
+fn reload_tls(front: &Front) {
+    if let Some(tls) = &front.tls {
+        match tls.reload() {
+            Ok(()) => info!("SIGHUP: TLS certificates reloaded"),
+            Err(e) => error!("SIGHUP: TLS certificates not reloaded, the old ones stay: {e}"),
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Kind {
     Http,
+    Tls,
     Uwsgi,
     Admin,
 }
@@ -509,11 +546,23 @@ async fn accept_loop(
         let guard = conns.clone();
         tokio::spawn(async move {
             match (kind, io) {
+                (Kind::Http, Io::Tcp(s)) if front.h2c => {
+                    crate::http2::serve_plain(s, info, front, drain).await
+                }
+                (Kind::Http, Io::Unix(s)) if front.h2c => {
+                    crate::http2::serve_plain(s, info, front, drain).await
+                }
                 (Kind::Http, Io::Tcp(s)) => {
                     crate::http::serve_connection(s, info, front, drain).await
                 }
                 (Kind::Http, Io::Unix(s)) => {
                     crate::http::serve_connection(s, info, front, drain).await
+                }
+                (Kind::Tls, Io::Tcp(s)) => {
+                    crate::tls::serve_connection(s, info, front, drain).await
+                }
+                (Kind::Tls, Io::Unix(s)) => {
+                    crate::tls::serve_connection(s, info, front, drain).await
                 }
                 (Kind::Uwsgi, Io::Tcp(s)) => {
                     crate::uwsgi_listener::serve_connection(s, info.watch, front).await
@@ -550,6 +599,7 @@ async fn accept(l: &Listener) -> std::io::Result<(Io, ConnInfo)> {
                     peer: Some(peer),
                     local,
                     watch,
+                    tls: false,
                 },
             ))
         }
@@ -563,6 +613,7 @@ async fn accept(l: &Listener) -> std::io::Result<(Io, ConnInfo)> {
                     peer: None,
                     local: None,
                     watch,
+                    tls: false,
                 },
             ))
         }
