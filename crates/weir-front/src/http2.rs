@@ -339,7 +339,10 @@ mod tests {
         let mut h1 = tokio_test_io(b"GET / HTTP/1.1\r\n\r\n".to_vec());
         let (yes, head) = sniff_h2c(&mut h1, Duration::from_secs(1)).await.unwrap();
         assert!(!yes);
-        assert_eq!(head, b"GET / HTTP/1.1\r\n\r\n", "no more than the preface's length");
+        assert_eq!(
+            head, b"GET / HTTP/1.1\r\n\r\n",
+            "no more than the preface's length"
+        );
         let mut short = tokio_test_io(b"PRI".to_vec());
         let (yes, head) = sniff_h2c(&mut short, Duration::from_secs(1)).await.unwrap();
         assert!(!yes);
