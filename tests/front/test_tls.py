@@ -688,3 +688,29 @@ def test_tls_keys_validated(weir_bin, tmp_path, certs):
         code, out = run_weir(weir_bin, ["serve", "--config", p, "--app", "front_app:application", "--chdir",
                                         FRONT_APPS, "--check"])
         assert code == 2 and want in out, (text, code, out)
+
+
+@pytest.mark.parametrize("close_notify", [True, False], ids=["close_notify", "fin"])
+def test_https11_client_that_leaves_the_queue_is_dropped(tls_front, certs, close_notify):
+    """HTTP/1.1 over TLS: a client that goes while its request waits (with TLS's
+    close_notify before the FIN, or without) is seen, and its request never starts."""
+    f, addr, log = tls_front(workers=1, admin=True)
+    c = H2Client(addr, certs["main"][0])
+    try:
+        c.request("/sleep?s=6&tag=busy")
+        wait_for(lambda: "busy" in f.tags(), 10, what="the worker busy")
+        s = tls_socket(addr, certs["main"][0], alpn=("http/1.1",))
+        s.sendall(b"GET /?tag=left HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        f.wait_queued(1)
+        if close_notify:
+            s.settimeout(5)
+            try:
+                s = s.unwrap()
+            except (OSError, ssl.SSLError):
+                pass
+        s.close()
+        f.wait_queued(0, timeout=2.5)
+    finally:
+        c.close()
+    wait_for(lambda: any(x["status"] == 499 for x in log_lines(log)), 10, what="the 499 line")
+    assert "left" not in f.tags()

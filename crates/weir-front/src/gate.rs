@@ -232,15 +232,27 @@ impl<S: AsyncRead + Unpin> AsyncRead for GatedIo<S> {
             if this.stopped {
                 return Poll::Ready(Ok(()));
             }
-            // Read into a buffer zeroed once per connection, then copy what came: a
-            // safe read into fresh memory would zero the whole read size every time.
+            // Read into a zeroed buffer, then copy what came: a safe read into fresh
+            // memory would zero the whole read size every time. The buffer is kept while
+            // bytes come and given back when the client has nothing more to send (an idle
+            // keep-alive or TLS connection then holds no read buffer of the gate's).
             if this.scratch.is_empty() {
                 this.scratch = vec![0; READ_SIZE];
             }
             let mut rb = ReadBuf::new(&mut this.scratch);
-            ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
+            let polled = Pin::new(&mut this.io).poll_read(cx, &mut rb);
             let n = rb.filled().len();
-            this.pending.extend_from_slice(rb.filled());
+            match polled {
+                Poll::Pending => {
+                    this.scratch = Vec::new();
+                    if this.pending.is_empty() {
+                        this.pending = BytesMut::new();
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(r) => r?,
+            }
+            this.pending.extend_from_slice(&this.scratch[..n]);
             if n == 0 {
                 // The client closed: an unfinished head is dropped, as hyper would.
                 this.stopped = true;
