@@ -714,3 +714,40 @@ def test_https11_client_that_leaves_the_queue_is_dropped(tls_front, certs, close
         c.close()
     wait_for(lambda: any(x["status"] == 499 for x in log_lines(log)), 10, what="the 499 line")
     assert "left" not in f.tags()
+
+
+@pytest.mark.parametrize("protocol", ["http", "uwsgi"])
+def test_http2_to_an_external_upstream(weir, tmp_path, short_tmp, protocol):
+    """HTTP/2 ends at the front door: a Gunicorn (HTTP/1.1) or uWSGI (uwsgi) upstream gets
+    the request as usual."""
+    import shutil
+    from e2e_lib import Proc, sock_path
+    apps = str(Path(__file__).resolve().parents[1] / "e2e" / "apps")
+    if protocol == "http":
+        port = free_port()
+        p = Proc("gunicorn", [shutil.which("gunicorn"), "--bind", "127.0.0.1:%d" % port, "--workers", "1",
+                              "--chdir", apps, "sup_app:application"], tmp_path / "logs")
+        up = "127.0.0.1:%d" % port
+
+        def listening():
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.5).close()
+                return True
+            except OSError:
+                return False
+        wait_for(listening, 30, what="Gunicorn")
+    else:
+        sock = sock_path(short_tmp, "uwsgi-h2")
+        p = Proc("uwsgi", [shutil.which("uwsgi"), "--socket", sock, "--chdir", apps, "--module",
+                           "sup_app:application", "--processes", "1", "--master", "--die-on-term",
+                           "--disable-logging", "--need-app"], tmp_path / "logs")
+        wait_for(lambda: os.path.exists(sock), 30, what="uWSGI socket")
+        up = "unix:" + sock
+    try:
+        cfg = {"server": {"access_log": "off", "h2c": True}, "upstream": {"servers": [up], "protocol": protocol}}
+        w = weir(app=None, chdir=None, workers=None, config=cfg, ready_path="/pid")
+        code, out, err = curl("--http2-prior-knowledge", "-i", "http://127.0.0.1:%d/version" % w.addr.port)
+        assert code == 0 and out.startswith("HTTP/2 200"), (out, err)
+        assert out.split("\r\n\r\n", 1)[1].startswith("v0"), out
+    finally:
+        p.stop()
