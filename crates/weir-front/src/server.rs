@@ -368,7 +368,7 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
             }
             _ = term.recv() => { info!("SIGTERM: draining"); break Ok(()) }
             _ = int.recv() => { info!("SIGINT: draining"); break Ok(()) }
-            _ = hup.recv() => match (reload_tls(&front), supervisor.clone()).1 {
+            _ = hup.recv() => match reload_tls(&front, &supervisor) {
                 Some(s) => {
                     info!("SIGHUP: reloading workers");
                     notifier.reloading("reloading: starting new workers");
@@ -501,14 +501,16 @@ async fn fatal(s: &Option<Arc<Supervisor>>) -> SupervisorError {
     }
 }
 
-/// SIGHUP: the TLS certificates are read again; a set that does not load keeps the old.
-fn reload_tls(front: &Front) {
+/// SIGHUP, first part: the TLS certificates are read again (a set that does not load
+/// keeps the old); then the workers' reload, by the supervisor returned.
+fn reload_tls(front: &Front, supervisor: &Option<Arc<Supervisor>>) -> Option<Arc<Supervisor>> {
     if let Some(tls) = &front.tls {
         match tls.reload() {
             Ok(()) => info!("SIGHUP: TLS certificates reloaded"),
             Err(e) => error!("SIGHUP: TLS certificates not reloaded, the old ones stay: {e}"),
         }
     }
+    supervisor.clone()
 }
 
 #[derive(Clone, Copy)]
