@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs, idempotently and quietly, everything weir's tests and benchmarks talk to:
 # Debian packages (nginx, MariaDB, wrk, Redis, nghttp2's h2load, systemd's systemd-socket-activate, prometheus's promtool) and the Python peers (Flask, uWSGI, Gunicorn,
-# Granian, PyMySQL, pytest, brotli and zstandard to decode compressed answers, maturin to build the wheel, PyYAML to read the alert rules). Safe to run again: it skips what is already there.
+# Granian, PyMySQL, pytest, brotli and zstandard to decode compressed answers, h2 for HTTP/2 frame-level tests, maturin to build the wheel, PyYAML to read the alert rules). Safe to run again: it skips what is already there.
 # Usage: scripts/install-deps.sh [--no-apt]   (root is needed for the apt part)
 set -euo pipefail
 
@@ -18,6 +18,7 @@ PIP_PACKAGES=(
   "zstandard>=0.22"
   "maturin>=1.5,<2"
   "pyyaml>=6"
+  "h2>=4.1"
 )
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }

@@ -11,6 +11,7 @@
 //! - this file: the sections (`[server]`, `[app]`, `[queue]`, `[limit_req.NAME]`,
 //!   `[limit_conn.NAME]`, `[limits]`, `[cache]`), [`Config::load`], [`Config::validate`].
 //! - [`error_map`]: `[[error_map]]` and `[errors]` (app exceptions to statuses).
+//! - [`tls`]: `[tls]` and `[[tls.sni]]`, the TLS listeners' certificates.
 //!
 //! Every section is `#[serde(default, deny_unknown_fields)]`: a missing key takes its
 //! default, an unknown one is an error that names it (the shape of pingora's
@@ -23,6 +24,7 @@ pub mod compression;
 pub mod error_map;
 pub mod static_files;
 pub mod template;
+pub mod tls;
 pub mod units;
 
 use std::collections::BTreeMap;
@@ -36,6 +38,7 @@ pub use compression::{Algorithm, CompressionConfig};
 pub use error_map::{ErrorMapEntry, ErrorsConfig, MappedError};
 pub use static_files::StaticConfig;
 pub use template::{parse_template, Segment, Var};
+pub use tls::{SniConfig, TlsConfig};
 pub use units::{ListenAddr, Rate, Seconds, Size};
 
 /// A configuration that cannot be used. Its message names the key and says what to do.
@@ -83,6 +86,8 @@ impl ConfigError {
 pub struct Config {
     /// Listeners and the whole-request settings.
     pub server: ServerConfig,
+    /// The TLS listeners' certificates (`[tls]`, [`tls`]).
+    pub tls: TlsConfig,
     /// The managed WSGI app and its worker pool.
     pub app: AppConfig,
     /// An external app server instead of `[app]` (uWSGI over uwsgi, Gunicorn over HTTP).
@@ -564,6 +569,16 @@ pub struct ServerConfig {
     pub listen: Vec<ListenAddr>,
     /// uwsgi-protocol listeners, for a real NGINX's `uwsgi_pass` (the uWSGI `socket` option).
     pub uwsgi_listen: Vec<ListenAddr>,
+    /// TLS listeners (NGINX's `listen ... ssl`): HTTP/2 and HTTP/1.1, chosen by ALPN, with
+    /// the certificates of `[tls]`.
+    pub tls_listen: Vec<ListenAddr>,
+    /// HTTP/2 without TLS on the `listen` addresses, for a client that knows the server
+    /// speaks it (h2c with prior knowledge, as a balancer to its backends); HTTP/1.1 is
+    /// still served there. NGINX's `listen ... http2` without `ssl`.
+    pub h2c: bool,
+    /// Most HTTP/2 streams (requests) open at once on one connection (NGINX's
+    /// `http2_max_concurrent_streams`); more are refused by the protocol (REFUSED_STREAM).
+    pub http2_max_concurrent_streams: u32,
     /// listen(2) backlog for every listener (NGINX's `listen ... backlog=`).
     pub backlog: u32,
     /// Threads of the master's event loop (default 2). With prefetch the workers go on to
@@ -617,6 +632,9 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: Vec::new(),
             uwsgi_listen: Vec::new(),
+            tls_listen: Vec::new(),
+            h2c: false,
+            http2_max_concurrent_streams: 100,
             backlog: 1024,
             threads: 2,
             upgrade_timeout: Seconds::from_secs(60),
@@ -841,7 +859,10 @@ impl Config {
 
     /// Fills defaults that depend on other keys (the default listener).
     pub fn apply_defaults(&mut self) {
-        if self.server.listen.is_empty() && self.server.uwsgi_listen.is_empty() {
+        if self.server.listen.is_empty()
+            && self.server.uwsgi_listen.is_empty()
+            && self.server.tls_listen.is_empty()
+        {
             self.server
                 .listen
                 .push(ListenAddr::Tcp("127.0.0.1:8000".into()));
@@ -1077,12 +1098,27 @@ impl Config {
         }
         static_files::validate(&self.statics)?;
         self.validate_error_map()?;
+        self.tls.validate(!self.server.tls_listen.is_empty())?;
+        let streams = self.server.http2_max_concurrent_streams;
+        if streams == 0 || streams > 10_000 {
+            return Err(ConfigError::invalid(
+                "server.http2_max_concurrent_streams",
+                format!("{streams} is out of range: use 1 to 10000 (NGINX's default is 128, weir's 100)"),
+            ));
+        }
+        if self.server.h2c && self.server.listen.is_empty() {
+            return Err(ConfigError::invalid(
+                "server.h2c",
+                "h2c is HTTP/2 on the plain `listen` addresses, and none is set: add one, or remove h2c (TLS listeners speak HTTP/2 anyway)",
+            ));
+        }
         if let Some(ListenAddr::Tcp(a)) = &self.admin.listen {
             if self
                 .server
                 .listen
                 .iter()
                 .chain(&self.server.uwsgi_listen)
+                .chain(&self.server.tls_listen)
                 .any(|l| l == self.admin.listen.as_ref().expect("matched Some"))
             {
                 return Err(ConfigError::invalid(

@@ -88,6 +88,8 @@ pub struct Record {
     pub method: String,
     /// Path (no query).
     pub path: String,
+    /// The protocol (`HTTP/1.1`, `HTTP/2.0`), as NGINX's `$server_protocol`.
+    pub protocol: &'static str,
     /// Status.
     pub status: u16,
     /// weir's error class, `None` when the app answered.
@@ -134,6 +136,7 @@ impl Record {
             client,
             method: method.to_owned(),
             path: path.to_owned(),
+            protocol: "HTTP/1.1",
             status: 0,
             class: None,
             queued: Duration::ZERO,
@@ -227,7 +230,9 @@ impl AccessLog {
         line.push_str(&json_string(&rec.method));
         line.push_str(",\"path\":");
         line.push_str(&json_string(&rec.path));
-        line.push_str(&format!(",\"status\":{},\"error\":", rec.status));
+        line.push_str(",\"protocol\":\"");
+        line.push_str(rec.protocol);
+        line.push_str(&format!("\",\"status\":{},\"error\":", rec.status));
         match rec.class {
             None => line.push_str("null"),
             Some(class) => {

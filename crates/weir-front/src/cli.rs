@@ -199,6 +199,12 @@ pub fn main(args: ServeArgs) -> ExitCode {
         if let Err(code) = check_error_map(&config) {
             return code;
         }
+        if !config.server.tls_listen.is_empty() {
+            if let Err(e) = crate::tls::load(&config.tls) {
+                eprintln!("weir: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
         println!("weir: configuration is valid");
         return ExitCode::SUCCESS;
     }

@@ -37,6 +37,9 @@ pub trait Socket: Send + Sync + 'static {
     fn closed(&self) -> impl std::future::Future<Output = ()> + Send;
 }
 
+/// How often a connection with unread bytes is checked for the peer's close.
+const UNREAD_CLOSE_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
 macro_rules! socket_impl {
     ($t:ty) => {
         impl Socket for $t {
@@ -89,8 +92,19 @@ macro_rules! socket_impl {
                     });
                     match peeked {
                         Ok(0) => return,
-                        // The client is there; nothing more to learn until it is read.
-                        Ok(_) => std::future::pending::<()>().await,
+                        // Bytes wait: a pipelined request, or on TLS a record that may be
+                        // the close_notify alert before the FIN (TLS 1.3 encrypts alerts,
+                        // so they cannot be told from data here). The readiness stays set
+                        // while they wait, so the FIN (EPOLLRDHUP) is looked for on a
+                        // timer rather than by readiness.
+                        Ok(_) => loop {
+                            tokio::time::sleep(UNREAD_CLOSE_CHECK).await;
+                            match self.ready(Interest::READABLE).await {
+                                Ok(r) if r.is_read_closed() => return,
+                                Ok(_) => {}
+                                Err(_) => return,
+                            }
+                        },
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                         Err(_) => return,
                     }

@@ -19,6 +19,8 @@ pub struct ConnInfo {
     pub local: Option<SocketAddr>,
     /// Tells when the client has gone.
     pub watch: crate::conn_io::ClientWatch,
+    /// Arrived over TLS (a `tls_listen` address): the scheme is `https`, `HTTPS=on`.
+    pub tls: bool,
 }
 
 /// Appends the CGI variable of a (lowercase) header name: `x-api-key` -> `HTTP_X_API_KEY`,
@@ -111,6 +113,7 @@ pub fn encode(
         b"SERVER_PROTOCOL",
         match parts.version {
             Version::HTTP_10 => b"HTTP/1.0",
+            Version::HTTP_2 => b"HTTP/2.0",
             _ => b"HTTP/1.1",
         },
     )?;
@@ -142,6 +145,10 @@ pub fn encode(
         }
     }
     p.var(b"UWSGI_SCHEME", facts.scheme.as_bytes())?;
+    if conn.tls {
+        // NGINX's `uwsgi_param HTTPS $https if_not_empty`.
+        p.var(b"HTTPS", b"on")?;
+    }
     if let Some(ct) = parts.headers.get(http::header::CONTENT_TYPE) {
         p.var(b"CONTENT_TYPE", ct.as_bytes())?;
     }
@@ -275,6 +282,7 @@ mod tests {
             peer: None,
             local: Some("127.0.0.1:8000".parse().unwrap()),
             watch: crate::conn_io::ClientWatch::None,
+            tls: false,
         };
         let facts = Facts {
             client: None,

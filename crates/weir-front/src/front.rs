@@ -44,6 +44,12 @@ pub struct Front {
     /// Bounded response buffering (`[server] response_buffer`, `response_buffers_total`,
     /// `temp_path`, `max_temp_file_size`): the spools of streamed answers.
     pub spool: weir_response::Spooler,
+    /// The TLS listeners' certificates and settings (`[tls]`), when there are any.
+    pub tls: Option<crate::tls::Tls>,
+    /// `[server] h2c`: HTTP/2 with prior knowledge on the plain HTTP listeners.
+    pub h2c: bool,
+    /// `[server] http2_max_concurrent_streams`.
+    pub http2_max_concurrent_streams: u32,
     /// Whether `[app] ready_check` is set.
     pub has_ready_check: bool,
     /// The last ready_check result: (when, passed, message).

@@ -230,15 +230,21 @@ impl<S: AsyncRead + Unpin> AsyncRead for GatedIo<S> {
                 return Poll::Ready(Ok(()));
             }
             // Read into uninitialized stack memory (nothing is zeroed), then keep only what
-            // came: an idle connection holds no read buffer of its own.
+            // came. When the client has nothing to send, a `pending` left empty gives back
+            // its memory: an idle keep-alive or TLS connection holds no read buffer of the
+            // gate's.
             let mut tmp = [std::mem::MaybeUninit::<u8>::uninit(); READ_SIZE];
             let mut rb = ReadBuf::uninit(&mut tmp);
-            ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
-            let n = rb.filled().len();
-            if this.pending.is_empty() && this.pending.capacity() > 4096 {
-                // Let a large request's bytes go once they are passed on.
-                this.pending = BytesMut::new();
+            match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
+                Poll::Pending => {
+                    if this.pending.is_empty() && this.pending.capacity() > 0 {
+                        this.pending = BytesMut::new();
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(r) => r?,
             }
+            let n = rb.filled().len();
             this.pending.extend_from_slice(rb.filled());
             if n == 0 {
                 // The client closed: an unfinished head is dropped, as hyper would.

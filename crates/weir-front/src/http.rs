@@ -1,4 +1,5 @@
-//! An HTTP/1.1 connection (hyper) and the request handler. The handler runs the stages
+//! An HTTP/1.1 connection (hyper) and the request handler (also HTTP/2's, per stream:
+//! [`crate::http2`]). The handler runs the stages
 //! of the request path in order; each either passes the request on or ends it with a
 //! [`Rejection`]:
 //!
@@ -124,13 +125,21 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Logged>, Infallible> {
     let (parts, body) = req.into_parts();
-    let id = identify(&parts.headers, conn.peer.map(|p| p.ip()), &front.trusted);
-    let rec = Record::new(
+    let mut id = identify(&parts.headers, conn.peer.map(|p| p.ip()), &front.trusted);
+    if conn.tls {
+        id.scheme = "https";
+    }
+    let mut rec = Record::new(
         &id.request_id,
         id.client,
         parts.method.as_str(),
         parts.uri.path(),
     );
+    rec.protocol = match parts.version {
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        _ => "HTTP/1.1",
+    };
     let json = wants_json(parts.headers.get(ACCEPT).map(HeaderValue::as_bytes));
     // For the compression stage, after the others have taken the request.
     let negotiation = front.compression.as_ref().map(|_| {
@@ -301,6 +310,7 @@ async fn background_update(
         peer: conn.peer,
         local: conn.local,
         watch: crate::conn_io::ClientWatch::None,
+        tls: conn.tls,
     };
     let request_id = format!("{}-update", id.request_id);
     let mut rec = Record::new(&request_id, id.client, "GET", parts.uri.path());
@@ -331,6 +341,19 @@ async fn background_update(
 fn forwarded_head(mut parts: Parts, conn: &ConnInfo, id: &Identity) -> Parts {
     for h in weir_http1::HOP_BY_HOP {
         parts.headers.remove(h);
+    }
+    // An HTTP/2 request goes on as HTTP/1.1, its :authority as the Host header.
+    if parts.version == http::Version::HTTP_2 {
+        parts.version = http::Version::HTTP_11;
+        if !parts.headers.contains_key(http::header::HOST) {
+            if let Some(v) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                parts.headers.insert(http::header::HOST, v);
+            }
+        }
     }
     let trusted_chain = id.client != conn.peer.map(|p| p.ip());
     let mut xff = String::new();

@@ -13,6 +13,10 @@
 //!   is acceptable (weir-http1), so malformed and ambiguous requests get weir's answer.
 //! - [`http`]: an HTTP/1.1 connection (hyper) and the request handler, which runs the
 //!   stages in order and answers (with the access log line) whatever they end with.
+//! - [`http2`]: an HTTP/2 connection (hyper's h2): each stream through the same handler;
+//!   its flood protections; h2c with prior knowledge on plain listeners.
+//! - [`tls`]: the TLS listeners (rustls): certificates and SNI, reload on SIGHUP, the
+//!   handshake and the ALPN choice between HTTP/2 and HTTP/1.1.
 //! - [`front`]: what every connection shares ([`front::Front`]) and where requests go
 //!   ([`front::Backend`]: the pool, or an upstream).
 //! - [`limit`]: the limits stage (`limit_req`, `limit_conn`, `limit_rate`, the queue's
@@ -52,6 +56,7 @@ pub mod environ;
 pub mod front;
 pub mod gate;
 pub mod http;
+pub mod http2;
 pub mod identity;
 pub mod limit;
 pub mod listener;
@@ -63,5 +68,6 @@ pub mod route;
 pub mod server;
 pub mod static_files;
 pub mod systemd;
+pub mod tls;
 pub mod upgrade;
 pub mod uwsgi_listener;

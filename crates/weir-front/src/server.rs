@@ -76,6 +76,9 @@ pub enum ServeError {
     /// A socket inherited from systemd cannot be used.
     #[error("socket activation: {0}")]
     Activation(String),
+    /// A TLS certificate or key cannot be used (it names the key and the file).
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// weir cannot find its own executable to start workers.
     #[error("cannot find weir's own executable to start workers: {0}")]
     Exe(std::io::Error),
@@ -92,7 +95,8 @@ impl ServeError {
             | ServeError::Limits(_)
             | ServeError::Cache(_)
             | ServeError::Static(_)
-            | ServeError::TempPath(..) => crate::cli::EXIT_CONFIG,
+            | ServeError::TempPath(..)
+            | ServeError::Tls(_) => crate::cli::EXIT_CONFIG,
             _ => 1,
         }
     }
@@ -203,11 +207,20 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
         upgrade_channel,
     } = systemd;
     let notifier = Arc::new(notifier);
+    // The certificates first: a bad one stops weir before anything is bound or started.
+    let tls = match config.server.tls_listen.is_empty() {
+        true => None,
+        false => Some(crate::tls::Tls::new(&config.tls)?),
+    };
     // A new master started by an upgrade: it accepts once its workers are ready, then
     // tells the old master on this channel.
     let mut successor = upgrade_channel;
     let adopting = successor.is_some();
     let mut listeners = Listeners::default();
+    for a in &config.server.tls_listen {
+        let l = take_or_bind(a, Kind::Tls, &mut inherited, backlog, adopting)?;
+        listeners.tls.push(l);
+    }
     for a in &config.server.listen {
         let l = take_or_bind(a, Kind::Http, &mut inherited, backlog, adopting)?;
         listeners.http.push(l);
@@ -226,6 +239,7 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
         let l = adopt(i, adopting)?;
         match kind {
             Kind::Http => listeners.http.push(l),
+            Kind::Tls => listeners.tls.push(l),
             Kind::Uwsgi => listeners.uwsgi.push(l),
             Kind::Admin => listeners.admin.push(l),
         }
@@ -293,6 +307,9 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
         body_timeout: srv.client_body_timeout.as_duration(),
         send_timeout: srv.send_timeout.as_duration(),
         spool,
+        tls,
+        h2c: srv.h2c,
+        http2_max_concurrent_streams: srv.http2_max_concurrent_streams,
         has_ready_check: config.app.ready_check.is_some(),
         last_ready: std::sync::Mutex::new(None),
     });
@@ -371,6 +388,7 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
                     u.pid()
                 ),
                 (None, Some(s)) => {
+                    reload_tls(&front);
                     info!("SIGHUP: reloading workers");
                     notifier.reloading("reloading: starting new workers");
                     let (n, f) = (notifier.clone(), front.clone());
@@ -385,7 +403,8 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
                     });
                 }
                 (None, None) => {
-                    info!("SIGHUP: nothing to reload (the app runs on an external upstream)");
+                    reload_tls(&front);
+                    info!("SIGHUP: nothing else to reload (the app runs on an external upstream)");
                     notifier.reloading("reloading: nothing to reload");
                     notifier.ready(&status_line(&front));
                 }
@@ -518,6 +537,7 @@ async fn take_over(
 #[derive(Default)]
 struct Listeners {
     http: Vec<Listener>,
+    tls: Vec<Listener>,
     uwsgi: Vec<Listener>,
     admin: Vec<Listener>,
 }
@@ -528,6 +548,7 @@ impl Listeners {
         self.http
             .iter()
             .map(tag(Kind::Http))
+            .chain(self.tls.iter().map(tag(Kind::Tls)))
             .chain(self.uwsgi.iter().map(tag(Kind::Uwsgi)))
             .chain(self.admin.iter().map(tag(Kind::Admin)))
     }
@@ -537,6 +558,7 @@ impl Listeners {
         self.all()
             .map(|(k, l)| match k {
                 Kind::Http => format!("http://{}", l.describe()),
+                Kind::Tls => format!("https://{}", l.describe()),
                 Kind::Uwsgi => format!("uwsgi://{}", l.describe()),
                 Kind::Admin => format!("admin http://{}", l.describe()),
             })
@@ -578,9 +600,15 @@ struct Accepting {
 
 impl Accepting {
     fn start(&self, listeners: Listeners) {
-        let Listeners { http, uwsgi, admin } = listeners;
+        let Listeners {
+            http,
+            tls,
+            uwsgi,
+            admin,
+        } = listeners;
         let kinds = [
             (Kind::Http, http),
+            (Kind::Tls, tls),
             (Kind::Uwsgi, uwsgi),
             (Kind::Admin, admin),
         ];
@@ -627,6 +655,8 @@ fn take_or_bind(
 fn kind_of(i: &Inherited) -> Kind {
     if i.is_admin() {
         Kind::Admin
+    } else if i.is_tls() {
+        Kind::Tls
     } else if i.is_uwsgi() {
         Kind::Uwsgi
     } else {
@@ -706,9 +736,21 @@ async fn fatal(s: &Option<Arc<Supervisor>>) -> SupervisorError {
     }
 }
 
+/// SIGHUP, first part: the TLS certificates are read again (a set that does not load
+/// keeps the old); the workers' reload follows.
+fn reload_tls(front: &Front) {
+    if let Some(tls) = &front.tls {
+        match tls.reload() {
+            Ok(()) => info!("SIGHUP: TLS certificates reloaded"),
+            Err(e) => error!("SIGHUP: TLS certificates not reloaded, the old ones stay: {e}"),
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Http,
+    Tls,
     Uwsgi,
     Admin,
 }
@@ -718,6 +760,7 @@ impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Http => "http",
+            Kind::Tls => "https",
             Kind::Uwsgi => "uwsgi",
             Kind::Admin => "admin",
         }
@@ -752,11 +795,23 @@ async fn accept_loop(
         let guard = conns.clone();
         tokio::spawn(async move {
             match (kind, io) {
+                (Kind::Http, Io::Tcp(s)) if front.h2c => {
+                    crate::http2::serve_plain(s, info, front, drain).await
+                }
+                (Kind::Http, Io::Unix(s)) if front.h2c => {
+                    crate::http2::serve_plain(s, info, front, drain).await
+                }
                 (Kind::Http, Io::Tcp(s)) => {
                     crate::http::serve_connection(s, info, front, drain).await
                 }
                 (Kind::Http, Io::Unix(s)) => {
                     crate::http::serve_connection(s, info, front, drain).await
+                }
+                (Kind::Tls, Io::Tcp(s)) => {
+                    crate::tls::serve_connection(s, info, front, drain).await
+                }
+                (Kind::Tls, Io::Unix(s)) => {
+                    crate::tls::serve_connection(s, info, front, drain).await
                 }
                 (Kind::Uwsgi, Io::Tcp(s)) => {
                     crate::uwsgi_listener::serve_connection(s, info.watch, front).await
@@ -795,6 +850,7 @@ async fn accept(l: &Listener) -> std::io::Result<(Io, ConnInfo)> {
                     peer: Some(peer),
                     local,
                     watch,
+                    tls: false,
                 },
             ))
         }
@@ -808,6 +864,7 @@ async fn accept(l: &Listener) -> std::io::Result<(Io, ConnInfo)> {
                     peer: None,
                     local: None,
                     watch,
+                    tls: false,
                 },
             ))
         }

@@ -70,6 +70,13 @@ where
         &var_str(b"REQUEST_METHOD").unwrap_or_default(),
         &path,
     );
+    // The protocol NGINX's client spoke (NGINX's `$server_protocol`).
+    rec.protocol = match pkt.get(b"SERVER_PROTOCOL") {
+        Some(b"HTTP/2.0") => "HTTP/2.0",
+        Some(b"HTTP/1.0") => "HTTP/1.0",
+        Some(b"HTTP/3.0") => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    };
     let route = front.routes.find(&path);
     let mut fair_key = 0;
     let deadline = route.request_timeout.map(|t| rec.arrived + t);

@@ -436,7 +436,7 @@ pub(crate) fn gunicorn(b: &mut Builder, file: &str, settings: &[Setting], nginx_
             "pythonpath" => b.unsupported(file, l, d, "app.chdir is on sys.path; for more, set PYTHONPATH in weir's environment"),
             "reload" | "reload_extra_files" | "reload_engine" => b.unsupported(file, l, d, "send weir SIGHUP to reload"),
             "certfile" | "keyfile" | "ca_certs" | "ssl_version" | "cert_reqs" | "ciphers" => {
-                b.unsupported(file, l, d, "weir has no TLS yet: terminate it in front of weir")
+                b.unsupported(file, l, d, "weir terminates TLS itself: put the certificate and key in [tls] and the address in [server] tls_listen (docs/tls.md)")
             }
             "statsd_host" | "statsd_prefix" | "dogstatsd_tags" => b.unsupported(file, l, d, "use [admin] listen: Prometheus /metrics"),
             "proxy_protocol" | "proxy_allow_ips" => b.unsupported(file, l, d, "weir does not read the PROXY protocol: use trusted_proxies and X-Forwarded-For"),

@@ -47,6 +47,12 @@ fn unsupported_tree(b: &mut Builder, d: &Directive, what: &str) {
 /// Directives that say nothing weir needs, with why.
 fn not_needed_why(name: &str) -> Option<&'static str> {
     Some(match name {
+        "ssl_protocols" | "ssl_ciphers" | "ssl_prefer_server_ciphers" | "ssl_session_cache"
+        | "ssl_session_timeout" | "ssl_session_tickets" | "ssl_dhparam" | "ssl_ecdh_curve"
+        | "ssl_buffer_size" | "ssl_early_data" => {
+            "weir uses rustls' safe defaults: TLS 1.2 and 1.3, AEAD suites with forward secrecy, session resumption by id and tickets (docs/tls.md)"
+        }
+        "http2" => "weir speaks HTTP/2 on its TLS listeners by ALPN ([server] h2c for plain ones)",
         "user" | "pid" | "daemon" | "master_process" => {
             "process management: weir runs as the user and under the supervisor that starts it (systemd)"
         }
@@ -124,10 +130,12 @@ fn not_needed_why(name: &str) -> Option<&'static str> {
 /// Directives weir cannot follow, with what to do.
 fn unsupported_why(name: &str) -> Option<&'static str> {
     Some(match name {
-        "ssl_certificate" | "ssl_certificate_key" | "ssl_protocols" | "ssl_ciphers"
-        | "ssl_prefer_server_ciphers" | "ssl_session_cache" | "ssl_session_timeout" | "ssl"
-        | "http2" | "ssl_dhparam" | "ssl_stapling" => {
-            "weir has no TLS or HTTP/2 yet: terminate TLS in front of it (a load balancer, or keep NGINX for TLS only)"
+        "ssl" => "weir's TLS listeners are `listen ... ssl` ([server] tls_listen): write the port there",
+        "ssl_stapling" | "ssl_stapling_verify" | "ssl_trusted_certificate" => {
+            "weir does not staple OCSP responses"
+        }
+        "ssl_client_certificate" | "ssl_verify_client" | "ssl_verify_depth" => {
+            "weir does not check client certificates: do it in front of weir or in the app"
         }
         "return" | "rewrite" | "if" | "set" | "map" | "geo" | "split_clients" | "try_files"
         | "error_page" | "internal" => {
@@ -520,7 +528,9 @@ fn generic(b: &mut Builder, _ctx: &Ctx, d: &Directive) {
             return;
         }
     }
-    if let Some(why) = not_needed_why(&d.name) {
+    if d.name == "ssl_certificate" || d.name == "ssl_certificate_key" {
+        certificate(b, d);
+    } else if let Some(why) = not_needed_why(&d.name) {
         b.not_needed(&d.file, d.line, text(d), why);
     } else if let Some(what) = unsupported_why(&d.name) {
         b.unsupported(&d.file, d.line, text(d), what);
@@ -844,6 +854,36 @@ fn server<'a>(b: &mut Builder, ctx: &mut Ctx<'a>, http: &'a Directive, s: &'a Di
     }
 }
 
+/// `ssl_certificate` / `ssl_certificate_key`: `[tls] certificate` / `key`, the first of
+/// each; another server block's certificate is for `[[tls.sni]]`, written by hand.
+fn certificate(b: &mut Builder, d: &Directive) {
+    let key = if d.name == "ssl_certificate" {
+        "tls.certificate"
+    } else {
+        "tls.key"
+    };
+    let path = d.args.first().cloned().unwrap_or_default();
+    if path.contains('$') || path.starts_with("data:") || path.starts_with("engine:") {
+        return b.unsupported(
+            &d.file,
+            d.line,
+            text(d),
+            "weir reads certificates from files named in weir.toml, not from variables",
+        );
+    }
+    let (_, name) = key.rsplit_once('.').expect("section.key");
+    if b.table("tls").contains_key(name) {
+        return b.unsupported(
+            &d.file,
+            d.line,
+            text(d),
+            "a second certificate (another server block): add it as a [[tls.sni]] entry with its server names (docs/tls.md)",
+        );
+    }
+    b.set(key, path);
+    b.mapped(&d.file, d.line, text(d), key);
+}
+
 fn listen(b: &mut Builder, d: &Directive) {
     let f = &d.file;
     let a0 = d.args.first().cloned().unwrap_or_default();
@@ -862,6 +902,7 @@ fn listen(b: &mut Builder, d: &Directive) {
         return b.unsupported(f, d.line, text(d), "not an address weir can listen on");
     }
     let mut notes = Vec::new();
+    let ssl = d.args[1..].iter().any(|p| p == "ssl");
     for p in &d.args[1..] {
         if let Some(n) = p.strip_prefix("backlog=") {
             if let Ok(n) = n.parse::<i64>() {
@@ -869,10 +910,14 @@ fn listen(b: &mut Builder, d: &Directive) {
                     b.set("server.backlog", n);
                 }
             }
-        } else if p == "ssl" || p == "http2" || p == "quic" {
-            notes.push(format!(
-                "{p}: weir has no TLS/HTTP/2 yet; terminate it in front of weir"
-            ));
+        } else if p == "ssl" {
+        } else if p == "http2" && ssl {
+            notes.push("http2: HTTP/2 by ALPN on every TLS listener".into());
+        } else if p == "http2" {
+            b.set("server.h2c", true);
+            notes.push("http2 without ssl: server.h2c = true (HTTP/2 with prior knowledge)".into());
+        } else if p == "quic" {
+            notes.push("quic: weir has no HTTP/3".into());
         } else if p == "proxy_protocol" {
             notes.push(
                 "proxy_protocol: weir does not read it; use trusted_proxies and X-Forwarded-For"
@@ -882,11 +927,16 @@ fn listen(b: &mut Builder, d: &Directive) {
             notes.push(format!("{p}: not needed"));
         }
     }
-    b.push("server.listen", addr);
-    if notes.is_empty() {
-        b.mapped(f, d.line, text(d), "server.listen");
+    let key = if ssl {
+        "server.tls_listen"
     } else {
-        b.mapped_note(f, d.line, text(d), "server.listen", &notes.join("; "));
+        "server.listen"
+    };
+    b.push(key, addr);
+    if notes.is_empty() {
+        b.mapped(f, d.line, text(d), key);
+    } else {
+        b.mapped_note(f, d.line, text(d), key, &notes.join("; "));
     }
 }
 

@@ -474,3 +474,26 @@ fn types_blocks_and_server_roots() {
     assert_eq!(st[0]["root"].as_str(), Some("/srv/www"));
     assert_eq!(st[1]["root"].as_str(), Some("/srv/www/img"));
 }
+
+#[test]
+fn tls_listeners_and_certificates_map_to_tls_listen_and_tls() {
+    let dir = std::env::temp_dir().join(format!("weir-import-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("tls.conf");
+    std::fs::write(
+        &conf,
+        "http {\n  server {\n    listen 80;\n    listen 443 ssl http2;\n    ssl_certificate /etc/ssl/a.pem;\n    ssl_certificate_key /etc/ssl/a.key;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_stapling on;\n    location / { uwsgi_pass unix:/run/app.sock; }\n  }\n  server {\n    listen 8443 ssl;\n    ssl_certificate /etc/ssl/$ssl_server_name.pem;\n  }\n}\n",
+    )
+    .unwrap();
+    let i = import_files(Some(&conf), AppFile::None, None).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(key_of(&i, "listen 443 ssl http2"), "server.tls_listen");
+    assert_eq!(key_of(&i, "listen 80"), "server.listen");
+    assert_eq!(key_of(&i, "ssl_certificate /etc"), "tls.certificate");
+    assert_eq!(key_of(&i, "ssl_certificate_key"), "tls.key");
+    assert!(is_not_needed(&i, "ssl_protocols"));
+    assert!(is_unsupported(&i, "ssl_stapling"));
+    let text = render_toml(&i, &["x".into()]);
+    assert!(text.contains("tls_listen = [\"0.0.0.0:443\"]"), "{text}");
+    assert!(text.contains("certificate = \"/etc/ssl/a.pem\""), "{text}");
+}

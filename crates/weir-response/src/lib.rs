@@ -23,6 +23,19 @@ pub use spool::{SpoolConfig, SpoolError, SpoolReader, SpoolWriter, Spooler};
 /// Parses an HTTP/1.x response head (as a worker, uWSGI or any HTTP server writes it)
 /// into a response with an empty body, dropping hop-by-hop headers.
 pub fn parse_head(raw: &[u8]) -> Result<Response<ResponseBody>, String> {
+    // uWSGI answers with the request's SERVER_PROTOCOL, `HTTP/2.0` for an HTTP/2 client (as
+    // NGINX sends it); httparse reads HTTP/1.x only, and the version is not used.
+    let owned;
+    let raw = match raw
+        .strip_prefix(b"HTTP/2.0 ")
+        .or_else(|| raw.strip_prefix(b"HTTP/2 "))
+    {
+        Some(rest) => {
+            owned = [b"HTTP/1.1 ".as_slice(), rest].concat();
+            owned.as_slice()
+        }
+        None => raw,
+    };
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut parsed = httparse::Response::new(&mut headers);
     let mut big;
@@ -61,4 +74,23 @@ fn build(parsed: httparse::Response<'_, '_>) -> Result<Response<ResponseBody>, S
         headers.append(name, value);
     }
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_http2_status_line_from_uwsgi_is_read() {
+        for head in [
+            &b"HTTP/2.0 201 Created\r\nx-a: 1\r\n\r\n"[..],
+            b"HTTP/2 201 Created\r\nx-a: 1\r\n\r\n",
+            b"HTTP/1.1 201 Created\r\nx-a: 1\r\n\r\n",
+        ] {
+            let r = parse_head(head).unwrap();
+            assert_eq!(r.status(), 201);
+            assert_eq!(r.headers()["x-a"], "1");
+        }
+        assert!(parse_head(b"HTTP/3.0 200 OK\r\n\r\n").is_err());
+    }
 }

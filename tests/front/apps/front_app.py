@@ -64,7 +64,8 @@ def _send(start_response, body, status="200 OK", ctype="text/plain"):
 
 ENV_KEYS = ("REMOTE_ADDR", "REMOTE_PORT", "wsgi.url_scheme", "weir.deadline", "weir.request_id",
             "HTTP_X_REQUEST_ID", "HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "PATH_INFO",
-            "QUERY_STRING", "CONTENT_LENGTH", "REQUEST_METHOD")
+            "QUERY_STRING", "CONTENT_LENGTH", "REQUEST_METHOD", "HTTPS", "SERVER_PROTOCOL", "HTTP_HOST",
+            "SERVER_NAME", "SERVER_PORT")
 
 
 def application(environ, start_response):

@@ -96,6 +96,12 @@ impl Inherited {
     pub fn is_admin(&self) -> bool {
         self.name.starts_with("admin")
     }
+
+    /// A TLS listener (its name starts with `https` or `tls`): TLS with the `[tls]`
+    /// certificates, HTTP/1.1 or HTTP/2 by ALPN.
+    pub fn is_tls(&self) -> bool {
+        self.name.starts_with("https") || self.name.starts_with("tls")
+    }
 }
 
 /// Why the inherited sockets cannot be used.
