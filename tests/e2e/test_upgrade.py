@@ -479,3 +479,42 @@ def test_workers_run_the_masters_binary_after_the_file_is_replaced(weir_copy, tm
         assert "not weir" not in old.output()
     finally:
         old.stop()
+
+
+@pytest.mark.e2e_timeout(120)
+def test_upgrade_hands_over_the_tls_listener(weir_bin, weir_copy, tmp_path):
+    # A TLS listener is handed over like the others (named `https`): the new master
+    # serves HTTPS on the same socket with its own certificates.
+    port, tls_port = free_port(), free_port()
+    addr = Addr("127.0.0.1", port)
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    conf = tmp_path / "weir.toml"
+    conf.write_text('[server]\ntls_listen = ["127.0.0.1:%d"]\n\n[tls]\ncertificate = "%s"\nkey = "%s"\n'
+                    % (tls_port, cert, key))
+    old = Proc("weir", [weir_copy, *weir_args("--listen", "127.0.0.1:%d" % port, "--config", conf)],
+               tmp_path / "logs", cwd=tmp_path)
+    new_pid = None
+
+    def https_pid():
+        r = subprocess.run(["curl", "-sS", "--cacert", str(cert), "--max-time", "10",
+                            "https://localhost:%d/pid" % tls_port, "--resolve", "localhost:%d:127.0.0.1" % tls_port],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return int(r.stdout)
+    try:
+        wait_ready(old, addr, "/pid")
+        assert old.pid in ancestors(https_pid())
+        install(weir_bin, weir_copy)
+        old.signal(signal.SIGUSR2)
+        assert old.wait(60) == 0, old.describe()
+        new_pid = new_master_pid(old)
+        lineage = ancestors(https_pid())
+        assert new_pid in lineage and old.pid not in lineage, (new_pid, lineage)
+    finally:
+        if new_pid and pid_alive(new_pid):
+            os.kill(new_pid, signal.SIGTERM)
+            wait_for(lambda: not pid_alive(new_pid), 30, what="the new master's exit")
+        old.stop()
