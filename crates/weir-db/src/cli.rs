@@ -21,10 +21,19 @@ pub struct DbCommand {
 #[derive(Debug, clap::Subcommand)]
 pub enum DbSubcommand {
     /// Watch the process list and end statements running longer than --busy-time (pt-kill).
+    #[command(
+        after_help = "Example:\n  weir db guard --dsn mysql://admin:secret@127.0.0.1:3306/shop --busy-time 10s --interval 1s\n\ndocs/db.md#weir-db-guard has every flag and what is logged."
+    )]
     Guard(GuardArgs),
     /// Report redundant indexes and foreign keys and the DROPs that remove them.
+    #[command(
+        after_help = "Example:\n  weir db audit --dsn mysql://admin:secret@127.0.0.1:3306/shop --json audit.json\n\ndocs/db.md#weir-db-audit says what each finding means."
+    )]
     Audit(AuditArgs),
     /// Run a query from many connections; report q/s, latency percentiles, errors.
+    #[command(
+        after_help = "Example:\n  weir db slap --dsn mysql://app:secret@127.0.0.1:3306/shop \\\n               --query 'SELECT * FROM items WHERE id > 100 ORDER BY id LIMIT 20' \\\n               --concurrency 100 --duration 10s\n\ndocs/db.md#weir-db-slap has every flag."
+    )]
     Slap(SlapArgs),
 }
 

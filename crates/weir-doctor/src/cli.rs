@@ -4,12 +4,11 @@
 //! unreachable database or an app that cannot be measured.
 
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use weir_config::units::{parse_duration, parse_size};
-use weir_config::{Config, ConfigError, ListenAddr, Seconds, Size};
+use weir_config::units::parse_duration;
+use weir_config::{Config, ConfigError};
 use weir_db::dsn::Dsn;
 use weir_db::DbError;
 
@@ -44,45 +43,9 @@ unreachable database, or an app that cannot be imported.";
 #[derive(Debug, Clone, Default, clap::Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct DoctorArgs {
-    /// The weir.toml to check; the flags below override it, as for `weir serve`.
-    #[arg(long, short = 'c', value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// The WSGI app as MODULE:CALLABLE. [app] module
-    #[arg(long, value_name = "MODULE:CALLABLE")]
-    pub app: Option<String>,
-    /// Change into DIR and import the app from it. [app] chdir
-    #[arg(long, value_name = "DIR")]
-    pub chdir: Option<PathBuf>,
-    /// A virtualenv whose site-packages hold the app's dependencies. [app] virtualenv
-    #[arg(long, value_name = "DIR")]
-    pub virtualenv: Option<PathBuf>,
-    /// Number of worker processes. [app] workers
-    #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
-    /// harakiri, seconds or "30s". [app] harakiri
-    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
-    pub harakiri: Option<Seconds>,
-    /// Recycle a worker after N requests. [app] max_requests
-    #[arg(long, value_name = "N")]
-    pub max_requests: Option<u64>,
-    /// Recycle a worker above this resident memory ("300MiB"). [app] reload_on_rss
-    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
-    pub reload_on_rss: Option<Size>,
-    /// auto, on or off. [app] preload
-    #[arg(long, value_name = "WHEN", value_parser = ["auto", "on", "off"])]
-    pub preload: Option<String>,
-    /// HTTP listener, HOST:PORT or unix:PATH; repeat for more. [server] listen
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Vec<ListenAddr>,
-    /// uwsgi-protocol listener; repeat for more. [server] uwsgi_listen
-    #[arg(long, value_name = "ADDR")]
-    pub uwsgi_listen: Vec<ListenAddr>,
-    /// Access log: stdout, stderr, off, or a file path. [server] access_log
-    #[arg(long, value_name = "WHERE")]
-    pub access_log: Option<String>,
-    /// Admin listener (/metrics, /livez, /readyz). [admin] listen
-    #[arg(long, value_name = "ADDR")]
-    pub admin_listen: Option<ListenAddr>,
+    /// The setup to check, given as to `weir serve` (every serve flag is accepted).
+    #[command(flatten)]
+    pub setup: weir_front::cli::SetupArgs,
     /// The database the app uses (mysql://USER:PASS@HOST:PORT/DB): its max_connections,
     /// statement limit and wait_timeout are read, and the app's connections counted in its
     /// process list (the user needs PROCESS to see another user's connections). Without it
@@ -104,14 +67,6 @@ pub struct DoctorArgs {
     /// "facts": {...}} instead of text.
     #[arg(long)]
     pub json: bool,
-}
-
-fn parse_seconds(s: &str) -> Result<Seconds, String> {
-    parse_duration(s).map(Seconds::from_duration)
-}
-
-fn parse_size_arg(s: &str) -> Result<Size, String> {
-    parse_size(s).map(Size::from_bytes)
 }
 
 /// Why `weir doctor` could not check (exit status 2).
@@ -143,23 +98,7 @@ pub struct Outcome {
 impl DoctorArgs {
     /// The configuration `weir serve` would run with these flags (validated).
     pub fn to_config(&self) -> Result<Config, ConfigError> {
-        weir_front::cli::ServeArgs {
-            config: self.config.clone(),
-            app: self.app.clone(),
-            chdir: self.chdir.clone(),
-            virtualenv: self.virtualenv.clone(),
-            workers: self.workers,
-            harakiri: self.harakiri,
-            max_requests: self.max_requests,
-            reload_on_rss: self.reload_on_rss,
-            preload: self.preload.clone(),
-            listen: self.listen.clone(),
-            uwsgi_listen: self.uwsgi_listen.clone(),
-            access_log: self.access_log.clone(),
-            admin_listen: self.admin_listen.clone(),
-            ..Default::default()
-        }
-        .to_config()
+        self.setup.to_config()
     }
 }
 

@@ -9,9 +9,21 @@ use weir_config::{Config, ConfigError, ListenAddr, Seconds, Size};
 /// Exit status for bad configuration (docs/config.md: a bad key or value exits 2).
 pub const EXIT_CONFIG: u8 = 2;
 
-/// `weir serve` arguments. Every flag has a `weir.toml` key, named in its help.
+/// `weir serve` arguments: the setup, and `--check`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
+    /// What to serve and how (shared with `weir doctor`, which checks the same setup).
+    #[command(flatten)]
+    pub setup: SetupArgs,
+    /// Check the configuration and exit (0 when valid, 2 otherwise).
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// The setup `weir serve` runs: `--config` and the flags over it. Every flag has a
+/// `weir.toml` key, named in its help.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SetupArgs {
     /// The WSGI app as MODULE:CALLABLE (CALLABLE defaults to `application`). [app] module
     #[arg(long, value_name = "MODULE:CALLABLE")]
     pub app: Option<String>,
@@ -78,9 +90,6 @@ pub struct ServeArgs {
     /// Read settings from this weir.toml; flags override it.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Check the configuration and exit (0 when valid, 2 otherwise).
-    #[arg(long)]
-    pub check: bool,
 }
 
 fn parse_seconds(s: &str) -> Result<Seconds, String> {
@@ -91,13 +100,13 @@ fn parse_size_arg(s: &str) -> Result<Size, String> {
     parse_size(s).map(Size::from_bytes)
 }
 
-impl ServeArgs {
+impl SetupArgs {
     /// The file (if any), flags merged over it, defaults filled in, validated.
     pub fn to_config(&self) -> Result<Config, ConfigError> {
         self.to_config_with(false)
     }
 
-    /// As [`ServeArgs::to_config`]; with `inherited` (systemd passed listening sockets),
+    /// As [`SetupArgs::to_config`]; with `inherited` (systemd passed listening sockets),
     /// the default listener is not added when none is configured.
     pub fn to_config_with(&self, inherited: bool) -> Result<Config, ConfigError> {
         let mut c = match &self.config {
@@ -188,7 +197,7 @@ pub fn main(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = match args.to_config_with(!systemd.listeners.is_empty()) {
+    let config = match args.setup.to_config_with(!systemd.listeners.is_empty()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("weir: {e}");

@@ -16,6 +16,16 @@
 //! closing (NGINX's `lingering_close`): closing a socket with unread input sends a reset,
 //! which can destroy the answer before the client reads it.
 //!
+//! Parking (issue: memory per connection). hyper's HTTP/1 connection holds about 16 KiB
+//! of buffers for as long as it lives, so it lives only while a request does: the gate
+//! reads a whole request head before hyper is made ([`GatedIo::next_head`]: a slowloris
+//! client costs the gate's few bytes, not hyper's), and when the client has sent nothing
+//! for [`GatedIo::park_after`] at a request boundary, the gate ends hyper's input. hyper
+//! (with `half_close`) finishes the answer in progress and returns the connection
+//! ([`GatedIo::parked`]), which then waits for its next request without hyper, as NGINX
+//! frees a kept-alive connection's buffers. A client that keeps sending never waits that
+//! long, and keeps its hyper connection.
+//!
 //! The write side enforces `[server] send_timeout` (NGINX's): a write that makes no
 //! progress for that long (the client takes nothing) fails, so hyper drops the connection
 //! and with it the response body, its buffered memory and its temp file; the connection's
@@ -86,6 +96,13 @@ pub struct GatedIo<S> {
     stall: Option<Pin<Box<Sleep>>>,
     stall_armed: bool,
     stalled: Arc<AtomicBool>,
+    /// Parking: how long the client may send nothing at a request boundary before
+    /// hyper's input is ended, the timer (armed while at rest), and whether it ended.
+    park_after: Option<Duration>,
+    park_timer: Option<Pin<Box<Sleep>>>,
+    park_deadline: tokio::time::Instant,
+    park_armed: bool,
+    parked: bool,
 }
 
 impl<S> GatedIo<S> {
@@ -111,7 +128,77 @@ impl<S> GatedIo<S> {
             stall: None,
             stall_armed: false,
             stalled: Arc::new(AtomicBool::new(false)),
+            park_after: None,
+            park_timer: None,
+            park_deadline: tokio::time::Instant::now(),
+            park_armed: false,
+            parked: false,
         }
+    }
+
+    /// Ends hyper's input when the client has sent nothing for `after` at a request
+    /// boundary (see the module doc): hyper then finishes and gives the connection back.
+    pub fn park_after(mut self, after: Duration) -> Self {
+        self.park_after = Some(after);
+        self
+    }
+
+    /// Did the gate end hyper's input because the client was idle (rather than because
+    /// it closed, or a request was refused)?
+    pub fn parked(&self) -> bool {
+        self.parked
+    }
+
+    /// May another request follow on this connection? Not after the client closed, a
+    /// refusal, or the connection's last request (`Connection: close`, HTTP/1.0).
+    pub fn keeps_alive(&self) -> bool {
+        !self.stopped && self.framer.at_boundary() && !self.framer.at_end()
+    }
+
+    /// Before a new hyper connection takes this one: its input is open again.
+    pub fn unpark(&mut self) {
+        self.parked = false;
+        self.park_armed = false;
+    }
+
+    /// Bytes hyper read and did not use (they passed the gate already): they are the
+    /// next hyper connection's first.
+    pub fn unread(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let mut b = BytesMut::with_capacity(bytes.len() + self.pending.len());
+        b.extend_from_slice(bytes);
+        b.extend_from_slice(&self.pending);
+        self.pending = b;
+        self.checked += bytes.len();
+    }
+
+    /// At rest at a boundary: has the client sent nothing for `park_after`? The timer is
+    /// reset only when its deadline is less than half the wait away, so a busy
+    /// connection costs a clock read per request, not a timer update.
+    fn poll_park(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(after) = self.park_after else {
+            return false;
+        };
+        let now = tokio::time::Instant::now();
+        let timer = self
+            .park_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(now + after)));
+        if !self.park_armed {
+            if self.park_deadline < now + after / 2 {
+                self.park_deadline = now + after;
+                timer.as_mut().reset(self.park_deadline);
+            }
+            self.park_armed = true;
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            // Parked: the timer goes too (a parked connection holds as little as it can).
+            self.park_timer = None;
+            self.park_armed = false;
+            return true;
+        }
+        false
     }
 
     /// Drops the connection when a write makes no progress for `limit` (the client takes
@@ -207,6 +294,56 @@ impl<S> GatedIo<S> {
     }
 }
 
+impl<S: AsyncRead + Unpin> GatedIo<S> {
+    /// One read from the client, through the framer: `Ready` when something came (or the
+    /// client closed: `stopped`), `Pending` when nothing is there.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Read into uninitialized stack memory (nothing is zeroed), then keep only what
+        // came. When the client has nothing to send, a `pending` left empty gives back
+        // its memory: an idle keep-alive or TLS connection holds no read buffer of the
+        // gate's.
+        let mut tmp = [std::mem::MaybeUninit::<u8>::uninit(); READ_SIZE];
+        let mut rb = ReadBuf::uninit(&mut tmp);
+        match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+            Poll::Pending => {
+                if self.pending.is_empty() && self.pending.capacity() > 0 {
+                    self.pending = BytesMut::new();
+                }
+                return Poll::Pending;
+            }
+            Poll::Ready(r) => r?,
+        }
+        if rb.filled().is_empty() {
+            // The client closed: an unfinished head is dropped, as hyper would.
+            self.stopped = true;
+        } else {
+            self.pending.extend_from_slice(rb.filled());
+            self.check();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads until a whole request head has passed the framer (true), or there will be
+    /// none: the client closed or a head was refused (false; the refusal's answer is
+    /// written by the shutdown).
+    pub fn poll_next_head(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        loop {
+            if self.checked > 0 {
+                return Poll::Ready(Ok(true));
+            }
+            if self.stopped || self.body_error.is_some() {
+                return Poll::Ready(Ok(false));
+            }
+            ready!(self.poll_fill(cx))?;
+        }
+    }
+
+    /// [`GatedIo::poll_next_head`] as a future.
+    pub async fn next_head(&mut self) -> io::Result<bool> {
+        std::future::poll_fn(|cx| self.poll_next_head(cx)).await
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for GatedIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -226,32 +363,22 @@ impl<S: AsyncRead + Unpin> AsyncRead for GatedIo<S> {
                 // hyper fails this request's body read with the reason.
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
             }
-            if this.stopped {
+            if this.stopped || this.parked {
                 return Poll::Ready(Ok(()));
             }
-            // Read into uninitialized stack memory (nothing is zeroed), then keep only what
-            // came. When the client has nothing to send, a `pending` left empty gives back
-            // its memory: an idle keep-alive or TLS connection holds no read buffer of the
-            // gate's.
-            let mut tmp = [std::mem::MaybeUninit::<u8>::uninit(); READ_SIZE];
-            let mut rb = ReadBuf::uninit(&mut tmp);
-            match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
+            match this.poll_fill(cx) {
+                Poll::Ready(r) => {
+                    r?;
+                    this.park_armed = false;
+                }
                 Poll::Pending => {
-                    if this.pending.is_empty() && this.pending.capacity() > 0 {
-                        this.pending = BytesMut::new();
+                    if this.framer.at_boundary() && this.poll_park(cx) {
+                        this.parked = true;
+                        continue;
                     }
                     return Poll::Pending;
                 }
-                Poll::Ready(r) => r?,
             }
-            let n = rb.filled().len();
-            this.pending.extend_from_slice(rb.filled());
-            if n == 0 {
-                // The client closed: an unfinished head is dropped, as hyper would.
-                this.stopped = true;
-                continue;
-            }
-            this.check();
         }
     }
 }
@@ -381,5 +508,91 @@ mod tests {
         assert!(t0.elapsed() > Duration::from_secs(20));
         assert!(!flag.load(Ordering::Acquire));
         assert_eq!(reader.await.unwrap(), 256);
+    }
+
+    fn parking(io: tokio::io::DuplexStream) -> GatedIo<tokio::io::DuplexStream> {
+        let flag = Arc::new(AtomicBool::new(false));
+        gated(io, &flag).park_after(Duration::from_millis(250))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_is_read_whole_before_anything_is_given_on() {
+        let (server, mut client) = tokio::io::duplex(1024);
+        let mut io = parking(server);
+        client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        let wait = tokio::time::timeout(Duration::from_secs(5), io.next_head()).await;
+        assert!(wait.is_err(), "half a head is not a head");
+        client.write_all(b"st: x\r\n\r\n").await.unwrap();
+        assert!(io.next_head().await.unwrap());
+        let mut got = [0; 64];
+        let n = io.read(&mut got).await.unwrap();
+        assert_eq!(&got[..n], b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        // The client closes: no next head.
+        drop(client);
+        assert!(!io.next_head().await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_client_at_a_boundary_is_parked_after_the_wait() {
+        let (server, mut client) = tokio::io::duplex(1024);
+        let mut io = parking(server);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(io.next_head().await.unwrap());
+        let mut got = [0; 64];
+        let n = io.read(&mut got).await.unwrap();
+        assert_eq!(n, 27);
+        // At the boundary with nothing more: hyper's input ends after park_after.
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(io.read(&mut got).await.unwrap(), 0);
+        assert_eq!(t0.elapsed(), Duration::from_millis(250));
+        assert!(io.parked() && io.keeps_alive());
+        // The next request wakes it: a new hyper connection reads it.
+        io.unpark();
+        client
+            .write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(io.next_head().await.unwrap());
+        let n = io.read(&mut got).await.unwrap();
+        assert!(got[..n].starts_with(b"GET /b"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_body_is_never_parked_and_a_last_request_does_not_keep_alive() {
+        let (server, mut client) = tokio::io::duplex(1024);
+        let mut io = parking(server);
+        client
+            .write_all(
+                b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 4\r\n\r\nab",
+            )
+            .await
+            .unwrap();
+        assert!(io.next_head().await.unwrap());
+        let mut got = [0; 128];
+        let mut n = 0;
+        while !got[..n].ends_with(b"ab") {
+            n += io.read(&mut got[n..]).await.unwrap();
+        }
+        // Mid-body: the read waits for the client however long it takes.
+        let slow = tokio::time::timeout(Duration::from_secs(5), io.read(&mut got[n..])).await;
+        assert!(slow.is_err());
+        client.write_all(b"cd").await.unwrap();
+        let m = io.read(&mut got[n..]).await.unwrap();
+        assert_eq!(&got[n..n + m], b"cd");
+        assert!(!io.keeps_alive(), "Connection: close was the last request");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_hyper_did_not_use_come_first_next_time() {
+        let (server, _client) = tokio::io::duplex(1024);
+        let mut io = parking(server);
+        io.unread(b"GET /next HTTP/1.1\r\n\r\n");
+        assert!(io.next_head().await.unwrap());
+        let mut got = [0; 64];
+        let n = io.read(&mut got).await.unwrap();
+        assert_eq!(&got[..n], b"GET /next HTTP/1.1\r\n\r\n");
     }
 }

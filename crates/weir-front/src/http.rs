@@ -37,8 +37,23 @@ use crate::gate::{GatedIo, RefusalLog};
 use crate::identity::{identify, Identity};
 use crate::rejection::{wants_json, Rejection};
 use crate::request_body::read_body;
+/// How long a kept-alive client may send nothing after an answer before its connection
+/// is parked: hyper's connection and its buffers are let go, and the next request gets a
+/// new one (see [`crate::gate`]). A client sending its requests back to back keeps its
+/// hyper connection; one that pauses (a browser, an idle pool) costs a few hundred bytes.
+const PARK_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The service future, boxed: hyper can then hand the connection back between requests
+/// (`poll_without_shutdown` wants an `Unpin` future).
+type Handling = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response<Logged>, Infallible>> + Send>,
+>;
+
 /// Serves one HTTP/1.1 connection until the client closes it or the drain signal asks
-/// it to finish its current request and close.
+/// it to finish its current request and close. hyper serves the connection only while
+/// there is a request to serve: a whole head is read by the gate first, and a client idle
+/// at a request boundary for [`PARK_AFTER`] is parked without hyper (the gate's module
+/// doc).
 pub async fn serve_connection<S>(
     io: S,
     conn: ConnInfo,
@@ -53,17 +68,21 @@ pub async fn serve_connection<S>(
         .header_read_timeout(front.header_timeout)
         .max_buf_size(front.max_header_size.max(8192))
         // The gate ends hyper's input after the last good request when it refuses the
-        // next one; hyper must still answer the good one. Clients that really leave are
-        // seen by the ClientWatch.
+        // next one, or when the client is idle; hyper must still answer the request in
+        // progress. Clients that really leave are seen by the ClientWatch.
         .half_close(true)
         .keep_alive(true);
     let conn = Arc::new(conn);
     let peer = conn.peer.map(|p| p.ip());
     let log = front.log.clone();
+    let header_timeout = front.header_timeout;
     // Set when the client took nothing for send_timeout: the connection is dropped and
     // the request it was answering is logged `client-timeout`.
     let stalled = Arc::new(AtomicBool::new(false));
-    let io = GatedIo::new(
+    // Set when an answer says `Connection: close`: hyper closes after it, and so does
+    // the connection (it is not parked).
+    let close_after = Arc::new(AtomicBool::new(false));
+    let mut io = GatedIo::new(
         io,
         front.max_header_size,
         RefusalLog {
@@ -71,34 +90,83 @@ pub async fn serve_connection<S>(
             peer,
         },
     )
-    .send_timeout(front.send_timeout, stalled.clone());
-    let svc = service_fn(move |req| {
-        let (front, conn, stalled) = (front.clone(), conn.clone(), stalled.clone());
-        async move {
-            let mut resp = handle(front, conn, req).await;
-            if let Ok(r) = &mut resp {
-                r.body_mut().mark_send_timeout(stalled);
-            }
-            resp
-        }
-    });
-    let connection = builder.serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(connection);
-    let draining = tokio::select! {
-        r = connection.as_mut() => {
-            if let Err(e) = r {
-                log_refusal(&log, peer, &e);
-                debug!("connection ended: {e}");
-            }
-            false
-        }
-        _ = drain.wait_for(|d| *d) => true,
+    .send_timeout(front.send_timeout, stalled.clone())
+    .park_after(PARK_AFTER);
+    let svc = {
+        let close_after = close_after.clone();
+        service_fn(move |req| -> Handling {
+            let (front, conn, stalled) = (front.clone(), conn.clone(), stalled.clone());
+            let close_after = close_after.clone();
+            Box::pin(async move {
+                let mut resp = handle(front, conn, req).await;
+                if let Ok(r) = &mut resp {
+                    if r.headers()
+                        .get(http::header::CONNECTION)
+                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+                    {
+                        close_after.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    r.body_mut().mark_send_timeout(stalled);
+                }
+                resp
+            })
+        })
     };
-    if draining {
-        connection.as_mut().graceful_shutdown();
-        if let Err(e) = connection.as_mut().await {
-            debug!("connection ended while draining: {e}");
+    loop {
+        // A whole request head, read without hyper; a kept-alive connection waits as long
+        // for its next one as a head may take (client_header_timeout).
+        let head = tokio::select! {
+            r = tokio::time::timeout(header_timeout, io.next_head()) => r,
+            _ = drain.wait_for(|d| *d) => break,
+        };
+        match head {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => break,
+            Ok(Err(e)) => {
+                debug!("connection ended: {e}");
+                return;
+            }
+            Err(_) => {
+                debug!("no whole request head within client_header_timeout: closing");
+                break;
+            }
         }
+        io.unpark();
+        let mut connection = Box::new(builder.serve_connection(TokioIo::new(io), svc.clone()));
+        let done = tokio::select! {
+            r = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => Some(r),
+            _ = drain.wait_for(|d| *d) => None,
+        };
+        let draining = done.is_none();
+        let done = match done {
+            Some(r) => r,
+            None => {
+                // Draining: the request in progress is answered, then the connection closes.
+                std::pin::Pin::new(&mut *connection).graceful_shutdown();
+                std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)).await
+            }
+        };
+        if let Err(e) = done {
+            log_refusal(&log, peer, &e);
+            debug!("connection ended: {e}");
+            return;
+        }
+        let parts = connection.into_parts();
+        io = parts.io.into_inner();
+        io.unread(&parts.read_buf);
+        let again = io.parked()
+            && io.keeps_alive()
+            && !draining
+            && !close_after.load(std::sync::atomic::Ordering::Relaxed);
+        if !again {
+            break;
+        }
+    }
+    // Closing: weir's own answer to a refused head first, then the end of output, then a
+    // moment of lingering (the gate's shutdown).
+    use tokio::io::AsyncWriteExt as _;
+    if let Err(e) = io.shutdown().await {
+        debug!("connection shutdown: {e}");
     }
 }
 

@@ -790,40 +790,47 @@ async fn accept_loop(
                 continue;
             }
         };
-        let front = front.clone();
-        let drain = drain.clone();
+        let (front, drain) = (front.clone(), drain.clone());
+        // One task per connection, of its own kind's size: a single `async` block over
+        // every kind would make each connection's task as large as the largest (a TLS
+        // connection's), several KiB for every idle HTTP client.
         let guard = conns.clone();
-        tokio::spawn(async move {
-            match (kind, io) {
-                (Kind::Http, Io::Tcp(s)) if front.h2c => {
-                    crate::http2::serve_plain(s, info, front, drain).await
-                }
-                (Kind::Http, Io::Unix(s)) if front.h2c => {
-                    crate::http2::serve_plain(s, info, front, drain).await
-                }
-                (Kind::Http, Io::Tcp(s)) => {
-                    crate::http::serve_connection(s, info, front, drain).await
-                }
-                (Kind::Http, Io::Unix(s)) => {
-                    crate::http::serve_connection(s, info, front, drain).await
-                }
-                (Kind::Tls, Io::Tcp(s)) => {
-                    crate::tls::serve_connection(s, info, front, drain).await
-                }
-                (Kind::Tls, Io::Unix(s)) => {
-                    crate::tls::serve_connection(s, info, front, drain).await
-                }
-                (Kind::Uwsgi, Io::Tcp(s)) => {
-                    crate::uwsgi_listener::serve_connection(s, info.watch, front).await
-                }
-                (Kind::Uwsgi, Io::Unix(s)) => {
-                    crate::uwsgi_listener::serve_connection(s, info.watch, front).await
-                }
-                (Kind::Admin, Io::Tcp(s)) => crate::admin::serve_connection(s, front).await,
-                (Kind::Admin, Io::Unix(s)) => crate::admin::serve_connection(s, front).await,
+        macro_rules! serve {
+            ($fut:expr) => {{
+                tokio::spawn(async move {
+                    $fut.await;
+                    drop(guard);
+                });
+            }};
+        }
+        match (kind, io) {
+            (Kind::Http, Io::Tcp(s)) if front.h2c => {
+                serve!(crate::http2::serve_plain(s, info, front, drain))
             }
-            drop(guard);
-        });
+            (Kind::Http, Io::Unix(s)) if front.h2c => {
+                serve!(crate::http2::serve_plain(s, info, front, drain))
+            }
+            (Kind::Http, Io::Tcp(s)) => {
+                serve!(crate::http::serve_connection(s, info, front, drain))
+            }
+            (Kind::Http, Io::Unix(s)) => {
+                serve!(crate::http::serve_connection(s, info, front, drain))
+            }
+            (Kind::Tls, Io::Tcp(s)) => serve!(crate::tls::serve_connection(s, info, front, drain)),
+            (Kind::Tls, Io::Unix(s)) => serve!(crate::tls::serve_connection(s, info, front, drain)),
+            (Kind::Uwsgi, Io::Tcp(s)) => {
+                serve!(crate::uwsgi_listener::serve_connection(
+                    s, info.watch, front
+                ))
+            }
+            (Kind::Uwsgi, Io::Unix(s)) => {
+                serve!(crate::uwsgi_listener::serve_connection(
+                    s, info.watch, front
+                ))
+            }
+            (Kind::Admin, Io::Tcp(s)) => serve!(crate::admin::serve_connection(s, front)),
+            (Kind::Admin, Io::Unix(s)) => serve!(crate::admin::serve_connection(s, front)),
+        }
     }
     if owns_files.load(Ordering::SeqCst) {
         listener.cleanup();

@@ -239,6 +239,12 @@ impl RequestFramer {
         matches!(self.state, State::Head | State::End)
     }
 
+    /// After the connection's last request (`Connection: close`, or HTTP/1.0 without
+    /// keep-alive): nothing more is accepted on it.
+    pub fn at_end(&self) -> bool {
+        matches!(self.state, State::End)
+    }
+
     /// Checks the front of `input` (the bytes not yet passed).
     pub fn step(&mut self, input: &[u8]) -> Step {
         match self.state {

@@ -1,0 +1,124 @@
+"""Connections without a request in progress cost little: the gate reads a whole request
+head before hyper's connection (and its buffers) is made, and a kept-alive client that
+sends nothing for 250 ms at a request boundary is parked without hyper. These tests check
+that parking keeps HTTP/1.1 whole (keep-alive across the park, pipelining, a head split
+across the wait, Connection: close, the idle limit) and bound the master's memory for idle
+and slowloris connections.
+"""
+
+from __future__ import annotations
+
+import resource
+import socket
+import time
+
+import pytest
+
+from e2e_lib import get, wait_for
+
+pytestmark = pytest.mark.e2e_timeout(120)
+
+PARK_AFTER = 0.25  # weir-front http::PARK_AFTER
+
+
+def rss_kib(pid: int) -> int:
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def read_response(s: socket.socket) -> bytes:
+    """One answer with a Content-Length body, whole."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        c = s.recv(65536)
+        assert c, "closed before the head: %r" % data
+        data += c
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        c = s.recv(65536)
+        assert c, "closed in the body"
+        body += c
+    return head + b"\r\n\r\n" + body
+
+
+def test_a_parked_connection_serves_its_next_requests(front):
+    f = front(workers=1)
+    with f.addr.socket(10) as s:
+        s.sendall(b"GET /env?tag=a HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s).startswith(b"HTTP/1.1 200")
+        # Idle past the park: the same socket carries the next request, the one after it
+        # split across another idle moment, and two pipelined ones.
+        time.sleep(PARK_AFTER * 3)
+        s.sendall(b"GET /env?tag=b HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s).startswith(b"HTTP/1.1 200")
+        s.sendall(b"GET /env?tag=c HTTP/1.1\r\nHo")
+        time.sleep(PARK_AFTER * 3)
+        s.sendall(b"st: x\r\n\r\n")
+        assert read_response(s).startswith(b"HTTP/1.1 200")
+        time.sleep(PARK_AFTER * 3)
+        s.sendall(b"GET /env?tag=d HTTP/1.1\r\nHost: x\r\n\r\nGET /env?tag=e HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s).startswith(b"HTTP/1.1 200")
+        assert read_response(s).startswith(b"HTTP/1.1 200")
+        # A request body arriving after a pause is read whole (a body is never parked).
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nabc")
+        time.sleep(PARK_AFTER * 3)
+        s.sendall(b"def")
+        r = read_response(s)
+        assert r.startswith(b"HTTP/1.1 200") and r.endswith(b"\r\n\r\n6"), r
+        # The last request closes the connection after its answer.
+        time.sleep(PARK_AFTER * 3)
+        s.sendall(b"GET /env?tag=f HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert read_response(s).startswith(b"HTTP/1.1 200")
+        assert s.recv(100) == b"", "Connection: close: the connection ends after the answer"
+    assert {"a", "b", "c", "d", "e", "f"} <= f.tags()
+
+
+def test_a_kept_alive_connection_waits_client_header_timeout_for_its_next_request(front):
+    f = front(config={"server": {"client_header_timeout": "1s"}}, workers=1)
+    with f.addr.socket(10) as s:
+        s.sendall(b"GET /env HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s).startswith(b"HTTP/1.1 200")
+        t0 = time.monotonic()
+        assert s.recv(100) == b""
+        waited = time.monotonic() - t0
+    assert 0.8 <= waited < 5, waited
+
+
+def test_idle_and_slowloris_connections_cost_the_master_little(front):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    n = min(1000, (hard - 200) // 2)
+    f = front(config={"server": {"client_header_timeout": "60s"}}, workers=1)
+    pid = f.proc.pid
+    socks = []
+    try:
+        assert get(f.addr, "/env", timeout=10).status == 200
+        base = rss_kib(pid)
+        for i in range(n):
+            idle = socket.create_connection((f.addr.host, f.addr.port), timeout=10)
+            idle.sendall(b"GET /env HTTP/1.1\r\nHost: x\r\n\r\n")
+            read_response(idle)
+            loris = socket.create_connection((f.addr.host, f.addr.port), timeout=10)
+            loris.sendall(b"GET /env HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            socks += [idle, loris]
+        # Every idle connection parks; jemalloc returns the pages of their hyper
+        # connections within seconds.
+        def settled():
+            grown = rss_kib(pid) - base
+            return grown if grown < 8 * 2 * n else None
+        grown = wait_for(settled, 60, what="the master's memory for %d connections under 8 KiB each" % (2 * n))
+        print("%d idle + %d slowloris connections: master grew %d KiB (%.1f KiB each)"
+              % (n, n, grown, grown / (2 * n)))
+        # And they are all still served.
+        for s in socks[:20:2]:
+            s.sendall(b"GET /env HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(s).startswith(b"HTTP/1.1 200")
+    finally:
+        for s in socks:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
