@@ -16,26 +16,50 @@ use std::time::{Duration, Instant};
 /// `[queue]`'s CoDel settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Codel {
-    /// The delay target; `None`: 4 x the typical service time, at least
-    /// [`Codel::MIN_TARGET`], at most the queue timeout.
+    /// The delay target; `None`: automatic, per route ([`Codel::target`]).
     pub target: Option<Duration>,
     /// How long the queue's delay must stay above the target before requests are shed.
     pub interval: Duration,
     /// Serve the newest waiter first while overloaded.
     pub lifo: bool,
+    /// The automatic target is this many times the route's typical service time
+    /// (`[queue] target_factor`).
+    pub factor: u32,
+    /// ... and at least this (`[queue] min_target`).
+    pub min_target: Duration,
 }
 
 impl Codel {
-    /// The floor of the automatic target: a wait people hardly notice; a lower floor
-    /// would shed a saturated but healthy closed-loop load, whose waits are long only
-    /// because every client is waiting.
-    pub const MIN_TARGET: Duration = Duration::from_millis(500);
+    /// The default `factor`: a standing queue of a few requests per worker.
+    pub const FACTOR: u32 = 2;
+    /// The default floor of the automatic target: under it, timer and scheduling noise on
+    /// a loaded machine are as large as the waits judged.
+    pub const MIN_TARGET: Duration = Duration::from_millis(20);
+    /// The floor before per-route targets and admission at arrival (`min_target =
+    /// "500ms"`, `target_factor = 4`: weir's earlier behaviour, which let a saturated
+    /// closed-loop load queue up to half a second without shedding).
+    pub const LEGACY_MIN_TARGET: Duration = Duration::from_millis(500);
 
-    /// The delay target, given the typical service time and the queue timeout.
+    /// CoDel with the default automatic target.
+    pub fn new(interval: Duration, lifo: bool) -> Codel {
+        Codel {
+            target: None,
+            interval,
+            lifo,
+            factor: Codel::FACTOR,
+            min_target: Codel::MIN_TARGET,
+        }
+    }
+
+    /// The delay target of a request whose route typically holds a worker `typical`
+    /// (`None`: nothing measured yet), given the queue timeout: the configured `target`,
+    /// else `factor` times `typical`, at least `min_target`, at most the timeout. So a
+    /// 20 ms route's queue stands at tens of milliseconds and a 5 s report route keeps
+    /// its own, each judged by its own time.
     pub fn target(&self, typical: Option<Duration>, queue_timeout: Duration) -> Duration {
         self.target.unwrap_or_else(|| {
-            (typical.unwrap_or_default() * 4)
-                .max(Codel::MIN_TARGET)
+            (typical.unwrap_or_default() * self.factor)
+                .max(self.min_target)
                 .min(queue_timeout)
         })
     }

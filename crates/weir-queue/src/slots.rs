@@ -2,7 +2,9 @@
 //! connections (NGINX Plus's `max_conns` + `queue`), a route's `max_concurrency`.
 //!
 //! [`Slots::acquire`] takes a free slot at once, or waits in a [`WaitQueue`] under the
-//! [`QueuePolicy`]: refused at once when the queue is at its bound, answered at the queue
+//! [`QueuePolicy`]: refused at once when the queue is at its bound or when the waiters
+//! ahead would take longer to clear than it may wait (`crate::admission`: their number
+//! times the typical time a slot is held, over the slots), answered at the queue
 //! timeout or the request's deadline, shed by CoDel when overloaded (newest first with
 //! adaptive LIFO). A [`SlotPermit`] gives its slot back when dropped, straight to the next
 //! waiter, so a request that is cancelled anywhere can never lose a slot: a slot handed to
@@ -29,6 +31,8 @@ pub struct Slots {
     /// How long a slot is typically held (the delay target's base).
     held: ServiceTime,
     outside: OutsideWaits,
+    /// How many slots there are.
+    n: usize,
 }
 
 #[derive(Debug)]
@@ -91,6 +95,7 @@ impl Slots {
             policy,
             held: ServiceTime::new(),
             outside: OutsideWaits::default(),
+            n,
         })
     }
 
@@ -166,11 +171,12 @@ impl Slots {
                     return Err(QueueRefusal::KeyFull { max: per_key });
                 }
             }
-            let shedding = st
-                .queue
-                .overloaded()
-                .then(|| self.policy.target(self.held.typical()))
-                .flatten();
+            let typical = self.held.typical();
+            let target = self.policy.target(typical);
+            let ahead = typical.unwrap_or_default()
+                * u32::try_from(st.queue.live() + self.outside.count()).unwrap_or(u32::MAX);
+            self.policy.admit(now, &expiry, target, ahead, self.n)?;
+            let shedding = st.queue.overloaded().then_some(target).flatten();
             let expiry = self.policy.capped(expiry, now, shedding);
             let (tx, rx) = oneshot::channel();
             st.queue.push(SlotWaiter {
@@ -198,8 +204,10 @@ impl Slots {
             .target(self.held.typical())
             .unwrap_or(Duration::MAX);
         let mut st = self.state();
-        let (shedding, shed) = st.queue.regulate(now, self.policy.codel.as_ref(), target);
-        let newest_first = shedding.is_some() && self.policy.codel.is_some_and(|c| c.lifo);
+        let (shedding, shed) = st
+            .queue
+            .regulate(now, self.policy.codel.as_ref(), |_| target);
+        let newest_first = shedding && self.policy.codel.is_some_and(|c| c.lifo);
         let mut unsent = Some(self.permit(now));
         while let Some(w) = st.queue.pop_next(newest_first) {
             let Some(permit) = unsent.take() else { break };
@@ -217,7 +225,7 @@ impl Slots {
             permit.slots = None;
         }
         drop(st);
-        for w in shed {
+        for (w, target) in shed {
             let _ = w.tx.send(Handed::Shed(target));
         }
     }
@@ -239,6 +247,7 @@ mod tests {
                 codel,
                 fair: false,
                 per_key_max: None,
+                admission: true,
             },
         )
     }
@@ -324,8 +333,7 @@ mod tests {
     async fn an_overloaded_queue_sheds_the_old_and_serves_the_newest_first() {
         let codel = Codel {
             target: Some(200 * MS),
-            interval: 10 * MS,
-            lifo: true,
+            ..Codel::new(10 * MS, true)
         };
         let s = slots(1, 64, Some(codel));
         let held = s.acquire(None, 0).await.unwrap();

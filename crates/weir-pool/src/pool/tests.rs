@@ -33,6 +33,7 @@ fn pool(max_queue: usize, timeout: Duration) -> Pool {
         codel: None,
         fair: false,
         per_key_max: None,
+        admission: true,
     };
     Pool::new(policy, None, true)
 }
@@ -122,4 +123,128 @@ async fn a_stopping_pool_takes_no_work() {
     p.begin_shutdown();
     let r = p.submit(request(None)).await;
     assert!(matches!(r, Err(DispatchError::ShuttingDown)), "{r:?}");
+}
+
+/// A request of a route whose requests typically hold a worker `typical`.
+fn routed(typical: Duration, deadline: Option<Instant>) -> (WorkerRequest, Arc<ServiceTime>) {
+    let service = Arc::new(ServiceTime::new());
+    service.record(typical);
+    let mut req = request(deadline);
+    req.service = Some(service.clone());
+    (req, service)
+}
+
+fn pool_with_codel(max_queue: usize) -> Pool {
+    let policy = weir_queue::QueuePolicy {
+        max_size: max_queue,
+        timeout: Duration::from_secs(10),
+        codel: Some(Codel::new(Duration::from_secs(1), true)),
+        fair: false,
+        per_key_max: None,
+        admission: true,
+    };
+    Pool::new(policy, None, true)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_arrival_behind_more_work_than_its_target_is_refused_at_once() {
+    // No worker yet (judged as one), a 20 ms route: its target is 3 x 20 = 60 ms, so
+    // waits of 0, 20, 40 and 60 ms are admitted, and the fifth arrival (80 ms) is refused
+    // at once, queue-full, with a Retry-After from the estimate; those admitted keep
+    // their place.
+    let p = pool_with_codel(64);
+    let ms20 = Duration::from_millis(20);
+    let mut waiting = Vec::new();
+    for depth in 1..=4 {
+        let (req, _) = routed(ms20, None);
+        let p2 = p.clone();
+        waiting.push(tokio::spawn(async move { p2.submit(req).await }));
+        while p.queue_depth() < depth {
+            tokio::task::yield_now().await;
+        }
+    }
+    let t0 = TokioInstant::now();
+    let (req, _) = routed(ms20, None);
+    let r = p.submit(req).await;
+    assert_eq!(t0.elapsed(), Duration::ZERO, "refused without waiting");
+    let e = r.expect_err("refused");
+    assert_eq!(e.class(), weir_errors::ErrorClass::QueueFull);
+    assert_eq!(e.retry_after(), Some(1));
+    assert!(e.to_string().contains("delay target"), "{e}");
+    assert_eq!(p.queue_depth(), 4, "the admitted keep their place");
+    assert_eq!(
+        p.stats().queue.refused_at_arrival.load(Ordering::Relaxed),
+        1
+    );
+    // A request of a fast route (1 ms: its target is the 20 ms floor) is refused too:
+    // 80 ms of work is ahead of it whatever its own time.
+    let (req, _) = routed(Duration::from_millis(1), None);
+    assert!(matches!(
+        p.submit(req).await,
+        Err(DispatchError::QueuePredicted(_))
+    ));
+    for w in waiting {
+        w.abort();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_short_deadline_is_refused_at_arrival_when_the_wait_ahead_is_longer() {
+    let p = pool_with_codel(64);
+    // A 5 s report route waiting: its target is the queue timeout (10 s).
+    let (slow, _) = routed(Duration::from_secs(5), None);
+    let p2 = p.clone();
+    let waiting = tokio::spawn(async move { p2.submit(slow).await });
+    while p.queue_depth() < 1 {
+        tokio::task::yield_now().await;
+    }
+    // Another report is admitted: 5 s ahead, within its own 10 s.
+    let (slow, _) = routed(Duration::from_secs(5), None);
+    let p2 = p.clone();
+    let second = tokio::spawn(async move { p2.submit(slow).await });
+    while p.queue_depth() < 2 {
+        tokio::task::yield_now().await;
+    }
+    // A request of a 200 ms route (target 600 ms) with 300 ms of deadline left, behind
+    // 10 s of work: refused at once, judged by its deadline.
+    let (req, _) = routed(
+        Duration::from_millis(200),
+        Some(Instant::now() + Duration::from_millis(300)),
+    );
+    let r = p.submit(req).await;
+    match r {
+        Err(DispatchError::QueuePredicted(weir_queue::QueueRefusal::Predicted {
+            expected,
+            budget: weir_queue::Budget::Deadline(_),
+        })) => assert_eq!(expected, Duration::from_secs(10)),
+        other => panic!("{other:?}"),
+    }
+    waiting.abort();
+    second.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_admission_off_the_queue_fills_as_before() {
+    let policy = weir_queue::QueuePolicy {
+        admission: false,
+        ..*pool_with_codel(3).policy()
+    };
+    let p = Pool::new(policy, None, true);
+    let mut waiting = Vec::new();
+    for depth in 1..=3 {
+        let (req, _) = routed(Duration::from_secs(1), None);
+        let p2 = p.clone();
+        waiting.push(tokio::spawn(async move { p2.submit(req).await }));
+        while p.queue_depth() < depth {
+            tokio::task::yield_now().await;
+        }
+    }
+    let (req, _) = routed(Duration::from_secs(1), None);
+    assert!(matches!(
+        p.submit(req).await,
+        Err(DispatchError::QueueFull { max: 3 })
+    ));
+    for w in waiting {
+        w.abort();
+    }
 }
