@@ -109,7 +109,7 @@ def test_a_short_deadline_is_refused_at_arrival_when_the_wait_ahead_is_longer(fr
     (about 600 ms of work ahead). A request of a route with a 300 ms request_timeout is
     refused at once, 503 queue-full with a Retry-After from the estimate, rather than
     waiting out its deadline (504 after 300 ms); one without a deadline is admitted (its
-    target is 3 x 300 ms) and served."""
+    target is 2 x 300 ms) and served."""
     f = front(workers=1, admin=True, config={
         "queue": {"retry_after": 7},
         "route": [{"path": "/short", "request_timeout": "300ms"}],

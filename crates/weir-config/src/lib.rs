@@ -783,12 +783,14 @@ pub struct QueueConfig {
     /// `queue-timeout`) and the newest are served first (`lifo`), so admitted requests
     /// stay fast under overload.
     pub codel: bool,
-    /// The delay target; absent: `target_factor` times the typical time a request of the
-    /// same route holds a worker, at least `min_target` (each route judged by its own).
+    /// The delay target, fixed for every route (admission's, and CoDel's shedding
+    /// target); absent: admission's is `target_factor` times the mean time a request of
+    /// the same route holds a worker, at least `min_target` (each route judged by its
+    /// own), and CoDel's 4 times the mean over every route, at least 500ms.
     pub target: Option<Seconds>,
-    /// The automatic target's multiple of a route's typical service time.
+    /// The automatic delay target's multiple of a route's mean service time.
     pub target_factor: u32,
-    /// The automatic target's floor.
+    /// The automatic delay target's floor.
     pub min_target: Seconds,
     /// Admission at arrival: a request whose expected wait (the work ahead of it over
     /// the workers) is beyond its budget (its route's target, the timeout, its deadline)
@@ -815,7 +817,7 @@ impl Default for QueueConfig {
             codel: true,
             target: None,
             target_factor: 2,
-            min_target: Seconds::from_duration(std::time::Duration::from_millis(20)),
+            min_target: Seconds::from_duration(std::time::Duration::from_millis(50)),
             admission: true,
             interval: Seconds::from_secs(1),
             lifo: true,
@@ -1501,7 +1503,7 @@ mod tests {
         assert_eq!(c.queue.target.unwrap().as_duration().as_millis(), 50);
         let d = QueueConfig::default();
         assert!(d.admission && d.target_factor == 2);
-        assert_eq!(d.min_target.as_duration().as_millis(), 20);
+        assert_eq!(d.min_target.as_duration().as_millis(), 50);
         let c = parse("[app]\nmodule = \"a:b\"\n[queue]\nadmission = false\ntarget_factor = 4\nmin_target = \"500ms\"\n").unwrap();
         assert!(!c.queue.admission && c.queue.target_factor == 4);
         for (toml, key) in [

@@ -185,7 +185,7 @@ weir_queue_actual_wait_seconds_count {waited}",
     );
     let _ = writeln!(
         out,
-        "# HELP weir_queue_underestimated_total Of those, the ones that waited more than twice their prediction plus 20 ms.
+        "# HELP weir_queue_underestimated_total Of those, the ones that waited more than twice their prediction plus 20 ms (an estimate badly low).
 # TYPE weir_queue_underestimated_total counter
 weir_queue_underestimated_total {}",
         n(&q.underestimated)

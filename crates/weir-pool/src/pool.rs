@@ -19,17 +19,18 @@
 //! instead of every admitted request waiting out a long FIFO; a busy but keeping-up queue
 //! (a closed-loop benchmark: many waiters, each briefly) and a queue behind one slow
 //! request (no worker frees, nothing is measured) stay plain FIFO with the full timeout.
-//! The default target follows the work: a few times (`[queue] target_factor`, 3) the
-//! time a request of the same route typically holds a worker, at least `min_target`
-//! (20 ms), so each waiter is judged by its own route's target and a slow route does not
-//! inflate a fast one's.
+//! CoDel's (shedding) target is 4 times the mean time a request holds a worker, at least
+//! 500 ms: a backstop for when admission's prediction (below) is wrong.
 //!
 //! Admission at arrival (`weir_queue::admission`, `[queue] admission`): a request that
 //! finds no idle worker is refused at once (`queue-full`, Retry-After from the estimate)
-//! when the work ahead of it (the typical time of each waiting or offered request, by its
-//! route) over the workers is beyond its budget (its route's target, the queue timeout,
-//! its deadline). So the queue never holds more than the workers can clear within the
-//! target, and an overload is answered in milliseconds instead of after the target.
+//! when the work ahead of it (the mean time of each waiting or offered request, by its
+//! route) over the workers is beyond its budget: its route's delay target
+//! (`[queue] target_factor`, 2, times the route's own mean time, at least `min_target`,
+//! 50 ms; a slow route does not inflate a fast one's), the queue timeout, or its deadline.
+//! So the queue never holds more than the workers can clear within the target, an
+//! overload is answered in milliseconds instead of after a wait, and the admitted wait
+//! about a target at most.
 //!
 //! Prefetch (`[app] prefetch`, on by default; `pool/offers.rs`): when a worker frees and
 //! more than one request waits, the worker's next requests (up to `PREFETCH_DEPTH`) are
@@ -492,7 +493,7 @@ impl Pool {
                         return Err(r.into());
                     }
                 };
-            let shedding = st.queue.overloaded().then_some(target).flatten();
+            let shedding = st.queue.overloaded().then(|| self.shed_target()).flatten();
             let expires = self.inner.policy.capped(expires, now, shedding);
             let job = Submission { expires, ..job };
             let (tx, rx) = oneshot::channel();
@@ -521,26 +522,39 @@ impl Pool {
         self.inner.policy.shed(target).into()
     }
 
-    /// The delay target of `req` (`None` without CoDel): from its route's typical time
-    /// (the pool's before its route has one).
+    /// The delay target of `req` (`None` without CoDel), which admission holds its wait
+    /// to: from its route's mean service time (the pool's before its route has one).
     fn target(&self, req: &WorkerRequest) -> Option<Duration> {
-        self.inner.policy.target(self.typical(req))
+        self.inner.policy.target(self.mean(req))
     }
 
-    /// The work ahead of a new arrival: the typical time of each live waiter and of each
+    /// CoDel's shedding target now (`None` without CoDel): from the pool's typical time.
+    fn shed_target(&self) -> Option<Duration> {
+        self.inner.policy.shed_target(self.inner.service.typical())
+    }
+
+    /// The mean time `req` will hold a worker: its route's, else the pool's.
+    fn mean(&self, req: &WorkerRequest) -> Option<Duration> {
+        req.service
+            .as_deref()
+            .and_then(ServiceTime::mean)
+            .or_else(|| self.inner.service.mean())
+    }
+
+    /// The work ahead of a new arrival: the mean time of each live waiter and of each
     /// request offered behind a busy worker and not yet started, each by its route.
     fn work_ahead(&self, st: &State) -> Duration {
         let queued: Duration = st
             .queue
             .iter()
             .filter(|w| !w.gone())
-            .filter_map(|w| self.typical(&w.job.req))
+            .filter_map(|w| self.mean(&w.job.req))
             .sum();
         let offered: Duration = st
             .offers
             .iter()
             .filter(|o| !o.taken)
-            .filter_map(|o| o.typical)
+            .filter_map(|o| self.mean(&o.job.req))
             .sum();
         queued + offered
     }
@@ -602,11 +616,12 @@ impl Pool {
     /// refuses whoever has waited past the target (so the rest are served fast: their
     /// clients would likely give up anyway). Returns the target while shedding.
     fn regulate(&self, st: &mut State, now: Instant) -> bool {
+        let Some(target) = self.shed_target() else {
+            return false;
+        };
         let (shedding, shed) = st
             .queue
-            .regulate(now, self.inner.policy.codel.as_ref(), |w| {
-                self.target(&w.job.req).unwrap_or(Duration::MAX)
-            });
+            .regulate(now, self.inner.policy.codel.as_ref(), |_| target);
         for (w, target) in shed {
             if w.tx.is_none() {
                 self.inner

@@ -7,9 +7,10 @@
 //!   timeout, and the request's own deadline: a wait ends at whichever comes first
 //!   ([`Expiry`]), answered [`QueueRefusal::Timeout`] or [`QueueRefusal::Deadline`];
 //! - [`admission`]: a request whose expected wait (the work ahead of it over the workers)
-//!   is beyond its budget is refused at arrival ([`QueueRefusal::Predicted`]);
-//! - [`codel`]: CoDel's control law with adaptive LIFO ([`QueueRefusal::Shed`]), each
-//!   request judged by its own route's delay target;
+//!   is beyond its budget (its route's delay target, [`Codel::target`]) is refused at
+//!   arrival ([`QueueRefusal::Predicted`]);
+//! - [`codel`]: CoDel's control law with adaptive LIFO ([`QueueRefusal::Shed`]), the
+//!   backstop when a prediction was wrong ([`Codel::shed_target`]);
 //! - [`WaitQueue`]: the waiters in the order they are served, with CoDel's state;
 //! - [`Slots`]: a counted resource (an upstream's connections, a route's concurrency)
 //!   whose waiters wait in a [`WaitQueue`] under a [`QueuePolicy`]; the pool (weir-pool)
@@ -196,9 +197,16 @@ impl QueuePolicy {
         }
     }
 
-    /// The delay target now (`None` without CoDel), given the typical service time.
-    pub fn target(&self, typical: Option<Duration>) -> Option<Duration> {
-        self.codel.map(|c| c.target(typical, self.timeout))
+    /// The delay target of a request whose route's mean service time is `mean` (`None`
+    /// without CoDel): what admission at arrival holds its wait to.
+    pub fn target(&self, mean: Option<Duration>) -> Option<Duration> {
+        self.codel.map(|c| c.target(mean, self.timeout))
+    }
+
+    /// CoDel's shedding target now (`None` without CoDel), given the typical service
+    /// time over every route.
+    pub fn shed_target(&self, typical: Option<Duration>) -> Option<Duration> {
+        self.codel.map(|c| c.shed_target(typical, self.timeout))
     }
 
     /// Admission at arrival (see [`admission`]): a request arriving at `now` whose wait
@@ -272,7 +280,7 @@ impl QueueStats {
         self.predicted_us
             .fetch_add(micros(predicted), Ordering::Relaxed);
         self.actual_us.fetch_add(micros(actual), Ordering::Relaxed);
-        if actual > predicted * 2 + Codel::MIN_TARGET {
+        if actual > predicted * 2 + UNDERESTIMATE_SLACK {
             self.underestimated.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -288,6 +296,9 @@ impl QueueStats {
         c.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+/// A wait counts as underestimated when it is more than twice its prediction plus this.
+pub const UNDERESTIMATE_SLACK: Duration = Duration::from_millis(20);
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
@@ -340,8 +351,8 @@ mod tests {
                 target: None,
                 interval: 100 * MS,
                 lifo: true,
-                factor: 4,
-                min_target: Codel::LEGACY_MIN_TARGET,
+                factor: Codel::FACTOR,
+                min_target: Codel::MIN_TARGET,
             }),
             fair: false,
             per_key_max: None,
@@ -385,19 +396,20 @@ mod tests {
     }
 
     #[test]
-    fn the_automatic_target_follows_the_service_time_between_its_floor_and_the_timeout() {
+    fn the_shedding_target_follows_the_service_time_between_its_floor_and_the_timeout() {
         let p = policy();
-        assert_eq!(p.target(None), Some(Codel::LEGACY_MIN_TARGET));
-        assert_eq!(p.target(Some(200 * MS)), Some(800 * MS));
-        assert_eq!(p.target(Some(2000 * MS)), Some(1000 * MS));
-        assert_eq!(QueuePolicy { codel: None, ..p }.target(Some(MS)), None);
+        assert_eq!(p.shed_target(None), Some(Codel::SHED_MIN));
+        assert_eq!(p.shed_target(Some(200 * MS)), Some(800 * MS));
+        assert_eq!(p.shed_target(Some(2000 * MS)), Some(1000 * MS));
+        assert_eq!(QueuePolicy { codel: None, ..p }.shed_target(Some(MS)), None);
     }
 
     #[test]
     fn the_default_target_is_a_few_times_the_routes_own_time() {
         let c = Codel::new(100 * MS, true);
         let timeout = 10_000 * MS;
-        assert_eq!(c.target(Some(20 * MS), timeout), 60 * MS);
+        assert_eq!(c.target(Some(40 * MS), timeout), 80 * MS);
+        assert_eq!(c.target(Some(20 * MS), timeout), Codel::MIN_TARGET);
         assert_eq!(c.target(Some(5000 * MS), timeout), timeout);
         assert_eq!(c.target(Some(MS), timeout), Codel::MIN_TARGET);
         assert_eq!(c.target(None, timeout), Codel::MIN_TARGET);
@@ -406,6 +418,7 @@ mod tests {
             ..c
         };
         assert_eq!(fixed.target(Some(5000 * MS), timeout), 5 * MS);
+        assert_eq!(fixed.shed_target(Some(5000 * MS), timeout), 5 * MS);
     }
 
     #[test]
@@ -416,11 +429,11 @@ mod tests {
         };
         let now = Instant::now();
         let e = p.expiry(now, None).unwrap();
-        let target = p.target(Some(20 * MS));
+        let target = p.target(Some(30 * MS));
         assert_eq!(target, Some(60 * MS));
-        // 2 workers, 6 requests of 20 ms ahead: 60 ms, just within the target.
+        // 2 workers, 120 ms of work ahead: 60 ms, just within the target.
         assert_eq!(p.admit(now, &e, target, 120 * MS, 2), Ok(60 * MS));
-        // One more ahead: 70 ms, refused at once, queue-full with Retry-After 1.
+        // More ahead: 70 ms, refused at once, queue-full with Retry-After 1.
         let r = p.admit(now, &e, target, 140 * MS, 2).unwrap_err();
         assert_eq!(
             r,

@@ -171,12 +171,16 @@ impl Slots {
                     return Err(QueueRefusal::KeyFull { max: per_key });
                 }
             }
-            let typical = self.held.typical();
-            let target = self.policy.target(typical);
-            let ahead = typical.unwrap_or_default()
+            let mean = self.held.mean();
+            let ahead = mean.unwrap_or_default()
                 * u32::try_from(st.queue.live() + self.outside.count()).unwrap_or(u32::MAX);
-            self.policy.admit(now, &expiry, target, ahead, self.n)?;
-            let shedding = st.queue.overloaded().then_some(target).flatten();
+            self.policy
+                .admit(now, &expiry, self.policy.target(mean), ahead, self.n)?;
+            let shedding = st
+                .queue
+                .overloaded()
+                .then(|| self.policy.shed_target(self.held.typical()))
+                .flatten();
             let expiry = self.policy.capped(expiry, now, shedding);
             let (tx, rx) = oneshot::channel();
             st.queue.push(SlotWaiter {
@@ -201,7 +205,7 @@ impl Slots {
         let now = Instant::now();
         let target = self
             .policy
-            .target(self.held.typical())
+            .shed_target(self.held.typical())
             .unwrap_or(Duration::MAX);
         let mut st = self.state();
         let (shedding, shed) = st

@@ -222,10 +222,10 @@ impl<W: Waiting> WaitQueue<W> {
     /// Runs when what the queue waits for frees, before it goes to a waiter: CoDel's
     /// control law on the queue's delay, and, while overloaded, the waiters that have
     /// waited past their target, taken out to be refused with it (gone waiters are dropped
-    /// on the way). Each waiter is judged by its own target (`target_of`: its route's), so
-    /// a slow route's long waits do not make a fast route's short ones look overloaded;
-    /// the queue's delay is that of the waiter furthest past its target (relative to it),
-    /// which with one target for all is simply the oldest. Returns whether it is shedding.
+    /// on the way). Each waiter is judged by its own target (`target_of`; the pool and
+    /// [`crate::Slots`] give one target for all); the queue's delay is that of the waiter
+    /// furthest past its target (relative to it), which with one target for all is simply
+    /// the oldest. Returns whether it is shedding.
     pub fn regulate(
         &mut self,
         now: Instant,

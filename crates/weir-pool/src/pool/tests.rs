@@ -134,6 +134,20 @@ fn routed(typical: Duration, deadline: Option<Instant>) -> (WorkerRequest, Arc<S
     (req, service)
 }
 
+/// Until the queue's depth is `depth` (bounded: a refused request would never get there).
+async fn wait_depth(p: &Pool, depth: usize) {
+    for _ in 0..10_000 {
+        if p.queue_depth() >= depth {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!(
+        "the queue's depth never reached {depth}: {}",
+        p.queue_depth()
+    );
+}
+
 fn pool_with_codel(max_queue: usize) -> Pool {
     let policy = weir_queue::QueuePolicy {
         max_size: max_queue,
@@ -148,36 +162,34 @@ fn pool_with_codel(max_queue: usize) -> Pool {
 
 #[tokio::test(start_paused = true)]
 async fn an_arrival_behind_more_work_than_its_target_is_refused_at_once() {
-    // No worker yet (judged as one), a 20 ms route: its target is 3 x 20 = 60 ms, so
-    // waits of 0, 20, 40 and 60 ms are admitted, and the fifth arrival (80 ms) is refused
+    // No worker yet (judged as one), a 30 ms route: its target is 2 x 30 = 60 ms, so
+    // waits of 0, 30 and 60 ms are admitted, and the fourth arrival (90 ms) is refused
     // at once, queue-full, with a Retry-After from the estimate; those admitted keep
     // their place.
     let p = pool_with_codel(64);
-    let ms20 = Duration::from_millis(20);
+    let ms30 = Duration::from_millis(30);
     let mut waiting = Vec::new();
-    for depth in 1..=4 {
-        let (req, _) = routed(ms20, None);
+    for depth in 1..=3 {
+        let (req, _) = routed(ms30, None);
         let p2 = p.clone();
         waiting.push(tokio::spawn(async move { p2.submit(req).await }));
-        while p.queue_depth() < depth {
-            tokio::task::yield_now().await;
-        }
+        wait_depth(&p, depth).await;
     }
     let t0 = TokioInstant::now();
-    let (req, _) = routed(ms20, None);
+    let (req, _) = routed(ms30, None);
     let r = p.submit(req).await;
     assert_eq!(t0.elapsed(), Duration::ZERO, "refused without waiting");
     let e = r.expect_err("refused");
     assert_eq!(e.class(), weir_errors::ErrorClass::QueueFull);
     assert_eq!(e.retry_after(), Some(1));
     assert!(e.to_string().contains("delay target"), "{e}");
-    assert_eq!(p.queue_depth(), 4, "the admitted keep their place");
+    assert_eq!(p.queue_depth(), 3, "the admitted keep their place");
     assert_eq!(
         p.stats().queue.refused_at_arrival.load(Ordering::Relaxed),
         1
     );
-    // A request of a fast route (1 ms: its target is the 20 ms floor) is refused too:
-    // 80 ms of work is ahead of it whatever its own time.
+    // A request of a fast route (1 ms: its target is the 50 ms floor) is refused too:
+    // 90 ms of work is ahead of it whatever its own time.
     let (req, _) = routed(Duration::from_millis(1), None);
     assert!(matches!(
         p.submit(req).await,
@@ -195,16 +207,12 @@ async fn a_short_deadline_is_refused_at_arrival_when_the_wait_ahead_is_longer() 
     let (slow, _) = routed(Duration::from_secs(5), None);
     let p2 = p.clone();
     let waiting = tokio::spawn(async move { p2.submit(slow).await });
-    while p.queue_depth() < 1 {
-        tokio::task::yield_now().await;
-    }
+    wait_depth(&p, 1).await;
     // Another report is admitted: 5 s ahead, within its own 10 s.
     let (slow, _) = routed(Duration::from_secs(5), None);
     let p2 = p.clone();
     let second = tokio::spawn(async move { p2.submit(slow).await });
-    while p.queue_depth() < 2 {
-        tokio::task::yield_now().await;
-    }
+    wait_depth(&p, 2).await;
     // A request of a 200 ms route (target 600 ms) with 300 ms of deadline left, behind
     // 10 s of work: refused at once, judged by its deadline.
     let (req, _) = routed(
@@ -235,9 +243,7 @@ async fn with_admission_off_the_queue_fills_as_before() {
         let (req, _) = routed(Duration::from_secs(1), None);
         let p2 = p.clone();
         waiting.push(tokio::spawn(async move { p2.submit(req).await }));
-        while p.queue_depth() < depth {
-            tokio::task::yield_now().await;
-        }
+        wait_depth(&p, depth).await;
     }
     let (req, _) = routed(Duration::from_secs(1), None);
     assert!(matches!(
