@@ -90,8 +90,9 @@ def test_a_slow_routes_queue_does_not_get_a_fast_routes_requests_refused(front):
     f = front(workers=2, admin=True, config={"route": [{"path": "/slow", "max_concurrency": 1}]})
     # The slow route's time is measured once.
     assert get(f.addr, "/slow/sleep?s=1&tag=first", timeout=10).status == 200
-    slow = [Background(f.addr, "/slow/sleep?s=1&tag=s%d" % i) for i in range(4)]
+    slow = [Background(f.addr, "/slow/sleep?s=1&tag=s0")]
     wait_tag_started(f.state, "s0")
+    slow += [Background(f.addr, "/slow/sleep?s=1&tag=s%d" % i) for i in range(1, 4)]
     f.wait_queued(3)
     for i in range(20):
         t0 = time.monotonic()
@@ -105,19 +106,22 @@ def test_a_slow_routes_queue_does_not_get_a_fast_routes_requests_refused(front):
 
 
 def test_a_short_deadline_is_refused_at_arrival_when_the_wait_ahead_is_longer(front):
-    """One worker; /sleep?s=0.3's time is measured, then one request runs and two wait
-    (about 600 ms of work ahead). A request of a route with a 300 ms request_timeout is
-    refused at once, 503 queue-full with a Retry-After from the estimate, rather than
-    waiting out its deadline (504 after 300 ms); one without a deadline is admitted (its
-    target is 2 x 300 ms) and served."""
+    """One worker. Route /w's time (0.3 s) and route /short's (0.2 s, request_timeout
+    300 ms) are measured; then one request runs and two of /w wait (about 600 ms of work
+    ahead). A /short request is refused at once, 503 queue-full with a Retry-After from
+    the estimate, rather than waiting out its deadline (504 after 300 ms); a /w request
+    (no deadline; its target is 2 x 0.3 s) is admitted and served."""
     f = front(workers=1, admin=True, config={
         "queue": {"retry_after": 7},
-        "route": [{"path": "/short", "request_timeout": "300ms"}],
+        "route": [{"path": "/short", "request_timeout": "300ms"}, {"path": "/w"}],
     })
-    assert get(f.addr, "/sleep?s=0.3&tag=measure", timeout=10).status == 200
+    assert get(f.addr, "/w/sleep?s=0.3&tag=measure", timeout=10).status == 200
+    assert get(f.addr, "/short/sleep?s=0.2&tag=measure-short", timeout=10).status == 200
     a = Background(f.addr, "/sleep?s=1&tag=a")
     wait_tag_started(f.state, "a")
-    waiting = [Background(f.addr, "/sleep?s=0.3&tag=w%d" % i) for i in range(2)]
+    waiting = [Background(f.addr, "/w/sleep?s=0.3&tag=w0")]
+    f.wait_queued(1)
+    waiting.append(Background(f.addr, "/w/sleep?s=0.3&tag=w1"))
     f.wait_queued(2)
     t0 = time.monotonic()
     r = get(f.addr, "/short/sleep?s=0.01&tag=late", timeout=10)
@@ -126,7 +130,7 @@ def test_a_short_deadline_is_refused_at_arrival_when_the_wait_ahead_is_longer(fr
     assert took < 0.2, "refused after %.2fs" % took
     assert r.header("retry-after") == "1", "Retry-After from the estimate, not retry_after: %r" % r
     assert b"deadline" in r.body, r.body
-    admitted = Background(f.addr, "/sleep?s=0.01&tag=admitted")
+    admitted = Background(f.addr, "/w/sleep?s=0.01&tag=admitted")
     assert admitted.join(30).status == 200
     for b in [a, *waiting]:
         assert b.join(30).status == 200
