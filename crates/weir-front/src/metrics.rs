@@ -121,7 +121,10 @@ impl Metrics {
         );
         let pool = match backend {
             Backend::Workers(p) => p,
-            Backend::Upstream(_) => return out,
+            Backend::Upstream(u) => {
+                render_queue_stats(&mut out, u.queue_stats());
+                return out;
+            }
         };
         let st = pool.stats();
         let _ = writeln!(
@@ -169,7 +172,7 @@ weir_queue_refused_total{{when=\"expired\"}} {}",
     let waited = n(&q.waited);
     let _ = writeln!(
         out,
-        "# HELP weir_queue_predicted_wait_seconds Predicted waits (at arrival) of the requests that waited for a worker and got one.
+        "# HELP weir_queue_predicted_wait_seconds Predicted waits (at arrival) of the requests that waited for a worker (or an upstream connection) and got one.
 # TYPE weir_queue_predicted_wait_seconds summary
 weir_queue_predicted_wait_seconds_sum {}
 weir_queue_predicted_wait_seconds_count {waited}",

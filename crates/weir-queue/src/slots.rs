@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::wait_queue::{WaitQueue, Waiting};
-use crate::{OutsideWaits, QueuePlace, QueuePolicy, QueueRefusal, ServiceTime};
+use crate::{OutsideWaits, QueuePlace, QueuePolicy, QueueRefusal, QueueStats, ServiceTime};
 
 /// A counted resource with its waiters (see the module doc).
 #[derive(Debug)]
@@ -33,6 +33,8 @@ pub struct Slots {
     outside: OutsideWaits,
     /// How many slots there are.
     n: usize,
+    /// The queue's decisions, for metrics.
+    stats: QueueStats,
 }
 
 #[derive(Debug)]
@@ -55,6 +57,8 @@ struct SlotWaiter {
     tx: oneshot::Sender<Handed>,
     since: Instant,
     key: u64,
+    /// Its wait as predicted at arrival.
+    predicted: Duration,
 }
 
 impl Waiting for SlotWaiter {
@@ -96,6 +100,7 @@ impl Slots {
             held: ServiceTime::new(),
             outside: OutsideWaits::default(),
             n,
+            stats: QueueStats::default(),
         })
     }
 
@@ -108,6 +113,12 @@ impl Slots {
     /// The policy.
     pub fn policy(&self) -> &QueuePolicy {
         &self.policy
+    }
+
+    /// The queue's decisions: refusals at arrival and after waiting, predicted vs actual
+    /// waits.
+    pub fn stats(&self) -> &QueueStats {
+        &self.stats
     }
 
     /// Free slots now.
@@ -150,6 +161,18 @@ impl Slots {
         deadline: Option<Instant>,
         key: u64,
     ) -> Result<SlotPermit, QueueRefusal> {
+        let r = self.wait(deadline, key).await;
+        if let Err(refusal) = &r {
+            self.stats.refused(refusal);
+        }
+        r
+    }
+
+    async fn wait(
+        self: &Arc<Self>,
+        deadline: Option<Instant>,
+        key: u64,
+    ) -> Result<SlotPermit, QueueRefusal> {
         let now = Instant::now();
         let (rx, expiry) = {
             let mut st = self.state();
@@ -174,8 +197,9 @@ impl Slots {
             let mean = self.held.mean();
             let ahead = mean.unwrap_or_default()
                 * u32::try_from(st.queue.live() + self.outside.count()).unwrap_or(u32::MAX);
-            self.policy
-                .admit(now, &expiry, self.policy.target(mean), ahead, self.n)?;
+            let predicted =
+                self.policy
+                    .admit(now, &expiry, self.policy.target(mean), ahead, self.n)?;
             let shedding = st
                 .queue
                 .overloaded()
@@ -187,6 +211,7 @@ impl Slots {
                 tx,
                 since: now,
                 key,
+                predicted,
             });
             (rx, expiry)
         };
@@ -216,7 +241,11 @@ impl Slots {
         while let Some(w) = st.queue.pop_next(newest_first) {
             let Some(permit) = unsent.take() else { break };
             match w.tx.send(Handed::Slot(permit)) {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.stats
+                        .served_after(w.predicted, now.saturating_duration_since(w.since));
+                    break;
+                }
                 // That waiter gave up: the slot comes back, for the next one.
                 Err(Handed::Slot(p)) => unsent = Some(p),
                 Err(Handed::Shed(_)) => unreachable!("a slot was sent"),
@@ -306,6 +335,8 @@ mod tests {
             QueueRefusal::Deadline
         );
         assert_eq!(s.waiting(), 0, "those who gave up are not counted");
+        let expired = s.stats().refused_expired.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(expired, 2, "both counted as refused after waiting");
     }
 
     #[tokio::test(start_paused = true)]
