@@ -613,8 +613,8 @@ impl Pool {
     }
 
     /// Runs when a worker frees: CoDel's control law on the queue, and, when overloaded,
-    /// refuses whoever has waited past the target (so the rest are served fast: their
-    /// clients would likely give up anyway). Returns the target while shedding.
+    /// refuses whoever has waited past the shedding target (so the rest are served fast:
+    /// their clients would likely give up anyway). Returns whether it is shedding.
     fn regulate(&self, st: &mut State, now: Instant) -> bool {
         let Some(target) = self.shed_target() else {
             return false;
