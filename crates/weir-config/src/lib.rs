@@ -801,9 +801,19 @@ pub struct QueueConfig {
     /// `queue-timeout`) and the newest are served first (`lifo`), so admitted requests
     /// stay fast under overload.
     pub codel: bool,
-    /// The delay target; absent: 4 times the mean time a request holds a worker, at
-    /// least 500ms (so a slow app is not shed at normal load).
+    /// The delay target, fixed for every route (admission's, and CoDel's shedding
+    /// target); absent: admission's is `target_factor` times the mean time a request of
+    /// the same route holds a worker, at least `min_target` (each route judged by its
+    /// own), and CoDel's 4 times the mean over every route, at least 500ms.
     pub target: Option<Seconds>,
+    /// The automatic delay target's multiple of a route's mean service time.
+    pub target_factor: u32,
+    /// The automatic delay target's floor.
+    pub min_target: Seconds,
+    /// Admission at arrival: a request whose expected wait (the work ahead of it over
+    /// the workers) is beyond its budget (its route's target, the timeout, its deadline)
+    /// is refused at once, 503 `queue-full`.
+    pub admission: bool,
     /// How long the queue's delay must stay above the target before requests are shed.
     pub interval: Seconds,
     /// While overloaded, serve the newest request first (adaptive LIFO): the
@@ -824,6 +834,9 @@ impl Default for QueueConfig {
             retry_after: 1,
             codel: true,
             target: None,
+            target_factor: 2,
+            min_target: Seconds::from_duration(std::time::Duration::from_millis(50)),
+            admission: true,
             interval: Seconds::from_secs(1),
             lifo: true,
             fair_key: None,
@@ -972,6 +985,21 @@ impl Config {
             return Err(ConfigError::invalid(
                 "queue.interval",
                 "must be more than 0 (set queue.codel = false to turn shedding off)",
+            ));
+        }
+        if self.queue.target_factor == 0 {
+            return Err(ConfigError::invalid(
+                "queue.target_factor",
+                "must be at least 1 (the target is this many times a route's service time)",
+            ));
+        }
+        if self.queue.min_target.is_zero() || self.queue.min_target >= self.queue.timeout {
+            return Err(ConfigError::invalid(
+                "queue.min_target",
+                format!(
+                    "must be more than 0 and shorter than queue.timeout ({}); it is {}",
+                    self.queue.timeout, self.queue.min_target
+                ),
             ));
         }
         if let Some(t) = self.queue.target {
@@ -1509,10 +1537,18 @@ mod tests {
         c.validate().unwrap();
         assert!(c.queue.codel && !c.queue.lifo);
         assert_eq!(c.queue.target.unwrap().as_duration().as_millis(), 50);
+        let d = QueueConfig::default();
+        assert!(d.admission && d.target_factor == 2);
+        assert_eq!(d.min_target.as_duration().as_millis(), 50);
+        let c = parse("[app]\nmodule = \"a:b\"\n[queue]\nadmission = false\ntarget_factor = 4\nmin_target = \"500ms\"\n").unwrap();
+        assert!(!c.queue.admission && c.queue.target_factor == 4);
         for (toml, key) in [
             ("target = \"20s\"", "queue.target"),
             ("target = \"0s\"", "queue.target"),
             ("interval = 0", "queue.interval"),
+            ("target_factor = 0", "queue.target_factor"),
+            ("min_target = \"0s\"", "queue.min_target"),
+            ("min_target = \"10s\"", "queue.min_target"),
         ] {
             let mut c = parse(&format!("[app]\nmodule = \"a:b\"\n[queue]\n{toml}\n")).unwrap();
             c.apply_defaults();

@@ -174,6 +174,7 @@ async fn ready_check(front: &Front, pool: &weir_pool::Pool) -> Result<String, St
         Err(
             weir_pool::DispatchError::QueueTimeout(_)
             | weir_pool::DispatchError::QueueShed { .. }
+            | weir_pool::DispatchError::QueuePredicted(_)
             | weir_pool::DispatchError::DeadlineExceeded,
         ) => None,
         Err(e) => Some((false, format!("could not run ready_check: {e}"))),

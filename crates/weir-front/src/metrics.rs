@@ -121,7 +121,10 @@ impl Metrics {
         );
         let pool = match backend {
             Backend::Workers(p) => p,
-            Backend::Upstream(_) => return out,
+            Backend::Upstream(u) => {
+                render_queue_stats(&mut out, u.queue_stats());
+                return out;
+            }
         };
         let st = pool.stats();
         let _ = writeln!(
@@ -145,6 +148,49 @@ impl Metrics {
             st.prefetch_offered.load(Ordering::Relaxed),
             st.prefetch_revoked.load(Ordering::Relaxed)
         );
+        render_queue_stats(&mut out, &st.queue);
         out
     }
+}
+
+/// The queue's decisions (weir-queue's `QueueStats`): refusals at arrival and after
+/// waiting, and the predicted against the actual wait of those that waited.
+fn render_queue_stats(out: &mut String, q: &weir_queue::QueueStats) {
+    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let secs = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e6;
+    let _ = writeln!(
+        out,
+        "# HELP weir_queue_refused_total Requests the queue refused, by when: at arrival (their expected wait was beyond their budget, [queue] admission), shed after waiting past their route's delay target (CoDel), or expired (the queue timeout or their deadline).
+# TYPE weir_queue_refused_total counter
+weir_queue_refused_total{{when=\"arrival\"}} {}
+weir_queue_refused_total{{when=\"shed\"}} {}
+weir_queue_refused_total{{when=\"expired\"}} {}",
+        n(&q.refused_at_arrival),
+        n(&q.refused_shed),
+        n(&q.refused_expired)
+    );
+    let waited = n(&q.waited);
+    let _ = writeln!(
+        out,
+        "# HELP weir_queue_predicted_wait_seconds Predicted waits (at arrival) of the requests that waited for a worker (or an upstream connection) and got one.
+# TYPE weir_queue_predicted_wait_seconds summary
+weir_queue_predicted_wait_seconds_sum {}
+weir_queue_predicted_wait_seconds_count {waited}",
+        secs(&q.predicted_us)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP weir_queue_actual_wait_seconds Actual waits of the same requests (compare with weir_queue_predicted_wait_seconds).
+# TYPE weir_queue_actual_wait_seconds summary
+weir_queue_actual_wait_seconds_sum {}
+weir_queue_actual_wait_seconds_count {waited}",
+        secs(&q.actual_us)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP weir_queue_underestimated_total Of those, the ones that waited more than twice their prediction plus 20 ms (an estimate badly low).
+# TYPE weir_queue_underestimated_total counter
+weir_queue_underestimated_total {}",
+        n(&q.underestimated)
+    );
 }

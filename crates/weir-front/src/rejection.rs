@@ -62,13 +62,16 @@ impl Rejection {
     }
 
     /// The one mapping from a dispatch failure to what the client sees.
+    /// A refusal at arrival brings its own Retry-After (from the estimated wait); the
+    /// others get `retry_after` (`[queue] retry_after`).
     pub fn from_dispatch(e: &DispatchError, retry_after: u64) -> Self {
-        Rejection::new(e.class(), e.to_string()).retry(retry_after)
+        Rejection::new(e.class(), e.to_string()).retry(e.retry_after().unwrap_or(retry_after))
     }
 
-    /// The one mapping from an upstream failure to what the client sees.
+    /// The one mapping from an upstream failure to what the client sees (Retry-After as
+    /// for [`Rejection::from_dispatch`]).
     pub fn from_upstream(e: &weir_upstream::UpstreamError, retry_after: u64) -> Self {
-        Rejection::new(e.class(), e.to_string()).retry(retry_after)
+        Rejection::new(e.class(), e.to_string()).retry(e.retry_after().unwrap_or(retry_after))
     }
 
     /// The response.
@@ -173,6 +176,14 @@ mod tests {
         let resp = r.respond("abc", true);
         assert_eq!(resp.headers()["x-weir-error"], "queue-full");
         assert_eq!(resp.headers()["retry-after"], "2");
+        // Refused at arrival: Retry-After from the estimate, not the configured one.
+        let predicted = weir_queue::QueueRefusal::Predicted {
+            expected: std::time::Duration::from_millis(3200),
+            budget: weir_queue::Budget::Target(std::time::Duration::from_millis(60)),
+        };
+        let r = Rejection::from_dispatch(&DispatchError::from(predicted), 1);
+        assert_eq!(r.class, weir_errors::ErrorClass::QueueFull);
+        assert_eq!(r.retry_after, Some(4));
         let r = Rejection::from_dispatch(&DispatchError::WorkerDied, 1);
         assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
         assert!(r.retry_after.is_none());

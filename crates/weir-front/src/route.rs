@@ -55,6 +55,7 @@ impl Routes {
             codel: None,
             fair: config.queue.fair_key.is_some(),
             per_key_max: None,
+            admission: config.queue.admission,
         };
         let mut routes: Vec<Route> = config
             .route

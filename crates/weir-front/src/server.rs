@@ -174,9 +174,12 @@ fn queue_policy(queue: &weir_config::QueueConfig, capacity: usize) -> weir_queue
             target: queue.target.map(|t| t.as_duration()),
             interval: queue.interval.as_duration(),
             lifo: queue.lifo,
+            factor: queue.target_factor,
+            min_target: queue.min_target.as_duration(),
         }),
         fair: queue.fair_key.is_some(),
         per_key_max: queue.per_key_max,
+        admission: queue.admission,
     }
 }
 

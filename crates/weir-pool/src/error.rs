@@ -37,6 +37,10 @@ pub enum DispatchError {
         /// The interval.
         interval: Duration,
     },
+    /// Refused at arrival: the work ahead of it would take longer to clear than it may
+    /// wait (`[queue] admission`).
+    #[error("{0}")]
+    QueuePredicted(weir_queue::QueueRefusal),
     /// The request ran past harakiri; its worker was killed.
     #[error("the request ran longer than harakiri ({0:?}); its worker was killed")]
     Harakiri(Duration),
@@ -84,17 +88,27 @@ impl From<weir_queue::QueueRefusal> for DispatchError {
             R::Timeout(d) => DispatchError::QueueTimeout(d),
             R::Shed { target, interval } => DispatchError::QueueShed { target, interval },
             R::Deadline => DispatchError::DeadlineExceeded,
+            p @ R::Predicted { .. } => DispatchError::QueuePredicted(p),
         }
     }
 }
 
 impl DispatchError {
+    /// The Retry-After (seconds) the failure itself suggests (a refusal at arrival: from
+    /// its estimate); `None`: the configured one.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            DispatchError::QueuePredicted(r) => r.retry_after(),
+            _ => None,
+        }
+    }
+
     /// The attribution class (`x-weir-error`, access log, metric label).
     pub fn class(&self) -> ErrorClass {
         match self {
-            DispatchError::QueueFull { .. } | DispatchError::QueueKeyFull { .. } => {
-                ErrorClass::QueueFull
-            }
+            DispatchError::QueueFull { .. }
+            | DispatchError::QueueKeyFull { .. }
+            | DispatchError::QueuePredicted(_) => ErrorClass::QueueFull,
             DispatchError::QueueTimeout(_) | DispatchError::QueueShed { .. } => {
                 ErrorClass::QueueTimeout
             }

@@ -19,9 +19,18 @@
 //! instead of every admitted request waiting out a long FIFO; a busy but keeping-up queue
 //! (a closed-loop benchmark: many waiters, each briefly) and a queue behind one slow
 //! request (no worker frees, nothing is measured) stay plain FIFO with the full timeout.
-//! The default target follows the app: 4 times the mean time a request holds a worker,
-//! at least 500 ms (a wait people hardly notice; a lower floor would shed a saturated but
-//! healthy closed-loop load, whose waits are long only because every client is waiting).
+//! CoDel's (shedding) target is 4 times the mean time a request holds a worker, at least
+//! 500 ms: a backstop for when admission's prediction (below) is wrong.
+//!
+//! Admission at arrival (`weir_queue::admission`, `[queue] admission`): a request that
+//! finds no idle worker is refused at once (`queue-full`, Retry-After from the estimate)
+//! when the work ahead of it (the mean time of each waiting or offered request, by its
+//! route) over the workers is beyond its budget: its route's delay target
+//! (`[queue] target_factor`, 2, times the route's own mean time, at least `min_target`,
+//! 50 ms; a slow route does not inflate a fast one's), the queue timeout, or its deadline.
+//! So the queue never holds more than the workers can clear within the target, an
+//! overload is answered in milliseconds instead of after a wait, and the admitted wait
+//! about a target at most.
 //!
 //! Prefetch (`[app] prefetch`, on by default; `pool/offers.rs`): when a worker frees and
 //! more than one request waits, the worker's next requests (up to `PREFETCH_DEPTH`) are
@@ -103,6 +112,9 @@ pub struct PoolStats {
     /// Of those, taken back before the worker started them and served elsewhere (or
     /// dropped, when their client left).
     pub prefetch_revoked: AtomicU64,
+    /// The queue's decisions: refused at arrival or after waiting, predicted vs actual
+    /// waits.
+    pub queue: weir_queue::QueueStats,
 }
 
 /// What a waiter is told: its request was started on a worker (`Some`: offered to a busy
@@ -130,6 +142,8 @@ struct Waiter {
     job: Submission,
     /// The offer key its submitter holds, for such a taken back offer.
     key: Option<u64>,
+    /// Its wait as predicted at arrival (`weir_queue::admission`).
+    predicted: Duration,
 }
 
 impl Waiting for Waiter {
@@ -409,7 +423,14 @@ impl Pool {
     /// waits for it any more, or when a taken back offer's time is up (answered here).
     fn hand_off(&self, waiter: Waiter, key: Option<u64>, now: Instant) -> Option<Submission> {
         match waiter.tx {
-            Some(tx) => tx.send(Ok(key)).ok().map(|()| waiter.job),
+            Some(tx) => {
+                tx.send(Ok(key)).ok()?;
+                self.inner.stats.queue.served_after(
+                    waiter.predicted,
+                    now.saturating_duration_since(waiter.since),
+                );
+                Some(waiter.job)
+            }
             None => self.still_wanted(waiter.job, now),
         }
     }
@@ -458,7 +479,21 @@ impl Pool {
                     return Err(weir_queue::QueueRefusal::KeyFull { max: per_key }.into());
                 }
             }
-            let shedding = st.queue.overloaded().then(|| self.target()).flatten();
+            let target = self.target(&job.req);
+            let ahead = self.work_ahead(&st);
+            let predicted =
+                match self
+                    .inner
+                    .policy
+                    .admit(now, &expires, target, ahead, self.workers())
+                {
+                    Ok(p) => p,
+                    Err(r) => {
+                        self.inner.stats.queue.refused(&r);
+                        return Err(r.into());
+                    }
+                };
+            let shedding = st.queue.overloaded().then(|| self.shed_target()).flatten();
             let expires = self.inner.policy.capped(expires, now, shedding);
             let job = Submission { expires, ..job };
             let (tx, rx) = oneshot::channel();
@@ -467,12 +502,17 @@ impl Pool {
                 since: now,
                 job,
                 key: None,
+                predicted,
             });
             (rx, expires)
         };
         match tokio::time::timeout(expires.at.saturating_duration_since(now), rx).await {
             Ok(Ok(Ok(offer))) => Ok(offer.map(|key| (key, expires))),
-            Ok(Ok(Err(target))) => Err(self.shed(target)),
+            Ok(Ok(Err(target))) => {
+                let r = self.inner.policy.shed(target);
+                self.inner.stats.queue.refused(&r);
+                Err(r.into())
+            }
             Ok(Err(_)) => Err(DispatchError::ShuttingDown),
             Err(_) => Err(self.expiry_error(&expires)),
         }
@@ -482,9 +522,47 @@ impl Pool {
         self.inner.policy.shed(target).into()
     }
 
-    /// The delay target now (`None` without CoDel): from the pool's typical time.
-    fn target(&self) -> Option<Duration> {
-        self.inner.policy.target(self.inner.service.typical())
+    /// The delay target of `req` (`None` without CoDel), which admission holds its wait
+    /// to: from its route's mean service time (the pool's before its route has one).
+    fn target(&self, req: &WorkerRequest) -> Option<Duration> {
+        self.inner.policy.target(self.mean(req))
+    }
+
+    /// CoDel's shedding target now (`None` without CoDel): from the pool's typical time.
+    fn shed_target(&self) -> Option<Duration> {
+        self.inner.policy.shed_target(self.inner.service.typical())
+    }
+
+    /// The mean time `req` will hold a worker: its route's, else the pool's.
+    fn mean(&self, req: &WorkerRequest) -> Option<Duration> {
+        req.service
+            .as_deref()
+            .and_then(ServiceTime::mean)
+            .or_else(|| self.inner.service.mean())
+    }
+
+    /// The work ahead of a new arrival: the mean time of each live waiter and of each
+    /// request offered behind a busy worker and not yet started, each by its route.
+    fn work_ahead(&self, st: &State) -> Duration {
+        let queued: Duration = st
+            .queue
+            .iter()
+            .filter(|w| !w.gone())
+            .filter_map(|w| self.mean(&w.job.req))
+            .sum();
+        let offered: Duration = st
+            .offers
+            .iter()
+            .filter(|o| !o.taken)
+            .filter_map(|o| self.mean(&o.job.req))
+            .sum();
+        queued + offered
+    }
+
+    /// The workers that can take a request: all of them, idle or busy (at least one).
+    fn workers(&self) -> usize {
+        let st = &self.inner.stats;
+        (st.idle.load(Ordering::Relaxed) + st.busy.load(Ordering::Relaxed)).max(1)
     }
 
     /// Folds one request's time on a worker into the pool's typical time (and its
@@ -517,7 +595,7 @@ impl Pool {
             Self::start(Lease::new(worker, self.clone()), job, 0, behind, None);
             return;
         }
-        let lifo = shedding.is_some() && self.inner.policy.codel.is_some_and(|c| c.lifo);
+        let lifo = shedding && self.inner.policy.codel.is_some_and(|c| c.lifo);
         while let Some(waiter) = st.queue.pop_next(lifo) {
             let Some(job) = self.hand_off(waiter, None, now) else {
                 // That client went away while queued: its request is dropped; next.
@@ -535,14 +613,22 @@ impl Pool {
     }
 
     /// Runs when a worker frees: CoDel's control law on the queue, and, when overloaded,
-    /// refuses whoever has waited past the target (so the rest are served fast: their
-    /// clients would likely give up anyway). Returns the target while shedding.
-    fn regulate(&self, st: &mut State, now: Instant) -> Option<Duration> {
-        let target = self.target()?;
+    /// refuses whoever has waited past the shedding target (so the rest are served fast:
+    /// their clients would likely give up anyway). Returns whether it is shedding.
+    fn regulate(&self, st: &mut State, now: Instant) -> bool {
+        let Some(target) = self.shed_target() else {
+            return false;
+        };
         let (shedding, shed) = st
             .queue
-            .regulate(now, self.inner.policy.codel.as_ref(), target);
-        for w in shed {
+            .regulate(now, self.inner.policy.codel.as_ref(), |_| target);
+        for (w, target) in shed {
+            if w.tx.is_none() {
+                self.inner
+                    .stats
+                    .queue
+                    .refused(&self.inner.policy.shed(target));
+            }
             w.shed(target, self.shed(target));
         }
         shedding

@@ -13,29 +13,75 @@
 
 use std::time::{Duration, Instant};
 
-/// `[queue]`'s CoDel settings.
+/// `[queue]`'s CoDel settings, and the delay targets.
+///
+/// Two targets: each route's *delay target* ([`Codel::target`]: `factor` times the
+/// route's own mean service time, at least `min_target`), which admission at arrival
+/// (`crate::admission`) holds the queue to, so a 20 ms route's queue stands at tens of
+/// milliseconds and a 5 s report route keeps its own; and CoDel's *shedding target*
+/// ([`Codel::shed_target`]: 4 times the typical time over every route, at least 500 ms),
+/// past which an admitted request that has waited is refused once the queue has been
+/// overloaded for an interval. The second is a backstop for when the prediction is
+/// wrong (a request stuck behind one far slower than its route's estimate, say): an
+/// admitted request keeps its place unless its wait runs that long.
 #[derive(Debug, Clone, Copy)]
 pub struct Codel {
-    /// The delay target; `None`: 4 x the typical service time, at least
-    /// [`Codel::MIN_TARGET`], at most the queue timeout.
+    /// Both targets, fixed for every route; `None`: automatic.
     pub target: Option<Duration>,
-    /// How long the queue's delay must stay above the target before requests are shed.
+    /// How long the queue's delay must stay above the shedding target before requests
+    /// are shed.
     pub interval: Duration,
     /// Serve the newest waiter first while overloaded.
     pub lifo: bool,
+    /// The automatic delay target is this many times the route's mean service time
+    /// (`[queue] target_factor`).
+    pub factor: u32,
+    /// ... and at least this (`[queue] min_target`).
+    pub min_target: Duration,
 }
 
 impl Codel {
-    /// The floor of the automatic target: a wait people hardly notice; a lower floor
-    /// would shed a saturated but healthy closed-loop load, whose waits are long only
-    /// because every client is waiting.
-    pub const MIN_TARGET: Duration = Duration::from_millis(500);
+    /// The default `factor`: a standing queue of a couple of requests per worker.
+    pub const FACTOR: u32 = 2;
+    /// The default floor of the automatic delay target: under it, timer and scheduling
+    /// noise on a loaded machine, and a single stall's effect on the mean, are as large
+    /// as the waits judged.
+    pub const MIN_TARGET: Duration = Duration::from_millis(50);
+    /// The automatic shedding target's multiple of the typical service time.
+    pub const SHED_FACTOR: u32 = 4;
+    /// The automatic shedding target's floor: a wait people hardly notice; a lower floor
+    /// would shed a request admitted behind a briefly slow one.
+    pub const SHED_MIN: Duration = Duration::from_millis(500);
 
-    /// The delay target, given the typical service time and the queue timeout.
-    pub fn target(&self, typical: Option<Duration>, queue_timeout: Duration) -> Duration {
+    /// CoDel with the default automatic targets.
+    pub fn new(interval: Duration, lifo: bool) -> Codel {
+        Codel {
+            target: None,
+            interval,
+            lifo,
+            factor: Codel::FACTOR,
+            min_target: Codel::MIN_TARGET,
+        }
+    }
+
+    /// The delay target of a request whose route's mean service time is `mean` (`None`:
+    /// nothing measured yet), given the queue timeout: the configured `target`, else
+    /// `factor` times `mean`, at least `min_target`, at most the timeout.
+    pub fn target(&self, mean: Option<Duration>, queue_timeout: Duration) -> Duration {
         self.target.unwrap_or_else(|| {
-            (typical.unwrap_or_default() * 4)
-                .max(Codel::MIN_TARGET)
+            (mean.unwrap_or_default() * self.factor)
+                .max(self.min_target)
+                .min(queue_timeout)
+        })
+    }
+
+    /// CoDel's shedding target, given the typical service time over every route and the
+    /// queue timeout: the configured `target`, else [`Codel::SHED_FACTOR`] times
+    /// `typical`, at least [`Codel::SHED_MIN`], at most the timeout.
+    pub fn shed_target(&self, typical: Option<Duration>, queue_timeout: Duration) -> Duration {
+        self.target.unwrap_or_else(|| {
+            (typical.unwrap_or_default() * Codel::SHED_FACTOR)
+                .max(Codel::SHED_MIN)
                 .min(queue_timeout)
         })
     }

@@ -6,7 +6,11 @@
 //! - [`QueuePolicy`]: `[queue]`'s bound (`max_size`, [`QueueRefusal::Full`] at once), its
 //!   timeout, and the request's own deadline: a wait ends at whichever comes first
 //!   ([`Expiry`]), answered [`QueueRefusal::Timeout`] or [`QueueRefusal::Deadline`];
-//! - [`codel`]: CoDel's control law with adaptive LIFO ([`QueueRefusal::Shed`]);
+//! - [`admission`]: a request whose expected wait (the work ahead of it over the workers)
+//!   is beyond its budget (its route's delay target, [`Codel::target`]) is refused at
+//!   arrival ([`QueueRefusal::Predicted`]);
+//! - [`codel`]: CoDel's control law with adaptive LIFO ([`QueueRefusal::Shed`]), the
+//!   backstop when a prediction was wrong ([`Codel::shed_target`]);
 //! - [`WaitQueue`]: the waiters in the order they are served, with CoDel's state;
 //! - [`Slots`]: a counted resource (an upstream's connections, a route's concurrency)
 //!   whose waiters wait in a [`WaitQueue`] under a [`QueuePolicy`]; the pool (weir-pool)
@@ -22,18 +26,20 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod codel;
 mod service_time;
 mod slots;
 mod wait_queue;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use weir_errors::ErrorClass;
 
+pub use admission::Budget;
 pub use codel::{Codel, CodelState};
 pub use service_time::ServiceTime;
 pub use slots::{SlotPermit, Slots};
@@ -75,15 +81,42 @@ pub enum QueueRefusal {
     /// The request's deadline passed while it waited.
     #[error("the request's deadline passed while it waited")]
     Deadline,
+    /// Refused at arrival: the work ahead of it would take longer than it may wait.
+    #[error(
+        "overload: the requests ahead would take about {expected:?} to clear, more than {} \
+         ({:?}); refused at once rather than after waiting",
+        budget.name(),
+        budget.duration()
+    )]
+    Predicted {
+        /// The expected wait.
+        expected: Duration,
+        /// What it was judged against.
+        budget: Budget,
+    },
 }
 
 impl QueueRefusal {
     /// The attribution class (`x-weir-error`, access log, metric label).
     pub fn class(&self) -> ErrorClass {
         match self {
-            QueueRefusal::Full { .. } | QueueRefusal::KeyFull { .. } => ErrorClass::QueueFull,
+            QueueRefusal::Full { .. }
+            | QueueRefusal::KeyFull { .. }
+            | QueueRefusal::Predicted { .. } => ErrorClass::QueueFull,
             QueueRefusal::Timeout(_) | QueueRefusal::Shed { .. } => ErrorClass::QueueTimeout,
             QueueRefusal::Deadline => ErrorClass::Deadline,
+        }
+    }
+
+    /// The Retry-After (seconds) the refusal itself suggests: for one refused at arrival,
+    /// when the queue ahead should have drained to its budget; else `None` (the
+    /// configured `[queue] retry_after`).
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            QueueRefusal::Predicted { expected, budget } => {
+                Some(admission::retry_after(*expected, budget.duration()))
+            }
+            _ => None,
         }
     }
 }
@@ -131,6 +164,9 @@ pub struct QueuePolicy {
     pub fair: bool,
     /// Most requests of one fairness key waiting at once (`[queue] per_key_max`).
     pub per_key_max: Option<usize>,
+    /// Refuse at arrival a request whose expected wait is beyond its budget
+    /// (`[queue] admission`, see [`admission`]).
+    pub admission: bool,
 }
 
 impl QueuePolicy {
@@ -161,9 +197,41 @@ impl QueuePolicy {
         }
     }
 
-    /// The delay target now (`None` without CoDel), given the typical service time.
-    pub fn target(&self, typical: Option<Duration>) -> Option<Duration> {
-        self.codel.map(|c| c.target(typical, self.timeout))
+    /// The delay target of a request whose route's mean service time is `mean` (`None`
+    /// without CoDel): what admission at arrival holds its wait to.
+    pub fn target(&self, mean: Option<Duration>) -> Option<Duration> {
+        self.codel.map(|c| c.target(mean, self.timeout))
+    }
+
+    /// CoDel's shedding target now (`None` without CoDel), given the typical service
+    /// time over every route.
+    pub fn shed_target(&self, typical: Option<Duration>) -> Option<Duration> {
+        self.codel.map(|c| c.shed_target(typical, self.timeout))
+    }
+
+    /// Admission at arrival (see [`admission`]): a request arriving at `now` whose wait
+    /// ends at `expiry`, with delay target `target` (`None` without CoDel), behind work
+    /// whose typical times sum to `ahead`, served by `servers` at once. Ok with the
+    /// expected wait; refused when that is beyond its budget (only with `admission` on).
+    pub fn admit(
+        &self,
+        now: Instant,
+        expiry: &Expiry,
+        target: Option<Duration>,
+        ahead: Duration,
+        servers: usize,
+    ) -> Result<Duration, QueueRefusal> {
+        let expected = admission::expected_wait(ahead, servers);
+        if !self.admission {
+            return Ok(expected);
+        }
+        let by_deadline = expiry.why == ExpiryWhy::Deadline;
+        let budget = Budget::least(expiry.left(now), by_deadline, target);
+        if admission::fits(expected, &budget) {
+            Ok(expected)
+        } else {
+            Err(QueueRefusal::Predicted { expected, budget })
+        }
     }
 
     /// The refusal of a request shed at `target`.
@@ -182,6 +250,58 @@ impl QueuePolicy {
             ExpiryWhy::Shed(target) => self.shed(target),
         }
     }
+}
+
+/// What the queue decided, for metrics: refusals at arrival and after waiting, and the
+/// predicted against the actual wait of the requests that waited.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    /// Refused at arrival by the prediction ([`QueueRefusal::Predicted`]).
+    pub refused_at_arrival: AtomicU64,
+    /// Refused after waiting: shed by CoDel.
+    pub refused_shed: AtomicU64,
+    /// Refused after waiting: the queue timeout or the request's deadline.
+    pub refused_expired: AtomicU64,
+    /// Requests that waited and were served (handed a worker or offered behind one).
+    pub waited: AtomicU64,
+    /// Their predicted waits, summed (microseconds).
+    pub predicted_us: AtomicU64,
+    /// Their actual waits, summed (microseconds).
+    pub actual_us: AtomicU64,
+    /// Of those, the ones that waited more than twice their prediction plus the target's
+    /// floor (an estimate that was badly low).
+    pub underestimated: AtomicU64,
+}
+
+impl QueueStats {
+    /// One waiter served after `actual`, predicted `predicted`.
+    pub fn served_after(&self, predicted: Duration, actual: Duration) {
+        self.waited.fetch_add(1, Ordering::Relaxed);
+        self.predicted_us
+            .fetch_add(micros(predicted), Ordering::Relaxed);
+        self.actual_us.fetch_add(micros(actual), Ordering::Relaxed);
+        if actual > predicted * 2 + UNDERESTIMATE_SLACK {
+            self.underestimated.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// One refusal, counted by its kind.
+    pub fn refused(&self, r: &QueueRefusal) {
+        let c = match r {
+            QueueRefusal::Predicted { .. } => &self.refused_at_arrival,
+            QueueRefusal::Shed { .. } => &self.refused_shed,
+            QueueRefusal::Timeout(_) | QueueRefusal::Deadline => &self.refused_expired,
+            QueueRefusal::Full { .. } | QueueRefusal::KeyFull { .. } => return,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A wait counts as underestimated when it is more than twice its prediction plus this.
+pub const UNDERESTIMATE_SLACK: Duration = Duration::from_millis(20);
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Requests that wait in front of a backend's queue (for their route's slot): they count
@@ -231,9 +351,12 @@ mod tests {
                 target: None,
                 interval: 100 * MS,
                 lifo: true,
+                factor: Codel::FACTOR,
+                min_target: Codel::MIN_TARGET,
             }),
             fair: false,
             per_key_max: None,
+            admission: true,
         }
     }
 
@@ -273,12 +396,69 @@ mod tests {
     }
 
     #[test]
-    fn the_automatic_target_follows_the_service_time_between_its_floor_and_the_timeout() {
+    fn the_shedding_target_follows_the_service_time_between_its_floor_and_the_timeout() {
         let p = policy();
-        assert_eq!(p.target(None), Some(Codel::MIN_TARGET));
-        assert_eq!(p.target(Some(200 * MS)), Some(800 * MS));
-        assert_eq!(p.target(Some(2000 * MS)), Some(1000 * MS));
-        assert_eq!(QueuePolicy { codel: None, ..p }.target(Some(MS)), None);
+        assert_eq!(p.shed_target(None), Some(Codel::SHED_MIN));
+        assert_eq!(p.shed_target(Some(200 * MS)), Some(800 * MS));
+        assert_eq!(p.shed_target(Some(2000 * MS)), Some(1000 * MS));
+        assert_eq!(QueuePolicy { codel: None, ..p }.shed_target(Some(MS)), None);
+    }
+
+    #[test]
+    fn the_default_target_is_a_few_times_the_routes_own_time() {
+        let c = Codel::new(100 * MS, true);
+        let timeout = 10_000 * MS;
+        assert_eq!(c.target(Some(40 * MS), timeout), 80 * MS);
+        assert_eq!(c.target(Some(20 * MS), timeout), Codel::MIN_TARGET);
+        assert_eq!(c.target(Some(5000 * MS), timeout), timeout);
+        assert_eq!(c.target(Some(MS), timeout), Codel::MIN_TARGET);
+        assert_eq!(c.target(None, timeout), Codel::MIN_TARGET);
+        let fixed = Codel {
+            target: Some(5 * MS),
+            ..c
+        };
+        assert_eq!(fixed.target(Some(5000 * MS), timeout), 5 * MS);
+        assert_eq!(fixed.shed_target(Some(5000 * MS), timeout), 5 * MS);
+    }
+
+    #[test]
+    fn a_request_whose_wait_ahead_exceeds_its_budget_is_refused_at_arrival() {
+        let p = QueuePolicy {
+            codel: Some(Codel::new(100 * MS, true)),
+            ..policy()
+        };
+        let now = Instant::now();
+        let e = p.expiry(now, None).unwrap();
+        let target = p.target(Some(30 * MS));
+        assert_eq!(target, Some(60 * MS));
+        // 2 workers, 120 ms of work ahead: 60 ms, just within the target.
+        assert_eq!(p.admit(now, &e, target, 120 * MS, 2), Ok(60 * MS));
+        // More ahead: 70 ms, refused at once, queue-full with Retry-After 1.
+        let r = p.admit(now, &e, target, 140 * MS, 2).unwrap_err();
+        assert_eq!(
+            r,
+            QueueRefusal::Predicted {
+                expected: 70 * MS,
+                budget: Budget::Target(60 * MS)
+            }
+        );
+        assert_eq!(r.class(), ErrorClass::QueueFull);
+        assert_eq!(r.retry_after(), Some(1));
+        // A short deadline is the budget when it is the least.
+        let e = p.expiry(now, Some(now + 30 * MS)).unwrap();
+        let r = p.admit(now, &e, target, 80 * MS, 2).unwrap_err();
+        assert!(
+            matches!(r, QueueRefusal::Predicted { budget: Budget::Deadline(d), .. } if d == 30 * MS)
+        );
+        // Without CoDel only the timeout and the deadline count.
+        let e = p.expiry(now, None).unwrap();
+        assert!(p.admit(now, &e, None, 1000 * MS, 2).is_ok());
+        // Admission off: every arrival is admitted, its prediction still returned.
+        let off = QueuePolicy {
+            admission: false,
+            ..p
+        };
+        assert_eq!(off.admit(now, &e, target, 10_000 * MS, 2), Ok(5000 * MS));
     }
 
     #[test]

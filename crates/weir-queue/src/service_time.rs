@@ -1,6 +1,8 @@
-//! The typical time a request holds what it waited for (a worker, an upstream connection,
-//! a route's slot): what the queue's delay target, prefetch offers and admission judge
-//! waits by.
+//! The time a request holds what it waited for (a worker, an upstream connection, a
+//! route's slot): its *typical* time (quick to rise, slow to fall: what CoDel's target and
+//! prefetch offers judge waits by, erring on the long side) and its *mean* (a plain moving
+//! mean: what admission at arrival predicts waits and sets each route's target from, so a
+//! single stall does not refuse the arrivals behind it).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,6 +15,9 @@ use std::time::Duration;
 pub struct ServiceTime {
     /// Microseconds; 0: no sample yet.
     us: AtomicU64,
+    /// The plain moving mean (an eighth of the way to each sample), microseconds; 0: no
+    /// sample yet.
+    mean_us: AtomicU64,
 }
 
 impl ServiceTime {
@@ -34,6 +39,23 @@ impl ServiceTime {
             old - (old - us) / 8
         };
         self.us.store(new.max(1), Ordering::Relaxed);
+        let old = self.mean_us.load(Ordering::Relaxed);
+        let mean = if old == 0 {
+            us
+        } else if us > old {
+            old + (us - old) / 8
+        } else {
+            old - (old - us) / 8
+        };
+        self.mean_us.store(mean.max(1), Ordering::Relaxed);
+    }
+
+    /// The moving mean, `None` before the first sample.
+    pub fn mean(&self) -> Option<Duration> {
+        match self.mean_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
     }
 
     /// The typical time, `None` before the first sample.
@@ -66,5 +88,20 @@ mod tests {
         }
         let low = t.typical().expect("never back to 'no sample'");
         assert!(low <= Duration::from_micros(10), "{low:?}");
+    }
+
+    #[test]
+    fn the_mean_moves_an_eighth_of_the_way_either_way() {
+        let t = ServiceTime::new();
+        assert_eq!(t.mean(), None);
+        t.record(20 * MS);
+        assert_eq!(t.mean(), Some(20 * MS));
+        // One stall of 180 ms: the mean rises by a fifth of that, not half.
+        t.record(180 * MS);
+        assert_eq!(t.mean(), Some(40 * MS));
+        t.record(40 * MS);
+        assert_eq!(t.mean(), Some(40 * MS));
+        t.record(Duration::ZERO);
+        assert_eq!(t.mean(), Some(35 * MS));
     }
 }

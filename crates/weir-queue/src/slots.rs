@@ -2,7 +2,9 @@
 //! connections (NGINX Plus's `max_conns` + `queue`), a route's `max_concurrency`.
 //!
 //! [`Slots::acquire`] takes a free slot at once, or waits in a [`WaitQueue`] under the
-//! [`QueuePolicy`]: refused at once when the queue is at its bound, answered at the queue
+//! [`QueuePolicy`]: refused at once when the queue is at its bound or when the waiters
+//! ahead would take longer to clear than it may wait (`crate::admission`: their number
+//! times the typical time a slot is held, over the slots), answered at the queue
 //! timeout or the request's deadline, shed by CoDel when overloaded (newest first with
 //! adaptive LIFO). A [`SlotPermit`] gives its slot back when dropped, straight to the next
 //! waiter, so a request that is cancelled anywhere can never lose a slot: a slot handed to
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::wait_queue::{WaitQueue, Waiting};
-use crate::{OutsideWaits, QueuePlace, QueuePolicy, QueueRefusal, ServiceTime};
+use crate::{OutsideWaits, QueuePlace, QueuePolicy, QueueRefusal, QueueStats, ServiceTime};
 
 /// A counted resource with its waiters (see the module doc).
 #[derive(Debug)]
@@ -29,6 +31,10 @@ pub struct Slots {
     /// How long a slot is typically held (the delay target's base).
     held: ServiceTime,
     outside: OutsideWaits,
+    /// How many slots there are.
+    n: usize,
+    /// The queue's decisions, for metrics.
+    stats: QueueStats,
 }
 
 #[derive(Debug)]
@@ -51,6 +57,8 @@ struct SlotWaiter {
     tx: oneshot::Sender<Handed>,
     since: Instant,
     key: u64,
+    /// Its wait as predicted at arrival.
+    predicted: Duration,
 }
 
 impl Waiting for SlotWaiter {
@@ -91,6 +99,8 @@ impl Slots {
             policy,
             held: ServiceTime::new(),
             outside: OutsideWaits::default(),
+            n,
+            stats: QueueStats::default(),
         })
     }
 
@@ -103,6 +113,12 @@ impl Slots {
     /// The policy.
     pub fn policy(&self) -> &QueuePolicy {
         &self.policy
+    }
+
+    /// The queue's decisions: refusals at arrival and after waiting, predicted vs actual
+    /// waits.
+    pub fn stats(&self) -> &QueueStats {
+        &self.stats
     }
 
     /// Free slots now.
@@ -145,6 +161,18 @@ impl Slots {
         deadline: Option<Instant>,
         key: u64,
     ) -> Result<SlotPermit, QueueRefusal> {
+        let r = self.wait(deadline, key).await;
+        if let Err(refusal) = &r {
+            self.stats.refused(refusal);
+        }
+        r
+    }
+
+    async fn wait(
+        self: &Arc<Self>,
+        deadline: Option<Instant>,
+        key: u64,
+    ) -> Result<SlotPermit, QueueRefusal> {
         let now = Instant::now();
         let (rx, expiry) = {
             let mut st = self.state();
@@ -166,10 +194,16 @@ impl Slots {
                     return Err(QueueRefusal::KeyFull { max: per_key });
                 }
             }
+            let mean = self.held.mean();
+            let ahead = mean.unwrap_or_default()
+                * u32::try_from(st.queue.live() + self.outside.count()).unwrap_or(u32::MAX);
+            let predicted =
+                self.policy
+                    .admit(now, &expiry, self.policy.target(mean), ahead, self.n)?;
             let shedding = st
                 .queue
                 .overloaded()
-                .then(|| self.policy.target(self.held.typical()))
+                .then(|| self.policy.shed_target(self.held.typical()))
                 .flatten();
             let expiry = self.policy.capped(expiry, now, shedding);
             let (tx, rx) = oneshot::channel();
@@ -177,6 +211,7 @@ impl Slots {
                 tx,
                 since: now,
                 key,
+                predicted,
             });
             (rx, expiry)
         };
@@ -195,16 +230,22 @@ impl Slots {
         let now = Instant::now();
         let target = self
             .policy
-            .target(self.held.typical())
+            .shed_target(self.held.typical())
             .unwrap_or(Duration::MAX);
         let mut st = self.state();
-        let (shedding, shed) = st.queue.regulate(now, self.policy.codel.as_ref(), target);
-        let newest_first = shedding.is_some() && self.policy.codel.is_some_and(|c| c.lifo);
+        let (shedding, shed) = st
+            .queue
+            .regulate(now, self.policy.codel.as_ref(), |_| target);
+        let newest_first = shedding && self.policy.codel.is_some_and(|c| c.lifo);
         let mut unsent = Some(self.permit(now));
         while let Some(w) = st.queue.pop_next(newest_first) {
             let Some(permit) = unsent.take() else { break };
             match w.tx.send(Handed::Slot(permit)) {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.stats
+                        .served_after(w.predicted, now.saturating_duration_since(w.since));
+                    break;
+                }
                 // That waiter gave up: the slot comes back, for the next one.
                 Err(Handed::Slot(p)) => unsent = Some(p),
                 Err(Handed::Shed(_)) => unreachable!("a slot was sent"),
@@ -217,7 +258,7 @@ impl Slots {
             permit.slots = None;
         }
         drop(st);
-        for w in shed {
+        for (w, target) in shed {
             let _ = w.tx.send(Handed::Shed(target));
         }
     }
@@ -239,6 +280,7 @@ mod tests {
                 codel,
                 fair: false,
                 per_key_max: None,
+                admission: true,
             },
         )
     }
@@ -293,6 +335,8 @@ mod tests {
             QueueRefusal::Deadline
         );
         assert_eq!(s.waiting(), 0, "those who gave up are not counted");
+        let expired = s.stats().refused_expired.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(expired, 2, "both counted as refused after waiting");
     }
 
     #[tokio::test(start_paused = true)]
@@ -324,8 +368,7 @@ mod tests {
     async fn an_overloaded_queue_sheds_the_old_and_serves_the_newest_first() {
         let codel = Codel {
             target: Some(200 * MS),
-            interval: 10 * MS,
-            lifo: true,
+            ..Codel::new(10 * MS, true)
         };
         let s = slots(1, 64, Some(codel));
         let held = s.acquire(None, 0).await.unwrap();

@@ -220,44 +220,61 @@ impl<W: Waiting> WaitQueue<W> {
     }
 
     /// Runs when what the queue waits for frees, before it goes to a waiter: CoDel's
-    /// control law on the queue's delay (the oldest live waiter's age; gone waiters at the
-    /// front of each lane are dropped), and, while overloaded, the waiters that have
-    /// waited past the target, taken out to be refused (and gone ones met on the way, to
-    /// be dropped). Returns the target while shedding.
+    /// control law on the queue's delay, and, while overloaded, the waiters that have
+    /// waited past their target, taken out to be refused with it (gone waiters are dropped
+    /// on the way). Each waiter is judged by its own target (`target_of`; the pool and
+    /// [`crate::Slots`] give one target for all); the queue's delay is that of the waiter
+    /// furthest past its target (relative to it), which with one target for all is simply
+    /// the oldest. Returns whether it is shedding.
     pub fn regulate(
         &mut self,
         now: Instant,
         codel: Option<&Codel>,
-        target: Duration,
-    ) -> (Option<Duration>, Vec<W>) {
+        target_of: impl Fn(&W) -> Duration,
+    ) -> (bool, Vec<(W, Duration)>) {
         let Some(codel) = codel else {
-            return (None, Vec::new());
+            return (false, Vec::new());
         };
-        let mut removed = 0;
-        for lane in self.lanes.values_mut() {
-            while lane.front().is_some_and(Waiting::gone) {
-                lane.pop_front();
-                removed += 1;
+        self.prune_gone();
+        // The waiter with the greatest age over its target (compared as age_a * t_b >
+        // age_b * t_a, in whole microseconds).
+        let mut worst: Option<(Instant, Duration, u128)> = None;
+        let mut worst_ratio = (0u128, 1u128);
+        for w in self.iter() {
+            let target = target_of(w);
+            let age = now.saturating_duration_since(w.since()).as_micros();
+            let t = target.as_micros().max(1);
+            if worst.is_none() || age * worst_ratio.1 > worst_ratio.0 * t {
+                worst = Some((w.since(), target, age));
+                worst_ratio = (age, t);
             }
         }
-        let oldest = self
-            .lanes
-            .values()
-            .filter_map(|l| l.front().map(Waiting::since))
-            .min();
-        let shedding = self.codel.on_release(now, oldest, target, codel.interval);
+        let shedding = match worst {
+            Some((since, target, _)) => self
+                .codel
+                .on_release(now, Some(since), target, codel.interval)
+                .is_some(),
+            None => self
+                .codel
+                .on_release(now, None, Duration::ZERO, codel.interval)
+                .is_some(),
+        };
         let mut shed = Vec::new();
-        if let Some(target) = shedding {
+        if shedding {
             for lane in self.lanes.values_mut() {
-                while let Some(w) = lane.front() {
-                    if !w.gone() && now.saturating_duration_since(w.since()) <= target {
-                        break;
+                let mut kept = VecDeque::with_capacity(lane.len());
+                for w in lane.drain(..) {
+                    let target = target_of(&w);
+                    if now.saturating_duration_since(w.since()) > target {
+                        shed.push((w, target));
+                    } else {
+                        kept.push_back(w);
                     }
-                    shed.extend(lane.pop_front());
                 }
+                *lane = kept;
             }
         }
-        self.len -= removed + shed.len();
+        self.len -= shed.len();
         self.drop_empty_lanes();
         (shedding, shed)
     }
@@ -310,6 +327,8 @@ mod tests {
         target: None,
         interval: Duration::from_millis(100),
         lifo: true,
+        factor: Codel::FACTOR,
+        min_target: Codel::MIN_TARGET,
     };
 
     #[test]
@@ -350,17 +369,20 @@ mod tests {
         q.push(w(0, t0));
         q.push(w(1, t0 + 600 * MS));
         // 600 ms of delay: above the target, the first time: not yet overloaded.
-        let (s, shed) = q.regulate(t0 + 600 * MS, Some(&CODEL), target);
-        assert_eq!((s, shed.len()), (None, 0));
+        let (s, shed) = q.regulate(t0 + 600 * MS, Some(&CODEL), |_| target);
+        assert_eq!((s, shed.len()), (false, 0));
         // A whole interval later, still above: the waiter older than the target goes.
-        let (s, shed) = q.regulate(t0 + 700 * MS, Some(&CODEL), target);
-        assert_eq!(s, Some(target));
-        assert_eq!(shed.iter().map(|w| w.id).collect::<Vec<_>>(), [0]);
+        let (s, shed) = q.regulate(t0 + 700 * MS, Some(&CODEL), |_| target);
+        assert!(s);
+        assert_eq!(
+            shed.iter().map(|(w, t)| (w.id, *t)).collect::<Vec<_>>(),
+            [(0, target)]
+        );
         assert!(q.overloaded());
         assert_eq!(q.front().unwrap().id, 1);
         // Without CoDel nothing is ever shed.
-        let (s, shed) = q.regulate(t0 + 9000 * MS, None, target);
-        assert_eq!((s, shed.len()), (None, 0));
+        let (s, shed) = q.regulate(t0 + 9000 * MS, None, |_| target);
+        assert_eq!((s, shed.len()), (false, 0));
     }
 
     #[test]
@@ -371,8 +393,8 @@ mod tests {
             gone: true,
             ..w(0, t0)
         });
-        let (s, _) = q.regulate(t0 + 900 * MS, Some(&CODEL), 500 * MS);
-        assert_eq!(s, None);
+        let (s, _) = q.regulate(t0 + 900 * MS, Some(&CODEL), |_| 500 * MS);
+        assert!(!s);
         assert!(q.is_empty());
         assert!(q.nobody_waits());
     }
@@ -448,10 +470,49 @@ mod tests {
         });
         q.push(W { key: 2, ..w(1, t0) });
         // The oldest waiter is key 2's, although key 1 is first in turn.
-        q.regulate(t0 + 600 * MS, Some(&CODEL), target);
-        let (s, shed) = q.regulate(t0 + 700 * MS, Some(&CODEL), target);
-        assert_eq!(s, Some(target));
-        assert_eq!(shed.iter().map(|w| w.id).collect::<Vec<_>>(), [1]);
+        q.regulate(t0 + 600 * MS, Some(&CODEL), |_| target);
+        let (s, shed) = q.regulate(t0 + 700 * MS, Some(&CODEL), |_| target);
+        assert!(s);
+        assert_eq!(shed.iter().map(|(w, _)| w.id).collect::<Vec<_>>(), [1]);
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn each_waiter_is_judged_by_its_own_routes_target() {
+        // Key 1: a 5 s report route (target 15 s); key 2: a 20 ms route (target 60 ms).
+        let t0 = Instant::now();
+        let target = |w: &W| if w.key == 1 { 15_000 * MS } else { 60 * MS };
+        let mut q = WaitQueue::default();
+        for id in 0..3 {
+            q.push(W {
+                key: 1,
+                ..w(id, t0)
+            });
+        }
+        q.push(W {
+            key: 2,
+            ..w(10, t0 + 990 * MS)
+        });
+        // The reports have waited a second: long, but well within their own target; the
+        // fast request at most 50 ms: nothing is overloaded.
+        for i in 0..5 {
+            let (s, shed) = q.regulate(t0 + (1000 + 10 * i) * MS, Some(&CODEL), target);
+            assert!(!s && shed.is_empty());
+        }
+        // A fast request that has waited past its own 60 ms for a whole interval: shed
+        // alone; the reports keep their places.
+        q.push(W {
+            key: 2,
+            ..w(11, t0 + 1000 * MS)
+        });
+        q.remove_first(|w| w.id == 10);
+        q.regulate(t0 + 1100 * MS, Some(&CODEL), target);
+        let (s, shed) = q.regulate(t0 + 1200 * MS, Some(&CODEL), target);
+        assert!(s);
+        assert_eq!(
+            shed.iter().map(|(w, t)| (w.id, *t)).collect::<Vec<_>>(),
+            [(11, 60 * MS)]
+        );
+        assert_eq!(q.len(), 3);
     }
 }

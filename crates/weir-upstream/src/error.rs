@@ -56,13 +56,24 @@ impl From<weir_queue::QueueRefusal> for UpstreamError {
         match r {
             R::Full { max } => UpstreamError::QueueFull { max },
             R::Timeout(d) => UpstreamError::QueueTimeout(d),
-            other @ (R::Shed { .. } | R::KeyFull { .. }) => UpstreamError::Queue(other),
+            other @ (R::Shed { .. } | R::KeyFull { .. } | R::Predicted { .. }) => {
+                UpstreamError::Queue(other)
+            }
             R::Deadline => UpstreamError::DeadlineExceeded,
         }
     }
 }
 
 impl UpstreamError {
+    /// The Retry-After (seconds) the failure itself suggests (a refusal at arrival: from
+    /// its estimate); `None`: the configured one.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            UpstreamError::Queue(r) => r.retry_after(),
+            _ => None,
+        }
+    }
+
     /// The attribution class.
     pub fn class(&self) -> ErrorClass {
         match self {

@@ -169,6 +169,12 @@ impl Upstream {
         self.config.protocol
     }
 
+    /// The queue's decisions (refused at arrival or after waiting, predicted vs actual
+    /// waits), for metrics.
+    pub fn queue_stats(&self) -> &weir_queue::QueueStats {
+        self.admission.stats()
+    }
+
     /// Requests waiting now: for a connection, and for a route's slot in front of the
     /// queue ([`Upstream::enter_queue`]).
     pub fn queued(&self) -> usize {

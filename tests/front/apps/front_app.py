@@ -84,6 +84,14 @@ def application(environ, start_response):
         time.sleep(float(q.get("s", "1")))
         _log({"event": "end", "path": path, "tag": q.get("tag"), "pid": os.getpid(), "t": time.time()})
         return _send(start_response, "slept %s" % q.get("s", "1"))
+    if action == "work":
+        # CPU work of ms milliseconds (a busy loop: the worker holds the CPU, as a real
+        # endpoint's rendering or serialization does)
+        end = time.monotonic() + float(q.get("ms", "20")) / 1000.0
+        n = 0
+        while time.monotonic() < end:
+            n += 1
+        return _send(start_response, "worked %d" % n)
     if action == "echo":
         n = int(environ.get("CONTENT_LENGTH") or 0)
         data = environ["wsgi.input"].read(n) if n else environ["wsgi.input"].read()

@@ -359,6 +359,7 @@ impl Pool {
                     since: offer.since,
                     job,
                     key: Some(offer.key),
+                    predicted: Duration::ZERO,
                 }),
             }
         }
@@ -389,7 +390,9 @@ impl Pool {
 
     /// The answer of a request whose wait is over.
     pub(super) fn expiry_error(&self, expires: &Expiry) -> DispatchError {
-        self.inner.policy.refusal(expires).into()
+        let r = self.inner.policy.refusal(expires);
+        self.inner.stats.queue.refused(&r);
+        r.into()
     }
 
     /// `job`, or `None` when nobody waits for it any more (dropped) or its wait is over
