@@ -480,7 +480,7 @@ impl Pool {
                 }
             }
             let target = self.target(&job.req);
-            let ahead = self.work_ahead(&st);
+            let ahead = self.work_ahead(&st, job.req.fair_key);
             let predicted =
                 match self
                     .inner
@@ -541,12 +541,14 @@ impl Pool {
             .or_else(|| self.inner.service.mean())
     }
 
-    /// The work ahead of a new arrival: the mean time of each live waiter and of each
-    /// request offered behind a busy worker and not yet started, each by its route.
-    fn work_ahead(&self, st: &State) -> Duration {
+    /// The work ahead of a new arrival of fairness key `key`: the mean time of each live
+    /// waiter it would be served after (round robin across keys: [`WaitQueue::ahead_of`])
+    /// and of each request offered behind a busy worker and not yet started, each by its
+    /// route.
+    fn work_ahead(&self, st: &State, key: u64) -> Duration {
         let queued: Duration = st
             .queue
-            .iter()
+            .ahead_of(key)
             .filter(|w| !w.gone())
             .filter_map(|w| self.mean(&w.job.req))
             .sum();

@@ -195,8 +195,11 @@ impl Slots {
                 }
             }
             let mean = self.held.mean();
+            // Those it would be served after (round robin across fairness keys), and
+            // those waiting in front of it for their route's slot.
+            let before = st.queue.ahead_of(key).filter(|w| !w.gone()).count();
             let ahead = mean.unwrap_or_default()
-                * u32::try_from(st.queue.live() + self.outside.count()).unwrap_or(u32::MAX);
+                * u32::try_from(before + self.outside.count()).unwrap_or(u32::MAX);
             let predicted =
                 self.policy
                     .admit(now, &expiry, self.policy.target(mean), ahead, self.n)?;
@@ -335,7 +338,10 @@ mod tests {
             QueueRefusal::Deadline
         );
         assert_eq!(s.waiting(), 0, "those who gave up are not counted");
-        let expired = s.stats().refused_expired.load(std::sync::atomic::Ordering::Relaxed);
+        let expired = s
+            .stats()
+            .refused_expired
+            .load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(expired, 2, "both counted as refused after waiting");
     }
 

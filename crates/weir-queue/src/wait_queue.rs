@@ -279,6 +279,22 @@ impl<W: Waiting> WaitQueue<W> {
         (shedding, shed)
     }
 
+    /// The waiters a new arrival of fairness key `key` would be served after (in line
+    /// order, round robin across keys): all of its own lane, and of every other lane as
+    /// many as its own lane holds, plus one. With fair queueing off (one lane) that is
+    /// everyone; with it, a polite client's request is not judged by a flood's queue.
+    pub fn ahead_of(&self, key: u64) -> impl Iterator<Item = &W> {
+        let own = self.len_of(key);
+        self.turns
+            .iter()
+            .filter_map(move |k| {
+                let lane = self.lanes.get(k)?;
+                let n = if *k == key { own } else { own + 1 };
+                Some(lane.iter().take(n))
+            })
+            .flatten()
+    }
+
     /// Every waiter (lane by lane, each in line order).
     pub fn iter(&self) -> impl Iterator<Item = &W> {
         self.turns
@@ -514,5 +530,27 @@ mod tests {
             [(11, 60 * MS)]
         );
         assert_eq!(q.len(), 3);
+    }
+
+    #[test]
+    fn an_arrival_is_judged_by_the_waiters_ahead_of_it_in_round_robin() {
+        let t = Instant::now();
+        let keyed = |id: u32, key: u64| W { key, ..w(id, t) };
+        let mut q = WaitQueue::default();
+        for i in 0..10 {
+            q.push(keyed(i, 7)); // a flood on key 7
+        }
+        q.push(keyed(100, 3));
+        // A polite client (key 9, nothing waiting): one of each other lane.
+        let ahead: Vec<u32> = q.ahead_of(9).map(|x| x.id).collect();
+        assert_eq!(ahead, vec![0, 100]);
+        // The flood's next request waits behind all of its own, and key 3's one.
+        assert_eq!(q.ahead_of(7).count(), 11);
+        // One lane (fair queueing off): everyone.
+        let mut one = WaitQueue::default();
+        for i in 0..5 {
+            one.push(w(i, t));
+        }
+        assert_eq!(one.ahead_of(0).count(), 5);
     }
 }
