@@ -19,6 +19,7 @@ from pathlib import Path
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import hpack
 import pytest
 
@@ -384,6 +385,75 @@ def test_h2c_prior_knowledge_beside_http11_and_the_gate(front, certs):
                   b"0\r\n\r\n")
         got = s.recv(4096).decode("latin-1")
     assert got.startswith("HTTP/1.1 400") and "x-weir-error: bad-request" in got.lower(), got
+
+
+def test_http2_client_that_never_opens_its_window_is_dropped_after_send_timeout(front, tmp_path):
+    # An HTTP/2 client can answer PINGs and still take nothing: a flow-control window of
+    # 0 leaves hyper nothing to write. send_timeout ends the connection, and the stream's
+    # line says client-timeout; a stream whose client reads goes through.
+    log = tmp_path / "access.log"
+    f = front(config={"server": {"h2c": True, "send_timeout": "1s", "access_log": str(log)}}, workers=1)
+
+    def h2c(window=None):
+        s = socket.create_connection((f.addr.host, f.addr.port), timeout=10)
+        c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        c.initiate_connection()
+        if window is not None:
+            c.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+        sid = c.get_next_available_stream_id()
+        c.send_headers(sid, [(":method", "GET"), (":scheme", "http"), (":authority", "localhost"),
+                             (":path", "/stream?n=8&size=8000&delay=0&tag=h2stall")], end_stream=True)
+        s.sendall(c.data_to_send())
+        return s, c, sid
+
+    # A reader: the whole body.
+    s, c, sid = h2c()
+    body, t0 = b"", time.monotonic()
+    while time.monotonic() - t0 < 10:
+        data = s.recv(65536)
+        assert data, "closed early"
+        ended = False
+        for ev in c.receive_data(data):
+            if isinstance(ev, h2.events.DataReceived):
+                body += ev.data
+                c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            ended |= isinstance(ev, h2.events.StreamEnded)
+        s.sendall(c.data_to_send())
+        if ended:
+            break
+    assert len(body) == 64000, len(body)
+    s.close()
+
+    # A client with a window of 0 that keeps reading (and answering PINGs).
+    s, c, sid = h2c(window=0)
+    t0, closed = time.monotonic(), False
+    s.settimeout(0.5)
+    while time.monotonic() - t0 < 15:
+        try:
+            data = s.recv(65536)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            closed = True
+            break
+        if not data:
+            closed = True
+            break
+        c.receive_data(data)
+        s.sendall(c.data_to_send())
+    took = time.monotonic() - t0
+    s.close()
+    assert closed, "the connection stayed open for %.1fs though the client took nothing" % took
+    assert 0.9 <= took < 6, took
+    line = wait_for(lambda: [x for x in log_lines(log) if x.get("error") == "client-timeout"], 10,
+                    what="the stalled stream's line")[0]
+    assert line["status"] == 200 and line.get("aborted") is True, line
+    assert get_ok(f)
+
+
+def get_ok(f) -> bool:
+    code, out, err = curl("--http2-prior-knowledge", "http://127.0.0.1:%d/env" % f.addr.port)
+    return code == 0 and out.startswith("{")
 
 
 def test_without_h2c_prior_knowledge_is_refused(front):

@@ -185,6 +185,7 @@ impl AccessLog {
             head_at,
             log: self.clone(),
             send_timeout: None,
+            stall: None,
         })
     }
 
@@ -290,6 +291,9 @@ pub struct Logged {
     log: Arc<AccessLog>,
     /// Set when the client was dropped by `send_timeout` (see `crate::gate`).
     send_timeout: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// On HTTP/2: when this body was last polled, for the connection's send_timeout
+    /// (see `crate::http2`).
+    stall: Option<Arc<crate::http2::StreamProgress>>,
 }
 
 impl Logged {
@@ -297,6 +301,11 @@ impl Logged {
     /// connection's `send_timeout` fired).
     pub fn mark_send_timeout(&mut self, flag: Arc<std::sync::atomic::AtomicBool>) {
         self.send_timeout = Some(flag);
+    }
+
+    /// Reports each poll of this body to `progress` (an HTTP/2 stream's send_timeout).
+    pub fn watch_progress(&mut self, progress: Arc<crate::http2::StreamProgress>) {
+        self.stall = Some(progress);
     }
 }
 
@@ -310,6 +319,9 @@ impl Body for Logged {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Some(p) = &this.stall {
+            p.polled(matches!(r, Poll::Pending), matches!(r, Poll::Ready(None)));
+        }
         match &r {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {

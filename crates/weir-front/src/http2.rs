@@ -24,6 +24,12 @@
 //!   [`ResetBudget`] counts streams the client resets after they were handed to weir (the
 //!   rapid-reset attack, CVE-2023-44487, resets them as soon as they are opened): past
 //!   the budget the connection gets GOAWAY and closes.
+//! - `[server] send_timeout`: a client that stops opening its flow-control window (it
+//!   may still answer PINGs) leaves hyper nothing to send, so no write ever stalls; hyper
+//!   just stops polling the response body. Each body reports its polls
+//!   ([`StreamProgress`]); a body that has data to give (its last poll was not waiting on
+//!   the backend) and has not been polled for `send_timeout` ends the connection, as
+//!   NGINX's send_timeout ends an HTTP/2 connection, and its line says `client-timeout`.
 //! - The drain: GOAWAY (`graceful_shutdown`), open streams finish.
 
 use std::io;
@@ -117,6 +123,81 @@ impl Drop for StreamGuard {
     }
 }
 
+/// One response body's polls, for the connection's send_timeout (module doc).
+#[derive(Debug)]
+pub struct StreamProgress {
+    /// Milliseconds since the connection's start of the body's last poll.
+    last: std::sync::atomic::AtomicU64,
+    /// The last poll found nothing ready (the backend is slow, not the client).
+    waiting: std::sync::atomic::AtomicBool,
+    /// The body ended.
+    done: std::sync::atomic::AtomicBool,
+    epoch: Instant,
+}
+
+impl StreamProgress {
+    fn new(epoch: Instant) -> StreamProgress {
+        StreamProgress {
+            last: std::sync::atomic::AtomicU64::new(epoch.elapsed().as_millis() as u64),
+            waiting: std::sync::atomic::AtomicBool::new(false),
+            done: std::sync::atomic::AtomicBool::new(false),
+            epoch,
+        }
+    }
+
+    /// A poll of the body: `pending` when nothing was ready, `ended` at its end.
+    pub fn polled(&self, pending: bool, ended: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.last
+            .store(self.epoch.elapsed().as_millis() as u64, Relaxed);
+        self.waiting.store(pending, Relaxed);
+        if ended {
+            self.done.store(true, Relaxed);
+        }
+    }
+
+    /// Has data to give and has not been polled for `limit`?
+    fn stalled(&self, now_ms: u64, limit: Duration) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        !self.done.load(Relaxed)
+            && !self.waiting.load(Relaxed)
+            && now_ms.saturating_sub(self.last.load(Relaxed)) >= limit.as_millis() as u64
+    }
+}
+
+/// The response bodies of one connection, watched for send_timeout.
+#[derive(Debug)]
+struct Progress {
+    epoch: Instant,
+    bodies: Mutex<Vec<std::sync::Weak<StreamProgress>>>,
+}
+
+impl Progress {
+    fn watch(&self) -> Arc<StreamProgress> {
+        let p = Arc::new(StreamProgress::new(self.epoch));
+        let mut b = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        b.retain(|w| w.strong_count() > 0);
+        b.push(Arc::downgrade(&p));
+        p
+    }
+
+    /// Resolves when a body has stalled for `limit` (checked every quarter of it).
+    async fn stall(&self, limit: Duration) {
+        let every = (limit / 4).max(Duration::from_millis(50));
+        loop {
+            tokio::time::sleep(every).await;
+            let now = self.epoch.elapsed().as_millis() as u64;
+            let b = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
+            if b.iter()
+                .filter_map(std::sync::Weak::upgrade)
+                .any(|p| p.stalled(now, limit))
+            {
+                return;
+            }
+        }
+    }
+}
+
 /// Serves one HTTP/2 connection until the client closes it, the drain asks it to finish
 /// (GOAWAY, open streams go on), or its reset budget is spent (GOAWAY).
 pub async fn serve_connection<S>(
@@ -146,10 +227,18 @@ pub async fn serve_connection<S>(
     conn.watch = crate::conn_io::ClientWatch::None;
     let conn = Arc::new(conn);
     let resets = Arc::new(Resets::default());
+    let send_timeout = front.send_timeout;
+    let progress = Arc::new(Progress {
+        epoch: Instant::now(),
+        bodies: Mutex::new(Vec::new()),
+    });
+    // Set when send_timeout ends the connection: its streams' lines say client-timeout.
+    let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let svc = {
-        let resets = resets.clone();
+        let (resets, progress, stalled) = (resets.clone(), progress.clone(), stalled.clone());
         service_fn(move |req| {
             let (front, conn) = (front.clone(), conn.clone());
+            let (progress, stalled) = (progress.clone(), stalled.clone());
             let guard = StreamGuard {
                 resets: resets.clone(),
                 done: false,
@@ -157,8 +246,12 @@ pub async fn serve_connection<S>(
             async move {
                 // The whole guard moves in (not only the field written below).
                 let mut guard = guard;
-                let resp = crate::http::handle(front, conn, req).await;
+                let mut resp = crate::http::handle(front, conn, req).await;
                 guard.done = true;
+                if let Ok(r) = &mut resp {
+                    r.body_mut().watch_progress(progress.watch());
+                    r.body_mut().mark_send_timeout(stalled);
+                }
                 resp
             }
         })
@@ -174,6 +267,11 @@ pub async fn serve_connection<S>(
         }
         _ = drain.wait_for(|d| *d) => "draining",
         () = resets.spent.notified() => "reset budget spent",
+        () = progress.stall(send_timeout) => {
+            stalled.store(true, std::sync::atomic::Ordering::Release);
+            debug!("HTTP/2 client took nothing for {send_timeout:?} (send_timeout): closing");
+            return;
+        }
     };
     if why != "draining" {
         warn!(
@@ -307,6 +405,25 @@ pub async fn serve_plain<S>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_with_data_not_polled_for_send_timeout_is_stalled() {
+        let epoch = Instant::now() - Duration::from_secs(100);
+        let p = StreamProgress::new(epoch);
+        let at = |ms: u64| p.last.load(std::sync::atomic::Ordering::Relaxed) + ms;
+        let limit = Duration::from_secs(1);
+        assert!(!p.stalled(at(999), limit));
+        assert!(p.stalled(at(1000), limit), "never polled again: stalled");
+        // Waiting on the backend is not the client's stall.
+        p.polled(true, false);
+        assert!(!p.stalled(at(5000), limit));
+        // Data given, then not polled again: stalled after the limit.
+        p.polled(false, false);
+        assert!(p.stalled(at(1000), limit));
+        // An ended body never is.
+        p.polled(false, true);
+        assert!(!p.stalled(at(5000), limit));
+    }
 
     #[test]
     fn reset_budget_allows_a_burst_then_the_rate() {
