@@ -246,6 +246,8 @@ pub(crate) struct Inner {
     prefetch: bool,
     /// Workers of an older generation retire when they come back.
     generation: AtomicU64,
+    /// Until when admission at arrival is suspended (see [`Pool::reload_settling`]).
+    settle_until: std::sync::Mutex<Option<Instant>>,
     /// Requests waiting in front of the pool (for a route slot): they count against
     /// the bound and in the queue depth too.
     outside: OutsideWaits,
@@ -276,6 +278,7 @@ impl Pool {
                 reload_on_rss,
                 prefetch,
                 generation: AtomicU64::new(0),
+                settle_until: std::sync::Mutex::new(None),
                 outside: OutsideWaits::default(),
                 shutting_down: AtomicBool::new(false),
                 stats: PoolStats::default(),
@@ -480,7 +483,14 @@ impl Pool {
                 }
             }
             let target = self.target(&job.req);
-            let ahead = self.work_ahead(&st, job.req.fair_key);
+            // While a reload starts and settles, the measured times are the import's and
+            // the new workers' first requests: no prediction is made from them (the
+            // timeout and CoDel still bound the wait), so a reload refuses nobody.
+            let ahead = if self.settling(now) {
+                Duration::ZERO
+            } else {
+                self.work_ahead(&st, job.req.fair_key)
+            };
             let predicted =
                 match self
                     .inner
@@ -559,6 +569,25 @@ impl Pool {
             .filter_map(|o| self.mean(&o.job.req))
             .sum();
         queued + offered
+    }
+
+    /// Suspends admission at arrival until `until` (`None`: until told again): a reload
+    /// in progress, and a moment after it.
+    pub(crate) fn reload_settling(&self, until: Option<Instant>) {
+        let far = Instant::now() + Duration::from_secs(3600);
+        *self
+            .inner
+            .settle_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(until.unwrap_or(far));
+    }
+
+    fn settling(&self, now: Instant) -> bool {
+        self.inner
+            .settle_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| now < t)
     }
 
     /// The workers that can take a request: all of them, idle or busy (at least one).

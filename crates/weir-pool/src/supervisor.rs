@@ -25,6 +25,9 @@ use tracing::{info, warn};
 
 use crate::pool::Pool;
 use crate::slot::{self, SlotContext};
+
+/// How long after a reload's switch (or its failure) admission at arrival stays off.
+pub const RELOAD_SETTLE: Duration = Duration::from_secs(2);
 use crate::zygote::{ZygoteCell, Zygotes};
 
 /// The `weir worker` command a slot runs.
@@ -174,12 +177,16 @@ impl Supervisor {
         }
     }
 
-    /// Graceful reload: a new generation, ready before the old one leaves.
+    /// Graceful reload: a new generation, ready before the old one leaves. Admission at
+    /// arrival is suspended meanwhile and for [`RELOAD_SETTLE`] after.
     pub async fn reload(&self) -> Result<(), SupervisorError> {
         let _one_at_a_time = self.reloading.lock().await;
         let pool = &self.ctx.pool;
         let generation = pool.current_generation() + 1;
         let started = Instant::now();
+        // No admission at arrival while the new generation imports and starts, and for
+        // RELOAD_SETTLE after (the measured times are not the steady state's).
+        pool.reload_settling(None);
         info!(
             generation,
             "reload: starting {} new workers", self.ctx.config.workers
@@ -217,6 +224,7 @@ impl Supervisor {
         match all_ready {
             Ok(()) => {
                 pool.switch_generation(generation);
+                pool.reload_settling(Some(Instant::now() + RELOAD_SETTLE));
                 info!(
                     generation,
                     ms = started.elapsed().as_millis() as u64,
@@ -226,6 +234,7 @@ impl Supervisor {
             }
             Err(msg) => {
                 pool.cancel_generation(generation);
+                pool.reload_settling(Some(Instant::now() + RELOAD_SETTLE));
                 warn!(generation, "reload failed, old workers keep serving: {msg}");
                 Err(SupervisorError::ReloadFailed(msg))
             }
