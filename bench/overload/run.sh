@@ -20,7 +20,8 @@
 # Usage: bench/overload/run.sh [RUNS]   (default 1)
 # Environment: WORKERS (4), MS (20), DURATION (10), STEP (5), SERVERS ("weir nginx-uwsgi"),
 #   WEIR_BIN (default: a release build of this checkout, built unless NO_BUILD=1),
-#   NO_RECORD=1 (do not append to bench/RESULTS.md), SECTION4=0.
+#   NO_RECORD=1 (do not append to bench/RESULTS.md), SECTION4=0,
+#   WEIR_QUEUE (extra [queue] lines for weir, e.g. 'target_factor = 1\nmin_target = "20ms"').
 # Needs a quiet machine: the numbers are CPU-bound.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -61,6 +62,7 @@ start_overload() {
   case "$name" in
     weir)
       printf '[server]\naccess_log = "%s"\n' "$ACCESS_LOG" > "$d/weir.toml"
+      [[ -n "${WEIR_QUEUE:-}" ]] && printf '[queue]\n%b\n' "$WEIR_QUEUE" >> "$d/weir.toml"
       cp "$d/weir.toml" "$OUT/$name.$RUN.weir.toml"
       start "$name-$2" env RUST_LOG="${RUST_LOG:-warn}" "$WEIR_BIN" serve --app app:application \
         --chdir "$APP_DIR" --workers "$WORKERS" --listen "127.0.0.1:$port" --config "$d/weir.toml" ;;

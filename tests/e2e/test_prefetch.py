@@ -159,6 +159,14 @@ def wait_queue_depth(admin: Addr, n: int, what: str, timeout: float = 10):
              what="weir_queue_depth == %d (%s)" % (n, what))
 
 
+# A fixed delay target for the scenarios that send multi-second sleeps on the default
+# route and still want offers behind them: the automatic target follows each route's
+# measured time (twice its mean), and an offer is made only when the wait it stakes is a
+# quarter of the target at most, so after a sleep on the default route the pool would
+# (rightly) offer nothing behind it. 8 s keeps the offer policy's old budget (a quarter of
+# the 10 s queue timeout).
+LONG_TARGET = {"queue": {"target": "8s"}}
+
 # GET path in a thread: (thread, box) with box["resp"|"error"] and box["end"].
 in_background = sleep_in_background
 
@@ -241,7 +249,7 @@ def test_fast_requests_never_wait_behind_a_slow_one(weir, app_dir, tmp_path):
     then three fast ones. W1 frees first and starts S with a fast one (F1) offered behind it;
     W2 frees a second later: every fast request, F1 included, must be served by W2 within a
     second of that, while S still sleeps: F1 is taken back from S's worker (revoked)."""
-    srv = start_app(weir, app_dir, workers=2, admin=True)
+    srv = start_app(weir, app_dir, workers=2, admin=True, config=LONG_TARGET)
     m1, m2, ms = tmp_path / "w1", tmp_path / "w2", tmp_path / "slow"
     t1, box1 = in_background(srv.addr, "/sleep?s=1.5&marker=%s" % m1)
     p1 = marker_pid(m1)
@@ -294,7 +302,7 @@ def test_at_most_five_requests_are_offered_behind_a_busy_worker(weir, app_dir, t
     ends the worker starts S and five fast ones are written behind it (PREFETCH_DEPTH): the sixth
     waits in the master's queue while S sleeps. Once S is done, all six are served by that
     worker, the sixth offered behind the others when the first of them starts."""
-    srv = start_app(weir, app_dir, workers=1, admin=True)
+    srv = start_app(weir, app_dir, workers=1, admin=True, config=LONG_TARGET)
     mx, ms = tmp_path / "x", tmp_path / "s"
     warm_up(srv)
     tx, box_x = in_background(srv.addr, "/hold?s=1.5&marker=%s" % mx)
@@ -526,7 +534,7 @@ def test_answers_read_after_the_worker_died_reach_their_clients(weir, app_dir, t
     worker answers X1, A and B, then dies in C. Every answer it wrote before dying reaches
     its client (200), although writing more offers to the dead worker fails on the way; C
     gets 502 worker-died; D..G, which it never started, run once each on a fresh worker."""
-    srv = start_app(weir, app_dir, workers=1, admin=True)
+    srv = start_app(weir, app_dir, workers=1, admin=True, config=LONG_TARGET)
     m0, m1, mc, runs = tmp_path / "x0", tmp_path / "x1", tmp_path / "c", tmp_path / "runs"
     t0, box0 = in_background(srv.addr, "/sleep?s=2.5&marker=%s" % m0)
     pid_x = marker_pid(m0)

@@ -123,45 +123,54 @@ impl Drop for StreamGuard {
     }
 }
 
-/// One response body's polls, for the connection's send_timeout (module doc).
-#[derive(Debug)]
+/// One response body's polls, for the connection's send_timeout (module doc). A poll
+/// only counts and sets flags (no clock read on the response path); the connection's
+/// watcher notes when the count last moved.
+#[derive(Debug, Default)]
 pub struct StreamProgress {
-    /// Milliseconds since the connection's start of the body's last poll.
-    last: std::sync::atomic::AtomicU64,
+    /// Polls so far.
+    polls: std::sync::atomic::AtomicU64,
     /// The last poll found nothing ready (the backend is slow, not the client).
     waiting: std::sync::atomic::AtomicBool,
     /// The body ended.
     done: std::sync::atomic::AtomicBool,
-    epoch: Instant,
 }
 
 impl StreamProgress {
-    fn new(epoch: Instant) -> StreamProgress {
-        StreamProgress {
-            last: std::sync::atomic::AtomicU64::new(epoch.elapsed().as_millis() as u64),
-            waiting: std::sync::atomic::AtomicBool::new(false),
-            done: std::sync::atomic::AtomicBool::new(false),
-            epoch,
-        }
-    }
-
     /// A poll of the body: `pending` when nothing was ready, `ended` at its end.
     pub fn polled(&self, pending: bool, ended: bool) {
         use std::sync::atomic::Ordering::Relaxed;
-        self.last
-            .store(self.epoch.elapsed().as_millis() as u64, Relaxed);
+        self.polls.fetch_add(1, Relaxed);
         self.waiting.store(pending, Relaxed);
         if ended {
             self.done.store(true, Relaxed);
         }
     }
+}
 
-    /// Has data to give and has not been polled for `limit`?
-    fn stalled(&self, now_ms: u64, limit: Duration) -> bool {
+/// The watcher's view of one body: the poll count it last saw, and since when (ms since
+/// the connection's start) the body has had data to give without being polled.
+#[derive(Debug)]
+struct Watched {
+    body: std::sync::Weak<StreamProgress>,
+    polls: u64,
+    since_ms: u64,
+}
+
+impl Watched {
+    /// Looked at `now_ms`: has the body had data to give, unpolled, for `limit`?
+    fn stalled(&mut self, now_ms: u64, limit: Duration) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
-        !self.done.load(Relaxed)
-            && !self.waiting.load(Relaxed)
-            && now_ms.saturating_sub(self.last.load(Relaxed)) >= limit.as_millis() as u64
+        let Some(p) = self.body.upgrade() else {
+            return false;
+        };
+        let polls = p.polls.load(Relaxed);
+        if polls != self.polls || p.waiting.load(Relaxed) || p.done.load(Relaxed) {
+            self.polls = polls;
+            self.since_ms = now_ms;
+            return false;
+        }
+        now_ms.saturating_sub(self.since_ms) >= limit.as_millis() as u64
     }
 }
 
@@ -169,16 +178,29 @@ impl StreamProgress {
 #[derive(Debug)]
 struct Progress {
     epoch: Instant,
-    bodies: Mutex<Vec<std::sync::Weak<StreamProgress>>>,
+    bodies: Mutex<Vec<Watched>>,
 }
 
 impl Progress {
     fn watch(&self) -> Arc<StreamProgress> {
-        let p = Arc::new(StreamProgress::new(self.epoch));
+        let p = Arc::new(StreamProgress::default());
+        let since_ms = self.epoch.elapsed().as_millis() as u64;
         let mut b = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
-        b.retain(|w| w.strong_count() > 0);
-        b.push(Arc::downgrade(&p));
+        b.retain(|w| w.body.strong_count() > 0);
+        b.push(Watched {
+            body: Arc::downgrade(&p),
+            polls: 0,
+            since_ms,
+        });
         p
+    }
+
+    /// Whether a body has stalled for `limit`, looked at `now_ms`.
+    fn any_stalled(&self, now_ms: u64, limit: Duration) -> bool {
+        let mut b = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        // Every body is looked at (each notes its count), not just up to the first stall.
+        b.iter_mut()
+            .fold(false, |any, w| w.stalled(now_ms, limit) | any)
     }
 
     /// Resolves when a body has stalled for `limit` (checked every quarter of it).
@@ -186,12 +208,7 @@ impl Progress {
         let every = (limit / 4).max(Duration::from_millis(50));
         loop {
             tokio::time::sleep(every).await;
-            let now = self.epoch.elapsed().as_millis() as u64;
-            let b = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
-            if b.iter()
-                .filter_map(std::sync::Weak::upgrade)
-                .any(|p| p.stalled(now, limit))
-            {
+            if self.any_stalled(self.epoch.elapsed().as_millis() as u64, limit) {
                 return;
             }
         }
@@ -408,21 +425,32 @@ mod tests {
 
     #[test]
     fn a_body_with_data_not_polled_for_send_timeout_is_stalled() {
-        let epoch = Instant::now() - Duration::from_secs(100);
-        let p = StreamProgress::new(epoch);
-        let at = |ms: u64| p.last.load(std::sync::atomic::Ordering::Relaxed) + ms;
+        let progress = Progress {
+            epoch: Instant::now(),
+            bodies: Mutex::new(Vec::new()),
+        };
         let limit = Duration::from_secs(1);
-        assert!(!p.stalled(at(999), limit));
-        assert!(p.stalled(at(1000), limit), "never polled again: stalled");
+        let p = progress.watch();
+        assert!(!progress.any_stalled(999, limit));
+        assert!(progress.any_stalled(1000, limit), "never polled: stalled");
+        // A poll moves the count: the limit runs from when the watcher saw it move.
+        p.polled(false, false);
+        assert!(!progress.any_stalled(1500, limit));
+        assert!(!progress.any_stalled(2499, limit));
+        assert!(progress.any_stalled(2500, limit));
         // Waiting on the backend is not the client's stall.
         p.polled(true, false);
-        assert!(!p.stalled(at(5000), limit));
-        // Data given, then not polled again: stalled after the limit.
-        p.polled(false, false);
-        assert!(p.stalled(at(1000), limit));
-        // An ended body never is.
+        assert!(!progress.any_stalled(9000, limit));
+        assert!(!progress.any_stalled(20_000, limit));
+        // An ended body never is; a dropped one is forgotten.
         p.polled(false, true);
-        assert!(!p.stalled(at(5000), limit));
+        assert!(!progress.any_stalled(40_000, limit));
+        drop(p);
+        assert!(!progress.any_stalled(60_000, limit));
+        // A body watched since the start and never polled.
+        let q = progress.watch();
+        assert!(progress.any_stalled(60_000, limit));
+        drop(q);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
@@ -298,29 +298,11 @@ pub async fn serve_connection<S>(
         crate::http2::serve_connection(stream, conn, front, drain).await;
         return;
     }
-    // HTTP/1.1: hyper's connection (and its read buffer) is made when the first byte of
-    // a request arrives, as NGINX allocates its header buffer only then: a connection
-    // opened ahead of time (a browser's preconnect) holds the TLS session alone. The wait
-    // is bounded by client_header_timeout, as the head is then.
-    let mut stream = stream;
-    let mut first = [0u8; 1];
-    let mut drain_wait = drain.clone();
-    let n = tokio::select! {
-        r = tokio::time::timeout(front.header_timeout, stream.read(&mut first)) => match r {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                debug!(peer = ?conn.peer, "TLS connection ended before a request: {e}");
-                return;
-            }
-            Err(_) => return,
-        },
-        _ = drain_wait.wait_for(|d| *d) => return,
-    };
-    if n == 0 {
-        return;
-    }
-    let io = crate::http2::Rewind::new(first[..n].to_vec(), stream);
-    crate::http::serve_connection(io, conn, front, drain).await;
+    // HTTP/1.1: the gate reads each request head before hyper's connection (and its
+    // read buffer) is made, as NGINX allocates its header buffer only then, so a
+    // connection opened ahead of time (a browser's preconnect) holds the TLS session
+    // alone; the wait is bounded by client_header_timeout.
+    crate::http::serve_connection(stream, conn, front, drain).await;
 }
 
 #[cfg(test)]

@@ -4,9 +4,9 @@
 //!
 //! One check is one atomic run of a server-side Lua script ([`SCRIPT`]) over the request's
 //! zones (of one kind: enforcing or dry-run), batched with the checks of other requests
-//! that arrive while one call is on its way (one call in flight per instance; the next
-//! carries everything that came meanwhile, up to [`MAX_BATCH`]): one round trip and one
-//! script call for many requests under load, one for one when idle. The script reads
+//! that arrive while calls are on their way (at most [`MAX_IN_FLIGHT`] calls in flight per
+//! instance; the next carries everything that came meanwhile, up to [`MAX_BATCH`]): one
+//! round trip and one script call for many requests under load, one for one when idle. The script reads
 //! Redis's own clock (`TIME`, so instances
 //! need not agree on time), runs NGINX's arithmetic ([`crate::limit_req`]) on every zone,
 //! writes the buckets only when none refuses, and sets each bucket's TTL to the moment it
@@ -446,15 +446,17 @@ impl RedisStore {
                 .map(|(z, k, _)| self.bucket_key(z, k))
                 .collect(),
             rules: zones.iter().map(|z| z.2).collect(),
+            deadline: Instant::now() + self.opts.timeout,
             reply,
         };
         if batches.send(job).is_err() {
             return Err(StoreError::Connect("the batching task stopped".into()));
         }
-        match tokio::time::timeout(self.opts.timeout, answer).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(StoreError::Connect("the batching task stopped".into())),
-            Err(_) => Err(StoreError::Timeout(self.opts.timeout)),
+        // No timer here: the batching task answers every check by its deadline (one
+        // timer per call, not one per request).
+        match answer.await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Connect("the batching task stopped".into())),
         }
     }
 
@@ -480,68 +482,127 @@ impl RedisStore {
 /// The most checks in one script call.
 pub const MAX_BATCH: usize = 64;
 
+/// Script calls on their way at once; the checks arriving meanwhile gather for the next.
+/// One: on /hello with Redis on the same two cores, two in flight made smaller batches
+/// (more script calls, more of Redis's CPU) and served no more (bench/RESULTS.md, "Limits").
+pub const MAX_IN_FLIGHT: usize = 1;
+
 /// One request's check, waiting for its batch.
 struct Job {
     keys: Vec<String>,
     rules: Vec<Rule>,
+    /// Answered `StoreError::Timeout` by then, whatever happens to its call.
+    deadline: Instant,
     reply: oneshot::Sender<Result<Decision, StoreError>>,
 }
 
-/// The batching task: takes what has arrived (at least one check), sends it as one script
-/// call, answers each check, and goes on; it ends when the store is dropped (its inbox
-/// closes). A check whose caller has given up (its timeout, its client gone) is left out.
+/// The batching task: takes what has arrived (at least one check) once a call may leave,
+/// sends it as one script call on a task of its own, and goes on; each check is answered
+/// by its call, or at its deadline (while it waits for a call to leave too). It ends when
+/// the store is dropped (its inbox closes). A check whose caller has given up (its client
+/// gone) is left out.
 async fn run_batches(
     mut inbox: mpsc::UnboundedReceiver<Job>,
     slot: Arc<Mutex<Option<ConnectionManager>>>,
     script: redis::Script,
     timeout: Duration,
 ) {
-    let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = inbox.recv().await {
-        jobs.push(first);
-        while jobs.len() < MAX_BATCH {
-            match inbox.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    // Checks in arrival order, so by deadline too (every check has the same timeout).
+    let mut pending: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
+    loop {
+        if pending.is_empty() {
+            match inbox.recv().await {
+                Some(j) => pending.push_back(j),
+                None => return,
             }
         }
-        jobs.retain(|j| !j.reply.is_closed());
+        while let Ok(j) = inbox.try_recv() {
+            pending.push_back(j);
+        }
+        let oldest = pending.front().map_or_else(Instant::now, |j| j.deadline);
+        let permit = tokio::select! {
+            biased;
+            p = in_flight.clone().acquire_owned() => match p {
+                Ok(p) => Some(p),
+                Err(_) => return,
+            },
+            () = tokio::time::sleep_until(oldest.into()) => None,
+        };
+        let now = Instant::now();
+        while let Some(j) = pending.front() {
+            if j.deadline > now && !j.reply.is_closed() {
+                break;
+            }
+            if let Some(j) = pending.pop_front() {
+                let _ = j.reply.send(Err(StoreError::Timeout(timeout)));
+            }
+        }
+        let Some(permit) = permit else { continue };
+        while let Ok(j) = inbox.try_recv() {
+            pending.push_back(j);
+        }
+        let take = pending.len().min(MAX_BATCH);
+        let jobs: Vec<Job> = pending
+            .drain(..take)
+            .filter(|j| !j.reply.is_closed())
+            .collect();
         if jobs.is_empty() {
             continue;
         }
         let conn = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let result = match conn {
-            None => Err(StoreError::Connect("not connected".into())),
-            Some(mut conn) => {
-                let mut inv = script.prepare_invoke();
-                inv.arg(jobs.len());
-                for j in &jobs {
-                    inv.arg(j.rules.len());
-                    for (key, rule) in j.keys.iter().zip(&j.rules) {
-                        inv.key(key);
-                        inv.arg(rule.rate).arg(rule.burst);
-                    }
-                }
-                match tokio::time::timeout(timeout, inv.invoke_async::<Value>(&mut conn)).await {
-                    Err(_) => Err(StoreError::Timeout(timeout)),
-                    Ok(Err(e)) => Err(store_error(e)),
-                    Ok(Ok(Value::Array(answers))) if answers.len() == jobs.len() => Ok(answers),
-                    Ok(Ok(other)) => Err(StoreError::Reply(
-                        format!("{other:?}").chars().take(200).collect(),
-                    )),
+        let script = script.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            call(jobs, conn, &script, timeout, now).await;
+        });
+    }
+}
+
+/// One script call for `jobs` (each answered), bounded by the earliest deadline among them.
+async fn call(
+    jobs: Vec<Job>,
+    conn: Option<ConnectionManager>,
+    script: &redis::Script,
+    timeout: Duration,
+    now: Instant,
+) {
+    let bound = jobs
+        .iter()
+        .map(|j| j.deadline.saturating_duration_since(now))
+        .min()
+        .unwrap_or(timeout);
+    let result = match conn {
+        None => Err(StoreError::Connect("not connected".into())),
+        Some(mut conn) => {
+            let mut inv = script.prepare_invoke();
+            inv.arg(jobs.len());
+            for j in &jobs {
+                inv.arg(j.rules.len());
+                for (key, rule) in j.keys.iter().zip(&j.rules) {
+                    inv.key(key);
+                    inv.arg(rule.rate).arg(rule.burst);
                 }
             }
-        };
-        match result {
-            Ok(answers) => {
-                for (j, a) in jobs.drain(..).zip(answers) {
-                    let _ = j.reply.send(parse_reply(&a, &j.rules));
-                }
+            match tokio::time::timeout(bound, inv.invoke_async::<Value>(&mut conn)).await {
+                Err(_) => Err(StoreError::Timeout(timeout)),
+                Ok(Err(e)) => Err(store_error(e)),
+                Ok(Ok(Value::Array(answers))) if answers.len() == jobs.len() => Ok(answers),
+                Ok(Ok(other)) => Err(StoreError::Reply(
+                    format!("{other:?}").chars().take(200).collect(),
+                )),
             }
-            Err(e) => {
-                for j in jobs.drain(..) {
-                    let _ = j.reply.send(Err(e.clone()));
-                }
+        }
+    };
+    match result {
+        Ok(answers) => {
+            for (j, a) in jobs.into_iter().zip(answers) {
+                let _ = j.reply.send(parse_reply(&a, &j.rules));
+            }
+        }
+        Err(e) => {
+            for j in jobs {
+                let _ = j.reply.send(Err(e.clone()));
             }
         }
     }

@@ -12,8 +12,10 @@
 //! - the expected wait behind a holder is what its current request has left of its
 //!   route's typical time plus the typical time of each request already offered to it;
 //! - an offer is made only when that wait is at most [`BUDGET_SHARE`]'s share of the
-//!   request's remaining queue budget (the queue timeout, its deadline, whichever is
-//!   sooner, less what it has waited already), never behind a request that has already
+//!   request's remaining queue budget (the queue timeout or its deadline, whichever is
+//!   sooner, less what it has waited already; with CoDel, no more than its route's delay
+//!   target, what admission at arrival holds its wait to: so a 20 ms route under a 50 ms
+//!   target is not offered behind a busy worker, while a 0.2 ms one is), never behind a request that has already
 //!   run past [`OVERDUE_FACTOR`] times its typical time, and never on no estimate at all.
 //!
 //! The offered request stays a waiting request: its submitter's timer takes it back at the
@@ -64,6 +66,18 @@ pub(crate) fn expected_wait(
         .try_fold(current.saturating_sub(ran), |w, t| Some(w + t?))
 }
 
+/// What a request may stake on an offer: what its expiry leaves it (`expiry_left`: the
+/// queue timeout or its deadline) and, with CoDel, no more than its route's delay
+/// `target` (the wait admission at arrival holds a request to: an offer commits it to one
+/// worker's line, so on a loaded route the tail would otherwise be the offers'). The
+/// target is not reduced by what the request has waited already: that is the expiry's.
+pub(crate) fn budget_left(expiry_left: Duration, target: Option<Duration>) -> Duration {
+    match target {
+        Some(t) => expiry_left.min(t),
+        None => expiry_left,
+    }
+}
+
 /// Whether a request with `budget_left` of its queue budget may wait `expected` behind a
 /// busy worker.
 pub(crate) fn worth_offering(expected: Option<Duration>, budget_left: Duration) -> bool {
@@ -76,6 +90,21 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
     const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn the_delay_target_bounds_what_an_offer_may_stake() {
+        // A 20 ms route under a 50 ms target: behind a holder that starts a 23 ms request
+        // now, the wait is 23 ms, more than a quarter of the 50 ms: no offer (it waits in
+        // the master's queue for whichever worker frees first).
+        let left = budget_left(10 * S, Some(50 * MS));
+        assert_eq!(left, 50 * MS);
+        assert!(!worth_offering(Some(23 * MS), left));
+        // A 0.2 ms route under the same target: offered.
+        assert!(worth_offering(Some(MS / 5), left));
+        // The expiry still bounds it; without CoDel the expiry alone.
+        assert_eq!(budget_left(5 * MS, Some(50 * MS)), 5 * MS);
+        assert_eq!(budget_left(10 * S, None), 10 * S);
+    }
 
     #[test]
     fn every_request_slow_at_the_default_budget_is_never_offered() {

@@ -246,8 +246,10 @@ pub(crate) struct Inner {
     prefetch: bool,
     /// Workers of an older generation retire when they come back.
     generation: AtomicU64,
-    /// Until when admission at arrival is suspended (see [`Pool::reload_settling`]).
-    settle_until: std::sync::Mutex<Option<Instant>>,
+    /// Until when admission at arrival is suspended (see [`Pool::reload_settling`]):
+    /// milliseconds after `epoch`, 0 for not suspended (read at every arrival: no lock).
+    settle_until_ms: AtomicU64,
+    epoch: Instant,
     /// Requests waiting in front of the pool (for a route slot): they count against
     /// the bound and in the queue depth too.
     outside: OutsideWaits,
@@ -278,7 +280,8 @@ impl Pool {
                 reload_on_rss,
                 prefetch,
                 generation: AtomicU64::new(0),
-                settle_until: std::sync::Mutex::new(None),
+                settle_until_ms: AtomicU64::new(0),
+                epoch: Instant::now(),
                 outside: OutsideWaits::default(),
                 shutting_down: AtomicBool::new(false),
                 stats: PoolStats::default(),
@@ -574,20 +577,20 @@ impl Pool {
     /// Suspends admission at arrival until `until` (`None`: until told again): a reload
     /// in progress, and a moment after it.
     pub(crate) fn reload_settling(&self, until: Option<Instant>) {
-        let far = Instant::now() + Duration::from_secs(3600);
-        *self
-            .inner
-            .settle_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(until.unwrap_or(far));
+        let until = until.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let ms = until
+            .saturating_duration_since(self.inner.epoch)
+            .as_millis();
+        self.inner.settle_until_ms.store(
+            u64::try_from(ms).unwrap_or(u64::MAX).max(1),
+            Ordering::Relaxed,
+        );
     }
 
     fn settling(&self, now: Instant) -> bool {
-        self.inner
-            .settle_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|t| now < t)
+        let until = self.inner.settle_until_ms.load(Ordering::Relaxed);
+        until != 0
+            && now.saturating_duration_since(self.inner.epoch).as_millis() < u128::from(until)
     }
 
     /// The workers that can take a request: all of them, idle or busy (at least one).

@@ -138,8 +138,11 @@ impl Pool {
     ) -> Option<(Vec<u8>, Option<Duration>)> {
         let now = Instant::now();
         let fits = |req: &WorkerRequest| packet::CLAIM_LEN + wire_len(req) <= budget;
-        let worth =
-            |job: &Submission| offer_policy::worth_offering(expected, job.expires.left(now));
+        // What the request may still wait: its expiry, at most its delay target.
+        let worth = |job: &Submission| {
+            let left = offer_policy::budget_left(job.expires.left(now), self.target(&job.req));
+            offer_policy::worth_offering(expected, left)
+        };
         // First, a request offered to an overdue worker (a slow request, or a worker the
         // kernel is not running) moves here: it waited longest.
         if let Some(offer) =
