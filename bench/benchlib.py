@@ -1,6 +1,7 @@
 """What the side-by-side benchmarks' summaries share (bench/cache, bench/static,
 bench/compression): the files a run leaves in its output directory, read back."""
 
+import json
 import os
 import subprocess
 
@@ -33,3 +34,25 @@ def weir_build(out: str) -> tuple:
                 head = v
             dirty = dirty or k == "dirty"
     return head, dirty
+
+
+def access_lines(path: str):
+    """Each line of an access log: a dict for weir's JSON lines, the list of words for
+    nginx's (the benchmark's own log_format); nothing for a missing file, a blank or a
+    broken line."""
+    try:
+        f = open(path)
+    except OSError:
+        return
+    with f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("{"):
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    continue
+            else:
+                yield line.split()

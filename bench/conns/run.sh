@@ -41,8 +41,9 @@
 #
 # Usage: bench/conns/run.sh [RUNS]          (default 1)
 # Environment: SERVERS (default "weir nginx-uwsgi"), KEEPALIVE (10000), SLOWLORIS (1000),
-#   WORKERS (4), DURATION (s per /hello measurement, 5), SETTLE (2), OVERLOAD (1; 0 skips
-#   part 2), OVER_PATH (/items), OVER_CLIENTS (2000), OVER_DURATION (10), READY_TIMEOUT (60), WEIR_BIN (default
+#   WORKERS (4), DURATION (s per /hello measurement, 5), SETTLE (2), IDLE (1; 0 skips part 1),
+#   OVERLOAD (1; 0 skips part 2), WEIR_QUEUE (extra [queue] lines for weir, e.g.
+#   'min_target = "2ms"'), OVER_PATH (/items), OVER_CLIENTS (2000), OVER_DURATION (10), READY_TIMEOUT (60), WEIR_BIN (default
 #   $CARGO_TARGET_DIR/release/weir, built here unless set or NO_BUILD=1).
 # Needs RLIMIT_NOFILE's hard limit above KEEPALIVE + SLOWLORIS + OVER_CLIENTS + slack: the
 # script raises the soft limit to it for itself, the holder and the servers.
@@ -59,6 +60,7 @@ DURATION=${DURATION:-5}
 DURATION=${DURATION%s}
 SETTLE=${SETTLE:-2}
 OVERLOAD=${OVERLOAD:-1}
+IDLE=${IDLE:-1}
 OVER_CLIENTS=${OVER_CLIENTS:-2000}
 OVER_PATH=${OVER_PATH:-/items}
 OVER_DURATION=${OVER_DURATION:-10}
@@ -76,9 +78,9 @@ chmod 755 "$RUN_DIR"
 log() { printf 'conns: %s\n' "$*" >&2; }
 
 CMD="bench/conns/run.sh $RUNS"
-for v in NO_BUILD WEIR_BIN SERVERS KEEPALIVE SLOWLORIS WORKERS DURATION SETTLE OVERLOAD OVER_PATH OVER_CLIENTS OVER_DURATION; do
+for v in NO_BUILD WEIR_BIN SERVERS KEEPALIVE SLOWLORIS WORKERS DURATION SETTLE IDLE OVERLOAD OVER_PATH OVER_CLIENTS OVER_DURATION WEIR_QUEUE; do
   [[ -n "${!v+x}" ]] || continue
-  case "$v=${!v}" in KEEPALIVE=10000 | SLOWLORIS=1000 | WORKERS=4 | DURATION=5 | SETTLE=2 | OVERLOAD=1 \
+  case "$v=${!v}" in KEEPALIVE=10000 | SLOWLORIS=1000 | WORKERS=4 | DURATION=5 | SETTLE=2 | IDLE=1 | OVERLOAD=1 \
     | OVER_PATH=/items | OVER_CLIENTS=2000 | OVER_DURATION=10 | "SERVERS=weir nginx-uwsgi") continue ;; esac
   CMD="$v=\"${!v}\" $CMD"
 done
@@ -89,26 +91,8 @@ command -v uwsgi >/dev/null || { log "uwsgi not found: run scripts/install-deps.
 ulimit -n "$(ulimit -Hn)"
 need=$((KEEPALIVE + SLOWLORIS + OVER_CLIENTS + 512))
 (($(ulimit -n) >= need)) || { log "open-file limit $(ulimit -n) (hard) is below the $need needed"; exit 2; }
-# WEIR_BIN from another checkout (the lead's release build): record that checkout's commit
-# and uncommitted changes, not this one's (bench/weir-bin.sh records the current checkout's).
-bin_origin() {
-  local orig=$1 top
-  [[ -n "$orig" ]] || return 0
-  if ! top=$(git -C "$(dirname "$orig")" rev-parse --show-toplevel 2>/dev/null); then
-    sed -i 's/^HEAD .*/HEAD ? (a binary from outside any checkout)/' "$OUT/weir-build"
-    return 0
-  fi
-  [[ "$top" == "$ROOT" ]] && return 0
-  {
-    echo "binary $orig, modified $(date -u -r "$orig" '+%Y-%m-%d %H:%M UTC')"
-    echo "HEAD $(git -C "$top" rev-parse --short HEAD) of $top"
-    git -C "$top" status --porcelain -- crates Cargo.toml Cargo.lock | sed 's/^/dirty /'
-  } > "$OUT/weir-build"
-}
 source "$ROOT/bench/weir-bin.sh"
-ORIG_BIN=${WEIR_BIN:-}
 weir_bin_private
-bin_origin "$ORIG_BIN"
 shop_on_sqlite
 
 source "$ROOT/bench/hello/lib.sh"
@@ -136,6 +120,7 @@ start_conns() {
     weir)
       printf '[server]\nclient_header_timeout = "%ss"\naccess_log = "%s"\n' "$HEADER_TIMEOUT" \
         "$([[ $mode == logged ]] && echo "$ACCESS_LOG" || echo off)" > "$d/weir.toml"
+      [[ -n "${WEIR_QUEUE:-}" ]] && printf '[queue]\n%b\n' "$WEIR_QUEUE" >> "$d/weir.toml"
       cp "$d/weir.toml" "$OUT/$name-$mode.$RUN.weir.toml"
       start "$name-$mode" env RUST_LOG="${RUST_LOG:-warn}" "$WEIR_BIN" serve --app "$SHOP_APP" \
         --chdir "$SHOP_DIR" --workers "$WORKERS" --listen "127.0.0.1:$port" --config "$d/weir.toml"
@@ -182,36 +167,38 @@ failed=0
 for RUN in $(seq 1 "$RUNS"); do
   for name in $SERVERS; do
     # -- part 1: idle connections ---------------------------------------------------------
-    log "run $RUN/$RUNS: $name: idle connections"
-    if ! start_conns "$name" quiet; then
-      log "$name did not start (see $OUT/*.$RUN.log)"; stop_all; failed=1; continue
-    fi
-    timeout 30 wrk -t2 -c50 -d1s "$URL" >/dev/null 2>&1 || true
-    wrk_hello "$OUT/$name.$RUN.wrk-unloaded.txt"
-    sleep 1
-    front_mem "$name" "$OUT/$name.$RUN.mem-before.json"
-    status="$OUT/$name.$RUN.holder.txt"
-    : > "$status"
-    port=${URL#http://127.0.0.1:}
-    port=${port%%/*}
-    "$PY" "$ROOT/bench/conns/holder.py" 127.0.0.1 "$port" "$KEEPALIVE" "$SLOWLORIS" "$status" 240 \
-      2>"$OUT/$name.$RUN.holder.err" &
-    HOLDER_PID=$!
-    deadline=$((SECONDS + 150))
-    until grep -q '^READY' "$status"; do
-      if ((SECONDS > deadline)) || ! kill -0 "$HOLDER_PID" 2>/dev/null; then
-        log "the holder did not get ready (see $OUT/$name.$RUN.holder.err)"; break
+    if [[ $IDLE == 1 ]]; then
+      log "run $RUN/$RUNS: $name: idle connections"
+      if ! start_conns "$name" quiet; then
+        log "$name did not start (see $OUT/*.$RUN.log)"; stop_all; failed=1; continue
       fi
-      sleep 0.2
-    done
-    log "  holder: $(grep '^READY' "$status" || echo 'not ready')"
-    sleep "$SETTLE"
-    front_mem "$name" "$OUT/$name.$RUN.mem-held.json"
-    wrk_hello "$OUT/$name.$RUN.wrk-beside.txt"
-    front_mem "$name" "$OUT/$name.$RUN.mem-after.json"
-    stop_holder
-    log "  holder: $(grep '^END' "$status" || echo 'no END line')"
-    stop_all
+      timeout 30 wrk -t2 -c50 -d1s "$URL" >/dev/null 2>&1 || true
+      wrk_hello "$OUT/$name.$RUN.wrk-unloaded.txt"
+      sleep 1
+      front_mem "$name" "$OUT/$name.$RUN.mem-before.json"
+      status="$OUT/$name.$RUN.holder.txt"
+      : > "$status"
+      port=${URL#http://127.0.0.1:}
+      port=${port%%/*}
+      "$PY" "$ROOT/bench/conns/holder.py" 127.0.0.1 "$port" "$KEEPALIVE" "$SLOWLORIS" "$status" 240 \
+        2>"$OUT/$name.$RUN.holder.err" &
+      HOLDER_PID=$!
+      deadline=$((SECONDS + 150))
+      until grep -q '^READY' "$status"; do
+        if ((SECONDS > deadline)) || ! kill -0 "$HOLDER_PID" 2>/dev/null; then
+          log "the holder did not get ready (see $OUT/$name.$RUN.holder.err)"; break
+        fi
+        sleep 0.2
+      done
+      log "  holder: $(grep '^READY' "$status" || echo 'not ready')"
+      sleep "$SETTLE"
+      front_mem "$name" "$OUT/$name.$RUN.mem-held.json"
+      wrk_hello "$OUT/$name.$RUN.wrk-beside.txt"
+      front_mem "$name" "$OUT/$name.$RUN.mem-after.json"
+      stop_holder
+      log "  holder: $(grep '^END' "$status" || echo 'no END line')"
+      stop_all
+    fi
     # -- part 2: overload -----------------------------------------------------------------
     [[ $OVERLOAD == 1 ]] || continue
     log "run $RUN/$RUNS: $name: overload"

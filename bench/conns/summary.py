@@ -14,7 +14,7 @@ import sys
 (OUT, CMD, RUNS, SERVERS, WORKERS, KEEPALIVE, SLOWLORIS, DURATION, SETTLE, OVER_PATH,
  OVER_CLIENTS, OVER_DURATION, ROOT) = sys.argv[1:]
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from benchlib import first_line, read_words, weir_build  # noqa: E402
+from benchlib import access_lines, first_line, read_words, weir_build  # noqa: E402
 
 RUNS = int(RUNS)
 SERVERS = SERVERS.split()
@@ -66,31 +66,18 @@ def holder(server, run):
 def access(server, run, phase):
     """{status: [latency ms, ...]} from the phase's access log lines."""
     out = {}
-    try:
-        f = open(os.path.join(OUT, "%s.%d.access-%s.log" % (server, run, phase)))
-    except OSError:
-        return out
-    with f:
-        for line in f:
-            line = line.strip()
-            if not line:
+    for r in access_lines(os.path.join(OUT, "%s.%d.access-%s.log" % (server, run, phase))):
+        if isinstance(r, dict):
+            st, ms = str(r.get("status")), r.get("total_ms")
+        else:
+            if len(r) != 2:
                 continue
-            if line.startswith("{"):
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue
-                st, ms = str(r.get("status")), r.get("total_ms")
-            else:
-                p = line.split()
-                if len(p) != 2:
-                    continue
-                try:
-                    st, ms = p[0], float(p[1]) * 1000
-                except ValueError:
-                    continue
-            if ms is not None:
-                out.setdefault(st, []).append(float(ms))
+            try:
+                st, ms = r[0], float(r[1]) * 1000
+            except ValueError:
+                continue
+        if ms is not None:
+            out.setdefault(st, []).append(float(ms))
     return out
 
 

@@ -8,6 +8,9 @@ import os
 import re
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from benchlib import access_lines  # noqa: E402
+
 OUT, MS, WORKERS = sys.argv[1], sys.argv[2], sys.argv[3]
 
 
@@ -22,33 +25,18 @@ def load(path):
 def access(path):
     """(end time in epoch seconds, status, ms from arrival) for each /work request."""
     rows = []
-    try:
-        f = open(path)
-    except OSError:
-        return rows
-    with f:
-        for line in f:
-            line = line.strip()
-            if not line:
+    for r in access_lines(path):
+        if isinstance(r, dict):
+            if r.get("path") != "/work":
                 continue
-            if line.startswith("{"):
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue
-                if r.get("path") != "/work":
-                    continue
-                t = datetime.datetime.strptime(r["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
-                t = t.replace(tzinfo=datetime.timezone.utc).timestamp()
-                rows.append((t, int(r["status"]), float(r["total_ms"])))
-            else:
-                p = line.split()
-                if len(p) != 3:
-                    continue
-                try:
-                    rows.append((float(p[0]), int(p[1]), float(p[2]) * 1000))
-                except ValueError:
-                    continue
+            t = datetime.datetime.strptime(r["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+            t = t.replace(tzinfo=datetime.timezone.utc).timestamp()
+            rows.append((t, int(r["status"]), float(r["total_ms"])))
+        elif len(r) == 3:
+            try:
+                rows.append((float(r[0]), int(r[1]), float(r[2]) * 1000))
+            except ValueError:
+                continue
     return rows
 
 

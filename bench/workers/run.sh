@@ -57,26 +57,8 @@ done
 command -v wrk >/dev/null || { log "wrk not found: run scripts/install-deps.sh"; exit 2; }
 command -v uwsgi >/dev/null || { log "uwsgi not found: run scripts/install-deps.sh"; exit 2; }
 [[ -x "$NGINX" ]] || { log "nginx not found: run scripts/install-deps.sh"; exit 2; }
-# WEIR_BIN from another checkout (the lead's release build): record that checkout's commit
-# and uncommitted changes, not this one's (bench/weir-bin.sh records the current checkout's).
-bin_origin() {
-  local orig=$1 top
-  [[ -n "$orig" ]] || return 0
-  if ! top=$(git -C "$(dirname "$orig")" rev-parse --show-toplevel 2>/dev/null); then
-    sed -i 's/^HEAD .*/HEAD ? (a binary from outside any checkout)/' "$OUT/weir-build"
-    return 0
-  fi
-  [[ "$top" == "$ROOT" ]] && return 0
-  {
-    echo "binary $orig, modified $(date -u -r "$orig" '+%Y-%m-%d %H:%M UTC')"
-    echo "HEAD $(git -C "$top" rev-parse --short HEAD) of $top"
-    git -C "$top" status --porcelain -- crates Cargo.toml Cargo.lock | sed 's/^/dirty /'
-  } > "$OUT/weir-build"
-}
 source "$ROOT/bench/weir-bin.sh"
-ORIG_BIN=${WEIR_BIN:-}
 weir_bin_private
-bin_origin "$ORIG_BIN"
 shop_on_sqlite
 
 source "$ROOT/bench/hello/lib.sh"

@@ -7,6 +7,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// The most one sample counts for in the moving mean, in multiples of the mean: a route
+/// whose requests vary (one in ten a hundred times the rest) is still measured right; a
+/// single stall far beyond that is not taken for the route's time.
+pub const MEAN_SAMPLE_CAP: u64 = 16;
+
 /// The typical time a request of one route (or of the whole pool) holds a worker: an
 /// exponentially weighted mean that rises half way to a longer sample at once (a slow
 /// phase is seen within a request or two, before anything is offered behind it) and falls
@@ -43,6 +48,11 @@ impl ServiceTime {
         let mean = if old == 0 {
             us
         } else if us > old {
+            // One stall (a worker the kernel did not run, a GC pause) is counted as at
+            // most MEAN_SAMPLE_CAP times the mean: a 50 ms stall on a 0.2 ms route would
+            // otherwise raise the mean thirty-fold and refuse the arrivals behind it. A
+            // route that really slowed down is followed within a few requests all the same.
+            let us = us.min(old.saturating_mul(MEAN_SAMPLE_CAP));
             old + (us - old) / 8
         } else {
             old - (old - us) / 8
@@ -103,5 +113,32 @@ mod tests {
         assert_eq!(t.mean(), Some(40 * MS));
         t.record(Duration::ZERO);
         assert_eq!(t.mean(), Some(35 * MS));
+    }
+
+    #[test]
+    fn one_stall_counts_for_at_most_sixteen_means() {
+        let us = Duration::from_micros(1);
+        let t = ServiceTime::new();
+        t.record(200 * us);
+        // A 50 ms stall on a 0.2 ms route: counted as 3.2 ms.
+        t.record(50 * MS);
+        assert_eq!(t.mean(), Some(575 * us));
+        // The typical time (offers, CoDel) still rises half way at once.
+        assert!(t.typical().unwrap() > 25 * MS);
+        // A route that really slowed down (0.2 ms -> 20 ms) is followed within a few
+        // requests all the same.
+        let t = ServiceTime::new();
+        t.record(200 * us);
+        for _ in 0..30 {
+            t.record(20 * MS);
+        }
+        assert!(t.mean().unwrap() > 15 * MS, "{:?}", t.mean());
+        // One in ten a hundred times the rest: the mean is the true one (about 10.9 ms).
+        let t = ServiceTime::new();
+        for i in 0..2000 {
+            t.record(if i % 10 == 0 { 100 * MS } else { MS });
+        }
+        let m = t.mean().unwrap();
+        assert!(m > 5 * MS && m < 20 * MS, "{m:?}");
     }
 }
