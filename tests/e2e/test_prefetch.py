@@ -13,7 +13,9 @@ only must hold:
 - a streamed response whose client leaves is stopped (CANCEL) even with a request offered
   behind it, and that request is then served once, by the same worker.
 - no more than five requests are written behind a busy worker; the rest wait in the
-  master's queue.
+  master's queue;
+- nothing is offered where the wait it stakes is over a quarter of the route's delay
+  target (a loaded route's tail is the queue's bounded wait, not one worker's line).
 
 The pool offers a request only when a worker frees while at least two wait: it starts the
 first and writes the second behind it. So each behavioural test sets that up on purpose
@@ -793,6 +795,39 @@ def test_prefetch_off_offers_nothing(weir, app_dir, how):
     offered = metric(srv.admin, "weir_prefetch_total", outcome="offered")
     assert not offered, "prefetch off, yet %r requests were offered to busy workers" % offered
     assert not metric(srv.admin, "weir_prefetch_total", outcome="revoked")
+
+
+@pytest.mark.e2e_timeout(90)
+@pytest.mark.parametrize("target,offers", [(None, False), ("8s", True)], ids=["auto-target", "target-8s"])
+def test_no_offer_stakes_more_than_a_quarter_of_the_delay_target(weir, app_dir, tmp_path, target, offers):
+    """One worker; the default route measured at 200 ms (a warm-up /sleep), so its automatic
+    delay target is 400 ms. X runs; A and B wait (0 and 200 ms of work ahead, within the
+    target). When X ends the worker starts A: B offered behind it would stake A's 200 ms,
+    more than a quarter of the 400 ms target, so nothing is offered and B waits in the
+    master's queue for whichever worker frees
+    (the rule that brought the admitted p99 at twice capacity down to about 4x the
+    endpoint's time, bench/overload). With a fixed 8 s target a quarter is 2 s and B is
+    offered behind A, as before the rule. Every request is answered 200 either way."""
+    config = {"queue": {"target": target}} if target else None
+    srv = start_app(weir, app_dir, workers=1, admin=True, config=config)
+    assert get(srv.addr, "/sleep?s=0.2").status == 200
+    mx = tmp_path / "x"
+    tx, box_x = in_background(srv.addr, "/sleep?s=0.6&marker=%s" % mx)
+    marker_pid(mx)
+    waiting = []
+    for i, name in enumerate("ab"):
+        waiting.append(in_background(srv.addr, "/sleep?s=0.2&marker=%s" % (tmp_path / name)))
+        wait_queue_depth(srv.admin, i + 1, "%s waits behind X" % name.upper())
+    assert "end" not in box_x, "X ended before A and B were queued: %r" % box_x
+    for t, _ in [(tx, box_x)] + waiting:
+        t.join(30)
+    for box in [box_x] + [b for _, b in waiting]:
+        assert box.get("resp") is not None and box["resp"].status == 200, box
+    offered, _ = prefetch_counts(srv.admin)
+    if offers:
+        assert offered >= 1, "a fixed 8 s target and nothing offered behind A"
+    else:
+        assert offered == 0, "%d offered behind a 200 ms request under a 400 ms target" % offered
 
 
 GOOD_VALUES = [
