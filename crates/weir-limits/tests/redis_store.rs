@@ -242,6 +242,83 @@ async fn a_server_answering_garbage_gives_on_store_error() {
     server.abort();
 }
 
+/// A server that answers the connection's own commands and then never answers a script
+/// call (a Redis stuck in a long command): every check, the one whose call hangs and the
+/// ones that pile up behind it waiting for a call to leave, gets `on_store_error` by its
+/// own deadline, and the timeouts are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_answering_times_out_every_check_by_its_deadline() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for _ in 0..20 {
+            let Ok(Ok((mut s, _))) =
+                tokio::time::timeout(Duration::from_secs(10), listener.accept()).await
+            else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let text = String::from_utf8_lossy(&buf[..n]).to_ascii_uppercase();
+                    if text.contains("EVAL") {
+                        continue; // the script call: no answer, ever
+                    }
+                    let cmds = text.matches("\r\n*").count() + 1;
+                    if s.write_all(&b"+OK\r\n".repeat(cmds)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let (a, ra) = limits(&format!("redis://127.0.0.1:{port}/0"), "allow");
+    // Connected first (the connection's own commands are answered).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a
+        .store_health()
+        .errors()
+        .iter()
+        .all(|(k, n)| *k != "timeout" || *n == 0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no check ever timed out: {:?}",
+            a.store_health().errors()
+        );
+        let o = a.decide(&ra, &req("10.0.0.1")).await;
+        assert!(o.store_error && !o.is_refused());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Many at once: all but the first wait for a call to leave while it hangs.
+    let started = Instant::now();
+    let checks: Vec<_> = (0..50)
+        .map(|i| {
+            let (a, ra) = (a.clone(), ra.clone());
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let o = a.decide(&ra, &req(&format!("10.0.1.{i}"))).await;
+                (t.elapsed(), o.store_error, o.is_refused())
+            })
+        })
+        .collect();
+    for c in checks {
+        let (took, store_error, refused) = c.await.unwrap();
+        assert!(store_error && !refused);
+        assert!(
+            took < TIMEOUT + Duration::from_millis(100),
+            "a check waited {took:?}"
+        );
+    }
+    assert!(started.elapsed() < TIMEOUT + Duration::from_millis(500));
+    server.abort();
+}
+
 /// Checks of one key that share a batch (a busy client) are evaluated one after the other,
 /// on the bucket's latest state, exactly as if they had come one by one: with `nodelay`
 /// and `burst = 5`, 40 checks at once admit the first (free) and five more, whatever the
