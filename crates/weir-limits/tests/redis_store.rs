@@ -180,9 +180,9 @@ async fn two_instances_share_one_bucket_and_survive_redis_going_away() {
     drop(redis);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_answering_garbage_gives_on_store_error() {
-    // a fake server that answers "+OK" to every command
+/// A fake Redis on 127.0.0.1: each read of a connection is answered with what `answer`
+/// makes of it (`None`: no answer, ever). Returns its port and its task.
+async fn fake_redis(answer: fn(&[u8]) -> Option<Vec<u8>>) -> (u16, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = tokio::spawn(async move {
@@ -200,20 +200,33 @@ async fn a_server_answering_garbage_gives_on_store_error() {
                         Ok(0) | Err(_) => return,
                         Ok(n) => n,
                     };
-                    // one "+OK" per command (a RESP array starts a line with '*')
-                    let cmds = buf[..n]
-                        .iter()
-                        .enumerate()
-                        .filter(|&(i, &b)| b == b'*' && (i == 0 || buf[i - 1] == b'\n'))
-                        .count()
-                        .max(1);
-                    if s.write_all(&b"+OK\r\n".repeat(cmds)).await.is_err() {
-                        return;
+                    if let Some(reply) = answer(&buf[..n]) {
+                        if s.write_all(&reply).await.is_err() {
+                            return;
+                        }
                     }
                 }
             });
         }
     });
+    (port, server)
+}
+
+/// "+OK" for each command in `buf` (a RESP array starts a line with '*').
+fn ok_each(buf: &[u8]) -> Vec<u8> {
+    let cmds = buf
+        .iter()
+        .enumerate()
+        .filter(|&(i, &b)| b == b'*' && (i == 0 || buf[i - 1] == b'\n'))
+        .count()
+        .max(1);
+    b"+OK\r\n".repeat(cmds)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_answering_garbage_gives_on_store_error() {
+    // a fake server that answers "+OK" to every command
+    let (port, server) = fake_redis(|buf| Some(ok_each(buf))).await;
     let (a, ra) = limits(&format!("redis://127.0.0.1:{port}/0"), "allow");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -248,35 +261,12 @@ async fn a_server_answering_garbage_gives_on_store_error() {
 /// own deadline, and the timeouts are counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_stops_answering_times_out_every_check_by_its_deadline() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        for _ in 0..20 {
-            let Ok(Ok((mut s, _))) =
-                tokio::time::timeout(Duration::from_secs(10), listener.accept()).await
-            else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    let n = match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    let text = String::from_utf8_lossy(&buf[..n]).to_ascii_uppercase();
-                    if text.contains("EVAL") {
-                        continue; // the script call: no answer, ever
-                    }
-                    let cmds = text.matches("\r\n*").count() + 1;
-                    if s.write_all(&b"+OK\r\n".repeat(cmds)).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    // the script call (EVALSHA, EVAL): no answer, ever
+    let (port, server) = fake_redis(|buf| {
+        let text = String::from_utf8_lossy(buf).to_ascii_uppercase();
+        (!text.contains("EVAL")).then(|| ok_each(buf))
+    })
+    .await;
     let (a, ra) = limits(&format!("redis://127.0.0.1:{port}/0"), "allow");
     // Connected first (the connection's own commands are answered).
     let deadline = Instant::now() + Duration::from_secs(10);
