@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_ready
-from e2e_lib import APPS, Addr, Proc, free_port, get, wait_for
+from e2e_lib import APPS, Addr, Proc, free_port, get, open_files, wait_for
 
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
 
@@ -153,13 +153,7 @@ def _socket_inode(sock: socket.socket) -> int:
 
 
 def _holds_socket(pid: int, inode: int) -> bool:
-    for fd in Path("/proc/%d/fd" % pid).iterdir():
-        try:
-            if os.readlink(fd) == "socket:[%d]" % inode:
-                return True
-        except OSError:
-            pass
-    return False
+    return "socket:[%d]" % inode in open_files(pid)
 
 
 @pytest.mark.skipif(SOCKET_ACTIVATE is None, reason="systemd-socket-activate missing: scripts/install-deps.sh")
@@ -191,7 +185,7 @@ def test_systemd_socket_activate_http_and_uwsgi(weir_bin, tmp_path, nginx, notif
         wpid = int(get(addr, "/pid").body)
         env = Path("/proc/%d/environ" % wpid).read_bytes().split(b"\0")
         assert not [e for e in env if e.startswith((b"LISTEN_", b"NOTIFY_SOCKET="))], env
-        fds = {os.readlink(f) for f in Path("/proc/%d/fd" % wpid).iterdir() if f.name not in ("0", "1", "2")}
+        fds = open_files(wpid, skip_stdio=True)
         master_sockets = {os.readlink("/proc/%d/fd/%d" % (proc.pid, fd)) for fd in (3, 4)}
         assert all(s.startswith("socket:[") for s in master_sockets), master_sockets
         assert not (fds & master_sockets), (fds, master_sockets)

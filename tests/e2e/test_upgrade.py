@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_ready
-from e2e_lib import APPS, Addr, Proc, free_port, get, pid_alive, sock_path, wait_for
+from e2e_lib import APPS, Addr, Proc, free_port, get, open_files, pid_alive, sock_path, wait_for
 from test_systemd import SOCKET_ACTIVATE, NotifySocket
 
 RATE = 200  # weir load's requests/s
@@ -195,9 +195,9 @@ def test_upgrade_under_load_fails_no_request(weir_bin, weir_copy, tmp_path, noti
         wpid = int(get(addr, "/pid").body)
         env = Path("/proc/%d/environ" % wpid).read_bytes().split(b"\0")
         assert not [e for e in env if e.startswith((b"LISTEN_", b"WEIR_UPGRADE_FD=", b"NOTIFY_SOCKET="))], env
-        master_fds = {os.readlink(f) for f in Path("/proc/%d/fd" % new_pid).iterdir()}
+        master_fds = open_files(new_pid)
         listening = {x for x in master_fds if x.startswith("socket:")}
-        worker_fds = {os.readlink(f) for f in Path("/proc/%d/fd" % wpid).iterdir() if f.name not in ("0", "1", "2")}
+        worker_fds = open_files(wpid, skip_stdio=True)
         inherited = {os.readlink("/proc/%d/fd/%d" % (new_pid, fd)) for fd in (3, 4)}
         assert inherited <= listening and not (worker_fds & inherited), (worker_fds, inherited)
         out = old.output()
