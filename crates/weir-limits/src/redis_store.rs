@@ -6,14 +6,14 @@
 //! zones (of one kind: enforcing or dry-run), batched with the checks of other requests
 //! that arrive while calls are on their way (at most [`MAX_IN_FLIGHT`] calls in flight per
 //! instance; the next carries everything that came meanwhile, up to [`MAX_BATCH`]): one
-//! round trip and one script call for many requests under load, one for one when idle. The script reads
-//! Redis's own clock (`TIME`, so instances
-//! need not agree on time), runs NGINX's arithmetic ([`crate::limit_req`]) on every zone,
-//! writes the buckets only when none refuses, and sets each bucket's TTL to the moment it
-//! is fully drained (a forgotten key then behaves exactly as the drained one it replaces).
-//! It answers `{1, zone, excess}` for a refusal and `{0, now, excess...}` otherwise; the
-//! delay and the headers are computed here from the excesses, with the same code as the
-//! memory store.
+//! round trip and one script call for many requests under load, one for one when idle.
+//! Identical checks of a batch (one busy client) go as one group, answered in closed
+//! form, so the script's work is per distinct check. The script reads Redis's own clock
+//! (`TIME`, so instances need not agree on time), runs NGINX's arithmetic
+//! ([`crate::limit_req`]) on every zone, writes the buckets only when none refuses, and
+//! sets each bucket's TTL to the moment it is fully drained (a forgotten key then behaves
+//! exactly as the drained one it replaces). The delay and the headers are computed here
+//! from the excesses it answers, with the same code as the memory store.
 //!
 //! Failures never reach the request as an error: every check is bounded by a timeout (a
 //! few ms, [`RedisOptions::timeout`]); a connection that cannot be made is retried in the
@@ -34,22 +34,29 @@ use tokio::sync::{mpsc, oneshot};
 use crate::limit_req::{Decision, Rule};
 
 /// The check script, for a batch of checks (concurrent requests' checks go to Redis
-/// together, see [`RedisStore::check`]). ARGV: the number of checks, then for each its
-/// number of zones and `rate, burst` per zone (NGINX's units, times 1000); KEYS: one
-/// bucket per zone of each check, in order. A bucket is a string `"excess last_ms"` with a
-/// TTL; the checks run one after the other on one clock reading, as if they had come in
-/// the same millisecond, and each bucket is read and written once per batch however many
-/// of its checks there are. Answers one array per check.
+/// together, see [`RedisStore::check`]), the identical ones grouped (see [`call`]).
+/// ARGV: the number of groups, then for each its number of checks, its number of zones and
+/// `rate, burst` per zone (NGINX's units, times 1000); KEYS: one bucket per zone of each
+/// group, in order. A bucket is a string `"excess last_ms"` with a TTL. The batch runs on
+/// one clock reading, as if its checks had come in the same millisecond, and each bucket is
+/// read and written once per batch however many checks meet it.
+///
+/// A group's first check runs NGINX's arithmetic on the buckets' latest state. Its other
+/// checks come in the same millisecond, so each adds exactly 1000 to every zone's excess
+/// until one zone's burst is exceeded; from then on every one is refused by that zone with
+/// the same excess (a refusal changes nothing). So a group's answer is closed-form, one
+/// array for the whole batch, per group: the number admitted `m`; when `m > 0`, the first
+/// check's excess per zone; when some were refused, the refusing zone (from 0) and its
+/// excess. Checks are expanded from it by [`expand_group`].
 pub const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local checks = tonumber(ARGV[1])
+local groups = tonumber(ARGV[1])
 local a, k = 2, 1
-local res = {}
--- The batch's buckets, read once and written once at the end: a key met by several checks
--- of the batch (a busy client, a zone keyed by $host) costs one GET and one SET, not one
--- per check. The checks still run one after the other on the buckets' latest state.
-local cache = {}
+local res, r = {}, 0
+-- The batch's buckets, read once and written once at the end: a key met by several groups
+-- of the batch (a zone keyed by $host, a client under two zones) costs one GET and one SET.
+local cache, order = {}, {}
 local function bucket(key)
   local b = cache[key]
   if b then return b end
@@ -68,53 +75,67 @@ local function bucket(key)
   cache[key] = b
   return b
 end
-local order = {}
-for c = 1, checks do
-  local n = tonumber(ARGV[a])
-  a = a + 1
-  local ex, ls = {}, {}
-  local refused = nil
+local ex, ls, bs = {}, {}, {}
+for g = 1, groups do
+  local c = tonumber(ARGV[a])
+  local n = tonumber(ARGV[a + 1])
+  a = a + 2
+  -- the group's first check
+  local rz, rx = nil, 0
   for i = 1, n do
-    local rate = tonumber(ARGV[a + 2 * i - 2])
-    local burst = tonumber(ARGV[a + 2 * i - 1])
     local key = KEYS[k + i - 1]
     local b = bucket(key)
     if not b then
       return redis.error_reply('weir: key ' .. key .. ' is not a weir bucket')
     end
+    bs[i] = b
     if b.e == nil then
       ex[i] = 0
       ls[i] = now
     else
       local ms = now - b.l
       if ms < -60000 then ms = 1 elseif ms < 0 then ms = 0 end
-      local x = b.e + 1000 - math.floor(rate * ms / 1000)
+      local x = b.e + 1000 - math.floor(tonumber(ARGV[a + 2 * i - 2]) * ms / 1000)
       if x < 0 then x = 0 end
-      if x > burst then
-        refused = {1, i - 1, x}
+      if x > tonumber(ARGV[a + 2 * i - 1]) then
+        rz, rx = i - 1, x
         break
       end
       ex[i] = x
       if ms ~= 0 then ls[i] = now else ls[i] = b.l end
     end
   end
-  if refused then
-    res[c] = refused
+  if rz then
+    res[r + 1], res[r + 2], res[r + 3] = 0, rz, rx
+    r = r + 3
   else
-    local out = {0, now}
+    -- the others: zone i admits floor((burst - excess) / 1000) more; the first zone with
+    -- the least room refuses the one after
+    local m = c
     for i = 1, n do
-      local key = KEYS[k + i - 1]
-      local b = cache[key]
+      local room = math.floor((tonumber(ARGV[a + 2 * i - 1]) - ex[i]) / 1000) + 1
+      if room < m then
+        m, rz = room, i - 1
+      end
+    end
+    r = r + 1
+    res[r] = m
+    for i = 1, n do
+      local b = bs[i]
       if not b.dirty then
         b.dirty = true
-        order[#order + 1] = key
+        order[#order + 1] = KEYS[k + i - 1]
       end
-      b.e = ex[i]
+      b.e = ex[i] + (m - 1) * 1000
       b.l = ls[i]
       b.rate = tonumber(ARGV[a + 2 * i - 2])
-      out[#out + 1] = ex[i]
+      r = r + 1
+      res[r] = ex[i]
     end
-    res[c] = out
+    if rz then
+      res[r + 1], res[r + 2] = rz, ex[rz + 1] + m * 1000
+      r = r + 2
+    end
   end
   a = a + 2 * n
   k = k + n
@@ -529,6 +550,16 @@ async fn run_batches(
             },
             () = tokio::time::sleep_until(oldest.into()) => None,
         };
+        if permit.is_some() {
+            // A call may leave. First let the tasks already ready to run on this runtime
+            // go (on a busy one, requests about to reach their checks; on an idle one,
+            // none, and no wait): larger batches, fewer calls (on /hello under load, 8-9
+            // checks a call instead of 6), and no wait for anything not yet ready.
+            tokio::task::yield_now().await;
+            while let Ok(j) = inbox.try_recv() {
+                pending.push_back(j);
+            }
+        }
         let now = Instant::now();
         while let Some(j) = pending.front() {
             if j.deadline > now && !j.reply.is_closed() {
@@ -539,9 +570,6 @@ async fn run_batches(
             }
         }
         let Some(permit) = permit else { continue };
-        while let Ok(j) = inbox.try_recv() {
-            pending.push_back(j);
-        }
         let take = pending.len().min(MAX_BATCH);
         let jobs: Vec<Job> = pending
             .drain(..take)
@@ -560,6 +588,9 @@ async fn run_batches(
 }
 
 /// One script call for `jobs` (each answered), bounded by the earliest deadline among them.
+/// Identical checks (the same buckets under the same rules: one busy client, a zone keyed
+/// by `$host`) go as one group: the script's work and the call's size are per group, so a
+/// flood from one key costs Redis about what one check does.
 async fn call(
     jobs: Vec<Job>,
     conn: Option<ConnectionManager>,
@@ -572,14 +603,16 @@ async fn call(
         .map(|j| j.deadline.saturating_duration_since(now))
         .min()
         .unwrap_or(timeout);
+    let groups = group(jobs);
     let result = match conn {
         None => Err(StoreError::Connect("not connected".into())),
         Some(mut conn) => {
             let mut inv = script.prepare_invoke();
-            inv.arg(jobs.len());
-            for j in &jobs {
-                inv.arg(j.rules.len());
-                for (key, rule) in j.keys.iter().zip(&j.rules) {
+            inv.arg(groups.len());
+            for g in &groups {
+                let first = &g[0];
+                inv.arg(g.len()).arg(first.rules.len());
+                for (key, rule) in first.keys.iter().zip(&first.rules) {
                     inv.key(key);
                     inv.arg(rule.rate).arg(rule.burst);
                 }
@@ -587,25 +620,43 @@ async fn call(
             match tokio::time::timeout(bound, inv.invoke_async::<Value>(&mut conn)).await {
                 Err(_) => Err(StoreError::Timeout(timeout)),
                 Ok(Err(e)) => Err(store_error(e)),
-                Ok(Ok(Value::Array(answers))) if answers.len() == jobs.len() => Ok(answers),
-                Ok(Ok(other)) => Err(StoreError::Reply(
-                    format!("{other:?}").chars().take(200).collect(),
-                )),
+                Ok(Ok(v)) => {
+                    let shape: Vec<(usize, &[Rule])> =
+                        groups.iter().map(|g| (g.len(), &g[0].rules[..])).collect();
+                    parse_reply(&v, &shape)
+                }
             }
         }
     };
     match result {
-        Ok(answers) => {
-            for (j, a) in jobs.into_iter().zip(answers) {
-                let _ = j.reply.send(parse_reply(&a, &j.rules));
+        Ok(decisions) => {
+            for (j, d) in groups.into_iter().flatten().zip(decisions) {
+                let _ = j.reply.send(Ok(d));
             }
         }
         Err(e) => {
-            for j in jobs {
+            for j in groups.into_iter().flatten() {
                 let _ = j.reply.send(Err(e.clone()));
             }
         }
     }
+}
+
+/// `jobs` in groups of identical checks (the same keys and rules), each in arrival order,
+/// the groups in the order of their first check. A batch holds at most [`MAX_BATCH`]
+/// checks, so a linear search is the cheap way.
+fn group(jobs: Vec<Job>) -> Vec<Vec<Job>> {
+    let mut groups: Vec<Vec<Job>> = Vec::new();
+    for j in jobs {
+        match groups
+            .iter_mut()
+            .find(|g| g[0].keys == j.keys && g[0].rules == j.rules)
+        {
+            Some(g) => g.push(j),
+            None => groups.push(vec![j]),
+        }
+    }
+    groups
 }
 
 /// A client error as a [`StoreError`]: the connection's, or Redis's answer.
@@ -617,77 +668,202 @@ pub(crate) fn store_error(e: redis::RedisError) -> StoreError {
     }
 }
 
-/// Reads the script's answer; anything else is [`StoreError::Reply`], never a panic.
-pub fn parse_reply(v: &Value, rules: &[Rule]) -> Result<Decision, StoreError> {
+/// Reads the script's answer for a batch of groups, each `(checks, rules)`: one decision per
+/// check, group after group, in order. Anything else is [`StoreError::Reply`], never a panic.
+pub fn parse_reply(v: &Value, groups: &[(usize, &[Rule])]) -> Result<Vec<Decision>, StoreError> {
     let bad = || StoreError::Reply(format!("{v:?}").chars().take(200).collect());
     let Value::Array(items) = v else {
         return Err(bad());
     };
-    let mut ints = Vec::with_capacity(items.len());
-    for it in items {
-        match it {
-            Value::Int(i) if *i >= 0 => ints.push(*i as u64),
-            _ => return Err(bad()),
+    let mut ints = items.iter().map(|it| match it {
+        Value::Int(i) if *i >= 0 => Some(*i as u64),
+        _ => None,
+    });
+    let mut next = || ints.next().flatten().ok_or_else(bad);
+    let mut out = Vec::with_capacity(groups.iter().map(|g| g.0).sum());
+    let mut first = Vec::new();
+    for &(checks, rules) in groups {
+        let admitted = next()? as usize;
+        if admitted > checks || rules.is_empty() {
+            return Err(bad());
         }
+        first.clear();
+        if admitted > 0 {
+            for _ in rules {
+                first.push(next()?);
+            }
+        }
+        let refusal = if admitted < checks {
+            let (zone, excess) = (next()? as usize, next()?);
+            if zone >= rules.len() {
+                return Err(bad());
+            }
+            Some((zone, excess))
+        } else {
+            None
+        };
+        expand_group(rules, checks, admitted, &first, refusal, &mut out);
     }
-    match ints.as_slice() {
-        [1, zone, excess] if (*zone as usize) < rules.len() => {
-            Ok(Decision::refused(rules, *zone as usize, *excess))
+    if ints.next().is_some() {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
+/// The decisions of a group of `checks` identical checks of which the first `admitted`
+/// were admitted, the first with `first` (excess per zone), each next one 1000 more in
+/// every zone (the same millisecond); the rest refused by `refusal` (zone, excess).
+pub fn expand_group(
+    rules: &[Rule],
+    checks: usize,
+    admitted: usize,
+    first: &[u64],
+    refusal: Option<(usize, u64)>,
+    out: &mut Vec<Decision>,
+) {
+    let mut excesses = first.to_vec();
+    for j in 0..admitted {
+        if j > 0 {
+            for e in &mut excesses {
+                *e += 1000;
+            }
         }
-        [0, _now, excesses @ ..] if excesses.len() == rules.len() => {
-            Ok(Decision::charged(rules, excesses))
+        out.push(Decision::charged(rules, &excesses));
+    }
+    if let Some((zone, excess)) = refusal {
+        for _ in admitted..checks {
+            out.push(Decision::refused(rules, zone, excess));
         }
-        _ => Err(bad()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limit_req::{DelayMode, Verdict};
+    use crate::limit_req::{check, Bucket, DelayMode, VecBuckets, Verdict};
+
+    fn ints(v: &[i64]) -> Value {
+        Value::Array(v.iter().map(|&i| Value::Int(i)).collect())
+    }
+
+    fn rule(rate: &str, burst: u64, mode: DelayMode) -> Rule {
+        Rule::new(weir_config::units::parse_rate(rate).unwrap(), burst, mode)
+    }
 
     #[test]
     fn replies_of_the_wrong_shape_are_errors() {
-        let r = Rule::new(
-            weir_config::units::parse_rate("10r/s").unwrap(),
-            2,
-            DelayMode::All,
-        );
+        let r = rule("10r/s", 2, DelayMode::All);
         let rules = [r, r];
-        let ok = Value::Array(vec![
-            Value::Int(0),
-            Value::Int(5),
-            Value::Int(0),
-            Value::Int(1000),
-        ]);
-        assert_eq!(
-            parse_reply(&ok, &rules).unwrap().verdict,
-            Verdict::Delay(Duration::from_millis(100))
-        );
-        let refused = Value::Array(vec![Value::Int(1), Value::Int(1), Value::Int(3000)]);
-        let d = parse_reply(&refused, &rules).unwrap();
-        assert_eq!(d.zone, Some(1));
-        assert!(matches!(d.verdict, Verdict::Refuse { .. }));
+        // one group of one check, admitted with excesses 0 and 1000
+        let d = parse_reply(&ints(&[1, 0, 1000]), &[(1, &rules)]).unwrap();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].verdict, Verdict::Delay(Duration::from_millis(100)));
+        // one group of one check, refused by the second zone
+        let d = parse_reply(&ints(&[0, 1, 3000]), &[(1, &rules)]).unwrap();
+        assert_eq!(d[0].zone, Some(1));
+        assert!(matches!(d[0].verdict, Verdict::Refuse { .. }));
         for garbage in [
             Value::Okay,
             Value::Nil,
             Value::Int(1),
-            Value::Array(vec![]),
-            Value::Array(vec![Value::Int(1), Value::Int(7), Value::Int(1)]),
-            Value::Array(vec![Value::Int(0), Value::Int(5), Value::Int(0)]),
-            Value::Array(vec![
-                Value::Int(0),
-                Value::Int(5),
-                Value::Int(-1),
-                Value::Int(0),
-            ]),
-            Value::Array(vec![Value::Int(2), Value::Int(0), Value::Int(0)]),
+            ints(&[]),
+            // the refusing zone does not exist
+            ints(&[0, 7, 1]),
+            // one excess missing, one too many
+            ints(&[1, 0]),
+            ints(&[1, 0, 0, 0]),
+            // more admitted than checks
+            ints(&[2, 0, 0]),
+            ints(&[1, 0, -1]),
+            Value::Array(vec![Value::Int(1), Value::Nil, Value::Int(0)]),
             Value::SimpleString("OK".into()),
         ] {
             assert!(
-                matches!(parse_reply(&garbage, &rules), Err(StoreError::Reply(_))),
+                matches!(
+                    parse_reply(&garbage, &[(1, &rules)]),
+                    Err(StoreError::Reply(_))
+                ),
                 "{garbage:?}"
             );
+        }
+    }
+
+    /// What the script answers for a group, computed as it does (first check by NGINX's
+    /// arithmetic, the others closed-form), from the pure `check` for the first one.
+    fn script_answer(
+        buckets: &mut VecBuckets,
+        rules: &[Rule],
+        checks: usize,
+        now: u64,
+    ) -> Vec<i64> {
+        let first = check(buckets, rules, || now);
+        if let Verdict::Refuse { .. } = first.verdict {
+            return vec![0, first.zone.unwrap() as i64, first.excess as i64];
+        }
+        let ex: Vec<u64> = buckets
+            .0
+            .iter()
+            .map(|b| b.map_or(0, |b| b.excess))
+            .collect();
+        let mut m = checks;
+        let mut refusing = None;
+        for (i, r) in rules.iter().enumerate() {
+            let room = ((r.burst - ex[i]) / 1000 + 1) as usize;
+            if room < m {
+                m = room;
+                refusing = Some(i);
+            }
+        }
+        let mut out = vec![m as i64];
+        out.extend(ex.iter().map(|&e| e as i64));
+        if let Some(i) = refusing {
+            out.extend([i as i64, (ex[i] + m as u64 * 1000) as i64]);
+        }
+        out
+    }
+
+    /// A group's closed form gives each check the decision NGINX's algorithm gives it
+    /// when the checks come one after the other in one millisecond: every delay mode,
+    /// one and two zones, fresh and half-full buckets, groups smaller and larger than the
+    /// burst.
+    #[test]
+    fn a_group_of_identical_checks_decides_as_one_check_after_the_other() {
+        let zone_sets: Vec<Vec<Rule>> = vec![
+            vec![rule("10r/s", 0, DelayMode::NoDelay)],
+            vec![rule("10r/s", 5, DelayMode::NoDelay)],
+            vec![rule("2r/s", 4, DelayMode::All)],
+            vec![rule("1r/m", 6, DelayMode::After(2))],
+            vec![
+                rule("10r/s", 3, DelayMode::All),
+                rule("1r/s", 5, DelayMode::NoDelay),
+            ],
+            vec![
+                rule("5r/s", 5, DelayMode::After(1)),
+                rule("5r/s", 2, DelayMode::All),
+            ],
+        ];
+        let now = 1_000_000;
+        for rules in &zone_sets {
+            for prior in [None, Some(0), Some(1500), Some(4000)] {
+                for checks in [1, 2, 3, 7, 12] {
+                    let start: Vec<Option<Bucket>> = rules
+                        .iter()
+                        .map(|_| {
+                            prior.map(|excess| Bucket {
+                                excess,
+                                last: now - 40,
+                            })
+                        })
+                        .collect();
+                    let mut one_by_one = VecBuckets(start.clone());
+                    let want: Vec<Decision> = (0..checks)
+                        .map(|_| check(&mut one_by_one, rules, || now))
+                        .collect();
+                    let answer = script_answer(&mut VecBuckets(start), rules, checks, now);
+                    let got = parse_reply(&ints(&answer), &[(checks, rules)]).unwrap();
+                    assert_eq!(got, want, "{rules:?} prior {prior:?} x{checks}: {answer:?}");
+                }
+            }
         }
     }
 }

@@ -349,3 +349,75 @@ async fn checks_of_one_key_in_one_batch_count_one_after_the_other() {
     assert_eq!(admitted, 6, "1 + burst 5 at 1r/m");
     drop(redis);
 }
+
+/// A busy client's checks that reach Redis together go as one group (one closed-form
+/// answer for all of them); each still gets the decision NGINX's algorithm gives it when
+/// the checks come one after the other: the same delays, refusals and refusing zones as
+/// the memory store on the same sequence, with two zones and both delay modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_one_key_s_checks_decides_as_the_memory_store_does() {
+    let Some(redis) = redis_or_skip() else {
+        return;
+    };
+    let config = |store: &str| {
+        let text = format!(
+            "[app]\nmodule = \"a:b\"\n\
+             [limit_req.a]\nkey = \"$remote_addr\"\nrate = \"1r/m\"\nburst = 10\ndelay = 2\n\
+             [limit_req.b]\nkey = \"$remote_addr\"\nrate = \"1r/m\"\nburst = 8\n\
+             [limits]\nstore = \"{store}\"\n"
+        );
+        let mut c = Config::parse(&text, Path::new("t.toml")).unwrap();
+        c.apply_defaults();
+        c.validate().unwrap();
+        let l = Arc::new(Limits::from_config(&c).unwrap());
+        let r = l.zones(&["a".into(), "b".into()], &[]).unwrap();
+        (l, r)
+    };
+    let seen = |o: &weir_limits::Outcome| {
+        (
+            o.refusal.as_ref().map(|r| r.zone.to_string()),
+            o.delayed
+                .as_ref()
+                .map(|(z, d)| (z.to_string(), d.as_millis())),
+        )
+    };
+    let (memory, mr) = config("memory");
+    let mut want = Vec::new();
+    for _ in 0..12 {
+        want.push(seen(&memory.decide(&mr, &req("10.7.7.7")).await));
+    }
+    let (l, r) = config(&redis.url());
+    assert!(
+        l.connect(Duration::from_secs(5)).await,
+        "Redis did not answer"
+    );
+    // two waves, so that the second reads what the first's groups wrote
+    let mut got = Vec::new();
+    for (wave, n) in [(0, 4), (4, 8)] {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let (l, r) = (l.clone(), r.clone());
+                tokio::spawn(async move {
+                    let o = l.decide(&r, &req("10.7.7.7")).await;
+                    assert!(!o.store_error, "{o:?}");
+                    seen(&o)
+                })
+            })
+            .collect();
+        let mut this = Vec::new();
+        for t in tasks {
+            this.push(t.await.unwrap());
+        }
+        // the batches' order among concurrent checks is theirs to choose: compare the sets
+        this.sort();
+        let mut expected = want[wave..wave + n].to_vec();
+        expected.sort();
+        assert_eq!(this, expected, "wave {wave}..{}", wave + n);
+        got.extend(this);
+    }
+    assert!(
+        want[4..].iter().any(|w| w.1.is_some()) && want[4..].iter().any(|w| w.0.is_some()),
+        "the sequence should both delay and refuse: {want:?}"
+    );
+    drop(redis);
+}
