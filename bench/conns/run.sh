@@ -15,9 +15,9 @@
 #      the memory a third time; the holder then says how many connections are still open
 #      (none may be dropped by the server before: that is checked)
 #   Both servers get a 60 s header timeout, so the slowloris connections stay for the whole
-#   measurement: weir `[server] client_header_timeout = "60s"` (default 10s), nginx
-#   `client_header_timeout 60s` (default 60s) and `keepalive_timeout 300s` (default 75s;
-#   weir has no idle keep-alive timeout of its own). nginx gets `worker_connections 16384`
+#   measurement: weir `[server] client_header_timeout = "60s"` (default 10s) and
+#   `keepalive_timeout = "300s"` (default 75s), nginx `client_header_timeout 60s` (default
+#   60s) and `keepalive_timeout 300s` (default 75s). nginx gets `worker_connections 16384`
 #   and `worker_rlimit_nofile 19000` (lib.sh's config has 4096 connections per worker).
 # Part 2, overload (a fresh server, its access log on: weir `access_log` to a file, one
 # write per request; nginx `access_log ... buffer=256k flush=1s` with `$status
@@ -118,7 +118,7 @@ start_conns() {
   ACCESS_LOG="$d/access.log"
   case "$name" in
     weir)
-      printf '[server]\nclient_header_timeout = "%ss"\naccess_log = "%s"\n' "$HEADER_TIMEOUT" \
+      printf '[server]\nclient_header_timeout = "%ss"\nkeepalive_timeout = "300s"\naccess_log = "%s"\n' "$HEADER_TIMEOUT" \
         "$([[ $mode == logged ]] && echo "$ACCESS_LOG" || echo off)" > "$d/weir.toml"
       [[ -n "${WEIR_QUEUE:-}" ]] && printf '[queue]\n%b\n' "$WEIR_QUEUE" >> "$d/weir.toml"
       cp "$d/weir.toml" "$OUT/$name-$mode.$RUN.weir.toml"

@@ -193,7 +193,8 @@ binary built %s); nginx %s; uWSGI %s; wrk; `weir load` from the same weir binary
 examples/shop on SQLite, %s workers on each side, every server on 127.0.0.1; nginx
 (worker_processes auto) in front of uWSGI (`--master --processes %s`) over a Unix socket.
 Both have a 60 s header timeout so that the slowloris connections stay for the whole
-measurement: weir `[server] client_header_timeout = "60s"` (its default is 10s), nginx
+measurement: weir `[server] client_header_timeout = "60s"` (its default is 10s) and
+`keepalive_timeout = "300s"`, nginx
 `client_header_timeout 60s; keepalive_timeout 300s;` (and `worker_connections 16384;
 worker_rlimit_nofile 19000;`). The soft open-file limit is raised to the hard one (20000).
 

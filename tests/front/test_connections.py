@@ -15,6 +15,7 @@ import time
 import pytest
 
 from e2e_lib import get, wait_for
+from front_lib import closed_by_peer
 
 pytestmark = pytest.mark.e2e_timeout(120)
 
@@ -78,8 +79,10 @@ def test_a_parked_connection_serves_its_next_requests(front):
     assert {"a", "b", "c", "d", "e", "f"} <= f.tags()
 
 
-def test_a_kept_alive_connection_waits_client_header_timeout_for_its_next_request(front):
-    f = front(config={"server": {"client_header_timeout": "1s"}}, workers=1)
+def test_a_kept_alive_connection_waits_keepalive_timeout_for_its_next_request(front):
+    """NGINX's pair: keepalive_timeout bounds the wait for the next request to begin,
+    client_header_timeout the head once it has begun."""
+    f = front(config={"server": {"keepalive_timeout": "1s", "client_header_timeout": "30s"}}, workers=1)
     with f.addr.socket(10) as s:
         s.sendall(b"GET /env HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_response(s).startswith(b"HTTP/1.1 200")
@@ -87,6 +90,35 @@ def test_a_kept_alive_connection_waits_client_header_timeout_for_its_next_reques
         assert s.recv(100) == b""
         waited = time.monotonic() - t0
     assert 0.8 <= waited < 5, waited
+
+    f = front(config={"server": {"keepalive_timeout": "30s", "client_header_timeout": "1s"}}, workers=1)
+    with f.addr.socket(10) as s:
+        s.sendall(b"GET /env?tag=k1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s).startswith(b"HTTP/1.1 200")
+        # Idle for twice client_header_timeout: still kept alive.
+        time.sleep(2)
+        s.sendall(b"GET /env?tag=k2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s).startswith(b"HTTP/1.1 200")
+        # A head begun and not finished has client_header_timeout.
+        time.sleep(0.5)
+        s.sendall(b"GET /env?tag=k3 HTTP/1.1\r\nHost: x\r\n")
+        t0 = time.monotonic()
+        closed, data = closed_by_peer(s, t0 + 10)
+        took = time.monotonic() - t0
+    assert closed and 0.8 <= took < 5, (closed, took)
+    assert not data or data.startswith(b"HTTP/1.1 408"), data[:200]
+    assert f.tags() == {"k1", "k2"}, f.tags()
+
+
+def test_keepalive_timeout_zero_closes_after_each_answer(front):
+    """keepalive_timeout = 0, as NGINX's: every answer says Connection: close."""
+    f = front(config={"server": {"keepalive_timeout": "0"}}, workers=1)
+    with f.addr.socket(10) as s:
+        s.sendall(b"GET /env HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = read_response(s)
+        assert r.startswith(b"HTTP/1.1 200"), r[:200]
+        assert b"\r\nconnection: close\r\n" in r.lower(), r[:400]
+        assert s.recv(100) == b""
 
 
 def test_idle_and_slowloris_connections_cost_the_master_little(front):

@@ -96,8 +96,8 @@ def test_connection_that_sends_nothing_is_closed(front):
 
 def test_idle_keepalive_connection_is_closed(front):
     """After a request, a keep-alive connection that stays silent does not stay open
-    for ever (header timeout or a keep-alive timeout)."""
-    f = front(config={"server": {"client_header_timeout": "1s"}}, workers=1)
+    for ever (keepalive_timeout)."""
+    f = front(config={"server": {"keepalive_timeout": "1s"}}, workers=1)
     with f.addr.socket(10) as s:
         s.sendall(b"GET /env HTTP/1.1\r\nHost: x\r\n\r\n")
         t0 = time.monotonic()

@@ -19,12 +19,13 @@ from pathlib import Path
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import h2.settings
 import hpack
 import pytest
 
 from e2e_lib import Addr, free_port
-from front_lib import FRONT_APPS, to_toml, wait_for
+from front_lib import FRONT_APPS, closed_by_peer, to_toml, wait_for
 from test_cli_config import run_weir
 
 pytestmark = pytest.mark.e2e_timeout(120)
@@ -449,6 +450,85 @@ def test_http2_client_that_never_opens_its_window_is_dropped_after_send_timeout(
                     what="the stalled stream's line")[0]
     assert line["status"] == 200 and line.get("aborted") is True, line
     assert get_ok(f)
+
+
+def test_http2_connection_without_a_stream_for_keepalive_timeout_gets_goaway(front):
+    # NGINX's keepalive_timeout on HTTP/2: a connection with no open stream for that long
+    # gets GOAWAY and is closed, though the client answers PINGs; a stream that outlasts
+    # the timeout is served whole, and the idle time counts from its end.
+    f = front(config={"server": {"h2c": True, "keepalive_timeout": "1s"}}, workers=1)
+    s = socket.create_connection((f.addr.host, f.addr.port), timeout=10)
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    c.initiate_connection()
+    sid = c.get_next_available_stream_id()
+    # 3 chunks 0.8 s apart: the stream is open for 1.6 s, longer than the timeout.
+    c.send_headers(sid, [(":method", "GET"), (":scheme", "http"), (":authority", "localhost"),
+                         (":path", "/stream?n=3&size=100&delay=0.8&tag=h2idle")], end_stream=True)
+    s.sendall(c.data_to_send())
+    s.settimeout(0.5)
+    body, ended_at, goaway_at, closed_at = b"", None, None, None
+    raw, at = b"", 0  # the server's frames, for the PINGs h2 no longer takes after GOAWAY
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 15:
+        try:
+            data = s.recv(65536)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            closed_at = time.monotonic()
+            break
+        raw += data
+        if goaway_at is None:
+            try:
+                events = c.receive_data(data)
+                at = len(raw)
+            except h2.exceptions.ProtocolError:
+                # h2 refuses the PING that follows GOAWAY in the same read
+                assert c.state_machine.state == h2.connection.ConnectionState.CLOSED, c.state_machine.state
+                goaway_at, events = time.monotonic(), []
+        if goaway_at is not None:
+            # hyper's graceful GOAWAY comes with a PING; a client acknowledges it (as curl
+            # does) and the server closes. h2 takes nothing after GOAWAY: read by hand.
+            while len(raw) - at >= 9:
+                length, ftype, flags = int.from_bytes(raw[at:at + 3], "big"), raw[at + 3], raw[at + 4]
+                if len(raw) - at < 9 + length:
+                    break
+                if ftype == 0x6 and not flags & 0x1:
+                    s.sendall(frame(0x6, 0x1, 0, raw[at + 9:at + 9 + length]))
+                at += 9 + length
+            continue
+        for ev in events:
+            if isinstance(ev, h2.events.DataReceived):
+                body += ev.data
+                c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded):
+                ended_at = time.monotonic()
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                goaway_at = time.monotonic()
+        s.sendall(c.data_to_send())
+    s.close()
+    assert len(body) == 300 and ended_at is not None, (len(body), ended_at)
+    assert goaway_at is not None and goaway_at > ended_at, (goaway_at, ended_at)
+    assert 0.8 <= goaway_at - ended_at < 5, goaway_at - ended_at
+    assert closed_at is not None, "the connection stayed open after GOAWAY"
+    assert get_ok(f)
+
+    # A client that never answers the GOAWAY's PING is closed anyway, client_header_timeout
+    # after the GOAWAY.
+    f = front(config={"server": {"h2c": True, "keepalive_timeout": "1s", "client_header_timeout": "1s"}},
+              workers=1)
+    s = socket.create_connection((f.addr.host, f.addr.port), timeout=10)
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    c.initiate_connection()
+    s.sendall(c.data_to_send())
+    t0 = time.monotonic()
+    closed, data = closed_by_peer(s, t0 + 15)
+    took = time.monotonic() - t0
+    s.close()
+    assert closed, "a client silent after GOAWAY holds its connection"
+    assert 1.5 <= took < 6, took
 
 
 def get_ok(f) -> bool:

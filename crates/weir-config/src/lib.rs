@@ -602,6 +602,12 @@ pub struct ServerConfig {
     /// How long a client may take to send its request head (NGINX's
     /// `client_header_timeout`): slow clients cannot hold connections (slowloris).
     pub client_header_timeout: Seconds,
+    /// How long a kept-alive connection may wait for its next request to begin (NGINX's
+    /// `keepalive_timeout`); the head then has `client_header_timeout`. On HTTP/2, how
+    /// long a connection may have no open stream. 0: HTTP/1 answers say
+    /// `Connection: close`, and an idle HTTP/2 connection is closed after
+    /// `client_header_timeout`.
+    pub keepalive_timeout: Seconds,
     /// How long a client may take to send a buffered request body
     /// (`client_body_timeout`); then 408.
     pub client_body_timeout: Seconds,
@@ -642,6 +648,7 @@ impl Default for ServerConfig {
             max_header_size: Size::from_bytes(32 * 1024),
             max_body_size: Size::from_bytes(10 << 20),
             client_header_timeout: Seconds::from_secs(10),
+            keepalive_timeout: Seconds::from_secs(75),
             client_body_timeout: Seconds::from_secs(30),
             trusted_proxies: Vec::new(),
             access_log: "stdout".to_owned(),

@@ -37,6 +37,9 @@ pub struct Front {
     pub max_body_size: u64,
     /// `[server] client_header_timeout`.
     pub header_timeout: Duration,
+    /// `[server] keepalive_timeout`: how long a kept-alive connection may wait for its
+    /// next request (0: no keep-alive on HTTP/1).
+    pub keepalive_timeout: Duration,
     /// `[server] client_body_timeout`.
     pub body_timeout: Duration,
     /// `[server] send_timeout`: a client that takes no byte for this long is dropped.

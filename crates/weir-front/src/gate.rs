@@ -338,6 +338,22 @@ impl<S: AsyncRead + Unpin> GatedIo<S> {
         }
     }
 
+    /// Waits until the client has sent something (true), or there will be nothing: it
+    /// closed (false). A kept-alive connection's idle wait (`keepalive_timeout`) ends
+    /// here; the head that follows has `client_header_timeout`.
+    pub async fn first_byte(&mut self) -> io::Result<bool> {
+        std::future::poll_fn(|cx| loop {
+            if !self.pending.is_empty() {
+                return Poll::Ready(Ok(true));
+            }
+            if self.stopped || self.body_error.is_some() {
+                return Poll::Ready(Ok(false));
+            }
+            ready!(self.poll_fill(cx))?;
+        })
+        .await
+    }
+
     /// [`GatedIo::poll_next_head`] as a future.
     pub async fn next_head(&mut self) -> io::Result<bool> {
         std::future::poll_fn(|cx| self.poll_next_head(cx)).await

@@ -71,11 +71,15 @@ pub async fn serve_connection<S>(
         // next one, or when the client is idle; hyper must still answer the request in
         // progress. Clients that really leave are seen by the ClientWatch.
         .half_close(true)
-        .keep_alive(true);
+        // `keepalive_timeout = 0`: every answer says `Connection: close` (NGINX's).
+        .keep_alive(!front.keepalive_timeout.is_zero());
     let conn = Arc::new(conn);
     let peer = conn.peer.map(|p| p.ip());
     let log = front.log.clone();
     let header_timeout = front.header_timeout;
+    // A parked connection has been idle for PARK_AFTER already.
+    let keepalive_wait = front.keepalive_timeout.saturating_sub(PARK_AFTER);
+    let mut first = true;
     // Set when the client took nothing for send_timeout: the connection is dropped and
     // the request it was answering is logged `client-timeout`.
     let stalled = Arc::new(AtomicBool::new(false));
@@ -113,8 +117,28 @@ pub async fn serve_connection<S>(
         })
     };
     loop {
-        // A whole request head, read without hyper; a kept-alive connection waits as long
-        // for its next one as a head may take (client_header_timeout).
+        // A kept-alive connection waits keepalive_timeout for its next request to begin
+        // (NGINX's); a new one has client_header_timeout for its whole first head.
+        if !first {
+            let began = tokio::select! {
+                r = tokio::time::timeout(keepalive_wait, io.first_byte()) => r,
+                _ = drain.wait_for(|d| *d) => break,
+            };
+            match began {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => break,
+                Ok(Err(e)) => {
+                    debug!("connection ended: {e}");
+                    return;
+                }
+                Err(_) => {
+                    debug!("kept-alive connection idle for keepalive_timeout: closing");
+                    break;
+                }
+            }
+        }
+        first = false;
+        // A whole request head, read without hyper, within client_header_timeout.
         let head = tokio::select! {
             r = tokio::time::timeout(header_timeout, io.next_head()) => r,
             _ = drain.wait_for(|d| *d) => break,

@@ -30,6 +30,10 @@
 //!   ([`StreamProgress`]); a body that has data to give (its last poll was not waiting on
 //!   the backend) and has not been polled for `send_timeout` ends the connection, as
 //!   NGINX's send_timeout ends an HTTP/2 connection, and its line says `client-timeout`.
+//! - `[server] keepalive_timeout` (NGINX's, on HTTP/2 too): a connection with no open
+//!   stream (a stream is open from its headers until its response body is done or
+//!   dropped) for that long gets GOAWAY ([`Idle`]); a client that does not answer the
+//!   GOAWAY's PING is closed `client_header_timeout` later.
 //! - The drain: GOAWAY (`graceful_shutdown`), open streams finish.
 
 use std::io;
@@ -134,6 +138,8 @@ pub struct StreamProgress {
     waiting: std::sync::atomic::AtomicBool,
     /// The body ended.
     done: std::sync::atomic::AtomicBool,
+    /// The stream is open while its body lives.
+    _open: Option<OpenStream>,
 }
 
 impl StreamProgress {
@@ -145,6 +151,65 @@ impl StreamProgress {
         if ended {
             self.done.store(true, Relaxed);
         }
+    }
+}
+
+/// Whether a connection has open streams, and since when it has had none: for
+/// `keepalive_timeout` (module doc).
+#[derive(Debug)]
+struct Idle {
+    epoch: tokio::time::Instant,
+    open: std::sync::atomic::AtomicUsize,
+    /// When the last stream closed (ms since `epoch`; 0: the connection's start).
+    since_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Idle {
+    fn new() -> Idle {
+        Idle {
+            epoch: tokio::time::Instant::now(),
+            open: std::sync::atomic::AtomicUsize::new(0),
+            since_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// A stream opens: it counts until the guard (then its response body) is dropped.
+    fn open(self: &Arc<Self>) -> OpenStream {
+        self.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        OpenStream(self.clone())
+    }
+
+    /// Resolves once the connection has had no open stream for `limit`. One timer per
+    /// connection, set to when the limit would be reached and checked again then.
+    async fn reached(&self, limit: Duration) {
+        use std::sync::atomic::Ordering::Acquire;
+        loop {
+            let wait = if self.open.load(Acquire) > 0 {
+                limit
+            } else {
+                let since = Duration::from_millis(self.since_ms.load(Acquire));
+                let idle = self.epoch.elapsed().saturating_sub(since);
+                if idle >= limit {
+                    return;
+                }
+                limit - idle
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// One open stream of a connection ([`Idle`]).
+#[derive(Debug)]
+struct OpenStream(Arc<Idle>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::{AcqRel, Release};
+        let now = self.0.epoch.elapsed().as_millis() as u64;
+        // The time first: a watcher that sees no stream open also sees when it closed.
+        self.0.since_ms.fetch_max(now, Release);
+        self.0.open.fetch_sub(1, AcqRel);
     }
 }
 
@@ -182,8 +247,11 @@ struct Progress {
 }
 
 impl Progress {
-    fn watch(&self) -> Arc<StreamProgress> {
-        let p = Arc::new(StreamProgress::default());
+    fn watch(&self, open: OpenStream) -> Arc<StreamProgress> {
+        let p = Arc::new(StreamProgress {
+            _open: Some(open),
+            ..StreamProgress::default()
+        });
         let since_ms = self.epoch.elapsed().as_millis() as u64;
         let mut b = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
         b.retain(|w| w.body.strong_count() > 0);
@@ -251,8 +319,17 @@ pub async fn serve_connection<S>(
     });
     // Set when send_timeout ends the connection: its streams' lines say client-timeout.
     let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // keepalive_timeout: a connection with no open stream for that long gets GOAWAY.
+    let idle = Arc::new(Idle::new());
+    let idle_close_wait = front.header_timeout;
+    let idle_limit = if front.keepalive_timeout.is_zero() {
+        front.header_timeout
+    } else {
+        front.keepalive_timeout
+    };
     let svc = {
         let (resets, progress, stalled) = (resets.clone(), progress.clone(), stalled.clone());
+        let idle = idle.clone();
         service_fn(move |req| {
             let (front, conn) = (front.clone(), conn.clone());
             let (progress, stalled) = (progress.clone(), stalled.clone());
@@ -260,13 +337,14 @@ pub async fn serve_connection<S>(
                 resets: resets.clone(),
                 done: false,
             };
+            let open = idle.open();
             async move {
                 // The whole guard moves in (not only the field written below).
                 let mut guard = guard;
                 let mut resp = crate::http::handle(front, conn, req).await;
                 guard.done = true;
                 if let Ok(r) = &mut resp {
-                    r.body_mut().watch_progress(progress.watch());
+                    r.body_mut().watch_progress(progress.watch(open));
                     r.body_mut().mark_send_timeout(stalled);
                 }
                 resp
@@ -283,6 +361,7 @@ pub async fn serve_connection<S>(
             return;
         }
         _ = drain.wait_for(|d| *d) => "draining",
+        () = idle.reached(idle_limit) => "idle",
         () = resets.spent.notified() => "reset budget spent",
         () = progress.stall(send_timeout) => {
             stalled.store(true, std::sync::atomic::Ordering::Release);
@@ -290,14 +369,25 @@ pub async fn serve_connection<S>(
             return;
         }
     };
-    if why != "draining" {
+    if why == "idle" {
+        debug!("HTTP/2 connection without a stream for {idle_limit:?} (keepalive_timeout): GOAWAY");
+    } else if why != "draining" {
         warn!(
             "HTTP/2 client resets streams faster than {RESET_RATE}/s (rapid reset, CVE-2023-44487): GOAWAY and close"
         );
     }
     connection.as_mut().graceful_shutdown();
-    if let Err(e) = connection.as_mut().await {
-        debug!("HTTP/2 connection ended after GOAWAY: {e}");
+    // An idle connection has no stream to finish: a client that does not answer the
+    // GOAWAY's PING is not waited for longer than a request head may take.
+    let bound = if why == "idle" {
+        idle_close_wait
+    } else {
+        Duration::MAX
+    };
+    match tokio::time::timeout(bound, connection.as_mut()).await {
+        Ok(Err(e)) => debug!("HTTP/2 connection ended after GOAWAY: {e}"),
+        Ok(Ok(())) => {}
+        Err(_) => debug!("HTTP/2 client did not answer GOAWAY within {bound:?}: closing"),
     }
 }
 
@@ -430,7 +520,8 @@ mod tests {
             bodies: Mutex::new(Vec::new()),
         };
         let limit = Duration::from_secs(1);
-        let p = progress.watch();
+        let idle = Arc::new(Idle::new());
+        let p = progress.watch(idle.open());
         assert!(!progress.any_stalled(999, limit));
         assert!(progress.any_stalled(1000, limit), "never polled: stalled");
         // A poll moves the count: the limit runs from when the watcher saw it move.
@@ -448,9 +539,52 @@ mod tests {
         drop(p);
         assert!(!progress.any_stalled(60_000, limit));
         // A body watched since the start and never polled.
-        let q = progress.watch();
+        let q = progress.watch(idle.open());
         assert!(progress.any_stalled(60_000, limit));
         drop(q);
+    }
+
+    /// keepalive_timeout on HTTP/2: counted from the connection's start, or from when its
+    /// last open stream (its handler, then its response body) closed; never while one is
+    /// open.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_idle_once_no_stream_has_been_open_for_the_limit() {
+        let limit = Duration::from_secs(75);
+        let idle = Arc::new(Idle::new());
+        let t0 = tokio::time::Instant::now();
+        idle.reached(limit).await;
+        assert_eq!(t0.elapsed(), limit, "no stream since the start");
+
+        // A stream open for 200 s, then closed: idle 75 s after it closed.
+        let idle = Arc::new(Idle::new());
+        let t0 = tokio::time::Instant::now();
+        let stream = idle.open();
+        let progress = Progress {
+            epoch: Instant::now(),
+            bodies: Mutex::new(Vec::new()),
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(100)).await;
+            // the handler is done; the body carries the stream on
+            let body = progress.watch(stream);
+            tokio::time::sleep(Duration::from_secs(100)).await;
+            drop(body);
+        });
+        idle.reached(limit).await;
+        assert_eq!(t0.elapsed(), Duration::from_secs(275));
+
+        // Two streams overlapping: the later close counts.
+        let idle = Arc::new(Idle::new());
+        let t0 = tokio::time::Instant::now();
+        let (a, b) = (idle.open(), idle.open());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            drop(b);
+            tokio::time::sleep(Duration::from_secs(70)).await;
+            drop(a);
+        });
+        idle.reached(limit).await;
+        assert_eq!(t0.elapsed(), Duration::from_secs(155));
     }
 
     #[test]

@@ -307,6 +307,7 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
         max_header_size: srv.max_header_size.bytes() as usize,
         max_body_size: srv.max_body_size.bytes(),
         header_timeout: srv.client_header_timeout.as_duration(),
+        keepalive_timeout: srv.keepalive_timeout.as_duration(),
         body_timeout: srv.client_body_timeout.as_duration(),
         send_timeout: srv.send_timeout.as_duration(),
         spool,

@@ -107,8 +107,8 @@ fn not_needed_why(name: &str) -> Option<&'static str> {
         "real_ip_header" => "weir reads X-Forwarded-For from [server] trusted_proxies",
         "real_ip_recursive" => "weir skips every trusted proxy in X-Forwarded-For",
         "keepalive" => "weir opens one upstream connection per request",
-        "keepalive_timeout" | "keepalive_requests" | "keepalive_time" => {
-            "weir keeps client connections alive by its own rules; a slow client is bounded by client_header_timeout"
+        "keepalive_requests" | "keepalive_time" => {
+            "weir keeps a client connection for as many requests as it sends; idle ones end with keepalive_timeout"
         }
         "zone" => "weir's upstream state is in memory",
         "reset_timedout_connection" | "lingering_close" | "lingering_time"
@@ -593,6 +593,17 @@ fn level_directive(b: &mut Builder, ctx: &mut Ctx, d: &Directive, level: &str) {
                 _ => b.unsupported(f, d.line, text(d), "expected NUMBER SIZE"),
             }
         }
+        "keepalive_timeout" => match nginx_duration(a0) {
+            Ok(t) => {
+                b.set("server.keepalive_timeout", t);
+                if d.args.len() > 1 {
+                    b.mapped_note(f, d.line, text(d), "server.keepalive_timeout", "the second value (the Keep-Alive: timeout= header) is not sent");
+                } else {
+                    b.mapped(f, d.line, text(d), "server.keepalive_timeout");
+                }
+            }
+            Err(e) => b.unsupported(f, d.line, text(d), &e),
+        },
         "client_header_timeout" | "client_body_timeout" | "send_timeout" => {
             match nginx_duration(a0) {
                 Ok(t) => {

@@ -123,7 +123,11 @@ fn the_papers_configuration_imports_and_validates() {
     assert_eq!(key_of(&i, "uwsgi_pass"), "app");
     assert_eq!(key_of(&i, "limit_req_zone"), "limit_req.mylimit");
     assert_eq!(key_of(&i, "processes"), "app.workers");
-    assert!(is_unsupported(&i, "keepalive_timeout") || is_not_needed(&i, "keepalive_timeout"));
+    assert_eq!(key_of(&i, "keepalive_timeout"), "server.keepalive_timeout");
+    assert_eq!(
+        check(&i).server.keepalive_timeout,
+        weir_config::Seconds::from_secs(65)
+    );
     let table = render_table(&i.findings);
     assert!(table.contains("not needed"), "{table}");
     assert!(table.contains("41 directives"), "{table}");
