@@ -388,6 +388,17 @@ def test_h2c_prior_knowledge_beside_http11_and_the_gate(front, certs):
     assert got.startswith("HTTP/1.1 400") and "x-weir-error: bad-request" in got.lower(), got
 
 
+def recv_or_eof(s: socket.socket):
+    """One read: the bytes, b"" when the server closed or reset the connection, None when
+    nothing came within the socket's timeout."""
+    try:
+        return s.recv(65536)
+    except socket.timeout:
+        return None
+    except ConnectionResetError:
+        return b""
+
+
 def test_http2_client_that_never_opens_its_window_is_dropped_after_send_timeout(front, tmp_path):
     # An HTTP/2 client can answer PINGs and still take nothing: a flow-control window of
     # 0 leaves hyper nothing to write. send_timeout ends the connection, and the stream's
@@ -430,13 +441,9 @@ def test_http2_client_that_never_opens_its_window_is_dropped_after_send_timeout(
     t0, closed = time.monotonic(), False
     s.settimeout(0.5)
     while time.monotonic() - t0 < 15:
-        try:
-            data = s.recv(65536)
-        except socket.timeout:
+        data = recv_or_eof(s)
+        if data is None:
             continue
-        except ConnectionResetError:
-            closed = True
-            break
         if not data:
             closed = True
             break
@@ -470,12 +477,9 @@ def test_http2_connection_without_a_stream_for_keepalive_timeout_gets_goaway(fro
     raw, at = b"", 0  # the server's frames, for the PINGs h2 no longer takes after GOAWAY
     t0 = time.monotonic()
     while time.monotonic() - t0 < 15:
-        try:
-            data = s.recv(65536)
-        except socket.timeout:
+        data = recv_or_eof(s)
+        if data is None:
             continue
-        except ConnectionResetError:
-            data = b""
         if not data:
             closed_at = time.monotonic()
             break

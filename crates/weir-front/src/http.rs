@@ -124,17 +124,10 @@ pub async fn serve_connection<S>(
                 r = tokio::time::timeout(keepalive_wait, io.first_byte()) => r,
                 _ = drain.wait_for(|d| *d) => break,
             };
-            match began {
-                Ok(Ok(true)) => {}
-                Ok(Ok(false)) => break,
-                Ok(Err(e)) => {
-                    debug!("connection ended: {e}");
-                    return;
-                }
-                Err(_) => {
-                    debug!("kept-alive connection idle for keepalive_timeout: closing");
-                    break;
-                }
+            match waited(began, "no new request within keepalive_timeout") {
+                Waited::Go => {}
+                Waited::Close => break,
+                Waited::Gone => return,
             }
         }
         first = false;
@@ -143,17 +136,10 @@ pub async fn serve_connection<S>(
             r = tokio::time::timeout(header_timeout, io.next_head()) => r,
             _ = drain.wait_for(|d| *d) => break,
         };
-        match head {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => break,
-            Ok(Err(e)) => {
-                debug!("connection ended: {e}");
-                return;
-            }
-            Err(_) => {
-                debug!("no whole request head within client_header_timeout: closing");
-                break;
-            }
+        match waited(head, "no whole request head within client_header_timeout") {
+            Waited::Go => {}
+            Waited::Close => break,
+            Waited::Gone => return,
         }
         io.unpark();
         let mut connection = Box::new(builder.serve_connection(TokioIo::new(io), svc.clone()));
@@ -191,6 +177,33 @@ pub async fn serve_connection<S>(
     use tokio::io::AsyncWriteExt as _;
     if let Err(e) = io.shutdown().await {
         debug!("connection shutdown: {e}");
+    }
+}
+
+/// What a connection does after waiting for its client.
+enum Waited {
+    /// Something came: go on.
+    Go,
+    /// Close it (weir's answer to a refused head first): the client closed, a head was
+    /// refused, or the wait timed out.
+    Close,
+    /// The connection failed: nothing more to write.
+    Gone,
+}
+
+/// Reads the outcome of a bounded wait for the client; `late` is logged on a timeout.
+fn waited(r: Result<std::io::Result<bool>, tokio::time::error::Elapsed>, late: &str) -> Waited {
+    match r {
+        Ok(Ok(true)) => Waited::Go,
+        Ok(Ok(false)) => Waited::Close,
+        Ok(Err(e)) => {
+            debug!("connection ended: {e}");
+            Waited::Gone
+        }
+        Err(_) => {
+            debug!("{late}: closing");
+            Waited::Close
+        }
     }
 }
 
