@@ -820,7 +820,8 @@ impl Limits {
     /// `weir_limit_conn_total{zone,outcome}` (admitted, refused, dry_run_refused,
     /// store_error), `weir_limit_req_keys{zone}` (memory store),
     /// and with Redis `weir_limits_store_up`, `weir_limits_store_errors_total{kind}`,
-    /// `weir_limits_store_outages_total`, `weir_limits_store_fallback_total{verdict}`.
+    /// `weir_limits_store_outages_total`, `weir_limits_store_fallback_total{verdict}`,
+    /// `weir_limits_store_calls_total` and `weir_limits_store_checks_total` (batching).
     pub fn render_metrics(&self, out: &mut String) {
         if self.is_empty() {
             return;
@@ -870,6 +871,11 @@ impl Limits {
                 let _ = writeln!(out, "weir_limits_store_errors_total{{kind=\"{k}\"}} {n}");
             }
             let _ = writeln!(out, "# HELP weir_limits_store_outages_total Runs of Redis failures.\n# TYPE weir_limits_store_outages_total counter\nweir_limits_store_outages_total {}", h.outages());
+            if let Store::Redis(r) = &self.store {
+                let (calls, checks) = r.sent.get();
+                let _ = writeln!(out, "# HELP weir_limits_store_calls_total Script calls sent for limit_req checks (batches).\n# TYPE weir_limits_store_calls_total counter\nweir_limits_store_calls_total {calls}");
+                let _ = writeln!(out, "# HELP weir_limits_store_checks_total limit_req checks sent to Redis; over weir_limits_store_calls_total, the batch size.\n# TYPE weir_limits_store_checks_total counter\nweir_limits_store_checks_total {checks}");
+            }
             out.push_str("# HELP weir_limits_store_fallback_total Requests given on_store_error's verdict.\n# TYPE weir_limits_store_fallback_total counter\n");
             for (i, v) in ["allow", "deny"].iter().enumerate() {
                 let _ = writeln!(

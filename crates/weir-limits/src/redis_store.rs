@@ -287,6 +287,24 @@ struct Reconnect {
     last_error: Option<String>,
 }
 
+/// What the batching task has sent: script calls and the checks they carried (their
+/// ratio is the batch size, in /metrics).
+#[derive(Debug, Default)]
+pub struct BatchCounters {
+    calls: AtomicU64,
+    checks: AtomicU64,
+}
+
+impl BatchCounters {
+    /// Script calls sent for `limit_req` checks, and the checks they carried.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.calls.load(Ordering::Relaxed),
+            self.checks.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// A shared store on Redis (`limit_req` buckets here, `limit_conn` leases in
 /// [`crate::redis_conn`]).
 pub struct RedisStore {
@@ -297,6 +315,8 @@ pub struct RedisStore {
     script: redis::Script,
     /// The batching task's inbox (started with the first check).
     batches: std::sync::OnceLock<mpsc::UnboundedSender<Job>>,
+    /// What the batching task has sent.
+    pub(crate) sent: Arc<BatchCounters>,
     pub(crate) slot: Arc<Mutex<Option<ConnectionManager>>>,
     pub(crate) leases: Arc<crate::redis_conn::Leases>,
 }
@@ -328,6 +348,7 @@ impl RedisStore {
             })),
             script: redis::Script::new(SCRIPT),
             batches: std::sync::OnceLock::new(),
+            sent: Arc::new(BatchCounters::default()),
             slot: Arc::new(Mutex::new(None)),
             leases: Arc::new(crate::redis_conn::Leases::new()),
         })
@@ -494,6 +515,7 @@ impl RedisStore {
                 self.slot.clone(),
                 self.script.clone(),
                 self.opts.timeout,
+                self.sent.clone(),
             ));
         }
         self.batches.get()
@@ -527,6 +549,7 @@ async fn run_batches(
     slot: Arc<Mutex<Option<ConnectionManager>>>,
     script: redis::Script,
     timeout: Duration,
+    sent: Arc<BatchCounters>,
 ) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     // Checks in arrival order, so by deadline too (every check has the same timeout).
@@ -585,6 +608,8 @@ async fn run_batches(
         if jobs.is_empty() {
             continue;
         }
+        sent.calls.fetch_add(1, Ordering::Relaxed);
+        sent.checks.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         let conn = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let script = script.clone();
         tokio::spawn(async move {

@@ -347,6 +347,23 @@ async fn checks_of_one_key_in_one_batch_count_one_after_the_other() {
         admitted += u32::from(!t.await.unwrap());
     }
     assert_eq!(admitted, 6, "1 + burst 5 at 1r/m");
+    // /metrics shows the batching: every check sent once, in fewer calls than checks.
+    let mut m = String::new();
+    l.render_metrics(&mut m);
+    let metric = |name: &str| -> u64 {
+        m.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {m}"))
+    };
+    let (calls, checks) = (
+        metric("weir_limits_store_calls_total"),
+        metric("weir_limits_store_checks_total"),
+    );
+    assert_eq!(checks, 40, "{m}");
+    assert!(
+        calls >= 1 && calls < checks,
+        "{calls} calls for {checks} checks"
+    );
     drop(redis);
 }
 
