@@ -76,7 +76,7 @@ pub struct GatedIo<S> {
     /// hyper gets the end of input once the checked bytes are gone.
     stopped: bool,
     /// A refusal inside a body: hyper's read fails with it once the checked bytes are gone.
-    body_error: Option<weir_http1::FramingError>,
+    body_error: Option<Box<weir_http1::FramingError>>,
     /// weir's own answer, written before the shutdown, and how much of it is written.
     answer: Vec<u8>,
     answer_at: usize,
@@ -84,7 +84,8 @@ pub struct GatedIo<S> {
     answer_body_at: usize,
     /// The refused request's log line, written once its answer is out (or the connection
     /// ended before), so that its `bytes` are the bytes sent.
-    refused: Option<Record>,
+    /// (Boxed, as the refusal below: a connection keeps this struct for its whole life.)
+    refused: Option<Box<Record>>,
     refusals: RefusalLog,
     write_shut: bool,
     linger: Option<Pin<Box<Sleep>>>,
@@ -251,7 +252,7 @@ impl<S> GatedIo<S> {
                 Step::Refuse(r) => {
                     self.stopped = true;
                     if r.in_body {
-                        self.body_error = Some(r.error);
+                        self.body_error = Some(Box::new(r.error));
                     } else {
                         self.refuse(r);
                     }
@@ -275,7 +276,7 @@ impl<S> GatedIo<S> {
         let mut rec = Record::new(&id, self.refusals.peer, &head.method, &head.path);
         rec.status = rejection.status().as_u16();
         rec.class = Some(rejection.class);
-        self.refused = Some(rec);
+        self.refused = Some(Box::new(rec));
     }
 
     /// Writes the refused request's log line (once): the body bytes written so far, and
@@ -284,7 +285,7 @@ impl<S> GatedIo<S> {
         if let Some(rec) = self.refused.take() {
             let bytes = self.answer_at.saturating_sub(self.answer_body_at) as u64;
             let cut = self.answer_at < self.answer.len();
-            self.refusals.log.refused_answered(rec, bytes, cut);
+            self.refusals.log.refused_answered(*rec, bytes, cut);
         }
     }
 
@@ -377,7 +378,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for GatedIo<S> {
             }
             if let Some(e) = this.body_error.take() {
                 // hyper fails this request's body read with the reason.
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, *e)));
             }
             if this.stopped || this.parked {
                 return Poll::Ready(Ok(()));

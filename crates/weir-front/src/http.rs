@@ -54,32 +54,24 @@ type Handling = std::pin::Pin<
 /// there is a request to serve: a whole head is read by the gate first, and a client idle
 /// at a request boundary for [`PARK_AFTER`] is parked without hyper (the gate's module
 /// doc).
-pub async fn serve_connection<S>(
+pub fn serve_connection<S>(
     io: S,
     conn: ConnInfo,
     front: Arc<Front>,
     mut drain: watch::Receiver<bool>,
-) where
+) -> impl std::future::Future<Output = ()> + Send
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(front.header_timeout)
-        .max_buf_size(front.max_header_size.max(8192))
-        // The gate ends hyper's input after the last good request when it refuses the
-        // next one, or when the client is idle; hyper must still answer the request in
-        // progress. Clients that really leave are seen by the ClientWatch.
-        .half_close(true)
-        // `keepalive_timeout = 0`: every answer says `Connection: close` (NGINX's).
-        .keep_alive(!front.keepalive_timeout.is_zero());
+    // Set up here, not in the future: the connection's task is sized by what the future
+    // holds across its waits (a parked connection keeps it for as long as it lives), so
+    // it holds no copy of its arguments and no hyper builder (made per hyper connection).
     let conn = Arc::new(conn);
     let peer = conn.peer.map(|p| p.ip());
     let log = front.log.clone();
     let header_timeout = front.header_timeout;
     // A parked connection has been idle for PARK_AFTER already.
     let keepalive_wait = front.keepalive_timeout.saturating_sub(PARK_AFTER);
-    let mut first = true;
     // Set when the client took nothing for send_timeout: the connection is dropped and
     // the request it was answering is logged `client-timeout`.
     let stalled = Arc::new(AtomicBool::new(false));
@@ -98,6 +90,7 @@ pub async fn serve_connection<S>(
     .park_after(PARK_AFTER);
     let svc = {
         let close_after = close_after.clone();
+        let front = front.clone();
         service_fn(move |req| -> Handling {
             let (front, conn, stalled) = (front.clone(), conn.clone(), stalled.clone());
             let close_after = close_after.clone();
@@ -116,68 +109,88 @@ pub async fn serve_connection<S>(
             })
         })
     };
-    loop {
-        // A kept-alive connection waits keepalive_timeout for its next request to begin
-        // (NGINX's); a new one has client_header_timeout for its whole first head.
-        if !first {
-            let began = tokio::select! {
-                r = tokio::time::timeout(keepalive_wait, io.first_byte()) => r,
+    async move {
+        let mut first = true;
+        loop {
+            // A kept-alive connection waits keepalive_timeout for its next request to begin
+            // (NGINX's); a new one has client_header_timeout for its whole first head.
+            if !first {
+                let began = tokio::select! {
+                    r = tokio::time::timeout(keepalive_wait, io.first_byte()) => r,
+                    _ = drain.wait_for(|d| *d) => break,
+                };
+                match waited(began, "no new request within keepalive_timeout") {
+                    Waited::Go => {}
+                    Waited::Close => break,
+                    Waited::Gone => return,
+                }
+            }
+            first = false;
+            // A whole request head, read without hyper, within client_header_timeout.
+            let head = tokio::select! {
+                r = tokio::time::timeout(header_timeout, io.next_head()) => r,
                 _ = drain.wait_for(|d| *d) => break,
             };
-            match waited(began, "no new request within keepalive_timeout") {
+            match waited(head, "no whole request head within client_header_timeout") {
                 Waited::Go => {}
                 Waited::Close => break,
                 Waited::Gone => return,
             }
-        }
-        first = false;
-        // A whole request head, read without hyper, within client_header_timeout.
-        let head = tokio::select! {
-            r = tokio::time::timeout(header_timeout, io.next_head()) => r,
-            _ = drain.wait_for(|d| *d) => break,
-        };
-        match waited(head, "no whole request head within client_header_timeout") {
-            Waited::Go => {}
-            Waited::Close => break,
-            Waited::Gone => return,
-        }
-        io.unpark();
-        let mut connection = Box::new(builder.serve_connection(TokioIo::new(io), svc.clone()));
-        let done = tokio::select! {
-            r = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => Some(r),
-            _ = drain.wait_for(|d| *d) => None,
-        };
-        let draining = done.is_none();
-        let done = match done {
-            Some(r) => r,
-            None => {
-                // Draining: the request in progress is answered, then the connection closes.
-                std::pin::Pin::new(&mut *connection).graceful_shutdown();
-                std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)).await
+            io.unpark();
+            let mut connection =
+                Box::new(http1_builder(&front).serve_connection(TokioIo::new(io), svc.clone()));
+            let done = tokio::select! {
+                r = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => Some(r),
+                _ = drain.wait_for(|d| *d) => None,
+            };
+            let draining = done.is_none();
+            let done = match done {
+                Some(r) => r,
+                None => {
+                    // Draining: the request in progress is answered, then the connection closes.
+                    std::pin::Pin::new(&mut *connection).graceful_shutdown();
+                    std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)).await
+                }
+            };
+            if let Err(e) = done {
+                log_refusal(&log, peer, &e);
+                debug!("connection ended: {e}");
+                return;
             }
-        };
-        if let Err(e) = done {
-            log_refusal(&log, peer, &e);
-            debug!("connection ended: {e}");
-            return;
+            let parts = connection.into_parts();
+            io = parts.io.into_inner();
+            io.unread(&parts.read_buf);
+            let again = io.parked()
+                && io.keeps_alive()
+                && !draining
+                && !close_after.load(std::sync::atomic::Ordering::Relaxed);
+            if !again {
+                break;
+            }
         }
-        let parts = connection.into_parts();
-        io = parts.io.into_inner();
-        io.unread(&parts.read_buf);
-        let again = io.parked()
-            && io.keeps_alive()
-            && !draining
-            && !close_after.load(std::sync::atomic::Ordering::Relaxed);
-        if !again {
-            break;
+        // Closing: weir's own answer to a refused head first, then the end of output, then a
+        // moment of lingering (the gate's shutdown).
+        use tokio::io::AsyncWriteExt as _;
+        if let Err(e) = io.shutdown().await {
+            debug!("connection shutdown: {e}");
         }
     }
-    // Closing: weir's own answer to a refused head first, then the end of output, then a
-    // moment of lingering (the gate's shutdown).
-    use tokio::io::AsyncWriteExt as _;
-    if let Err(e) = io.shutdown().await {
-        debug!("connection shutdown: {e}");
-    }
+}
+
+/// hyper's HTTP/1 connection settings, for each hyper connection a client gets.
+fn http1_builder(front: &Front) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(front.header_timeout)
+        .max_buf_size(front.max_header_size.max(8192))
+        // The gate ends hyper's input after the last good request when it refuses the
+        // next one, or when the client is idle; hyper must still answer the request in
+        // progress. Clients that really leave are seen by the ClientWatch.
+        .half_close(true)
+        // `keepalive_timeout = 0`: every answer says `Connection: close` (NGINX's).
+        .keep_alive(!front.keepalive_timeout.is_zero());
+    builder
 }
 
 /// What a connection does after waiting for its client.

@@ -15,9 +15,12 @@
 //!   HTTP/2 ([`crate::http2`]) or HTTP/1.1 ([`crate::http`]) by the ALPN outcome.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -272,37 +275,82 @@ impl Tls {
 
 /// Serves one TLS connection: the handshake (within `client_header_timeout`), then
 /// HTTP/2 when the client chose `h2` by ALPN, else HTTP/1.1.
-pub async fn serve_connection<S>(
+// Not an `async fn`: its arguments would be copied into the future's locals, and both
+// copies kept for the connection's life.
+#[allow(clippy::manual_async_fn)]
+pub fn serve_connection<S>(
     io: S,
+    conn: ConnInfo,
+    front: Arc<Front>,
+    drain: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // The task is as large as the larger of the handshake and the serving, held for as
+    // long as the connection lives: the stream is never borrowed here (a borrowed local
+    // keeps its place across every later wait), and HTTP/2's larger future is boxed.
+    async move {
+        let Some(tls) = &front.tls else { return };
+        let stream = match tokio::time::timeout(front.header_timeout, tls.acceptor.accept(io)).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                debug!(peer = ?conn.peer, "TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                debug!(peer = ?conn.peer, "TLS handshake took longer than client_header_timeout");
+                return;
+            }
+        };
+        serving(stream, conn, front, drain).await;
+    }
+}
+
+/// After the handshake: HTTP/2 or HTTP/1.1, by the ALPN outcome.
+fn serving<S>(
+    stream: tokio_rustls::server::TlsStream<S>,
     mut conn: ConnInfo,
     front: Arc<Front>,
     drain: watch::Receiver<bool>,
-) where
+) -> Serving<impl Future<Output = ()> + Send>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(tls) = &front.tls else { return };
-    let stream = match tokio::time::timeout(front.header_timeout, tls.acceptor.accept(io)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            debug!(peer = ?conn.peer, "TLS handshake failed: {e}");
-            return;
-        }
-        Err(_) => {
-            debug!(peer = ?conn.peer, "TLS handshake took longer than client_header_timeout");
-            return;
-        }
-    };
     conn.tls = true;
-    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-    if h2 {
-        crate::http2::serve_connection(stream, conn, front, drain).await;
-        return;
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        return Serving::Http2 {
+            fut: Box::pin(crate::http2::serve_connection(stream, conn, front, drain)),
+        };
     }
     // HTTP/1.1: the gate reads each request head before hyper's connection (and its
     // read buffer) is made, as NGINX allocates its header buffer only then, so a
     // connection opened ahead of time (a browser's preconnect) holds the TLS session
     // alone; the wait is bounded by client_header_timeout.
-    crate::http::serve_connection(stream, conn, front, drain).await;
+    Serving::Http1 {
+        fut: crate::http::serve_connection(stream, conn, front, drain),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A TLS connection's protocol, served.
+    #[project = ServingProj]
+    enum Serving<H1> {
+        Http1 { #[pin] fut: H1 },
+        Http2 { fut: Pin<Box<dyn Future<Output = ()> + Send>> },
+    }
+}
+
+impl<H1: Future<Output = ()>> Future for Serving<H1> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.project() {
+            ServingProj::Http1 { fut } => fut.poll(cx),
+            ServingProj::Http2 { fut } => fut.as_mut().poll(cx),
+        }
+    }
 }
 
 #[cfg(test)]
