@@ -10,7 +10,9 @@ opened at most CONCURRENCY (env, default 256) at a time, so the listen backlog i
 limit; the opening phase is bounded by OPEN_TIMEOUT (env, default 90 s).
 
 When all are open (or have failed), one line goes to STATUS_FILE:
-    READY keepalive_ok=N slowloris_ok=N failed=N open_s=S
+    READY keepalive_ok=N slowloris_ok=N failed=N open_s=S [answers=STATUS:N,...]
+(`answers`: the keep-alive connections that failed because their answer was not a 200,
+by status: a server's refusals, 503 say, as against errors.)
 Then it watches every connection: one the server closes is counted. It ends on SIGTERM or
 SIGINT, or after HOLD_S seconds (default 300), appending
     END open=N closed_by_server=N
@@ -38,6 +40,8 @@ OPEN_TIMEOUT = float(os.environ.get("OPEN_TIMEOUT", "90"))
 KA_REQ = b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: weir-bench-holder\r\n\r\n"
 SLOW_REQ = b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: weir-bench-holder\r\nX-Slow: a"
 LINGER0 = struct.pack("ii", 1, 0)
+# statuses other than 200, and how many answers had each
+NOT_OK: dict = {}
 
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 if soft < hard:
@@ -126,6 +130,8 @@ def step(c: Conn, events: int) -> str:
             c.buf += data
             if answer_complete(c.buf):
                 if not c.buf.startswith(b"HTTP/1.1 200"):
+                    status = c.buf[9:12].decode("ascii", "replace")
+                    NOT_OK[status] = NOT_OK.get(status, 0) + 1
                     return "failed"
                 c.buf = b""
                 c.state = "held"
@@ -174,8 +180,10 @@ def main() -> int:
             close(c)
     open_s = time.monotonic() - t0
     with open(STATUS, "a") as f:
-        f.write("READY keepalive_ok=%d slowloris_ok=%d failed=%d open_s=%.1f\n"
-                % (ok["ka"], ok["slow"], failed + len(todo), open_s))
+        answers = ",".join("%s:%d" % kv for kv in sorted(NOT_OK.items()))
+        f.write("READY keepalive_ok=%d slowloris_ok=%d failed=%d open_s=%.1f%s\n"
+                % (ok["ka"], ok["slow"], failed + len(todo), open_s,
+                   (" answers=" + answers) if answers else ""))
     # hold: count what the server closes (EOF or reset); a keep-alive answer never comes
     closed = 0
     end = t0 + HOLD_S

@@ -105,7 +105,8 @@ for run in range(1, RUNS + 1):
         ready, end = holder(s, run)
         n = int(ready.get("keepalive_ok", 0)) + int(ready.get("slowloris_ok", 0))
         held = "%s + %s%s; %s" % (ready.get("keepalive_ok", "?"), ready.get("slowloris_ok", "?"),
-                                   (", %s failed" % ready["failed"]) if ready.get("failed", "0") != "0" else "",
+                                   (", %s failed%s" % (ready["failed"], (" (answers " + ready["answers"] + ")") if ready.get("answers") else ""))
+                                   if ready.get("failed", "0") != "0" else "",
                                    end.get("closed_by_server", "?"))
         mib = lambda d, k: d[k] / 1024  # noqa: E731
         g_rss = (max(h["rss_kib"], a["rss_kib"]) - b["rss_kib"])

@@ -117,7 +117,7 @@ start_server() {
   mkdir -p "$d"
   case "$name" in
     weir | weir-preload | weir-lazy | weir-noprefetch | weir-threads1 | weir-threads2 | weir-base \
-      | weir-limit | weir-limit-redis | weir-limit-redis-unix | weir-cache)
+      | weir-limit | weir-limit-redis | weir-limit-redis-unix | weir-cache | weir-noadmission)
       local bin=$WEIR_BIN
       [[ $name == weir-base ]] && bin=${WEIR_BASE_BIN:-}
       [[ -x "$bin" ]] || { log "weir binary '$bin' missing (weir-base needs WEIR_BASE_BIN)"; return 1; }
@@ -127,6 +127,11 @@ start_server() {
       [[ $name == weir-noprefetch ]] && preload=(--prefetch off)
       if [[ $name == weir-threads[12] ]]; then
         printf '[server]\nthreads = %s\n' "${name#weir-threads}" > "$d/weir.toml"
+        preload=(--config "$d/weir.toml")
+      fi
+      if [[ $name == weir-noadmission ]]; then
+        # Every request queued, as uWSGI's listen queue does: no 503 at arrival.
+        printf '[queue]\nadmission = false\n' > "$d/weir.toml"
         preload=(--config "$d/weir.toml")
       fi
       if [[ $name == weir-limit* ]]; then
