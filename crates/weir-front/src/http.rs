@@ -40,7 +40,7 @@ use crate::request_body::read_body;
 /// How long a kept-alive client may send nothing after an answer before its connection
 /// is parked: hyper's connection and its buffers are let go, and the next request gets a
 /// new one (see [`crate::gate`]). A client sending its requests back to back keeps its
-/// hyper connection; one that pauses (a browser, an idle pool) costs a few hundred bytes.
+/// hyper connection; one that pauses (a browser, an idle pool) costs about 2 KiB.
 const PARK_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The service future, boxed: hyper can then hand the connection back between requests
