@@ -25,6 +25,8 @@
 # Usage: bench/tls/run.sh [RUNS]          (default 3)
 # Environment: DURATION (s of the h2 measurement, default 10), WORKERS (4),
 #   HANDSHAKE_CONNECTIONS (20), HANDSHAKE_REQUESTS (10000), IDLE_CONNECTIONS (10000),
+#   IDLE_ALPN (http/1.1; h2: the idle connections are HTTP/2 ones, the preface and SETTINGS
+#   exchanged, as a browser keeps them),
 #   READY_TIMEOUT (60),
 #   WEIR_BIN (default $CARGO_TARGET_DIR/release/weir; built here unless set or NO_BUILD=1).
 # Bounded: every start waits at most READY_TIMEOUT s; every h2load run has a timeout (DURATION + 120 s);
@@ -42,6 +44,8 @@ WORKERS=${WORKERS:-4}
 HANDSHAKE_CONNECTIONS=${HANDSHAKE_CONNECTIONS:-20}
 HANDSHAKE_REQUESTS=${HANDSHAKE_REQUESTS:-10000}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
+IDLE_ALPN=${IDLE_ALPN:-http/1.1}
+[[ $IDLE_ALPN == http/1.1 || $IDLE_ALPN == h2 ]] || { echo "tls: IDLE_ALPN must be http/1.1 or h2, not '$IDLE_ALPN'" >&2; exit 2; }
 READY_TIMEOUT=${READY_TIMEOUT:-60}
 SERVERS="weir-tls nginx-tls-uwsgi"
 SHOP_DIR=$ROOT/examples/shop
@@ -55,9 +59,9 @@ chmod 755 "$RUN_DIR"
 log() { printf 'tls: %s\n' "$*" >&2; }
 
 CMD="bench/tls/run.sh $RUNS"
-for v in NO_BUILD WEIR_BIN DURATION WORKERS HANDSHAKE_CONNECTIONS HANDSHAKE_REQUESTS IDLE_CONNECTIONS; do
+for v in NO_BUILD WEIR_BIN DURATION WORKERS HANDSHAKE_CONNECTIONS HANDSHAKE_REQUESTS IDLE_CONNECTIONS IDLE_ALPN; do
   [[ -n "${!v+x}" ]] || continue
-  case "$v=${!v}" in DURATION=10 | WORKERS=4 | HANDSHAKE_CONNECTIONS=20 | HANDSHAKE_REQUESTS=10000 | IDLE_CONNECTIONS=10000) continue ;; esac
+  case "$v=${!v}" in DURATION=10 | WORKERS=4 | HANDSHAKE_CONNECTIONS=20 | HANDSHAKE_REQUESTS=10000 | IDLE_CONNECTIONS=10000 | IDLE_ALPN=http/1.1) continue ;; esac
   CMD="$v=${!v} $CMD"
 done
 
@@ -216,7 +220,7 @@ for RUN in $(seq 1 "$RUNS"); do
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t-\t-\n' "$RUN" "$name" "$scenario" "$rps" "$p50" "$p99" "$fails" >>"$RESULTS"
     done
     before=$(rss_kib "$MEM_PID" "$children")
-    coproc IDLE { exec "$PY" "$ROOT/bench/tls/idle.py" 127.0.0.1 "$PORT" "$CERT" "$IDLE_CONNECTIONS" 180; }
+    coproc IDLE { ALPN=$IDLE_ALPN exec "$PY" "$ROOT/bench/tls/idle.py" 127.0.0.1 "$PORT" "$CERT" "$IDLE_CONNECTIONS" 180; }
     ready=""
     read -r -t 150 ready <&"${IDLE[0]}" || true
     after=$(rss_kib "$MEM_PID" "$children")
@@ -232,9 +236,9 @@ done
 cat /proc/loadavg > "$OUT/loadavg-end"
 
 # -- summary -----------------------------------------------------------------------------
-"$PY" - "$RESULTS" "$OUT" "$CMD" "$WORKERS" "$DURATION" "$HANDSHAKE_CONNECTIONS" "$IDLE_CONNECTIONS" "$ROOT" "$HANDSHAKE_REQUESTS" <<'PY'
+"$PY" - "$RESULTS" "$OUT" "$CMD" "$WORKERS" "$DURATION" "$HANDSHAKE_CONNECTIONS" "$IDLE_CONNECTIONS" "$ROOT" "$HANDSHAKE_REQUESTS" "$IDLE_ALPN" <<'PY'
 import csv, datetime, math, os, statistics, sys
-res, out, cmd, workers, dur, hs_conns, idle_n, root, hs_reqs = sys.argv[1:]
+res, out, cmd, workers, dur, hs_conns, idle_n, root, hs_reqs, idle_alpn = sys.argv[1:]
 rows = list(csv.DictReader(open(res), delimiter="\t"))
 def f(x):
     try:
@@ -299,8 +303,8 @@ interleaved. weir: `tls_listen` with `[tls]`. nginx (worker_processes auto, `lis
 
 %s
 
-Idle TLS connections (%s opened by bench/tls/idle.py, handshake done, no request), resident
-memory growth:
+Idle TLS connections (%s opened by bench/tls/idle.py, handshake done, ALPN %s%s, no request),
+resident memory growth:
 
 %s
 
@@ -309,7 +313,9 @@ The machine has 2 cores shared by h2load, the server and its workers. Raw result
 """ % (now.strftime("%Y-%m-%d %H:%M UTC"), cmd, os.cpu_count(), " ".join(read_words(out, "loadavg-start")),
        " ".join(read_words(out, "loadavg-end")), weir, first_line(["nginx", "-v"]).split("/")[-1],
        first_line(["uwsgi", "--version"]), first_line(["h2load", "--version"]), workers, dur, hs_conns, hs_reqs,
-       "\n".join(lines), summary, idle_n, "\n".join(mem), os.path.relpath(out, root))
+       "\n".join(lines), summary, idle_n, idle_alpn,
+       ": the HTTP/2 preface and SETTINGS exchanged" if idle_alpn == "h2" else "",
+       "\n".join(mem), os.path.relpath(out, root))
 open(os.path.join(out, "section.md"), "w").write(section)
 print("(a section for bench/RESULTS.md: %s)" % os.path.join(out, "section.md"))
 PY
