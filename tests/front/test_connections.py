@@ -184,9 +184,11 @@ def test_a_burst_of_connections_gives_its_memory_back_while_they_idle(front):
         # what their hyper connections held.
         def settled():
             grown = rss_kib(pid) - base
-            return grown if grown < 5 * n else None
+            # Measured: about 19 KiB a connection at the burst, 2.6-4.7 after the purge
+            # (in steps, over 10-20 s), and 18.7 throughout 40 s without it.
+            return grown if grown < 6 * n else None
         grown = wait_for(settled, 60, interval=0.5,
-                         what="the master's memory for %d idle connections under 5 KiB each" % n)
+                         what="the master's memory for %d idle connections under 6 KiB each" % n)
         print("%d connections: master grew %d KiB at the burst, %d KiB idle (%.1f KiB each)"
               % (n, peak, grown, grown / n))
         for s in socks[:10]:
