@@ -159,9 +159,10 @@ def test_idle_and_slowloris_connections_cost_the_master_little(front):
 def test_a_burst_of_connections_gives_its_memory_back_while_they_idle(front):
     """Many connections with a request in progress at once each hold a hyper connection and
     its buffers (about 16 KiB); once answered and parked they hold about 2 KiB. The master's
-    jemalloc background thread returns the freed pages while nothing else happens: without
-    it jemalloc purges only inside an allocation, and idle connections make none, so the
-    burst's memory stayed resident until the next busy moment."""
+    purge thread (the weir binary's `alloc` module) has jemalloc return the freed pages
+    while nothing else happens: without it jemalloc purges only inside an allocation, and
+    idle connections make none, so the burst's memory stayed resident until the next busy
+    moment."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     n = min(1500, hard - 300)

@@ -1,6 +1,8 @@
 //! `weir`: one binary, one subcommand per job. Each subcommand lives in its own crate; this
 //! file only parses the command line and hands over (the `anyhow` edge of the program).
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
+
+mod alloc;
 
 use std::process::ExitCode;
 
@@ -11,9 +13,10 @@ use clap::{Parser, Subcommand};
 /// short-lived per-connection buffers leave behind, fragmented, so the master's memory
 /// would follow the most connections it ever served at once; jemalloc gives them back
 /// (measured: 3,000 idle keep-alive connections cost 2.1 KiB each after parking with
-/// jemalloc, 13.5 with glibc, 6.1 even after `malloc_trim`). `weir serve` turns on one
-/// jemalloc background thread ([`purge_in_background`]); the workers and the zygote do
-/// not, so the zygote's fork-safety check still sees a single-threaded process.
+/// jemalloc, 13.5 with glibc, 6.1 even after `malloc_trim`). `weir serve` starts one
+/// thread that applies jemalloc's purge schedule while the master idles ([`alloc`]); the
+/// workers and the zygote do not, so the zygote's fork-safety check still sees a
+/// single-threaded process.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -94,7 +97,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            purge_in_background();
+            alloc::purge_while_idle();
             weir_front::cli::main(args)
         }
         Command::Load(cmd) => weir_load::main(cmd),
@@ -102,19 +105,5 @@ fn main() -> ExitCode {
         Command::Import(args) => weir_import::cli::main(args),
         Command::Doctor(args) => weir_doctor::main(args),
         Command::Worker(opts) => weir_worker::main(opts),
-    }
-}
-
-/// The master's freed pages go back to the system on jemalloc's decay schedule (dirty
-/// pages after 10 s) even while nothing allocates: without a background thread jemalloc
-/// purges only inside an allocation, and a master holding idle connections makes none, so
-/// the buffers of a burst of connections (hyper's, before they park) stayed resident
-/// until the next busy moment. One thread, asleep unless there is something to purge.
-/// The zygote and the workers are other processes (exec'd), and keep none.
-fn purge_in_background() {
-    let on = tikv_jemalloc_ctl::max_background_threads::write(1)
-        .and_then(|()| tikv_jemalloc_ctl::background_thread::write(true));
-    if let Err(e) = on {
-        tracing::debug!("jemalloc background purging not available: {e}");
     }
 }
