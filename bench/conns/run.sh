@@ -28,9 +28,11 @@
 #   1. capacity: `weir load --connections 50 -dDURATION` (closed loop) -> C req/s
 #   2. unloaded: `weir load --rate C/4 -dDURATION` (open loop, a quarter of capacity)
 #   3. overload: `weir load --rate 2C --connections 2000 --max-connections 2000
-#      -dOVER_DURATION --timeout 10s` (open loop, twice capacity, 2,000 clients; a request
-#      due while all 2,000 are busy waits in weir load, a missed slot, and still counts from
-#      its scheduled time)
+#      --reuse oldest -dOVER_DURATION --timeout 10s` (open loop, twice capacity, 2,000
+#      clients: each connection sends in turn, as separate clients would, instead of the
+#      few most recently freed carrying the load; a request due while all 2,000 are busy
+#      waits in weir load, a missed slot, and still counts from its scheduled time). REUSE
+#      (oldest) sets --reuse; the runs before 2026-12-06 had `newest`, the only way then
 #   Status counts and the client-side p99 (all answers together) come from weir load's JSON;
 #   the p99 of the admitted (200) answers and of the refused ones (503, or nginx's 502)
 #   apart come from the server's access log (weir `total_ms`, nginx `$request_time`, whose
@@ -60,6 +62,7 @@ DURATION=${DURATION:-5}
 DURATION=${DURATION%s}
 SETTLE=${SETTLE:-2}
 OVERLOAD=${OVERLOAD:-1}
+REUSE=${REUSE:-oldest}
 IDLE=${IDLE:-1}
 OVER_CLIENTS=${OVER_CLIENTS:-2000}
 OVER_PATH=${OVER_PATH:-/items}
@@ -78,10 +81,10 @@ chmod 755 "$RUN_DIR"
 log() { printf 'conns: %s\n' "$*" >&2; }
 
 CMD="bench/conns/run.sh $RUNS"
-for v in NO_BUILD WEIR_BIN SERVERS KEEPALIVE SLOWLORIS WORKERS DURATION SETTLE IDLE OVERLOAD OVER_PATH OVER_CLIENTS OVER_DURATION WEIR_QUEUE; do
+for v in NO_BUILD WEIR_BIN SERVERS KEEPALIVE SLOWLORIS WORKERS DURATION SETTLE IDLE OVERLOAD OVER_PATH OVER_CLIENTS OVER_DURATION REUSE WEIR_QUEUE; do
   [[ -n "${!v+x}" ]] || continue
   case "$v=${!v}" in KEEPALIVE=10000 | SLOWLORIS=1000 | WORKERS=4 | DURATION=5 | SETTLE=2 | IDLE=1 | OVERLOAD=1 \
-    | OVER_PATH=/items | OVER_CLIENTS=2000 | OVER_DURATION=10 | "SERVERS=weir nginx-uwsgi") continue ;; esac
+    | OVER_PATH=/items | OVER_CLIENTS=2000 | OVER_DURATION=10 | REUSE=oldest | "SERVERS=weir nginx-uwsgi") continue ;; esac
   CMD="$v=\"${!v}\" $CMD"
 done
 
@@ -218,7 +221,7 @@ for RUN in $(seq 1 "$RUNS"); do
       --json "$OUT/$name.$RUN.unloaded.json" "$OVER_URL" >&2 || true
     m2=$(log_lines)
     timeout $((OVER_DURATION + 90)) "$WEIR_BIN" load --rate $((cap * 2)) --connections "$OVER_CLIENTS" \
-      --max-connections "$OVER_CLIENTS" --duration "${OVER_DURATION}s" --timeout 10s -q \
+      --max-connections "$OVER_CLIENTS" --reuse "$REUSE" --duration "${OVER_DURATION}s" --timeout 10s -q \
       --json "$OUT/$name.$RUN.overload.json" "$OVER_URL" >&2 || true
     m3=$(log_lines)
     stop_all
@@ -237,6 +240,6 @@ for f in "$OUT"/*.wrk-*.txt; do
   printf '%s\t%s\n' "$(basename "$f")" "$(parse_wrk "$f" | tr ' ' '\t')"
 done > "$OUT/wrk.tsv"
 
-"$PY" "$ROOT/bench/conns/summary.py" "$OUT" "$CMD" "$RUNS" "$SERVERS" "$WORKERS" "$KEEPALIVE" \
+REUSE="$REUSE" "$PY" "$ROOT/bench/conns/summary.py" "$OUT" "$CMD" "$RUNS" "$SERVERS" "$WORKERS" "$KEEPALIVE" \
   "$SLOWLORIS" "$DURATION" "$SETTLE" "$OVER_PATH" "$OVER_CLIENTS" "$OVER_DURATION" "$ROOT"
 exit "$failed"

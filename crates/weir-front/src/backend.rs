@@ -146,6 +146,7 @@ impl Dispatch for Pool {
             service: Some(route.service.clone()),
             fair_key: job.fair_key,
             spool: route.buffering.then(|| front.spool.clone()),
+            retry: job.retry,
         };
         // Waiting for a worker. The worker that frees starts the request itself.
         let started = tokio::select! {

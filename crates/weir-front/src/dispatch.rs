@@ -30,6 +30,9 @@ pub struct Job<'a> {
     pub body: RequestBody,
     /// Its fairness key (`[queue] fair_key`, hashed; 0 when fair queueing is off).
     pub fair_key: u64,
+    /// Its client's retry of a request the queue refused a moment ago on the same
+    /// connection (`environ::LastRefusal`): not new demand.
+    pub retry: bool,
 }
 
 /// What a backend is sent.

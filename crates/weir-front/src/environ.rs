@@ -21,6 +21,51 @@ pub struct ConnInfo {
     pub watch: crate::conn_io::ClientWatch,
     /// Arrived over TLS (a `tls_listen` address): the scheme is `https`, `HTTPS=on`.
     pub tls: bool,
+    /// When the queue last refused a request of this connection.
+    pub refused: LastRefusal,
+}
+
+/// When the queue last refused a request of one connection (503 `queue-full` or
+/// `queue-timeout`): a request on the same connection within [`LastRefusal::RETRY_WINDOW`]
+/// of it is the client's retry, not new demand, so it does not count towards rate
+/// overload (`weir_queue::demand`). A closed-loop client (`wrk`, a page's assets) sends
+/// its next request within microseconds of an answer; new visitors come on their own
+/// connections, and one client's next request after a pause is new demand again.
+#[derive(Debug, Default)]
+pub struct LastRefusal(std::sync::atomic::AtomicU64);
+
+impl LastRefusal {
+    /// How soon after a refusal a request on the same connection is its retry.
+    pub const RETRY_WINDOW: std::time::Duration = std::time::Duration::from_millis(10);
+
+    /// The queue refused a request of this connection at `at`.
+    pub fn mark(&self, at: std::time::Instant) {
+        self.0
+            .store(since_epoch(at) + 1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a request arriving at `at` follows a refusal by less than the window.
+    pub fn is_retry(&self, at: std::time::Instant) -> bool {
+        let last = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        let window = u64::try_from(Self::RETRY_WINDOW.as_micros()).unwrap_or(u64::MAX);
+        last != 0 && (since_epoch(at) + 1).saturating_sub(last) < window
+    }
+}
+
+impl Clone for LastRefusal {
+    fn clone(&self) -> Self {
+        LastRefusal(std::sync::atomic::AtomicU64::new(
+            self.0.load(std::sync::atomic::Ordering::Relaxed),
+        ))
+    }
+}
+
+/// Microseconds from the first instant asked for (the process's clock base) to `at`;
+/// [`LastRefusal`] stores it plus one, 0 meaning never.
+fn since_epoch(at: std::time::Instant) -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| at);
+    u64::try_from(at.saturating_duration_since(epoch).as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Appends the CGI variable of a (lowercase) header name: `x-api-key` -> `HTTP_X_API_KEY`,
@@ -252,6 +297,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_request_soon_after_a_refusal_on_its_connection_is_a_retry() {
+        let ms = std::time::Duration::from_millis(1);
+        let t0 = std::time::Instant::now();
+        let r = LastRefusal::default();
+        assert!(!r.is_retry(t0), "nothing refused yet");
+        r.mark(t0);
+        assert!(r.is_retry(t0));
+        assert!(r.is_retry(t0 + 9 * ms));
+        assert!(!r.is_retry(t0 + 10 * ms));
+        assert!(!r.is_retry(t0 + 1000 * ms));
+        // A later refusal starts the window again.
+        r.mark(t0 + 1000 * ms);
+        assert!(r.is_retry(t0 + 1005 * ms));
+        assert!(r.clone().is_retry(t0 + 1005 * ms));
+    }
+
+    #[test]
     fn decode() {
         assert_eq!(percent_decode(b"/a%20b%2Fc"), b"/a b/c");
         assert_eq!(percent_decode(b"/%zz%4"), b"/%zz%4");
@@ -283,6 +345,7 @@ mod tests {
             local: Some("127.0.0.1:8000".parse().unwrap()),
             watch: crate::conn_io::ClientWatch::None,
             tls: false,
+            refused: Default::default(),
         };
         let facts = Facts {
             client: None,

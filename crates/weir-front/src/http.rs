@@ -12,7 +12,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use weir_errors::ErrorClass;
 
 use http::header::{HeaderValue, ACCEPT, ACCEPT_ENCODING};
@@ -274,6 +274,11 @@ pub async fn handle(
     };
     let rec = guard.rec.as_mut().expect("set just above");
     let mut result = stages(&front, &conn, &id, parts, body, rec).await;
+    if let Err(r) = &result {
+        if matches!(r.class, ErrorClass::QueueFull | ErrorClass::QueueTimeout) {
+            conn.refused.mark(Instant::now());
+        }
+    }
     let rec = guard.rec.take().expect("taken only here");
     if let Some(update) = result
         .as_mut()
@@ -360,6 +365,7 @@ async fn forward(
     rec: &mut Record,
 ) -> Result<Response<ResponseBody>, Rejection> {
     let deadline = route.request_timeout.map(|t| rec.arrived + t);
+    let retry = conn.refused.is_retry(rec.arrived);
     let deadline_unix = route.request_timeout.map(|t| {
         (rec.time + t)
             .duration_since(UNIX_EPOCH)
@@ -380,6 +386,7 @@ async fn forward(
                     work: Work::Http(head),
                     body,
                     fair_key,
+                    retry,
                 },
                 rec,
             )
@@ -405,6 +412,7 @@ async fn forward(
             work: Work::Packet(packet),
             body,
             fair_key,
+            retry,
         },
         rec,
     )
@@ -429,6 +437,7 @@ async fn background_update(
         local: conn.local,
         watch: crate::conn_io::ClientWatch::None,
         tls: conn.tls,
+        refused: Default::default(),
     };
     let request_id = format!("{}-update", id.request_id);
     let mut rec = Record::new(&request_id, id.client, "GET", parts.uri.path());

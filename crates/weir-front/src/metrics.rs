@@ -126,6 +126,8 @@ impl Metrics {
                 return out;
             }
         };
+        // Rate overload is judged at arrivals and departures; a quiet pool has neither.
+        pool.judge_demand();
         let st = pool.stats();
         let _ = writeln!(
             out,
@@ -192,5 +194,16 @@ weir_queue_actual_wait_seconds_count {waited}",
 # TYPE weir_queue_underestimated_total counter
 weir_queue_underestimated_total {}",
         n(&q.underestimated)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP weir_queue_rate_overloaded Whether new demand outruns the workers now (1: arrivals are held to the overload target, about one request per worker ahead).
+# TYPE weir_queue_rate_overloaded gauge
+weir_queue_rate_overloaded {}
+# HELP weir_queue_rate_overloads_total Times new demand began to outrun the workers.
+# TYPE weir_queue_rate_overloads_total counter
+weir_queue_rate_overloads_total {}",
+        n(&q.rate_overloaded),
+        n(&q.rate_overloads)
     );
 }

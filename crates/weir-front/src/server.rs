@@ -176,6 +176,7 @@ fn queue_policy(queue: &weir_config::QueueConfig, capacity: usize) -> weir_queue
             lifo: queue.lifo,
             factor: queue.target_factor,
             min_target: queue.min_target.as_duration(),
+            rate_overload: queue.rate_overload,
         }),
         fair: queue.fair_key.is_some(),
         per_key_max: queue.per_key_max,
@@ -886,6 +887,7 @@ async fn accept(l: &Listener) -> std::io::Result<(Io, ConnInfo)> {
                     local,
                     watch,
                     tls: false,
+                    refused: Default::default(),
                 },
             ))
         }
@@ -900,6 +902,7 @@ async fn accept(l: &Listener) -> std::io::Result<(Io, ConnInfo)> {
                     local: None,
                     watch,
                     tls: false,
+                    refused: Default::default(),
                 },
             ))
         }

@@ -183,6 +183,9 @@ where
             work: crate::dispatch::Work::Packet(out),
             body,
             fair_key,
+            // A front server opens a connection per request (NGINX's `uwsgi_pass`):
+            // every request is new demand.
+            retry: false,
         },
         &mut rec,
     )

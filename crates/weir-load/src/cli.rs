@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::engine::Reuse;
 use crate::schedule::Arrivals;
 
 /// Arguments of `weir load`: an open-loop HTTP/1.1 load generator.
@@ -31,6 +32,12 @@ pub struct LoadCommand {
     /// Spacing of the open-loop schedule.
     #[arg(long, value_enum, default_value_t = Arrivals::Constant)]
     pub arrivals: Arrivals,
+
+    /// Which idle connection a due request takes (open loop): the one freed last, as a
+    /// client library's pool does, or the one idle longest, so each connection is a
+    /// client of its own taking its turn.
+    #[arg(long, value_enum, default_value_t = Reuse::Newest)]
+    pub reuse: Reuse,
 
     /// Seed of the Poisson schedule and the mix picks (default: from the clock; the
     /// report and the JSON give the one used).

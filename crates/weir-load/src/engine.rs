@@ -23,6 +23,7 @@
 //! `--connections C` tasks, each with its own connection, send back to back; latency runs
 //! from each send.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -66,6 +67,20 @@ pub struct RunSpec {
     pub max_connections: usize,
     /// Seed of the schedule and the mix picks.
     pub seed: u64,
+    /// Which idle connection a due request takes.
+    pub reuse: Reuse,
+}
+
+/// Which idle connection a due request takes (open loop, `--reuse`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reuse {
+    /// The one freed last (a stack), as a client library's connection pool: a few
+    /// connections carry the load, the rest stay idle.
+    Newest,
+    /// The one idle longest (a queue): each connection is a client of its own, and every
+    /// one of them sends in turn (`--connections 2000` is 2,000 clients).
+    Oldest,
 }
 
 /// Open or closed loop.
@@ -109,7 +124,8 @@ struct Shared {
     requests: Vec<Bytes>,
     heads: Vec<bool>,
     timeout: Duration,
-    idle: Mutex<Vec<Conn>>,
+    idle: Mutex<VecDeque<Conn>>,
+    reuse: Reuse,
     permits: Arc<Semaphore>,
     opened: AtomicU64,
     missed: AtomicU64,
@@ -144,7 +160,13 @@ impl Shared {
                     .expect("the permit semaphore is never closed")
             }
         };
-        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let pooled = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            match self.reuse {
+                Reuse::Newest => idle.pop_back(),
+                Reuse::Oldest => idle.pop_front(),
+            }
+        };
         let reused = pooled.is_some();
         let mut conn = match pooled {
             Some(c) => c,
@@ -167,7 +189,7 @@ impl Shared {
             self.idle
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(conn);
+                .push_back(conn);
         }
         drop(permit);
         Ok(resp)
@@ -222,7 +244,8 @@ pub async fn run(spec: RunSpec, first: Conn, done: Arc<AtomicU64>, timer: &Timer
         requests: spec.requests.clone(),
         heads: spec.heads.clone(),
         timeout: spec.timeout,
-        idle: Mutex::new(Vec::new()),
+        idle: Mutex::new(VecDeque::new()),
+        reuse: spec.reuse,
         permits: Arc::new(Semaphore::new(spec.max_connections)),
         opened: AtomicU64::new(1),
         missed: AtomicU64::new(0),
@@ -240,7 +263,7 @@ pub async fn run(spec: RunSpec, first: Conn, done: Arc<AtomicU64>, timer: &Timer
                     pool.push(c);
                 }
             }
-            *shared.idle.lock().unwrap_or_else(|p| p.into_inner()) = pool;
+            *shared.idle.lock().unwrap_or_else(|p| p.into_inner()) = pool.into();
             let schedule = Schedule::new(
                 rate,
                 arrivals,

@@ -78,6 +78,8 @@ pub struct Manifest {
     pub rate: Option<f64>,
     /// `constant` or `poisson` (open loop).
     pub arrivals: Option<String>,
+    /// `newest` or `oldest`: which idle connection a due request takes (open loop).
+    pub reuse: Option<String>,
     /// Seed of the schedule and the mix picks.
     pub seed: u64,
     /// Measured duration in seconds, when the run was timed.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cli::{LoadCommand, LoadSub, PlotArgs};
-use crate::engine::{self, Mode, RunSpec};
+use crate::engine::{self, Mode, Reuse, RunSpec};
 use crate::error::LoadError;
 use crate::failif::{self, Condition};
 use crate::http::{Conn, Endpoint};
@@ -47,6 +47,7 @@ struct Plan {
     /// `--rates` was given: the JSON is `{"sweep": [...]}` even for one rate.
     sweep: bool,
     arrivals: Arrivals,
+    reuse: Reuse,
     seed: u64,
     limit: Limit,
     warmup: Duration,
@@ -209,6 +210,7 @@ fn plan(cmd: LoadCommand) -> Result<Plan, LoadError> {
         rates,
         sweep: cmd.rate.is_none() && cmd.rates.is_some(),
         arrivals: cmd.arrivals,
+        reuse: cmd.reuse,
         seed,
         limit,
         warmup,
@@ -388,6 +390,7 @@ async fn one_run(plan: &Plan, rate: Option<f64>, command: &str) -> Result<RunJso
         connections: plan.connections,
         max_connections: plan.max_connections,
         seed: plan.seed,
+        reuse: plan.reuse,
     };
     let done = Arc::new(AtomicU64::new(0));
     let bar = plan.progress.then(|| {
@@ -436,6 +439,10 @@ async fn one_run(plan: &Plan, rate: Option<f64>, command: &str) -> Result<RunJso
         arrivals: rate.map(|_| match plan.arrivals {
             Arrivals::Constant => "constant".into(),
             Arrivals::Poisson => "poisson".into(),
+        }),
+        reuse: rate.map(|_| match plan.reuse {
+            Reuse::Newest => "newest".into(),
+            Reuse::Oldest => "oldest".into(),
         }),
         seed: plan.seed,
         duration,

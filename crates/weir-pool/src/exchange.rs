@@ -130,6 +130,7 @@ pub(crate) async fn run(
         service,
         fair_key,
         spool,
+        retry,
     } = req;
     let mut out = Reply {
         head: Some(reply),
@@ -178,6 +179,7 @@ pub(crate) async fn run(
                     service,
                     fair_key,
                     spool: out.spool.take(),
+                    retry,
                 };
                 Some((u, req, head))
             }

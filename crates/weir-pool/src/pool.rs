@@ -92,7 +92,7 @@ use crate::ResponseBody;
 pub use lease::Lease;
 use offers::{inline_body, offered_waiting, Offer};
 pub use weir_queue::Codel;
-use weir_queue::{Expiry, OutsideWaits, QueuePlace, QueuePolicy, WaitQueue, Waiting};
+use weir_queue::{Demand, Expiry, OutsideWaits, QueuePlace, QueuePolicy, WaitQueue, Waiting};
 
 mod generations;
 mod lease;
@@ -268,6 +268,8 @@ struct State {
     offer_keys: u64,
     /// Generations abandoned by a failed reload.
     cancelled: Vec<u64>,
+    /// New demand against what the workers clear: rate overload (`weir_queue::demand`).
+    demand: Demand,
 }
 
 impl Pool {
@@ -341,6 +343,7 @@ impl Pool {
             service: None,
             fair_key: 0,
             spool: None,
+            retry: false,
         };
         let resp = self
             .submit_by(req, Some(queue_deadline))
@@ -464,6 +467,7 @@ impl Pool {
         };
         let (rx, expires) = {
             let mut st = self.state();
+            let overloaded = self.arrive(&mut st, now, !job.req.retry);
             if let Some(worker) = st.idle.pop() {
                 self.inner.stats.idle.fetch_sub(1, Ordering::Relaxed);
                 self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
@@ -485,7 +489,11 @@ impl Pool {
                     return Err(weir_queue::QueueRefusal::KeyFull { max: per_key }.into());
                 }
             }
-            let target = self.target(&job.req);
+            let target = if overloaded {
+                self.inner.policy.overload_target(self.mean(&job.req))
+            } else {
+                self.target(&job.req)
+            };
             // While a reload starts and settles, the measured times are the import's and
             // the new workers' first requests: no prediction is made from them (the
             // timeout and CoDel still bound the wait), so a reload refuses nobody.
@@ -544,6 +552,60 @@ impl Pool {
     /// CoDel's shedding target now (`None` without CoDel): from the pool's typical time.
     fn shed_target(&self) -> Option<Duration> {
         self.inner.policy.shed_target(self.inner.service.typical())
+    }
+
+    /// The virtual queue's threshold now (`weir_queue::demand`): from the pool's typical
+    /// time and the delay target it gives.
+    fn demand_threshold(&self) -> Option<u64> {
+        if !self.inner.policy.codel.is_some_and(|c| c.rate_overload) {
+            return None;
+        }
+        let typical = self.inner.service.typical();
+        let target = self.inner.policy.target(typical)?;
+        Demand::threshold(self.workers(), typical, target)
+    }
+
+    /// A request arrived (`fresh`: not a retry of one just refused on its connection):
+    /// whether the queue is rate-overloaded now.
+    fn arrive(&self, st: &mut State, now: Instant, fresh: bool) -> bool {
+        let (overloaded, entered) = st.demand.arrive(now, fresh, self.demand_threshold());
+        if entered {
+            self.inner
+                .stats
+                .queue
+                .rate_overloads
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.inner
+            .stats
+            .queue
+            .rate_overloaded
+            .store(u64::from(overloaded), Ordering::Relaxed);
+        overloaded
+    }
+
+    /// Judges rate overload now, with no arrival or departure (for the metrics: a pool
+    /// that has gone quiet has neither).
+    pub fn judge_demand(&self) {
+        let threshold = self.demand_threshold();
+        let mut st = self.state();
+        let overloaded = st.demand.judge_at(Instant::now(), threshold);
+        drop(st);
+        self.inner
+            .stats
+            .queue
+            .rate_overloaded
+            .store(u64::from(overloaded), Ordering::Relaxed);
+    }
+
+    /// A worker finished a request.
+    fn depart(&self, st: &mut State, now: Instant) {
+        let overloaded = st.demand.depart(now, self.demand_threshold());
+        self.inner
+            .stats
+            .queue
+            .rate_overloaded
+            .store(u64::from(overloaded), Ordering::Relaxed);
     }
 
     /// The mean time `req` will hold a worker: its route's, else the pool's.
@@ -677,6 +739,7 @@ impl Pool {
         {
             let mut st = self.state();
             let now = Instant::now();
+            self.depart(&mut st, now);
             loop {
                 let first = st
                     .offers

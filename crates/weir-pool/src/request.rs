@@ -73,6 +73,9 @@ pub struct WorkerRequest {
     /// file, then backpressure); `None` on a route with `buffering = false`: chunks go
     /// through as the app yields them, the worker held until the client takes them.
     pub spool: Option<weir_response::Spooler>,
+    /// A client's retry of a request refused a moment ago on the same connection: not
+    /// new demand (`weir_queue::demand`).
+    pub retry: bool,
 }
 
 pub(crate) type HeadReply = oneshot::Sender<Result<Response<ResponseBody>, DispatchError>>;

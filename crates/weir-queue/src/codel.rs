@@ -38,6 +38,9 @@ pub struct Codel {
     pub factor: u32,
     /// ... and at least this (`[queue] min_target`).
     pub min_target: Duration,
+    /// While new demand outruns the workers, hold arrivals to the overload target
+    /// (`crate::demand`, `[queue] rate_overload`).
+    pub rate_overload: bool,
 }
 
 impl Codel {
@@ -47,6 +50,9 @@ impl Codel {
     /// noise on a loaded machine, and a single stall's effect on the mean, are as large
     /// as the waits judged.
     pub const MIN_TARGET: Duration = Duration::from_millis(50);
+    /// The floor of the delay target while the queue is rate-overloaded: under it, the
+    /// prediction is finer than the timers and scheduling it is made of.
+    pub const OVERLOAD_MIN: Duration = Duration::from_millis(1);
     /// The automatic shedding target's multiple of the typical service time.
     pub const SHED_FACTOR: u32 = 4;
     /// The automatic shedding target's floor: a wait people hardly notice; a lower floor
@@ -61,6 +67,7 @@ impl Codel {
             lifo,
             factor: Codel::FACTOR,
             min_target: Codel::MIN_TARGET,
+            rate_overload: true,
         }
     }
 
@@ -72,6 +79,18 @@ impl Codel {
             (mean.unwrap_or_default() * self.factor)
                 .max(self.min_target)
                 .min(queue_timeout)
+        })
+    }
+
+    /// The delay target of a request whose route's mean service time is `mean` while the
+    /// queue is rate-overloaded (`crate::demand`): the configured `target`, else `mean`
+    /// (about one request per worker ahead), at least [`Codel::OVERLOAD_MIN`], at most
+    /// the usual target.
+    pub fn overload_target(&self, mean: Option<Duration>, queue_timeout: Duration) -> Duration {
+        self.target.unwrap_or_else(|| {
+            mean.unwrap_or_default()
+                .max(Codel::OVERLOAD_MIN)
+                .min(self.target(mean, queue_timeout))
         })
     }
 
@@ -142,6 +161,24 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
     const TARGET: Duration = Duration::from_millis(500);
     const INTERVAL: Duration = Duration::from_millis(100);
+
+    #[test]
+    fn the_overload_target_is_one_service_time_at_least_a_millisecond() {
+        let c = Codel::new(INTERVAL, true);
+        let timeout = 10_000 * MS;
+        assert_eq!(c.overload_target(Some(3 * MS), timeout), 3 * MS);
+        assert_eq!(c.overload_target(Some(MS / 4), timeout), MS);
+        assert_eq!(c.overload_target(None, timeout), MS);
+        // Never above the usual target: a slow route keeps its own.
+        assert_eq!(c.overload_target(Some(800 * MS), timeout), 800 * MS);
+        assert_eq!(c.overload_target(Some(800 * MS), 500 * MS), 500 * MS);
+        // A configured target is kept whatever the demand.
+        let fixed = Codel {
+            target: Some(20 * MS),
+            ..c
+        };
+        assert_eq!(fixed.overload_target(Some(3 * MS), timeout), 20 * MS);
+    }
 
     #[test]
     fn a_delay_above_target_for_a_whole_interval_overloads() {

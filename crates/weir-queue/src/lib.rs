@@ -9,6 +9,9 @@
 //! - [`admission`]: a request whose expected wait (the work ahead of it over the workers)
 //!   is beyond its budget (its route's delay target, [`Codel::target`]) is refused at
 //!   arrival ([`QueueRefusal::Predicted`]);
+//! - [`demand`]: rate overload, told apart from a closed loop's standing queue: while
+//!   new demand outruns the workers, admission holds arrivals to a much shorter target
+//!   ([`Codel::overload_target`]);
 //! - [`codel`]: CoDel's control law with adaptive LIFO ([`QueueRefusal::Shed`]), the
 //!   backstop when a prediction was wrong ([`Codel::shed_target`]);
 //! - [`WaitQueue`]: the waiters in the order they are served, with CoDel's state;
@@ -28,6 +31,7 @@
 
 pub mod admission;
 pub mod codel;
+pub mod demand;
 mod service_time;
 mod slots;
 mod wait_queue;
@@ -41,6 +45,7 @@ use weir_errors::ErrorClass;
 
 pub use admission::Budget;
 pub use codel::{Codel, CodelState};
+pub use demand::Demand;
 pub use service_time::ServiceTime;
 pub use slots::{SlotPermit, Slots};
 pub use wait_queue::{WaitQueue, Waiting};
@@ -203,6 +208,12 @@ impl QueuePolicy {
         self.codel.map(|c| c.target(mean, self.timeout))
     }
 
+    /// The delay target while the queue is rate-overloaded ([`demand`]; `None` without
+    /// CoDel), given the request's route's mean service time.
+    pub fn overload_target(&self, mean: Option<Duration>) -> Option<Duration> {
+        self.codel.map(|c| c.overload_target(mean, self.timeout))
+    }
+
     /// CoDel's shedding target now (`None` without CoDel), given the typical service
     /// time over every route.
     pub fn shed_target(&self, typical: Option<Duration>) -> Option<Duration> {
@@ -271,6 +282,10 @@ pub struct QueueStats {
     /// Of those, the ones that waited more than twice their prediction plus the target's
     /// floor (an estimate that was badly low).
     pub underestimated: AtomicU64,
+    /// Times the queue became rate-overloaded ([`demand`]).
+    pub rate_overloads: AtomicU64,
+    /// Rate-overloaded now (0 or 1).
+    pub rate_overloaded: AtomicU64,
 }
 
 impl QueueStats {
@@ -353,6 +368,7 @@ mod tests {
                 lifo: true,
                 factor: Codel::FACTOR,
                 min_target: Codel::MIN_TARGET,
+                rate_overload: true,
             }),
             fair: false,
             per_key_max: None,

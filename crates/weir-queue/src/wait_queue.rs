@@ -345,6 +345,7 @@ mod tests {
         lifo: true,
         factor: Codel::FACTOR,
         min_target: Codel::MIN_TARGET,
+        rate_overload: true,
     };
 
     #[test]

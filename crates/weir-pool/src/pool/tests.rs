@@ -23,6 +23,7 @@ fn request(deadline: Option<Instant>) -> WorkerRequest {
         service: None,
         fair_key: 0,
         spool: None,
+        retry: false,
     }
 }
 
