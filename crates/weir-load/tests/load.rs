@@ -30,6 +30,8 @@ struct State {
     stall: Mutex<Option<(Duration, Duration)>>,
     first: Mutex<Option<Instant>>,
     hits: AtomicU64,
+    /// Connections that carried at least one request.
+    used: AtomicU64,
 }
 
 /// A two-frame body of unknown length, so hyper sends it chunked.
@@ -130,7 +132,13 @@ async fn serve<L, S, F>(
                 let Ok(s) = s else { continue };
                 let st = state.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |r| handle(st.clone(), r));
+                    let fresh = std::sync::atomic::AtomicBool::new(true);
+                    let svc = hyper::service::service_fn(move |r| {
+                        if fresh.swap(false, Ordering::Relaxed) {
+                            st.used.fetch_add(1, Ordering::Relaxed);
+                        }
+                        handle(st.clone(), r)
+                    });
                     // A client that goes away mid-response is normal under load.
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(s), svc)
@@ -241,6 +249,43 @@ fn unix_socket_keeps_connections_alive() {
         r.generator.connections_opened
     );
     assert!(r.manifest.target.starts_with("unix:"));
+}
+
+#[test]
+fn reuse_oldest_sends_on_every_connection_in_turn() {
+    // 20 connections opened before the start, 100 requests 5 ms apart, each answered in
+    // well under that. The pool's newest connection would carry nearly all of them;
+    // the oldest idle one each time means all 20 take turns, as 20 clients would.
+    let s = start(false);
+    let o = run(&[
+        "--rate",
+        "200",
+        "--requests",
+        "100",
+        "--connections",
+        "20",
+        "--reuse",
+        "oldest",
+        &s.target,
+    ]);
+    let r = &o.runs[0];
+    assert_eq!(r.status.get("200"), Some(&100));
+    assert_eq!(r.manifest.reuse.as_deref(), Some("oldest"));
+    assert!(s.state.used.load(Ordering::Relaxed) >= 20);
+    let s = start(false);
+    let o = run(&[
+        "--rate",
+        "200",
+        "--requests",
+        "100",
+        "--connections",
+        "20",
+        &s.target,
+    ]);
+    assert_eq!(o.runs[0].manifest.reuse.as_deref(), Some("newest"));
+    // A busy test machine delays some answers, and the next request takes another
+    // connection then: a bound, not a count.
+    assert!(s.state.used.load(Ordering::Relaxed) < 20);
 }
 
 #[test]
