@@ -87,7 +87,7 @@ def test_at_twice_capacity_refusals_are_fast_and_the_admitted_wait_little(front,
 def test_new_clients_at_twice_capacity_meet_a_short_queue_and_a_closed_loop_does_not(front, weir_bin, tmp_path):
     """Rate overload ([queue] rate_overload, docs/config.md). 2 workers, a 20 ms CPU
     endpoint: the delay target is 50 ms (its floor), and the pool holds 2 running plus
-    about 4 waiting within it (the rate-overload threshold is its floor, 16).
+    about 4 waiting within it.
 
     A closed loop of 4 clients (2 running, 2 waiting: 20 ms of work ahead) is queued, not
     refused, and is not taken for rate overload. Then new clients at twice capacity (200

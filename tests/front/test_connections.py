@@ -8,6 +8,7 @@ and slowloris connections.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import socket
 import time
@@ -121,16 +122,34 @@ def test_keepalive_timeout_zero_closes_after_each_answer(front):
         assert s.recv(100) == b""
 
 
-def test_idle_and_slowloris_connections_cost_the_master_little(front):
+@contextlib.contextmanager
+def many_sockets():
+    """For a test that opens many connections: the soft open-file limit raised to the hard
+    one; yields the hard limit and a list whose sockets are closed at the end."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    n = min(1000, (hard - 200) // 2)
-    f = front(config={"server": {"client_header_timeout": "60s"}}, workers=1)
-    pid = f.proc.pid
     socks = []
     try:
-        assert get(f.addr, "/env", timeout=10).status == 200
-        base = rss_kib(pid)
+        yield hard, socks
+    finally:
+        for s in socks:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def master_base_rss(f):
+    """The master's RSS (KiB) once it has served a request: the base a test's growth is
+    measured from."""
+    assert get(f.addr, "/env", timeout=10).status == 200
+    return rss_kib(f.proc.pid)
+
+
+def test_idle_and_slowloris_connections_cost_the_master_little(front):
+    with many_sockets() as (hard, socks):
+        n = min(1000, (hard - 200) // 2)
+        f = front(config={"server": {"client_header_timeout": "60s"}}, workers=1)
+        pid = f.proc.pid
+        base = master_base_rss(f)
         for i in range(n):
             idle = socket.create_connection((f.addr.host, f.addr.port), timeout=10)
             idle.sendall(b"GET /env HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -150,10 +169,6 @@ def test_idle_and_slowloris_connections_cost_the_master_little(front):
         for s in socks[:20:2]:
             s.sendall(b"GET /env HTTP/1.1\r\nHost: x\r\n\r\n")
             assert read_response(s).startswith(b"HTTP/1.1 200")
-    finally:
-        for s in socks:
-            s.close()
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_a_burst_of_connections_gives_its_memory_back_while_they_idle(front):
@@ -163,17 +178,13 @@ def test_a_burst_of_connections_gives_its_memory_back_while_they_idle(front):
     while nothing else happens: without it jemalloc purges only inside an allocation, and
     idle connections make none, so the burst's memory stayed resident until the next busy
     moment."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    n = min(1500, hard - 300)
-    # Every request queued (none refused at arrival or for the queue's size), so every
-    # connection stays kept-alive.
-    f = front(config={"queue": {"admission": False, "max_size": 2 * n}}, workers=2)
-    pid = f.proc.pid
-    socks = []
-    try:
-        assert get(f.addr, "/env", timeout=10).status == 200
-        base = rss_kib(pid)
+    with many_sockets() as (hard, socks):
+        n = min(1500, hard - 300)
+        # Every request queued (none refused at arrival or for the queue's size), so every
+        # connection stays kept-alive.
+        f = front(config={"queue": {"admission": False, "max_size": 2 * n}}, workers=2)
+        pid = f.proc.pid
+        base = master_base_rss(f)
         for _ in range(n):
             s = socket.create_connection((f.addr.host, f.addr.port), timeout=30)
             s.sendall(b"GET /env HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -195,7 +206,3 @@ def test_a_burst_of_connections_gives_its_memory_back_while_they_idle(front):
         for s in socks[:10]:
             s.sendall(b"GET /env HTTP/1.1\r\nHost: x\r\n\r\n")
             assert read_response(s).startswith(b"HTTP/1.1 200")
-    finally:
-        for s in socks:
-            s.close()
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -554,21 +554,19 @@ impl Pool {
         self.inner.policy.shed_target(self.inner.service.typical())
     }
 
-    /// The virtual queue's threshold now (`weir_queue::demand`): from the pool's typical
-    /// time and the delay target it gives.
-    fn demand_threshold(&self) -> Option<u64> {
+    /// The delay target rate overload is judged against (`weir_queue::demand`): the
+    /// pool's, from its mean service time; `None` when rate overload is off.
+    fn demand_target(&self) -> Option<Duration> {
         if !self.inner.policy.codel.is_some_and(|c| c.rate_overload) {
             return None;
         }
-        let typical = self.inner.service.typical();
-        let target = self.inner.policy.target(typical)?;
-        Demand::threshold(self.workers(), typical, target)
+        self.inner.policy.target(self.inner.service.mean())
     }
 
     /// A request arrived (`fresh`: not a retry of one just refused on its connection):
     /// whether the queue is rate-overloaded now.
     fn arrive(&self, st: &mut State, now: Instant, fresh: bool) -> bool {
-        let (overloaded, entered) = st.demand.arrive(now, fresh, self.demand_threshold());
+        let (overloaded, entered) = st.demand.arrive(now, fresh, self.demand_target());
         if entered {
             self.inner
                 .stats
@@ -587,9 +585,9 @@ impl Pool {
     /// Judges rate overload now, with no arrival or departure (for the metrics: a pool
     /// that has gone quiet has neither).
     pub fn judge_demand(&self) {
-        let threshold = self.demand_threshold();
+        let target = self.demand_target();
         let mut st = self.state();
-        let overloaded = st.demand.judge_at(Instant::now(), threshold);
+        let overloaded = st.demand.judge_at(Instant::now(), target);
         drop(st);
         self.inner
             .stats
@@ -600,7 +598,7 @@ impl Pool {
 
     /// A worker finished a request.
     fn depart(&self, st: &mut State, now: Instant) {
-        let overloaded = st.demand.depart(now, self.demand_threshold());
+        let overloaded = st.demand.depart(now, self.demand_target());
         self.inner
             .stats
             .queue

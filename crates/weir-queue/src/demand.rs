@@ -1,6 +1,7 @@
 //! Rate overload: telling a queue that is long because many clients each wait for their
 //! answer from one that is long because requests arrive faster than the workers clear
-//! them. A pure state machine over counts (no clock, no locks), tested on its own.
+//! them. A pure state machine over instants (no clock of its own, no locks), tested on
+//! synthetic time.
 //!
 //! Admission holds the queue to each route's delay target ([`crate::Codel::target`]),
 //! whose floor (`[queue] min_target`, 50 ms) is set for the first case. N clients that
@@ -18,15 +19,24 @@
 //! which, see the front's `ConnInfo`); a departure is a request a worker finished. A
 //! closed loop of N clients keeps it at most N: each arrival follows a departure, and a
 //! refused request's retry is not counted again. Requests arriving faster than they
-//! leave grow it by the excess, admitted or refused. When it passes what the workers
-//! hold plus what they clear within the delay target ([`Demand::threshold`]), more demand
-//! has arrived than the delay target was meant to absorb: the queue is
-//! *rate-overloaded*, and admission judges arrivals by the overload target
+//! leave grow it by the excess, admitted or refused.
+//!
+//! Its *wait* is the time the workers would take to clear it at the rate they have been
+//! finishing requests over the same window (Little's law). For a closed loop that is the
+//! loop's own queueing time, N over the throughput, which the delay target was set to
+//! accept; for new demand at twice capacity it grows by the excess, half a second for
+//! each second. When it passes the delay target (and the virtual queue holds at least
+//! [`Demand::MIN_EXCESS`]), more demand has arrived than the target was meant to absorb:
+//! the queue is *rate-overloaded*, and admission judges arrivals by the overload target
 //! ([`crate::Codel::overload_target`]: about one request per worker ahead). It ends when
-//! the virtual queue falls under half the threshold. Counting over a window, not since
-//! the start, is what lets the demand that never departs (requests refused, or whose
-//! client left before a worker took them) age out: a burst of refusals lasts at most a
-//! window, and a server up for weeks carries no residue of its past.
+//! the wait falls under half the target. Both sides are measured over the same window,
+//! so a stall (the machine did not run the workers for a while) lowers the throughput
+//! and the closed loop's arrivals alike; and the service time, which a stall inflates,
+//! does not enter. Counting over a window, not since the start, is what lets the demand
+//! that never departs (requests refused, or whose client left before a worker took them)
+//! age out: a burst of refusals lasts at most a window, and a server up for weeks carries
+//! no residue of its past. With no departure in the window there is no rate to judge
+//! by: not overloaded (admission's own prediction still applies).
 
 use std::time::{Duration, Instant};
 
@@ -37,10 +47,14 @@ const BUCKETS: usize = 10;
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Demand {
     /// New demand minus departures in each tenth of the window, the newest at `head`.
-    buckets: [i64; BUCKETS],
+    net: [i64; BUCKETS],
+    /// Departures in each tenth of the window.
+    departed: [u64; BUCKETS],
     head: usize,
     /// When the newest bucket began.
     head_since: Option<Instant>,
+    /// The first event (the window is shorter until a whole one has passed).
+    first: Option<Instant>,
     /// Rate-overloaded now.
     overloaded: bool,
 }
@@ -48,49 +62,38 @@ pub struct Demand {
 impl Demand {
     /// How far back demand and departures count.
     pub const WINDOW: Duration = Duration::from_secs(1);
-    /// The least threshold: an excess of a few requests over a second is a burst (a page
-    /// whose assets come at once to one slow worker), not yet a rate.
-    pub const MIN_THRESHOLD: u64 = 16;
-
-    /// What the workers hold plus what they clear within the delay `target` at the
-    /// typical service time `typical`, with `workers` workers: the most a closed loop
-    /// the target was meant to queue keeps in the server. `None` with nothing measured
-    /// yet: never overloaded then. At least [`Demand::MIN_THRESHOLD`].
-    pub fn threshold(workers: usize, typical: Option<Duration>, target: Duration) -> Option<u64> {
-        let typical = typical.filter(|t| !t.is_zero())?;
-        let per_worker = 1 + target.as_nanos() / typical.as_nanos();
-        let workers = u128::try_from(workers.max(1)).unwrap_or(u128::MAX);
-        let held = u64::try_from(per_worker.saturating_mul(workers)).unwrap_or(u64::MAX);
-        Some(held.max(Demand::MIN_THRESHOLD))
-    }
+    /// The least virtual queue that is overload: an excess of a few requests is a burst
+    /// (a page whose assets come at once to one slow worker), not yet a rate.
+    pub const MIN_EXCESS: u64 = 16;
 
     /// A request arrived at `now` (`fresh`: new demand, not a retry of one just refused),
-    /// judged against `threshold` ([`Demand::threshold`]). Returns whether the queue is
-    /// rate-overloaded now, and whether it just became so.
-    pub fn arrive(&mut self, now: Instant, fresh: bool, threshold: Option<u64>) -> (bool, bool) {
+    /// judged against the delay `target` (`None`: rate overload off). Returns whether the
+    /// queue is rate-overloaded now, and whether it just became so.
+    pub fn arrive(&mut self, now: Instant, fresh: bool, target: Option<Duration>) -> (bool, bool) {
         self.advance(now);
         if fresh {
-            self.buckets[self.head] += 1;
+            self.net[self.head] += 1;
         }
         let was = self.overloaded;
-        self.judge(threshold);
+        self.judge(now, target);
         (self.overloaded, self.overloaded && !was)
     }
 
-    /// A worker finished a request at `now`, with `threshold` as it stands. Returns
-    /// whether the queue is rate-overloaded now.
-    pub fn depart(&mut self, now: Instant, threshold: Option<u64>) -> bool {
+    /// A worker finished a request at `now`. Returns whether the queue is
+    /// rate-overloaded now.
+    pub fn depart(&mut self, now: Instant, target: Option<Duration>) -> bool {
         self.advance(now);
-        self.buckets[self.head] -= 1;
-        self.judge(threshold);
+        self.net[self.head] -= 1;
+        self.departed[self.head] += 1;
+        self.judge(now, target);
         self.overloaded
     }
 
     /// Judges the state at `now` with no arrival or departure (the window moves on):
     /// whether the queue is rate-overloaded.
-    pub fn judge_at(&mut self, now: Instant, threshold: Option<u64>) -> bool {
+    pub fn judge_at(&mut self, now: Instant, target: Option<Duration>) -> bool {
         self.advance(now);
-        self.judge(threshold);
+        self.judge(now, target);
         self.overloaded
     }
 
@@ -101,11 +104,28 @@ impl Demand {
 
     /// The virtual queue's length: new demand minus departures over the window.
     pub fn backlog(&self) -> u64 {
-        u64::try_from(self.buckets.iter().sum::<i64>()).unwrap_or(0)
+        u64::try_from(self.net.iter().sum::<i64>()).unwrap_or(0)
+    }
+
+    /// The time the workers would take to clear the virtual queue at the rate they
+    /// finished requests over the window; `None` with no departure in it.
+    pub fn wait(&self, now: Instant) -> Option<Duration> {
+        let departed: u64 = self.departed.iter().sum();
+        if departed == 0 {
+            return None;
+        }
+        let first = self.first.unwrap_or(now);
+        let span = now.saturating_duration_since(first).min(Self::WINDOW);
+        // backlog / (departed / span), in nanoseconds.
+        let nanos = u128::from(self.backlog()) * span.as_nanos() / u128::from(departed);
+        Some(Duration::from_nanos(
+            u64::try_from(nanos).unwrap_or(u64::MAX),
+        ))
     }
 
     /// Moves the window on to `now`: buckets older than the window are emptied.
     fn advance(&mut self, now: Instant) {
+        self.first.get_or_insert(now);
         let width = Self::WINDOW / BUCKETS as u32;
         let Some(since) = self.head_since else {
             self.head_since = Some(now);
@@ -118,7 +138,8 @@ impl Demand {
         let steps = (elapsed.as_nanos() / width.as_nanos()).min(BUCKETS as u128) as usize;
         for _ in 0..steps {
             self.head = (self.head + 1) % BUCKETS;
-            self.buckets[self.head] = 0;
+            self.net[self.head] = 0;
+            self.departed[self.head] = 0;
         }
         self.head_since = Some(if steps == BUCKETS {
             now
@@ -127,16 +148,16 @@ impl Demand {
         });
     }
 
-    fn judge(&mut self, threshold: Option<u64>) {
-        let Some(threshold) = threshold else {
+    fn judge(&mut self, now: Instant, target: Option<Duration>) {
+        let (Some(target), Some(wait)) = (target, self.wait(now)) else {
             self.overloaded = false;
             return;
         };
         let backlog = self.backlog();
         if self.overloaded {
-            self.overloaded = backlog >= threshold / 2;
+            self.overloaded = wait >= target / 2 && backlog >= Self::MIN_EXCESS / 2;
         } else {
-            self.overloaded = backlog > threshold;
+            self.overloaded = wait > target && backlog >= Self::MIN_EXCESS;
         }
     }
 }
@@ -146,104 +167,124 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+    const TARGET: Option<Duration> = Some(Duration::from_millis(50));
 
-    #[test]
-    fn the_threshold_is_what_the_workers_hold_and_clear_within_the_target() {
-        // 4 workers, 1 ms requests, a 50 ms target: 4 running + 200 queued.
-        assert_eq!(Demand::threshold(4, Some(MS), 50 * MS), Some(204));
-        // A slow route: 4 workers, 100 ms requests, 200 ms target: 4 + 8, but a burst of
-        // that many is not yet a rate.
-        assert_eq!(Demand::threshold(4, Some(100 * MS), 200 * MS), Some(16));
-        assert_eq!(Demand::threshold(8, Some(100 * MS), 200 * MS), Some(24));
-        assert_eq!(Demand::threshold(4, None, 50 * MS), None);
-        assert_eq!(Demand::threshold(4, Some(Duration::ZERO), 50 * MS), None);
+    fn at(t0: Instant, us: u64) -> Instant {
+        t0 + Duration::from_micros(us)
     }
 
     #[test]
     fn a_closed_loop_never_overloads_however_often_it_is_refused() {
         // 50 clients, each sending its next request when the last is answered, 4,000
-        // answers a second; the threshold is 204. Half of their requests are refused and
-        // retried at once, for 10 s.
-        let t = Some(204);
+        // answers a second (12.5 ms of queueing, under the 50 ms target). Half of their
+        // requests are refused and retried at once, for 10 s.
         let t0 = Instant::now();
         let mut d = Demand::default();
         for _ in 0..50 {
-            assert_eq!(d.arrive(t0, true, t), (false, false));
+            assert_eq!(d.arrive(t0, true, TARGET), (false, false));
         }
-        for i in 0..80_000u32 {
-            let now = t0 + Duration::from_micros(u64::from(i) * 125);
+        for i in 0..80_000u64 {
+            let now = at(t0, i * 125);
             if i % 2 == 0 {
                 // Answered: the client's next request is new demand.
-                d.depart(now, t);
-                d.arrive(now, true, t);
+                d.depart(now, TARGET);
+                d.arrive(now, true, TARGET);
             } else {
                 // Refused: its retry is not.
-                d.arrive(now, false, t);
+                d.arrive(now, false, TARGET);
             }
-            assert!(!d.overloaded());
+            assert!(!d.overloaded(), "at {i}: wait {:?}", d.wait(now));
             assert!(d.backlog() <= 50);
         }
     }
 
     #[test]
+    fn a_stall_does_not_make_a_closed_loop_overload() {
+        // The same loop, but the machine runs nothing for 400 ms: no departures, no
+        // arrivals. The throughput over the window falls, the virtual queue does not grow.
+        let t0 = Instant::now();
+        let mut d = Demand::default();
+        for _ in 0..50 {
+            d.arrive(t0, true, TARGET);
+        }
+        let mut now = t0;
+        for i in 0..20_000u64 {
+            now = at(t0, i * 250 + if i >= 4_000 { 400_000 } else { 0 });
+            d.depart(now, TARGET);
+            d.arrive(now, true, TARGET);
+            assert!(!d.overloaded(), "at {i}: wait {:?}", d.wait(now));
+        }
+        assert!(d.wait(now).unwrap() < 20 * MS, "{:?}", d.wait(now));
+    }
+
+    #[test]
     fn arrivals_faster_than_departures_overload_until_demand_falls() {
-        let t = Some(204);
         let t0 = Instant::now();
         let mut d = Demand::default();
         // Twice capacity: 8,000 new requests a second, 4,000 answered, for 2 s.
         let mut entered = 0;
         let mut entered_at = None;
-        for i in 0..8_000u32 {
-            let now = t0 + Duration::from_micros(u64::from(i) * 250);
+        for i in 0..8_000u64 {
+            let now = at(t0, i * 250);
             for _ in 0..2 {
-                let (_, began) = d.arrive(now, true, t);
+                let (_, began) = d.arrive(now, true, TARGET);
                 if began {
                     entered += 1;
                     entered_at.get_or_insert(now - t0);
                 }
             }
-            d.depart(now, t);
+            d.depart(now, TARGET);
         }
         assert!(d.overloaded());
         assert_eq!(entered, 1, "entered once, not flapping");
-        // The excess is 4 a millisecond: past 204 within about 51 ms.
-        assert_eq!(entered_at, Some(Duration::from_micros(50_750)));
-        // Over the window: a second's excess.
+        // The virtual queue grows by 4 a millisecond and clears at 4 a millisecond: its
+        // wait passes 50 ms after about 50 ms.
+        let entered_at = entered_at.unwrap();
+        assert!((45 * MS..=55 * MS).contains(&entered_at), "{entered_at:?}");
+        // Over the window: a second's excess, a second's wait.
         assert!((3_900..=4_000).contains(&d.backlog()), "{}", d.backlog());
         // Demand falls to half capacity: the state ends once the excess has aged out of
-        // the window and departures outnumber the new demand.
-        let end = t0 + 2_000 * MS;
-        let mut i = 0u32;
+        // the window.
+        let end = 2_000_000;
+        let mut i = 0u64;
         while d.overloaded() {
-            let now = end + Duration::from_micros(u64::from(i) * 500);
-            d.arrive(now, true, t);
-            d.depart(now, t);
-            d.depart(now, t);
+            let now = at(t0, end + i * 500);
+            d.arrive(now, true, TARGET);
+            d.depart(now, TARGET);
+            d.depart(now, TARGET);
             i += 1;
             assert!(i < 10_000, "still overloaded 5 s later");
         }
-        let took = Duration::from_micros(u64::from(i) * 500);
-        assert!(took <= Demand::WINDOW, "ended after {took:?}");
+        let took = Duration::from_micros(i * 500);
+        assert!(took <= Demand::WINDOW + 100 * MS, "ended after {took:?}");
     }
 
     #[test]
-    fn refused_demand_ages_out_of_the_window() {
-        // A burst of 300 arrivals that never depart (refused, or their clients left).
-        let t = Some(204);
+    fn refused_demand_ages_out_and_small_bursts_are_not_a_rate() {
         let t0 = Instant::now();
         let mut d = Demand::default();
+        // One slow worker (4 departures in the window) and 12 arrivals at once: a wait
+        // of seconds, but a burst under the least excess.
+        for i in 0..4u64 {
+            d.arrive(at(t0, i), true, TARGET);
+            d.depart(at(t0, i), TARGET);
+        }
+        for _ in 0..12 {
+            d.arrive(at(t0, 300_000), true, TARGET);
+        }
+        assert!(!d.overloaded());
+        // 300 arrivals that never depart (refused, or their clients left).
         for _ in 0..300 {
-            d.arrive(t0, true, t);
+            d.arrive(at(t0, 300_000), true, TARGET);
         }
         assert!(d.overloaded());
+        assert!(d.judge_at(at(t0, 800_000), TARGET));
         // A quiet second later, it is gone.
-        assert!(d.judge_at(t0 + 500 * MS, t));
-        assert!(!d.judge_at(t0 + 1_100 * MS, t));
-        assert!(!d.depart(t0 + 1_100 * MS, t));
+        assert!(!d.judge_at(at(t0, 1_400_000), TARGET));
         assert_eq!(d.backlog(), 0);
-        // Nothing measured: never overloaded.
+        // Rate overload off: never.
         for _ in 0..300 {
-            assert_eq!(d.arrive(t0 + 1_200 * MS, true, None), (false, false));
+            assert_eq!(d.arrive(at(t0, 1_500_000), true, None), (false, false));
         }
     }
 }
