@@ -92,7 +92,10 @@ use crate::ResponseBody;
 pub use lease::Lease;
 use offers::{inline_body, offered_waiting, Offer};
 pub use weir_queue::Codel;
-use weir_queue::{Demand, Expiry, OutsideWaits, QueuePlace, QueuePolicy, WaitQueue, Waiting};
+use weir_queue::{
+    admission, Demand, DemandJudge, Expiry, OutsideWaits, QueuePlace, QueuePolicy, WaitQueue,
+    Waiting,
+};
 
 mod generations;
 mod lease;
@@ -554,19 +557,24 @@ impl Pool {
         self.inner.policy.shed_target(self.inner.service.typical())
     }
 
-    /// The delay target rate overload is judged against (`weir_queue::demand`): the
-    /// pool's, from its mean service time; `None` when rate overload is off.
-    fn demand_target(&self) -> Option<Duration> {
+    /// What rate overload is judged by (`weir_queue::demand`): the pool's delay target
+    /// and the time its workers take to clear one request, both from its mean service
+    /// time; `None` when rate overload is off or nothing is measured yet.
+    fn demand_judge(&self) -> Option<DemandJudge> {
         if !self.inner.policy.codel.is_some_and(|c| c.rate_overload) {
             return None;
         }
-        self.inner.policy.target(self.inner.service.mean())
+        let mean = self.inner.service.mean()?;
+        Some(DemandJudge {
+            target: self.inner.policy.target(Some(mean))?,
+            clear_one: admission::expected_wait(mean, self.workers()),
+        })
     }
 
     /// A request arrived (`fresh`: not a retry of one just refused on its connection):
     /// whether the queue is rate-overloaded now.
     fn arrive(&self, st: &mut State, now: Instant, fresh: bool) -> bool {
-        let (overloaded, entered) = st.demand.arrive(now, fresh, self.demand_target());
+        let (overloaded, entered) = st.demand.arrive(now, fresh, self.demand_judge());
         if entered {
             self.inner
                 .stats
@@ -585,9 +593,9 @@ impl Pool {
     /// Judges rate overload now, with no arrival or departure (for the metrics: a pool
     /// that has gone quiet has neither).
     pub fn judge_demand(&self) {
-        let target = self.demand_target();
+        let judge = self.demand_judge();
         let mut st = self.state();
-        let overloaded = st.demand.judge_at(Instant::now(), target);
+        let overloaded = st.demand.judge_at(Instant::now(), judge);
         drop(st);
         self.inner
             .stats
@@ -598,7 +606,7 @@ impl Pool {
 
     /// A worker finished a request.
     fn depart(&self, st: &mut State, now: Instant) {
-        let overloaded = st.demand.depart(now, self.demand_target());
+        let overloaded = st.demand.depart(now, self.demand_judge());
         self.inner
             .stats
             .queue

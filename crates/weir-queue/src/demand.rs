@@ -21,27 +21,36 @@
 //! refused request's retry is not counted again. Requests arriving faster than they
 //! leave grow it by the excess, admitted or refused.
 //!
-//! Its *wait* is the time the workers would take to clear it at the rate they have been
-//! finishing requests over the same window (Little's law). For a closed loop that is the
-//! loop's own queueing time, N over the throughput, which the delay target was set to
-//! accept; for new demand at twice capacity it grows by the excess, half a second for
-//! each second. When it passes the delay target (and the virtual queue holds at least
+//! Its *wait* is the time the workers would take to clear it: at the rate they have been
+//! finishing requests over the same window (Little's law), or at the rate their mean
+//! service time gives, whichever is faster. For a closed loop that is the loop's own
+//! queueing time, N over the throughput, which the delay target was set to accept; for
+//! new demand at twice capacity it grows by the excess, half a second for each second.
+//! Each rate covers the other's blind spot: the measured one is low at the start of a
+//! busy spell after a quiet one (the window holds the quiet), the modelled one after a
+//! stall (the mean holds the stalled samples). When it passes the delay target (and the virtual queue holds at least
 //! [`Demand::MIN_EXCESS`]), more demand has arrived than the target was meant to absorb:
 //! the queue is *rate-overloaded*, and admission judges arrivals by the overload target
 //! ([`crate::Codel::overload_target`]: about one request per worker ahead). It ends when
-//! the wait falls under half the target. Both sides are measured over the same window,
-//! so a stall (the machine did not run the workers for a while) lowers the throughput
-//! and the closed loop's arrivals alike; and the service time, which a stall inflates,
-//! does not enter. Counting over a window, not since the start, is what lets the demand
+//! the wait falls under half the target. Counting over a window, not since the start, is what lets the demand
 //! that never departs (requests refused, or whose client left before a worker took them)
 //! age out: a burst of refusals lasts at most a window, and a server up for weeks carries
-//! no residue of its past. With no departure in the window there is no rate to judge
-//! by: not overloaded (admission's own prediction still applies).
+//! no residue of its past.
 
 use std::time::{Duration, Instant};
 
 /// Buckets of the window.
 const BUCKETS: usize = 10;
+
+/// What a virtual queue is judged by: the pool's delay target, and the time its workers
+/// take to clear one request at their mean service time (the mean over the workers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Judge {
+    /// The delay target.
+    pub target: Duration,
+    /// The mean service time over the number of workers.
+    pub clear_one: Duration,
+}
 
 /// The virtual queue and the rate-overload state.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -67,33 +76,33 @@ impl Demand {
     pub const MIN_EXCESS: u64 = 16;
 
     /// A request arrived at `now` (`fresh`: new demand, not a retry of one just refused),
-    /// judged against the delay `target` (`None`: rate overload off). Returns whether the
+    /// judged by `judge` (`None`: rate overload off). Returns whether the
     /// queue is rate-overloaded now, and whether it just became so.
-    pub fn arrive(&mut self, now: Instant, fresh: bool, target: Option<Duration>) -> (bool, bool) {
+    pub fn arrive(&mut self, now: Instant, fresh: bool, judge: Option<Judge>) -> (bool, bool) {
         self.advance(now);
         if fresh {
             self.net[self.head] += 1;
         }
         let was = self.overloaded;
-        self.judge(now, target);
+        self.judge(now, judge);
         (self.overloaded, self.overloaded && !was)
     }
 
     /// A worker finished a request at `now`. Returns whether the queue is
     /// rate-overloaded now.
-    pub fn depart(&mut self, now: Instant, target: Option<Duration>) -> bool {
+    pub fn depart(&mut self, now: Instant, judge: Option<Judge>) -> bool {
         self.advance(now);
         self.net[self.head] -= 1;
         self.departed[self.head] += 1;
-        self.judge(now, target);
+        self.judge(now, judge);
         self.overloaded
     }
 
     /// Judges the state at `now` with no arrival or departure (the window moves on):
     /// whether the queue is rate-overloaded.
-    pub fn judge_at(&mut self, now: Instant, target: Option<Duration>) -> bool {
+    pub fn judge_at(&mut self, now: Instant, judge: Option<Judge>) -> bool {
         self.advance(now);
-        self.judge(now, target);
+        self.judge(now, judge);
         self.overloaded
     }
 
@@ -107,20 +116,22 @@ impl Demand {
         u64::try_from(self.net.iter().sum::<i64>()).unwrap_or(0)
     }
 
-    /// The time the workers would take to clear the virtual queue at the rate they
-    /// finished requests over the window; `None` with no departure in it.
-    pub fn wait(&self, now: Instant) -> Option<Duration> {
+    /// The time the workers would take to clear the virtual queue: at the rate they
+    /// finished requests over the window, or at one request each `clear_one`, whichever
+    /// is sooner.
+    pub fn wait(&self, now: Instant, clear_one: Duration) -> Duration {
+        let backlog = u128::from(self.backlog());
+        let modelled = backlog * clear_one.as_nanos();
         let departed: u64 = self.departed.iter().sum();
-        if departed == 0 {
-            return None;
-        }
-        let first = self.first.unwrap_or(now);
-        let span = now.saturating_duration_since(first).min(Self::WINDOW);
-        // backlog / (departed / span), in nanoseconds.
-        let nanos = u128::from(self.backlog()) * span.as_nanos() / u128::from(departed);
-        Some(Duration::from_nanos(
-            u64::try_from(nanos).unwrap_or(u64::MAX),
-        ))
+        let nanos = if departed == 0 {
+            modelled
+        } else {
+            let first = self.first.unwrap_or(now);
+            let span = now.saturating_duration_since(first).min(Self::WINDOW);
+            // backlog / (departed / span)
+            modelled.min(backlog * span.as_nanos() / u128::from(departed))
+        };
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
     /// Moves the window on to `now`: buckets older than the window are emptied.
@@ -148,11 +159,12 @@ impl Demand {
         });
     }
 
-    fn judge(&mut self, now: Instant, target: Option<Duration>) {
-        let (Some(target), Some(wait)) = (target, self.wait(now)) else {
+    fn judge(&mut self, now: Instant, judge: Option<Judge>) {
+        let Some(Judge { target, clear_one }) = judge else {
             self.overloaded = false;
             return;
         };
+        let wait = self.wait(now, clear_one);
         let backlog = self.backlog();
         if self.overloaded {
             self.overloaded = wait >= target / 2 && backlog >= Self::MIN_EXCESS / 2;
@@ -167,7 +179,16 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
-    const TARGET: Option<Duration> = Some(Duration::from_millis(50));
+    /// 50 ms target; 4 workers of 1 ms requests: 4,000 a second.
+    const TARGET: Option<Judge> = Some(Judge {
+        target: Duration::from_millis(50),
+        clear_one: Duration::from_micros(250),
+    });
+    /// The same, with the mean inflated forty-fold by a stall.
+    const STALLED: Option<Judge> = Some(Judge {
+        target: Duration::from_millis(50),
+        clear_one: Duration::from_millis(10),
+    });
 
     fn at(t0: Instant, us: u64) -> Instant {
         t0 + Duration::from_micros(us)
@@ -193,28 +214,40 @@ mod tests {
                 // Refused: its retry is not.
                 d.arrive(now, false, TARGET);
             }
-            assert!(!d.overloaded(), "at {i}: wait {:?}", d.wait(now));
+            assert!(!d.overloaded(), "at {i}: backlog {}", d.backlog());
             assert!(d.backlog() <= 50);
         }
     }
 
     #[test]
-    fn a_stall_does_not_make_a_closed_loop_overload() {
+    fn neither_a_stall_nor_a_quiet_spell_makes_a_closed_loop_overload() {
         // The same loop, but the machine runs nothing for 400 ms: no departures, no
-        // arrivals. The throughput over the window falls, the virtual queue does not grow.
+        // arrivals, and the mean inflated by the stalled requests. The measured rate
+        // holds.
         let t0 = Instant::now();
         let mut d = Demand::default();
         for _ in 0..50 {
             d.arrive(t0, true, TARGET);
         }
-        let mut now = t0;
         for i in 0..20_000u64 {
-            now = at(t0, i * 250 + if i >= 4_000 { 400_000 } else { 0 });
+            let now = at(t0, i * 250 + if i >= 4_000 { 400_000 } else { 0 });
+            let judge = if i >= 4_000 { STALLED } else { TARGET };
+            d.depart(now, judge);
+            d.arrive(now, true, judge);
+            assert!(!d.overloaded(), "at {i}: backlog {}", d.backlog());
+        }
+        // A quiet spell, then the loop again: the window holds the quiet, the modelled
+        // rate does not.
+        let later = at(t0, 20_000_000);
+        for _ in 0..50 {
+            d.arrive(later, true, TARGET);
+        }
+        for i in 0..4_000u64 {
+            let now = later + Duration::from_micros(i * 250);
             d.depart(now, TARGET);
             d.arrive(now, true, TARGET);
-            assert!(!d.overloaded(), "at {i}: wait {:?}", d.wait(now));
+            assert!(!d.overloaded(), "at {i}: backlog {}", d.backlog());
         }
-        assert!(d.wait(now).unwrap() < 20 * MS, "{:?}", d.wait(now));
     }
 
     #[test]
@@ -264,18 +297,18 @@ mod tests {
         let t0 = Instant::now();
         let mut d = Demand::default();
         // One slow worker (4 departures in the window) and 12 arrivals at once: a wait
-        // of seconds, but a burst under the least excess.
+        // of seconds at the measured rate, but a burst under the least excess.
         for i in 0..4u64 {
-            d.arrive(at(t0, i), true, TARGET);
-            d.depart(at(t0, i), TARGET);
+            d.arrive(at(t0, i), true, STALLED);
+            d.depart(at(t0, i), STALLED);
         }
         for _ in 0..12 {
-            d.arrive(at(t0, 300_000), true, TARGET);
+            d.arrive(at(t0, 300_000), true, STALLED);
         }
         assert!(!d.overloaded());
         // 300 arrivals that never depart (refused, or their clients left).
         for _ in 0..300 {
-            d.arrive(at(t0, 300_000), true, TARGET);
+            d.arrive(at(t0, 300_000), true, STALLED);
         }
         assert!(d.overloaded());
         assert!(d.judge_at(at(t0, 800_000), TARGET));

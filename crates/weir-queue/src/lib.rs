@@ -45,7 +45,7 @@ use weir_errors::ErrorClass;
 
 pub use admission::Budget;
 pub use codel::{Codel, CodelState};
-pub use demand::Demand;
+pub use demand::{Demand, Judge as DemandJudge};
 pub use service_time::ServiceTime;
 pub use slots::{SlotPermit, Slots};
 pub use wait_queue::{WaitQueue, Waiting};
