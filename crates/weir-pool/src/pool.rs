@@ -557,11 +557,16 @@ impl Pool {
         self.inner.policy.shed_target(self.inner.service.typical())
     }
 
+    /// `[queue] rate_overload`.
+    fn rate_overload_on(&self) -> bool {
+        self.inner.policy.codel.is_some_and(|c| c.rate_overload)
+    }
+
     /// What rate overload is judged by (`weir_queue::demand`): the pool's delay target
     /// and the time its workers take to clear one request, both from its mean service
     /// time; `None` when rate overload is off or nothing is measured yet.
     fn demand_judge(&self) -> Option<DemandJudge> {
-        if !self.inner.policy.codel.is_some_and(|c| c.rate_overload) {
+        if !self.rate_overload_on() {
             return None;
         }
         let mean = self.inner.service.mean()?;
@@ -574,6 +579,9 @@ impl Pool {
     /// A request arrived (`fresh`: not a retry of one just refused on its connection):
     /// whether the queue is rate-overloaded now.
     fn arrive(&self, st: &mut State, now: Instant, fresh: bool) -> bool {
+        if !self.rate_overload_on() {
+            return false;
+        }
         let (overloaded, entered) = st.demand.arrive(now, fresh, self.demand_judge());
         if entered {
             self.inner
@@ -606,6 +614,9 @@ impl Pool {
 
     /// A worker finished a request.
     fn depart(&self, st: &mut State, now: Instant) {
+        if !self.rate_overload_on() {
+            return;
+        }
         let overloaded = st.demand.depart(now, self.demand_judge());
         self.inner
             .stats

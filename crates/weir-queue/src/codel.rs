@@ -67,7 +67,7 @@ impl Codel {
             lifo,
             factor: Codel::FACTOR,
             min_target: Codel::MIN_TARGET,
-            rate_overload: true,
+            rate_overload: false,
         }
     }
 

@@ -25,7 +25,7 @@
 //! finishing requests over the same window (Little's law), or at the rate their mean
 //! service time gives, whichever is faster. For a closed loop that is the loop's own
 //! queueing time, N over the throughput, which the delay target was set to accept; for
-//! new demand at twice capacity it grows by the excess, half a second for each second.
+//! new demand at twice capacity it grows by the excess, a second for each second.
 //! Each rate covers the other's blind spot: the measured one is low at the start of a
 //! busy spell after a quiet one (the window holds the quiet), the modelled one after a
 //! stall (the mean holds the stalled samples). When it passes the delay target (and the virtual queue holds at least
