@@ -256,32 +256,21 @@ fn reuse_oldest_sends_on_every_connection_in_turn() {
     // 20 connections opened before the start, 100 requests 5 ms apart, each answered in
     // well under that. The pool's newest connection would carry nearly all of them;
     // the oldest idle one each time means all 20 take turns, as 20 clients would.
+    let open_loop = |s: &Server, extra: &str| {
+        let line = format!(
+            "--rate 200 --requests 100 --connections 20 {extra} {}",
+            s.target
+        );
+        run(&line.split_whitespace().collect::<Vec<_>>())
+    };
     let s = start(false);
-    let o = run(&[
-        "--rate",
-        "200",
-        "--requests",
-        "100",
-        "--connections",
-        "20",
-        "--reuse",
-        "oldest",
-        &s.target,
-    ]);
+    let o = open_loop(&s, "--reuse oldest");
     let r = &o.runs[0];
     assert_eq!(r.status.get("200"), Some(&100));
     assert_eq!(r.manifest.reuse.as_deref(), Some("oldest"));
     assert!(s.state.used.load(Ordering::Relaxed) >= 20);
     let s = start(false);
-    let o = run(&[
-        "--rate",
-        "200",
-        "--requests",
-        "100",
-        "--connections",
-        "20",
-        &s.target,
-    ]);
+    let o = open_loop(&s, "");
     assert_eq!(o.runs[0].manifest.reuse.as_deref(), Some("newest"));
     // A busy test machine delays some answers, and the next request takes another
     // connection then: a bound, not a count.
