@@ -14,8 +14,11 @@ over a second).
 
 from __future__ import annotations
 
+import collections
 import json
+import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -132,6 +135,39 @@ def test_new_clients_at_twice_capacity_meet_a_short_queue_and_a_closed_loop_does
     assert queued < 1.8 * worked, "admitted waited %.1f ms at the median, %.1f ms on a worker" % (queued, worked)
     wait_for(lambda: f.metric("weir_queue_rate_overloaded") == 0, 20,
              what="rate overload to end once the load stopped")
+
+
+def test_clients_that_reconnect_after_their_503_are_not_taken_for_new_demand(front):
+    """Rate overload on, 2 workers, a 20 ms CPU endpoint. 12 clients in a closed loop that
+    open a new connection for every request (`Connection: close`, as a script without a
+    session does) and come straight back after a 503: 120 ms of work for a 50 ms target,
+    so some are refused. Each reconnect after a refusal is that client's retry (its old
+    connection ended just after the refusal, from the same address), not new demand, so
+    the loop is not taken for rate overload: it never holds more than 12 requests."""
+    f = front(workers=2, admin=True, config={"queue": {"rate_overload": True}})
+    assert get(f.addr, "/work?ms=20", timeout=10).status == 200
+    statuses = collections.Counter()
+    lock = threading.Lock()
+    stop = time.monotonic() + 3
+
+    def client():
+        while time.monotonic() < stop:
+            with socket.create_connection((f.addr.host, f.addr.port), timeout=10) as s:
+                s.sendall(b"GET /work?ms=20 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                head = s.recv(64)
+            with lock:
+                statuses[int(head.split()[1])] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    print("statuses %r; rate overloads %d" % (dict(statuses), f.metric("weir_queue_rate_overloads_total")))
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses[200] > 50, statuses
+    assert statuses[503] > 0, "nothing refused, so no retry was judged: %r" % statuses
+    assert f.metric("weir_queue_rate_overloads_total") == 0
 
 
 def test_a_slow_routes_queue_does_not_get_a_fast_routes_requests_refused(front):

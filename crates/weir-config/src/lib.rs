@@ -824,8 +824,7 @@ pub struct QueueConfig {
     /// While new demand outruns the workers (more arrives than they finish, retries of
     /// refused requests not counted), admission holds each arrival to its route's mean
     /// service time (at least 1 ms) instead of the delay target: a short queue, fast
-    /// 503s for the excess. Off by default: clients that reconnect after each 503 look
-    /// like new demand (docs/config.md).
+    /// 503s for the excess. Off by default (docs/config.md).
     pub rate_overload: bool,
     /// How long the queue's delay must stay above the target before requests are shed.
     pub interval: Seconds,

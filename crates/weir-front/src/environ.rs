@@ -30,9 +30,10 @@ pub struct ConnInfo {
 /// of it is the client's retry, not new demand, so it does not count towards rate
 /// overload (`weir_queue::demand`). A closed-loop client (`wrk`, a page's assets) sends
 /// its next request within microseconds of an answer; new visitors come on their own
-/// connections, and one client's next request after a pause is new demand again.
+/// connections, and one client's next request after a pause is new demand again. A client
+/// that reconnects after its 503 is told by its address instead ([`ClientRefusals`]).
 #[derive(Debug, Default)]
-pub struct LastRefusal(std::sync::atomic::AtomicU64);
+pub struct LastRefusal(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicBool);
 
 impl LastRefusal {
     /// How soon after a refusal a request on the same connection is its retry.
@@ -54,9 +55,65 @@ impl LastRefusal {
 
 impl Clone for LastRefusal {
     fn clone(&self) -> Self {
-        LastRefusal(std::sync::atomic::AtomicU64::new(
-            self.0.load(std::sync::atomic::Ordering::Relaxed),
-        ))
+        LastRefusal(
+            std::sync::atomic::AtomicU64::new(self.0.load(std::sync::atomic::Ordering::Relaxed)),
+            std::sync::atomic::AtomicBool::new(self.1.load(std::sync::atomic::Ordering::Relaxed)),
+        )
+    }
+}
+
+impl LastRefusal {
+    /// Whether this is the connection's first request to ask (the first that reached the
+    /// queue): the one a reconnecting client sends.
+    pub fn first_request(&self) -> bool {
+        !self.1.swap(true, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// For `[queue] rate_overload`: when an HTTP/1 connection from each peer address last
+/// ended within [`LastRefusal::RETRY_WINDOW`] of a refusal on it (the client hung up on
+/// its 503). The first request of a new connection from that address within the window
+/// is that client reconnecting to retry (a script without a session, a herd of clients
+/// reconnecting at once), not new demand. Clients that keep their connections after a
+/// 503 (browsers, connection pools) leave no mark, so new clients from the same address
+/// are still counted. Bounded: past [`ClientRefusals::MAX`] addresses, the ones older
+/// than the window are dropped.
+#[derive(Debug, Default)]
+pub struct ClientRefusals(
+    std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, std::time::Instant>>,
+);
+
+impl ClientRefusals {
+    /// The most addresses kept before the stale ones are dropped.
+    pub const MAX: usize = 65_536;
+
+    fn map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, std::time::Instant>>
+    {
+        // A panic while holding this lock would be a bug in a map insert; the map is
+        // still usable, so keep going.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A connection from `ip` ended at `at` just after a refusal.
+    pub fn mark(&self, ip: std::net::IpAddr, at: std::time::Instant) {
+        let mut map = self.map();
+        if map.len() >= Self::MAX && !map.contains_key(&ip) {
+            map.retain(|_, t| at.saturating_duration_since(*t) < LastRefusal::RETRY_WINDOW);
+            if map.len() >= Self::MAX {
+                map.clear();
+            }
+        }
+        map.insert(ip, at);
+    }
+
+    /// Whether a new connection's first request from `ip` arriving at `at` follows such
+    /// an end by less than the window.
+    pub fn is_retry(&self, ip: std::net::IpAddr, at: std::time::Instant) -> bool {
+        self.map()
+            .get(&ip)
+            .is_some_and(|t| at.saturating_duration_since(*t) < LastRefusal::RETRY_WINDOW)
     }
 }
 
@@ -311,6 +368,29 @@ mod tests {
         r.mark(t0 + 1000 * ms);
         assert!(r.is_retry(t0 + 1005 * ms));
         assert!(r.clone().is_retry(t0 + 1005 * ms));
+        assert!(r.first_request());
+        assert!(!r.first_request());
+    }
+
+    #[test]
+    fn a_new_connection_soon_after_a_refusal_to_its_address_is_a_retry() {
+        let ms = std::time::Duration::from_millis(1);
+        let t0 = std::time::Instant::now();
+        let c = ClientRefusals::default();
+        let a: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let b: std::net::IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(!c.is_retry(a, t0));
+        c.mark(a, t0);
+        assert!(c.is_retry(a, t0 + 9 * ms));
+        assert!(!c.is_retry(a, t0 + 10 * ms));
+        assert!(!c.is_retry(b, t0 + ms));
+        // Bounded: a flood of addresses drops the stale ones.
+        for i in 0..ClientRefusals::MAX as u32 {
+            c.mark(std::net::IpAddr::from(i.to_be_bytes()), t0 + 100 * ms);
+        }
+        c.mark(b, t0 + 200 * ms);
+        assert!(c.is_retry(b, t0 + 205 * ms));
+        assert!(c.map().len() <= ClientRefusals::MAX);
     }
 
     #[test]

@@ -57,4 +57,8 @@ pub struct Front {
     pub has_ready_check: bool,
     /// The last ready_check result: (when, passed, message).
     pub last_ready: std::sync::Mutex<Option<(Instant, bool, String)>>,
+    /// With `[queue] rate_overload`: the peer addresses whose connection just ended after a
+    /// refusal, so that a client reconnecting after its 503 is seen retrying
+    /// (`environ::ClientRefusals`).
+    pub client_refusals: Option<crate::environ::ClientRefusals>,
 }

@@ -69,6 +69,10 @@ where
     let conn = Arc::new(conn);
     let peer = conn.peer.map(|p| p.ip());
     let log = front.log.clone();
+    let hung_up = front.client_refusals.is_some().then(|| HungUp {
+        front: front.clone(),
+        conn: conn.clone(),
+    });
     let header_timeout = front.header_timeout;
     // A parked connection has been idle for PARK_AFTER already.
     let keepalive_wait = front.keepalive_timeout.saturating_sub(PARK_AFTER);
@@ -110,6 +114,7 @@ where
         })
     };
     async move {
+        let _hung_up = hung_up;
         let mut first = true;
         loop {
             // A kept-alive connection waits keepalive_timeout for its next request to begin
@@ -173,6 +178,26 @@ where
         use tokio::io::AsyncWriteExt as _;
         if let Err(e) = io.shutdown().await {
             debug!("connection shutdown: {e}");
+        }
+    }
+}
+
+/// With `[queue] rate_overload`: a connection that ends within the retry window of a
+/// refusal on it notes its client's address, so that the client's next connection is
+/// taken for a reconnect to retry, not new demand (`environ::ClientRefusals`).
+struct HungUp {
+    front: Arc<Front>,
+    conn: Arc<ConnInfo>,
+}
+
+impl Drop for HungUp {
+    fn drop(&mut self) {
+        let (Some(refusals), Some(peer)) = (&self.front.client_refusals, self.conn.peer) else {
+            return;
+        };
+        let now = Instant::now();
+        if self.conn.refused.is_retry(now) {
+            refusals.mark(peer.ip(), now);
         }
     }
 }
@@ -365,7 +390,16 @@ async fn forward(
     rec: &mut Record,
 ) -> Result<Response<ResponseBody>, Rejection> {
     let deadline = route.request_timeout.map(|t| rec.arrived + t);
-    let retry = conn.refused.is_retry(rec.arrived);
+    // A retry: on the connection just refused, or the first request of a new connection
+    // from an address whose connection just closed after a refusal (with rate overload
+    // on; environ::ClientRefusals).
+    let retry = conn.refused.is_retry(rec.arrived)
+        || front.client_refusals.as_ref().is_some_and(|refusals| {
+            conn.refused.first_request()
+                && conn
+                    .peer
+                    .is_some_and(|p| refusals.is_retry(p.ip(), rec.arrived))
+        });
     let deadline_unix = route.request_timeout.map(|t| {
         (rec.time + t)
             .duration_since(UNIX_EPOCH)

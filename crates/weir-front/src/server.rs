@@ -317,6 +317,10 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
         http2_max_concurrent_streams: srv.http2_max_concurrent_streams,
         has_ready_check: config.app.ready_check.is_some(),
         last_ready: std::sync::Mutex::new(None),
+        client_refusals: config
+            .queue
+            .rate_overload
+            .then(crate::environ::ClientRefusals::default),
     });
     let (drain_tx, drain_rx) = watch::channel(false);
     let (conns_tx, mut conns_rx) = mpsc::channel::<()>(1);
