@@ -5,6 +5,7 @@
 //! raw bytes, `%2F` included, exactly as NGINX and uWSGI do; URL crates normalise paths.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use http::request::Parts;
 use http::Version;
@@ -33,7 +34,12 @@ pub struct ConnInfo {
 /// connections, and one client's next request after a pause is new demand again. A client
 /// that reconnects after its 503 is told by its address instead ([`ClientRefusals`]).
 #[derive(Debug, Default)]
-pub struct LastRefusal(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicBool);
+pub struct LastRefusal {
+    /// Microseconds since the clock base ([`since_epoch`]) plus one; 0: never refused.
+    at_micros: AtomicU64,
+    /// Whether a request of this connection has reached the queue yet.
+    asked: AtomicBool,
+}
 
 impl LastRefusal {
     /// How soon after a refusal a request on the same connection is its retry.
@@ -41,32 +47,29 @@ impl LastRefusal {
 
     /// The queue refused a request of this connection at `at`.
     pub fn mark(&self, at: std::time::Instant) {
-        self.0
-            .store(since_epoch(at) + 1, std::sync::atomic::Ordering::Relaxed);
+        self.at_micros.store(since_epoch(at) + 1, Ordering::Relaxed);
     }
 
     /// Whether a request arriving at `at` follows a refusal by less than the window.
     pub fn is_retry(&self, at: std::time::Instant) -> bool {
-        let last = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        let last = self.at_micros.load(Ordering::Relaxed);
         let window = u64::try_from(Self::RETRY_WINDOW.as_micros()).unwrap_or(u64::MAX);
         last != 0 && (since_epoch(at) + 1).saturating_sub(last) < window
+    }
+
+    /// Whether this is the connection's first request to ask (the first that reached the
+    /// queue): the one a reconnecting client sends.
+    pub fn first_request(&self) -> bool {
+        !self.asked.swap(true, Ordering::Relaxed)
     }
 }
 
 impl Clone for LastRefusal {
     fn clone(&self) -> Self {
-        LastRefusal(
-            std::sync::atomic::AtomicU64::new(self.0.load(std::sync::atomic::Ordering::Relaxed)),
-            std::sync::atomic::AtomicBool::new(self.1.load(std::sync::atomic::Ordering::Relaxed)),
-        )
-    }
-}
-
-impl LastRefusal {
-    /// Whether this is the connection's first request to ask (the first that reached the
-    /// queue): the one a reconnecting client sends.
-    pub fn first_request(&self) -> bool {
-        !self.1.swap(true, std::sync::atomic::Ordering::Relaxed)
+        LastRefusal {
+            at_micros: AtomicU64::new(self.at_micros.load(Ordering::Relaxed)),
+            asked: AtomicBool::new(self.asked.load(Ordering::Relaxed)),
+        }
     }
 }
 

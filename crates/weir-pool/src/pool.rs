@@ -564,16 +564,22 @@ impl Pool {
 
     /// What rate overload is judged by (`weir_queue::demand`): the pool's delay target
     /// and the time its workers take to clear one request, both from its mean service
-    /// time; `None` when rate overload is off or nothing is measured yet.
+    /// time; `None` while nothing is measured yet. Callers check `rate_overload_on`.
     fn demand_judge(&self) -> Option<DemandJudge> {
-        if !self.rate_overload_on() {
-            return None;
-        }
         let mean = self.inner.service.mean()?;
         Some(DemandJudge {
             target: self.inner.policy.target(Some(mean))?,
             clear_one: admission::expected_wait(mean, self.workers()),
         })
+    }
+
+    /// `weir_queue_rate_overloaded` now.
+    fn publish_demand(&self, overloaded: bool) {
+        self.inner
+            .stats
+            .queue
+            .rate_overloaded
+            .store(u64::from(overloaded), Ordering::Relaxed);
     }
 
     /// A request arrived (`fresh`: not a retry of one just refused on its connection):
@@ -590,39 +596,37 @@ impl Pool {
                 .rate_overloads
                 .fetch_add(1, Ordering::Relaxed);
         }
-        self.inner
-            .stats
-            .queue
-            .rate_overloaded
-            .store(u64::from(overloaded), Ordering::Relaxed);
+        self.publish_demand(overloaded);
         overloaded
     }
 
     /// Judges rate overload now, with no arrival or departure (for the metrics: a pool
     /// that has gone quiet has neither).
     pub fn judge_demand(&self) {
+        if !self.rate_overload_on() {
+            return;
+        }
         let judge = self.demand_judge();
-        let mut st = self.state();
-        let overloaded = st.demand.judge_at(Instant::now(), judge);
-        drop(st);
-        self.inner
-            .stats
-            .queue
-            .rate_overloaded
-            .store(u64::from(overloaded), Ordering::Relaxed);
+        let overloaded = self.state().demand.judge_at(Instant::now(), judge);
+        self.publish_demand(overloaded);
     }
 
-    /// A worker finished a request.
+    /// A worker finished a request (cleanly, or killed in the middle of it).
     fn depart(&self, st: &mut State, now: Instant) {
         if !self.rate_overload_on() {
             return;
         }
         let overloaded = st.demand.depart(now, self.demand_judge());
-        self.inner
-            .stats
-            .queue
-            .rate_overloaded
-            .store(u64::from(overloaded), Ordering::Relaxed);
+        self.publish_demand(overloaded);
+    }
+
+    /// [`Self::depart`] for a request whose worker was killed (`Lease`'s dirty end):
+    /// takes the lock itself.
+    pub(super) fn depart_killed(&self) {
+        if self.rate_overload_on() {
+            let mut st = self.state();
+            self.depart(&mut st, Instant::now());
+        }
     }
 
     /// The mean time `req` will hold a worker: its route's, else the pool's.

@@ -93,6 +93,7 @@ impl Drop for Lease {
                     self.pool.inner.stats.busy.fetch_sub(1, Ordering::Relaxed);
                     let holder = worker.id;
                     worker.kill(reason);
+                    self.pool.depart_killed();
                     self.pool.requeue_offer(holder, self.first.take());
                 }
                 None => self.pool.release(worker),
