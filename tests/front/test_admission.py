@@ -51,9 +51,11 @@ def test_at_twice_capacity_refusals_are_fast_and_the_admitted_wait_little(front,
     """2 workers, a 20 ms CPU endpoint: capacity measured first (closed loop), then an
     open-loop load at twice that for 4 s. Only 200 and 503 (queue-full at arrival, or
     queue-timeout when shed after waiting); the 503s come back in milliseconds (p90 far
-    under the old 500 ms floor); the admitted are answered within a bounded time."""
+    under the old 500 ms floor); the admitted are answered within a bounded time. Rate
+    overload is off here: this is admission by the delay target alone."""
     log = tmp_path / "access.jsonl"
-    f = front(workers=2, admin=True, config={"server": {"access_log": str(log)}})
+    f = front(workers=2, admin=True, config={"server": {"access_log": str(log)},
+                                             "queue": {"rate_overload": False}})
     cap = _load(weir_bin, tmp_path, f, "/work?ms=20", "--connections", "2", "--duration", "2s", name="cap")
     capacity = cap["achieved_rate"]
     assert capacity > 5, cap
@@ -85,12 +87,12 @@ def test_at_twice_capacity_refusals_are_fast_and_the_admitted_wait_little(front,
     assert f.metric("weir_queue_refused_total", when="arrival") > 0
     assert f.metric("weir_queue_actual_wait_seconds_count") > 0
     assert f.metric("weir_queue_predicted_wait_seconds_count") > 0
-    # Rate overload is off by default.
+    # Rate overload, off here, never began.
     assert f.metric("weir_queue_rate_overloads_total") == 0
 
 
 def test_new_clients_at_twice_capacity_meet_a_short_queue_and_a_closed_loop_does_not(front, weir_bin, tmp_path):
-    """Rate overload ([queue] rate_overload = true, docs/config.md). 2 workers, a 20 ms CPU
+    """Rate overload ([queue] rate_overload, on by default, docs/config.md). 2 workers, a 20 ms CPU
     endpoint: the delay target is 50 ms (its floor), and the pool holds 2 running plus
     about 4 waiting within it.
 
@@ -101,8 +103,7 @@ def test_new_clients_at_twice_capacity_meet_a_short_queue_and_a_closed_loop_does
     the 50 ms target (measured against the same requests' own time on a worker, so a slow
     machine moves both). When the load stops, the state ends."""
     log = tmp_path / "access.jsonl"
-    f = front(workers=2, admin=True, config={"server": {"access_log": str(log)},
-                                             "queue": {"rate_overload": True}})
+    f = front(workers=2, admin=True, config={"server": {"access_log": str(log)}})
     closed = _load(weir_bin, tmp_path, f, "/work?ms=20", "--connections", "4", "--duration", "3s", name="closed")
     capacity = closed["achieved_rate"]
     status = {int(k): v for k, v in closed["status"].items()}

@@ -824,7 +824,7 @@ pub struct QueueConfig {
     /// While new demand outruns the workers (more arrives than they finish, retries of
     /// refused requests not counted), admission holds each arrival to its route's mean
     /// service time (at least 1 ms) instead of the delay target: a short queue, fast
-    /// 503s for the excess. Off by default (docs/config.md).
+    /// 503s for the excess. On by default (docs/config.md).
     pub rate_overload: bool,
     /// How long the queue's delay must stay above the target before requests are shed.
     pub interval: Seconds,
@@ -849,7 +849,7 @@ impl Default for QueueConfig {
             target_factor: 2,
             min_target: Seconds::from_duration(std::time::Duration::from_millis(50)),
             admission: true,
-            rate_overload: false,
+            rate_overload: true,
             interval: Seconds::from_secs(1),
             lifo: true,
             fair_key: None,
@@ -1551,10 +1551,10 @@ mod tests {
         assert!(c.queue.codel && !c.queue.lifo);
         assert_eq!(c.queue.target.unwrap().as_duration().as_millis(), 50);
         let d = QueueConfig::default();
-        assert!(d.admission && !d.rate_overload && d.target_factor == 2);
+        assert!(d.admission && d.rate_overload && d.target_factor == 2);
         assert_eq!(d.min_target.as_duration().as_millis(), 50);
-        let c = parse("[app]\nmodule = \"a:b\"\n[queue]\nadmission = false\nrate_overload = true\ntarget_factor = 4\nmin_target = \"500ms\"\n").unwrap();
-        assert!(!c.queue.admission && c.queue.rate_overload && c.queue.target_factor == 4);
+        let c = parse("[app]\nmodule = \"a:b\"\n[queue]\nadmission = false\nrate_overload = false\ntarget_factor = 4\nmin_target = \"500ms\"\n").unwrap();
+        assert!(!c.queue.admission && !c.queue.rate_overload && c.queue.target_factor == 4);
         for (toml, key) in [
             ("target = \"20s\"", "queue.target"),
             ("target = \"0s\"", "queue.target"),
