@@ -6,8 +6,13 @@ worker (NGINX closes its upstream connection when its client goes).
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import http.client
 import json
 import os
+import threading
+import time
 
 import pytest
 
@@ -93,3 +98,86 @@ def test_max_body_size_applies_behind_nginx(behind_nginx, state_dir):
     r = request(addr, "POST", "/echo?tag=big", body=b"x" * 4096, timeout=10)
     assert r.status == 413 and r.header("x-weir-error") == "body-too-large", r
     assert "big" not in tags_seen(state_dir)
+
+
+def test_a_closed_loop_behind_nginx_is_not_taken_for_rate_overload(behind_nginx):
+    """Rate overload (on by default) behind a real NGINX. 2 workers, a 20 ms CPU endpoint;
+    12 clients in a closed loop that resend at once after a 503, half on kept-alive
+    connections to NGINX, half on a new connection for every request: 120 ms of work for
+    a 50 ms target, so some are refused. NGINX opens a new uwsgi connection for every
+    request, so weir tells a retry by the client's address (REMOTE_ADDR): a request from
+    an address just refused is its retry, not new demand, and the loop, never more than
+    12 requests, is not taken for rate overload."""
+    addr, admin, _ = behind_nginx({}, workers=2)
+    assert get(addr, "/work?ms=20", timeout=10).status == 200
+    statuses = collections.Counter()
+    lock = threading.Lock()
+    stop = time.monotonic() + 3
+
+    def client(reconnect: bool):
+        c = http.client.HTTPConnection(addr.host, addr.port, timeout=10)
+        try:
+            while time.monotonic() < stop:
+                c.request("GET", "/work?ms=20", headers={"Connection": "close"} if reconnect else {})
+                r = c.getresponse()
+                r.read()
+                if reconnect:
+                    c.close()
+                with lock:
+                    statuses[r.status] += 1
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=client, args=(i % 2 == 1,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    overloads = metric(admin, "weir_queue_rate_overloads_total")
+    print("statuses %r; rate overloads %d" % (dict(statuses), overloads))
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses[200] > 50, statuses
+    assert statuses[503] > 0, "nothing refused, so no retry was judged: %r" % statuses
+    assert overloads == 0
+
+
+def test_new_clients_behind_nginx_at_twice_capacity_are_rate_overload(behind_nginx):
+    """The other side of the test above: new clients, each from an address of its own
+    (127.0.1.x: loopback takes the whole 127/8), arrive through NGINX at twice the
+    capacity of 2 workers on a 20 ms endpoint, one request each on a new connection, and
+    do not come back after a 503. That is new demand outrunning the workers: the pool
+    becomes rate-overloaded, and the excess gets 503 queue-full."""
+    addr, admin, _ = behind_nginx({}, workers=2)
+    t0 = time.monotonic()
+    for _ in range(10):
+        assert get(addr, "/work?ms=20", timeout=10).status == 200
+    capacity = 2 * 10 / max(time.monotonic() - t0, 0.02)  # 2 workers, each at its measured pace
+    rate = max(20, int(2 * capacity))
+    statuses = collections.Counter()
+
+    async def one(i: int):
+        try:
+            r, w = await asyncio.wait_for(asyncio.open_connection(
+                addr.host, addr.port, local_addr=("127.0.1.%d" % (1 + i % 250), 0)), 10)
+            w.write(b"GET /work?ms=20 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            line = await asyncio.wait_for(r.readline(), 20)
+            statuses[int(line.split()[1])] += 1
+            w.close()
+        except (OSError, asyncio.TimeoutError, IndexError, ValueError) as e:
+            statuses[type(e).__name__] += 1
+
+    async def flood():
+        start = time.monotonic()
+        tasks = []
+        for i in range(rate * 3):
+            at = start + i / rate
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+
+    asyncio.run(flood())
+    overloads = metric(admin, "weir_queue_rate_overloads_total")
+    print("capacity about %.0f req/s; at %d req/s: %r; rate overloads %d" % (capacity, rate, dict(statuses), overloads))
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses[503] > 0, statuses
+    assert overloads >= 1

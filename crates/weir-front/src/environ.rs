@@ -79,8 +79,12 @@ impl Clone for LastRefusal {
 /// is that client reconnecting to retry (a script without a session, a herd of clients
 /// reconnecting at once), not new demand. Clients that keep their connections after a
 /// 503 (browsers, connection pools) leave no mark, so new clients from the same address
-/// are still counted. Bounded: past [`ClientRefusals::MAX`] addresses, the ones older
-/// than the window are dropped.
+/// are still counted. Behind a front server (the uwsgi listener), whose connection to weir
+/// is one request's, neither the client's connection nor its hang-up is seen: there a
+/// second map marks the client's address (`REMOTE_ADDR`) at the refusal itself, and any
+/// request from it within the window is its retry; clients sharing one address count as
+/// one then, in the safe direction (rate overload begins later, or not at all). Bounded:
+/// past [`ClientRefusals::MAX`] addresses, the ones older than the window are dropped.
 #[derive(Debug, Default)]
 pub struct ClientRefusals(
     std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, std::time::Instant>>,
@@ -99,7 +103,8 @@ impl ClientRefusals {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A connection from `ip` ended at `at` just after a refusal.
+    /// A connection from `ip` ended at `at` just after a refusal (the uwsgi listener: a
+    /// request from `ip` was refused at `at`).
     pub fn mark(&self, ip: std::net::IpAddr, at: std::time::Instant) {
         let mut map = self.map();
         if map.len() >= Self::MAX && !map.contains_key(&ip) {

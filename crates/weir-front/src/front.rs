@@ -61,4 +61,10 @@ pub struct Front {
     /// refusal, so that a client reconnecting after its 503 is seen retrying
     /// (`environ::ClientRefusals`).
     pub client_refusals: Option<crate::environ::ClientRefusals>,
+    /// With `[queue] rate_overload`: the client addresses (`REMOTE_ADDR`, as the front
+    /// server names them) whose request through the uwsgi listener the queue just
+    /// refused. The front server opens a connection per request, so neither a client's own
+    /// connection nor its hang-up is seen: a request from that address within the retry
+    /// window is taken for the client's retry (`environ::ClientRefusals`).
+    pub uwsgi_refusals: Option<crate::environ::ClientRefusals>,
 }

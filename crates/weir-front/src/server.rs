@@ -321,6 +321,10 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
             .queue
             .rate_overload
             .then(crate::environ::ClientRefusals::default),
+        uwsgi_refusals: config
+            .queue
+            .rate_overload
+            .then(crate::environ::ClientRefusals::default),
     });
     let (drain_tx, drain_rx) = watch::channel(false);
     let (conns_tx, mut conns_rx) = mpsc::channel::<()>(1);

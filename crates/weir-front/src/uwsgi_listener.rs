@@ -173,6 +173,13 @@ where
     } else {
         RequestBody::Full(body.freeze())
     };
+    // A client's retry of a request just refused is not new demand (rate overload). The
+    // front server's connection is this request's alone, so the client is told by its
+    // address (environ::ClientRefusals).
+    let retry = match (&front.uwsgi_refusals, client) {
+        (Some(refusals), Some(ip)) => refusals.is_retry(ip, rec.arrived),
+        _ => false,
+    };
     let result = crate::dispatch::dispatch(
         &front,
         &watch,
@@ -183,13 +190,16 @@ where
             work: crate::dispatch::Work::Packet(out),
             body,
             fair_key,
-            // A front server opens a connection per request (NGINX's `uwsgi_pass`):
-            // every request is new demand.
-            retry: false,
+            retry,
         },
         &mut rec,
     )
     .await;
+    if let (Some(refusals), Some(ip), Err(r)) = (&front.uwsgi_refusals, client, &result) {
+        if matches!(r.class, ErrorClass::QueueFull | ErrorClass::QueueTimeout) {
+            refusals.mark(ip, std::time::Instant::now());
+        }
+    }
     write_response(&mut io, reply(&front.log, result, &rid, json, rec)).await;
 }
 
