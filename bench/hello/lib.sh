@@ -105,7 +105,9 @@ PY
 # redis-server: one Redis round trip per request, batched), weir-limit-redis-unix (the same
 # over a Unix socket to the local redis-server), weir-cache (a [cache] in memory and
 # [route.cache] on CACHE_PATH, entries valid CACHE_VALID for 200, key $request_uri, lock off;
-# sets ADMIN_URL to its admin listener, for /metrics), nginx-uwsgi, nginx-uwsgi-cache (the
+# sets ADMIN_URL to its admin listener, for /metrics), weir-log (the access log to a file
+# in the run's directory, each line written at once), weir-logbuf (the same with
+# access_log_buffer = "64KiB": lines written together), nginx-uwsgi, nginx-uwsgi-cache (the
 # same with uwsgi_cache on CACHE_PATH, valid CACHE_VALID, key $request_uri, and a buffered
 # access log of "$uri $upstream_cache_status" in CACHE_LOG), nginx-gunicorn, granian. Also
 # needs WEIR_BIN, SHOP_APP, SHOP_DIR, WORKERS and NGINX from the caller (and CACHE_PATH,
@@ -117,7 +119,8 @@ start_server() {
   mkdir -p "$d"
   case "$name" in
     weir | weir-preload | weir-lazy | weir-noprefetch | weir-threads1 | weir-threads2 | weir-base \
-      | weir-limit | weir-limit-redis | weir-limit-redis-unix | weir-cache | weir-noadmission)
+      | weir-limit | weir-limit-redis | weir-limit-redis-unix | weir-cache | weir-noadmission \
+      | weir-log | weir-logbuf)
       local bin=$WEIR_BIN
       [[ $name == weir-base ]] && bin=${WEIR_BASE_BIN:-}
       [[ -x "$bin" ]] || { log "weir binary '$bin' missing (weir-base needs WEIR_BASE_BIN)"; return 1; }
@@ -128,6 +131,15 @@ start_server() {
       if [[ $name == weir-threads[12] ]]; then
         printf '[server]\nthreads = %s\n' "${name#weir-threads}" > "$d/weir.toml"
         preload=(--config "$d/weir.toml")
+      fi
+      local alog=off
+      if [[ $name == weir-log* ]]; then
+        alog="$d/access.log"
+        rm -f "$alog"
+        if [[ $name == weir-logbuf ]]; then
+          printf '[server]\naccess_log_buffer = "64KiB"\n' > "$d/weir.toml"
+          preload=(--config "$d/weir.toml")
+        fi
       fi
       if [[ $name == weir-noadmission ]]; then
         # Every request queued, as uWSGI's listen queue does: no 503 at arrival.
@@ -168,7 +180,7 @@ start_server() {
         preload=(--config "$d/weir.toml")
       fi
       start "$name" env RUST_LOG="${RUST_LOG:-warn}" "$bin" serve --app "$SHOP_APP" --chdir "$SHOP_DIR" \
-        --workers "$WORKERS" --listen "127.0.0.1:$port" --access-log off "${preload[@]}" ;;
+        --workers "$WORKERS" --listen "127.0.0.1:$port" --access-log "$alog" "${preload[@]}" ;;
     nginx-uwsgi | nginx-uwsgi-cache)
       sock="$d/uwsgi.sock"
       start uwsgi uwsgi --socket "$sock" --chmod-socket=666 --master --processes "$WORKERS" \

@@ -17,6 +17,8 @@
 #                   a rate no request reaches): the cost of the limit stage
 #   weir-limit-redis the same zone shared through a local redis-server (one round trip each,
 #                   batched), over TCP; weir-limit-redis-unix: over a Unix socket
+#   weir-log        the defaults with the access log to a file (one write a request);
+#                   weir-logbuf: the same with access_log_buffer = "64KiB"
 #   weir-preload    the same with --preload on (forked whatever the check says; not in the
 #                   default set: for the shop it runs as weir does)
 #   nginx-uwsgi     nginx -> uWSGI 2.0.31 over a Unix socket (uwsgi_pass)

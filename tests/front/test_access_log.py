@@ -237,3 +237,26 @@ def test_access_log_destinations(front, where):
     wait_for(lambda: any(x.get("id") == rid for x in stream(target)), 10, what="the line on %s" % where)
     other = out if target is err else err
     assert rid not in other.read_text()
+
+
+def test_a_buffered_log_writes_on_its_flush_timer(front, tmp_path):
+    """`access_log_buffer` (NGINX's `access_log ... buffer=`): lines wait in memory and
+    are written together, at the latest `access_log_flush` after they came."""
+    log = tmp_path / "access.log"
+    f = front(config={"server": {"access_log": str(log), "access_log_buffer": "64KiB",
+                                 "access_log_flush": "200ms"}}, workers=1)
+    ids = [get(f.addr, "/env?tag=b%d" % i, timeout=10).header("x-request-id") for i in range(20)]
+    lines_for(log, ids, timeout=10)
+    assert [x["id"] for x in read_log(log) if x["id"] in ids] == ids, "lines out of order"
+
+
+def test_a_buffered_log_loses_no_line_when_weir_stops(front, tmp_path):
+    """With a flush interval longer than the test, nothing is written while weir runs
+    (the buffer holds it), and every line is written when weir stops on SIGTERM."""
+    log = tmp_path / "access.log"
+    f = front(config={"server": {"access_log": str(log), "access_log_buffer": "64KiB",
+                                 "access_log_flush": "10m"}}, workers=1)
+    ids = [get(f.addr, "/env?tag=s%d" % i, timeout=10).header("x-request-id") for i in range(30)]
+    assert not any(x["id"] in ids for x in read_log(log)), "written before the buffer filled or its flush"
+    assert f.proc.stop() == 0
+    assert [x["id"] for x in read_log(log) if x["id"] in ids] == ids

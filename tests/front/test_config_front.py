@@ -84,6 +84,10 @@ BAD = [
     ("client-header-timeout-garbage", {"server": {"client_header_timeout": "a while"}}, "client_header_timeout"),
     ("ready-check-not-module-function", {"app": {"ready_check": "front_app"}}, "app.ready_check"),
     ("backlog-zero", {"server": {"backlog": 0}}, "server.backlog"),
+    ("access-log-buffer-huge", {"server": {"access_log_buffer": "1GiB"}}, "server.access_log_buffer"),
+    ("access-log-buffer-garbage", {"server": {"access_log_buffer": "lots"}}, "access_log_buffer"),
+    ("access-log-flush-zero", {"server": {"access_log_buffer": "64KiB", "access_log_flush": "0s"}},
+     "server.access_log_flush"),
 ]
 
 

@@ -616,6 +616,11 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<String>,
     /// Access log: "stdout", "stderr", "off", or a file path. One JSON line per request.
     pub access_log: String,
+    /// Lines gathered in memory before they are written, in one call (NGINX's
+    /// `access_log ... buffer=`). 0: every line written at once.
+    pub access_log_buffer: Size,
+    /// With `access_log_buffer`: the longest a line waits in it (NGINX's `flush=`).
+    pub access_log_flush: Seconds,
     /// Memory a response may be buffered in (NGINX's `proxy_buffers`, counted in bytes):
     /// past it, the rest of a streamed answer spills to a temp file.
     pub response_buffer: Size,
@@ -652,6 +657,8 @@ impl Default for ServerConfig {
             client_body_timeout: Seconds::from_secs(30),
             trusted_proxies: Vec::new(),
             access_log: "stdout".to_owned(),
+            access_log_buffer: Size::from_bytes(0),
+            access_log_flush: Seconds::from_secs(1),
             response_buffer: Size::from_bytes(256 << 10),
             response_buffers_total: Size::from_bytes(64 << 20),
             temp_path: None,
@@ -1035,6 +1042,18 @@ impl Config {
         }
         for p in &srv.trusted_proxies {
             units::parse_cidr(p).map_err(|e| ConfigError::invalid("server.trusted_proxies", e))?;
+        }
+        if srv.access_log_buffer.bytes() > 16 << 20 {
+            return Err(ConfigError::invalid(
+                "server.access_log_buffer",
+                "must be at most 16MiB (64KiB is plenty: it is written whenever it fills)",
+            ));
+        }
+        if srv.access_log_buffer.bytes() > 0 && srv.access_log_flush.is_zero() {
+            return Err(ConfigError::invalid(
+                "server.access_log_flush",
+                "must be more than 0 with access_log_buffer: it bounds how late a line is written",
+            ));
         }
         if srv.response_buffer.bytes() < 4096 {
             return Err(ConfigError::invalid(

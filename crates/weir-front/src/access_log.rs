@@ -69,8 +69,20 @@ impl Sink {
 #[derive(Debug)]
 pub struct AccessLog {
     sink: Sink,
+    /// `[server] access_log_buffer`: lines gathered before they are written.
+    buffer: Option<LineBuffer>,
     /// Request metrics.
     pub metrics: Metrics,
+}
+
+/// Lines gathered in memory and written in one call (NGINX's `access_log ... buffer=`):
+/// when the next line would not fit, when [`AccessLog::flush`] is called (every
+/// `access_log_flush`, and when weir stops), and never reordered (one lock, held while
+/// writing).
+#[derive(Debug)]
+struct LineBuffer {
+    capacity: usize,
+    pending: Mutex<Vec<u8>>,
 }
 
 /// What is known of a request by the time its head is sent.
@@ -156,7 +168,53 @@ impl AccessLog {
     pub fn new(sink: Sink) -> AccessLog {
         AccessLog {
             sink,
+            buffer: None,
             metrics: Metrics::default(),
+        }
+    }
+
+    /// Gathers lines up to `capacity` bytes before writing them (0: every line written
+    /// at once). Whoever builds a buffered log calls [`AccessLog::flush`] on a timer and
+    /// before the process exits.
+    pub fn buffered(mut self, capacity: usize) -> AccessLog {
+        self.buffer = (capacity > 0 && !matches!(self.sink, Sink::Off)).then(|| LineBuffer {
+            capacity,
+            pending: Mutex::new(Vec::with_capacity(capacity)),
+        });
+        self
+    }
+
+    /// Whether lines are gathered (and so must be flushed).
+    pub fn is_buffered(&self) -> bool {
+        self.buffer.is_some()
+    }
+
+    /// Writes the lines gathered so far.
+    pub fn flush(&self) {
+        if let Some(b) = &self.buffer {
+            let mut pending = b.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if !pending.is_empty() {
+                self.sink.write(&pending);
+                pending.clear();
+            }
+        }
+    }
+
+    /// One line: gathered, or written at once.
+    fn emit(&self, line: &[u8]) {
+        let Some(b) = &self.buffer else {
+            self.sink.write(line);
+            return;
+        };
+        let mut pending = b.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.len() + line.len() > b.capacity {
+            self.sink.write(&pending);
+            pending.clear();
+        }
+        if line.len() > b.capacity {
+            self.sink.write(line);
+        } else {
+            pending.extend_from_slice(line);
         }
     }
 
@@ -270,7 +328,7 @@ impl AccessLog {
             line.push_str(",\"aborted\":true");
         }
         line.push_str("}\n");
-        self.sink.write(line.as_bytes());
+        self.emit(line.as_bytes());
     }
 }
 
@@ -399,5 +457,40 @@ mod tests {
     #[test]
     fn escapes() {
         assert_eq!(json_string("a\"b\n\\"), "\"a\\\"b\\u000a\\\\\"");
+    }
+    /// A buffered log writes nothing until the next line would not fit or it is flushed,
+    /// keeps the lines' order, and writes a line larger than the buffer at once.
+    #[test]
+    fn a_buffered_log_writes_when_full_or_flushed_in_order() {
+        let path = std::env::temp_dir().join(format!("weir-access-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let log = AccessLog::new(Sink::open(path.to_str().expect("utf-8 path")).expect("opens"))
+            .buffered(16);
+        let read = || std::fs::read_to_string(&path).expect("reads");
+        assert!(log.is_buffered());
+        log.emit(b"one 1\n");
+        log.emit(b"two 22\n");
+        assert_eq!(read(), "", "13 bytes fit in 16: nothing written yet");
+        log.emit(b"three 3\n");
+        assert_eq!(
+            read(),
+            "one 1\ntwo 22\n",
+            "the third would not fit: the first two go"
+        );
+        log.emit(b"a line over sixteen bytes\n");
+        assert_eq!(
+            read(),
+            "one 1\ntwo 22\nthree 3\na line over sixteen bytes\n"
+        );
+        log.emit(b"four\n");
+        log.flush();
+        log.flush();
+        assert_eq!(
+            read(),
+            "one 1\ntwo 22\nthree 3\na line over sixteen bytes\nfour\n"
+        );
+        let _ = std::fs::remove_file(&path);
+        assert!(!AccessLog::new(Sink::Off).buffered(16).is_buffered());
+        assert!(!AccessLog::new(Sink::Stdout).buffered(0).is_buffered());
     }
 }

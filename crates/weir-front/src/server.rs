@@ -303,7 +303,9 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
             .map(crate::compression::Compression::new),
         statics,
         trusted: TrustedProxies::new(&srv.trusted_proxies),
-        log: Arc::new(AccessLog::new(sink)),
+        log: Arc::new(
+            AccessLog::new(sink).buffered(config.server.access_log_buffer.bytes() as usize),
+        ),
         retry_after: config.queue.retry_after,
         max_header_size: srv.max_header_size.bytes() as usize,
         max_body_size: srv.max_body_size.bytes(),
@@ -369,6 +371,12 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
 
     if notifier.enabled() {
         tokio::spawn(notify_ticks(notifier.clone(), front.clone()));
+    }
+    if front.log.is_buffered() {
+        tokio::spawn(flush_ticks(
+            front.log.clone(),
+            config.server.access_log_flush.as_duration(),
+        ));
     }
     let workers_ready = all_workers_ready(&supervisor, config.app.workers);
     tokio::pin!(workers_ready);
@@ -511,6 +519,7 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
     } else {
         tokio::join!(pool_done, conns_done, upgrades_done);
     }
+    front.log.flush();
     info!("weir stopped");
     outcome
 }
@@ -726,6 +735,17 @@ fn status_line(front: &Front) -> String {
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 /// `STATUS=` every few seconds, and `WATCHDOG=1` every half of `WATCHDOG_USEC` when set.
+/// Writes a buffered access log's lines every `every` (`[server] access_log_flush`), so
+/// that none waits longer (the last ones are written when weir stops).
+async fn flush_ticks(log: Arc<AccessLog>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        log.flush();
+    }
+}
+
 async fn notify_ticks(notifier: Arc<Notifier>, front: Arc<Front>) {
     let every = notifier.watchdog().map_or(STATUS_EVERY, |w| {
         (w / 2).clamp(Duration::from_millis(1), STATUS_EVERY)

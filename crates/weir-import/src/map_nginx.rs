@@ -670,7 +670,33 @@ fn level_directive(b: &mut Builder, ctx: &mut Ctx, d: &Directive, level: &str) {
                 b.unsupported(f, d.line, text(d), "weir logs to a file, stdout or stderr: use \"stdout\" and journald");
             } else {
                 b.set("server.access_log", a0.to_owned());
-                b.mapped_note(f, d.line, text(d), "server.access_log", "weir writes one JSON line per request, not NGINX's format");
+                let mut note = String::from("weir writes one JSON line per request, not NGINX's format");
+                let mut bad = None;
+                for p in &d.args[1..] {
+                    if let Some(v) = p.strip_prefix("buffer=") {
+                        match nginx_size(v) {
+                            Ok(n) => {
+                                b.set("server.access_log_buffer", size_value(n));
+                                note.push_str("; buffer= is server.access_log_buffer");
+                            }
+                            Err(e) => bad = Some(e),
+                        }
+                    } else if let Some(v) = p.strip_prefix("flush=") {
+                        match nginx_duration(v) {
+                            Ok(t) => {
+                                b.set("server.access_log_flush", t);
+                                note.push_str("; flush= is server.access_log_flush");
+                            }
+                            Err(e) => bad = Some(e),
+                        }
+                    } else if p.starts_with("gzip") || p.starts_with("if=") {
+                        note.push_str(&format!("; {p} is left out: weir's access log is neither compressed nor conditional"));
+                    }
+                }
+                match bad {
+                    Some(e) => b.unsupported(f, d.line, text(d), &e),
+                    None => b.mapped_note(f, d.line, text(d), "server.access_log", &note),
+                }
             }
         }
         "set_real_ip_from" => {

@@ -501,3 +501,35 @@ fn tls_listeners_and_certificates_map_to_tls_listen_and_tls() {
     assert!(text.contains("tls_listen = [\"0.0.0.0:443\"]"), "{text}");
     assert!(text.contains("certificate = \"/etc/ssl/a.pem\""), "{text}");
 }
+
+#[test]
+fn access_log_buffer_and_flush_map_to_their_keys() {
+    let i = conv(
+        "http { access_log /var/log/nginx/a.log combined buffer=32k flush=5s; server { listen 80; location / { uwsgi_pass 127.0.0.1:3031; } } }",
+        Some("[uwsgi]\nmodule = app\n"),
+    );
+    let c = check(&i);
+    assert_eq!(c.server.access_log, "/var/log/nginx/a.log");
+    assert_eq!(c.server.access_log_buffer.bytes(), 32 << 10);
+    assert_eq!(
+        c.server.access_log_flush,
+        weir_config::Seconds::from_secs(5)
+    );
+    match verdict_of(&i, "access_log") {
+        Verdict::Mapped { key, note } => {
+            assert_eq!(key, "server.access_log");
+            let note = note.as_deref().unwrap_or("");
+            assert!(
+                note.contains("server.access_log_buffer")
+                    && note.contains("server.access_log_flush"),
+                "{note}"
+            );
+        }
+        v => panic!("{v:?}"),
+    }
+    let bad = conv(
+        "http { access_log /a.log buffer=lots; server { listen 80; location / { uwsgi_pass 127.0.0.1:3031; } } }",
+        None,
+    );
+    assert!(is_unsupported(&bad, "access_log"));
+}
