@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs, idempotently and quietly, everything weir's tests and benchmarks talk to:
-# Debian packages (nginx, MariaDB, wrk, Redis, nghttp2's h2load, systemd's systemd-socket-activate, prometheus's promtool) and the Python peers (Flask, uWSGI, Gunicorn,
+# Debian packages (nginx, MariaDB, wrk, Redis, nghttp2's h2load, systemd's systemd-socket-activate, prometheus's promtool, logrotate) and the Python peers (Flask, uWSGI, Gunicorn,
 # Granian, PyMySQL, pytest, brotli and zstandard to decode compressed answers, h2 for HTTP/2 frame-level tests, maturin to build the wheel, PyYAML to read the alert rules). Safe to run again: it skips what is already there.
 # Usage: scripts/install-deps.sh [--no-apt]   (root is needed for the apt part)
 set -euo pipefail
 
-APT_PACKAGES=(nginx-light mariadb-server mariadb-client wrk redis-server nghttp2-client)
+APT_PACKAGES=(nginx-light mariadb-server mariadb-client wrk redis-server nghttp2-client logrotate)
 PIP_PACKAGES=(
   "flask>=3,<4"
   "uwsgi==2.0.31"

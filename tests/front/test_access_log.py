@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
 import time
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
@@ -260,3 +263,44 @@ def test_a_buffered_log_loses_no_line_when_weir_stops(front, tmp_path):
     assert not any(x["id"] in ids for x in read_log(log)), "written before the buffer filled or its flush"
     assert f.proc.stop() == 0
     assert [x["id"] for x in read_log(log) if x["id"] in ids] == ids
+
+
+def test_logrotate_then_sigusr1_moves_the_log_to_a_new_file(front, tmp_path):
+    """A real logrotate (Debian's) rotates the access log and, in its postrotate, sends
+    the master SIGUSR1 (NGINX's reopen): the lines before are in the rotated file, the
+    lines after in a new file at the path, none lost (a buffered log writes what it holds
+    first). A path that cannot be opened (a directory put there) leaves the log on the
+    file it had, weir serving on."""
+    log = tmp_path / "access.log"
+    f = front(config={"server": {"access_log": str(log), "access_log_buffer": "64KiB",
+                                 "access_log_flush": "10m"}}, workers=1)
+    before = [get(f.addr, "/env?tag=r%d" % i, timeout=10).header("x-request-id") for i in range(5)]
+    conf = tmp_path / "logrotate.conf"
+    conf.write_text("%s {\n  rotate 3\n  missingok\n  postrotate\n    kill -USR1 %d\n  endscript\n}\n"
+                    % (log, f.proc.pid))
+    subprocess.run(["logrotate", "-f", "-s", str(tmp_path / "logrotate.state"), str(conf)],
+                   check=True, timeout=30)
+    rotated = tmp_path / "access.log.1"
+    wait_for(lambda: all(i in {x["id"] for x in read_log(rotated)} for i in before), 10,
+             what="the buffered lines written to the rotated file")
+    wait_for(lambda: log.exists(), 10, what="the log reopened at its path")
+    after = [get(f.addr, "/env?tag=a%d" % i, timeout=10).header("x-request-id") for i in range(5)]
+    # Now a directory where the log was: the reopen fails, the lines go on in the file.
+    log.rename(tmp_path / "access.log.2")
+    log.mkdir()
+    f.proc.signal(signal.SIGUSR1)
+    wait_for(lambda: "cannot reopen the access log" in f.proc.stderr_path.read_text(), 10,
+             what="weir to say it cannot reopen")
+    last = get(f.addr, "/env?tag=last", timeout=10).header("x-request-id")
+    assert f.proc.stop() == 0
+    want = after + [last]
+    assert [x["id"] for x in read_log(tmp_path / "access.log.2") if x["id"] in want] == want
+    assert not any(x["id"] in after for x in read_log(rotated))
+
+
+def test_the_shipped_logrotate_config_is_valid():
+    """contrib/logrotate/weir, as logrotate itself reads it (debug mode: nothing rotated)."""
+    conf = Path(__file__).resolve().parents[2] / "contrib" / "logrotate" / "weir"
+    r = subprocess.run(["logrotate", "-d", str(conf)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "error" not in r.stderr.lower(), r.stderr
+    assert "kill --kill-who=main --signal=SIGUSR1" in conf.read_text()

@@ -37,8 +37,13 @@ pub enum Sink {
     Stdout,
     /// Standard error.
     Stderr,
-    /// A file, appended to.
-    File(Mutex<File>),
+    /// A file, appended to; reopened at its path on SIGUSR1 ([`AccessLog::reopen`]).
+    File {
+        /// Where it is.
+        path: std::path::PathBuf,
+        /// The file open now.
+        file: Mutex<File>,
+    },
 }
 
 impl Sink {
@@ -48,10 +53,29 @@ impl Sink {
             "off" | "" => Sink::Off,
             "stdout" | "-" => Sink::Stdout,
             "stderr" => Sink::Stderr,
-            path => Sink::File(Mutex::new(
-                OpenOptions::new().create(true).append(true).open(path)?,
-            )),
+            path => Sink::File {
+                path: path.into(),
+                file: Mutex::new(Self::append_to(std::path::Path::new(path))?),
+            },
         })
+    }
+
+    fn append_to(path: &std::path::Path) -> std::io::Result<File> {
+        OpenOptions::new().create(true).append(true).open(path)
+    }
+
+    /// A file sink opens its path again (after a log rotation moved the file away):
+    /// `Ok(Some(path))` when it did, `Ok(None)` for a sink that is not a file. On an error
+    /// it keeps the file it had.
+    fn reopen(&self) -> std::io::Result<Option<&std::path::Path>> {
+        match self {
+            Sink::File { path, file } => {
+                let new = Self::append_to(path)?;
+                *file.lock().unwrap_or_else(|p| p.into_inner()) = new;
+                Ok(Some(path))
+            }
+            _ => Ok(None),
+        }
     }
 
     fn write(&self, line: &[u8]) {
@@ -60,7 +84,10 @@ impl Sink {
             Sink::Off => Ok(()),
             Sink::Stdout => std::io::stdout().lock().write_all(line),
             Sink::Stderr => std::io::stderr().lock().write_all(line),
-            Sink::File(f) => f.lock().unwrap_or_else(|p| p.into_inner()).write_all(line),
+            Sink::File { file, .. } => file
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .write_all(line),
         };
     }
 }
@@ -198,6 +225,14 @@ impl AccessLog {
                 pending.clear();
             }
         }
+    }
+
+    /// Writes what is gathered, then opens the log file again at its path (NGINX's
+    /// `kill -USR1`, after logrotate moved it): `Ok(Some(path))` when it did, `Ok(None)`
+    /// when the log is not a file. On an error the log goes on in the file it had.
+    pub fn reopen(&self) -> std::io::Result<Option<&std::path::Path>> {
+        self.flush();
+        self.sink.reopen()
     }
 
     /// One line: gathered, or written at once.
@@ -492,5 +527,35 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         assert!(!AccessLog::new(Sink::Off).buffered(16).is_buffered());
         assert!(!AccessLog::new(Sink::Stdout).buffered(0).is_buffered());
+    }
+
+    /// After a rotation moved the file away, reopen writes what was gathered to the moved
+    /// file and the next lines to a new file at the path; a path that cannot be opened
+    /// leaves the log on the file it had.
+    #[test]
+    fn reopen_follows_a_rotation_and_survives_a_bad_path() {
+        let dir = std::env::temp_dir().join(format!("weir-reopen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("access.log");
+        let log = AccessLog::new(Sink::open(path.to_str().expect("utf-8")).expect("opens"))
+            .buffered(1024);
+        log.emit(b"before\n");
+        std::fs::rename(&path, dir.join("access.log.1")).expect("rotate");
+        assert_eq!(log.reopen().expect("reopens"), Some(path.as_path()));
+        log.emit(b"after\n");
+        log.flush();
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).expect("reads");
+        assert_eq!(read(&dir.join("access.log.1")), "before\n");
+        assert_eq!(read(&path), "after\n");
+        // The path becomes a directory: reopen fails, lines still go to the open file.
+        std::fs::rename(&path, dir.join("access.log.2")).expect("rotate");
+        std::fs::create_dir(&path).expect("mkdir at the path");
+        assert!(log.reopen().is_err());
+        log.emit(b"still\n");
+        log.flush();
+        assert_eq!(read(&dir.join("access.log.2")), "after\nstill\n");
+        assert_eq!(AccessLog::new(Sink::Stdout).reopen().expect("no-op"), None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -252,6 +252,7 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
     let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(ServeError::Signals)?;
     let mut usr2 = signal(SignalKind::user_defined2()).map_err(ServeError::Signals)?;
 
     let sink = Sink::open(&config.server.access_log)
@@ -429,6 +430,11 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
                     notifier.reloading("reloading: nothing to reload");
                     notifier.ready(&status_line(&front));
                 }
+            },
+            _ = usr1.recv() => match front.log.reopen() {
+                Ok(Some(path)) => info!("SIGUSR1: reopened the access log {}", path.display()),
+                Ok(None) => info!("SIGUSR1: the access log is not a file: nothing to reopen"),
+                Err(e) => error!("SIGUSR1: cannot reopen the access log ({e}): still writing to the file it had open; fix the path and send SIGUSR1 again"),
             },
             _ = usr2.recv() => {
                 if let Some(u) = &upgrade {
