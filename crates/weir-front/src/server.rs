@@ -740,7 +740,6 @@ fn status_line(front: &Front) -> String {
 /// Longest time between two `STATUS=` lines.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 
-/// `STATUS=` every few seconds, and `WATCHDOG=1` every half of `WATCHDOG_USEC` when set.
 /// Writes a buffered access log's lines every `every` (`[server] access_log_flush`), so
 /// that none waits longer (the last ones are written when weir stops).
 async fn flush_ticks(log: Arc<AccessLog>, every: Duration) {
@@ -752,6 +751,7 @@ async fn flush_ticks(log: Arc<AccessLog>, every: Duration) {
     }
 }
 
+/// `STATUS=` every few seconds, and `WATCHDOG=1` every half of `WATCHDOG_USEC` when set.
 async fn notify_ticks(notifier: Arc<Notifier>, front: Arc<Front>) {
     let every = notifier.watchdog().map_or(STATUS_EVERY, |w| {
         (w / 2).clamp(Duration::from_millis(1), STATUS_EVERY)
