@@ -93,7 +93,11 @@ impl Drop for Lease {
                     self.pool.inner.stats.busy.fetch_sub(1, Ordering::Relaxed);
                     let holder = worker.id;
                     worker.kill(reason);
-                    self.pool.depart_killed();
+                    // Its request departs, unless it never started and goes back to the
+                    // queue (it departs once served).
+                    if self.first.is_none() {
+                        self.pool.depart_killed();
+                    }
                     self.pool.requeue_offer(holder, self.first.take());
                 }
                 None => self.pool.release(worker),
