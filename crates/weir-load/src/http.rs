@@ -189,7 +189,19 @@ impl Conn {
                     Err(e) => return Err(HttpError::Parse(e.to_string())),
                 }
             }
-            if self.fill().await? == 0 {
+            let n = match self.fill().await {
+                // A reset before any byte of the answer: the server closed the connection
+                // with the request unread (on a Unix socket, or a TCP RST), as a server
+                // closing an idle kept-alive connection does when a request crosses its
+                // close. The same as a clean early close: a client retries it.
+                Err(HttpError::Read(e))
+                    if !got_any && e.kind() == std::io::ErrorKind::ConnectionReset =>
+                {
+                    return Err(HttpError::Closed { early: true })
+                }
+                r => r?,
+            };
+            if n == 0 {
                 return Err(HttpError::Closed { early: !got_any });
             }
             got_any = true;

@@ -793,3 +793,55 @@ fn sweep_runs_each_rate() {
     assert!(o.runs.iter().all(|r| r.requests == 20));
     assert_eq!(weir_load::report::render_sweep(&o.runs).lines().count(), 4);
 }
+
+/// A server that closes a kept-alive connection with the next request unread (a Unix
+/// socket's peer then reads ECONNRESET, not EOF: what a server draining for a restart
+/// does when a request crosses its close) costs a reconnect, not an error, as it does
+/// any HTTP client on a reused connection.
+#[test]
+fn a_reset_on_a_reused_connection_before_the_answer_is_a_reconnect() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("reset.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let server = std::thread::spawn(move || {
+        let answer = |s: &mut std::os::unix::net::UnixStream| {
+            let mut buf = Vec::new();
+            let mut b = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut b).unwrap();
+                assert!(n > 0, "the client closed before its request");
+                buf.extend_from_slice(&b[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .unwrap();
+        };
+        // The first connection: one answer, then closed with the next request unread.
+        let (mut first, _) = listener.accept().unwrap();
+        answer(&mut first);
+        // One byte of the next request read, the rest left unread: closing then resets.
+        let mut b = [0u8; 1];
+        assert!(first.read(&mut b).unwrap() > 0, "no second request came");
+        drop(first);
+        // The reconnect, and any other: answered.
+        let (mut again, _) = listener.accept().unwrap();
+        for _ in 0..2 {
+            answer(&mut again);
+        }
+    });
+    let target = format!("unix:{}:/", sock.display());
+    let o = run(&[
+        "--rate",
+        "20",
+        "--requests",
+        "3",
+        "--max-connections",
+        "1",
+        &target,
+    ]);
+    let r = &o.runs[0];
+    assert_eq!(r.status.get("200"), Some(&3), "{:?}", r.errors_by_kind);
+    assert_eq!(r.errors, 0);
+    assert_eq!(r.generator.reconnects, 1);
+    server.join().unwrap();
+}
