@@ -219,11 +219,15 @@ impl AccessLog {
     /// Writes the lines gathered so far.
     pub fn flush(&self) {
         if let Some(b) = &self.buffer {
-            let mut pending = b.pending.lock().unwrap_or_else(|p| p.into_inner());
-            if !pending.is_empty() {
-                self.sink.write(&pending);
-                pending.clear();
-            }
+            self.write_out(&mut b.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    }
+
+    /// Writes `pending` (under its lock, so lines keep their order) and empties it.
+    fn write_out(&self, pending: &mut Vec<u8>) {
+        if !pending.is_empty() {
+            self.sink.write(pending);
+            pending.clear();
         }
     }
 
@@ -243,8 +247,7 @@ impl AccessLog {
         };
         let mut pending = b.pending.lock().unwrap_or_else(|p| p.into_inner());
         if pending.len() + line.len() > b.capacity {
-            self.sink.write(&pending);
-            pending.clear();
+            self.write_out(&mut pending);
         }
         if line.len() > b.capacity {
             self.sink.write(line);

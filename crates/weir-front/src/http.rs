@@ -299,10 +299,8 @@ pub async fn handle(
     };
     let rec = guard.rec.as_mut().expect("set just above");
     let mut result = stages(&front, &conn, &id, parts, body, rec).await;
-    if let Err(r) = &result {
-        if matches!(r.class, ErrorClass::QueueFull | ErrorClass::QueueTimeout) {
-            conn.refused.mark(Instant::now());
-        }
+    if result.as_ref().is_err_and(Rejection::is_queue_refusal) {
+        conn.refused.mark(Instant::now());
     }
     let rec = guard.rec.take().expect("taken only here");
     if let Some(update) = result

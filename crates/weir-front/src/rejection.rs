@@ -30,6 +30,12 @@ pub struct Rejection {
 }
 
 impl Rejection {
+    /// Whether the queue refused the request (503 `queue-full` or `queue-timeout`): the
+    /// client's retry of it soon after is not new demand (`[queue] rate_overload`).
+    pub fn is_queue_refusal(&self) -> bool {
+        matches!(self.class, ErrorClass::QueueFull | ErrorClass::QueueTimeout)
+    }
+
     /// A rejection of `class`, without Retry-After (see [`Rejection::retry`]).
     pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
         Rejection {

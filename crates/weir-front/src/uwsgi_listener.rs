@@ -196,7 +196,7 @@ where
     )
     .await;
     if let (Some(refusals), Some(ip), Err(r)) = (&front.uwsgi_refusals, client, &result) {
-        if matches!(r.class, ErrorClass::QueueFull | ErrorClass::QueueTimeout) {
+        if r.is_queue_refusal() {
             refusals.mark(ip, std::time::Instant::now());
         }
     }
