@@ -111,7 +111,10 @@ PY
 # same with uwsgi_cache on CACHE_PATH, valid CACHE_VALID, key $request_uri, and a buffered
 # access log of "$uri $upstream_cache_status" in CACHE_LOG), nginx-gunicorn, granian. Also
 # needs WEIR_BIN, SHOP_APP, SHOP_DIR, WORKERS and NGINX from the caller (and CACHE_PATH,
-# CACHE_VALID, CACHE_LOG for the cache cases).
+# CACHE_VALID, CACHE_LOG for the cache cases). The floor (bench/floor, FLOOR_BIN, built by
+# `cargo build --release --example floor -p weir`): floor (weir's processes and system
+# calls, a fixed answer from WORKERS Rust workers, no Python), floor-17k (the same with a
+# 17,000-byte body, /items's size), floor-direct (its master answering itself), nginx-return (NGINX answering `return 200` itself).
 start_server() {
   local name=$1 port d sock
   port=$(free_port)
@@ -209,6 +212,16 @@ $cache_loc" "$cache_http"
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
             proxy_pass http://unix:$sock;"
       start nginx-for-gunicorn "$NGINX" -p "$d/nginx" -c "$d/nginx/nginx.conf" -e "$d/nginx/error.log" ;;
+    floor | floor-direct | floor-17k)
+      local fbin=${FLOOR_BIN:-$ROOT/target/release/examples/floor} fargs=()
+      [[ -x "$fbin" ]] || { log "floor binary '$fbin' missing: cargo build --release --example floor -p weir"; return 1; }
+      [[ $name == floor-17k ]] && fargs=(--answer-bytes 17000)
+      start "$name" "$fbin" "$([[ $name == floor-direct ]] && echo direct || echo relay)" \
+        --listen "127.0.0.1:$port" --workers "$WORKERS" "${fargs[@]}" ;;
+    nginx-return)
+      nginx_conf "$d/nginx" "$port" "            default_type text/html;
+            return 200 'Hello, World!';"
+      start nginx-return "$NGINX" -p "$d/nginx" -c "$d/nginx/nginx.conf" -e "$d/nginx/error.log" ;;
     granian)
       start granian granian --interface wsgi --workers "$WORKERS" --host 127.0.0.1 --port "$port" \
         --working-dir "$SHOP_DIR" --no-access-log --no-ws "$SHOP_APP" ;;
