@@ -45,7 +45,9 @@
 # Environment: SERVERS (default "weir nginx-uwsgi"), KEEPALIVE (10000), SLOWLORIS (1000),
 #   WORKERS (4), DURATION (s per /hello measurement, 5), SETTLE (2), IDLE (1; 0 skips part 1),
 #   OVERLOAD (1; 0 skips part 2), WEIR_QUEUE (extra [queue] lines for weir, e.g.
-#   'min_target = "2ms"'), OVER_PATH (/items), OVER_CLIENTS (2000), OVER_DURATION (10), READY_TIMEOUT (60), WEIR_BIN (default
+#   'min_target = "2ms"'), OVER_PATH (/items), OVER_CLIENTS (2000), OVER_DURATION (10), SPIN (weir load's --spin
+#   for the unloaded and overload runs, default 250us: 0s leaves the load tool's spare CPU
+#   to the server on these 2 cores), READY_TIMEOUT (60), WEIR_BIN (default
 #   $CARGO_TARGET_DIR/release/weir, built here unless set or NO_BUILD=1).
 # Needs RLIMIT_NOFILE's hard limit above KEEPALIVE + SLOWLORIS + OVER_CLIENTS + slack: the
 # script raises the soft limit to it for itself, the holder and the servers.
@@ -63,6 +65,7 @@ DURATION=${DURATION%s}
 SETTLE=${SETTLE:-2}
 OVERLOAD=${OVERLOAD:-1}
 REUSE=${REUSE:-oldest}
+SPIN=${SPIN:-250us}
 IDLE=${IDLE:-1}
 OVER_CLIENTS=${OVER_CLIENTS:-2000}
 OVER_PATH=${OVER_PATH:-/items}
@@ -81,10 +84,10 @@ chmod 755 "$RUN_DIR"
 log() { printf 'conns: %s\n' "$*" >&2; }
 
 CMD="bench/conns/run.sh $RUNS"
-for v in NO_BUILD WEIR_BIN SERVERS KEEPALIVE SLOWLORIS WORKERS DURATION SETTLE IDLE OVERLOAD OVER_PATH OVER_CLIENTS OVER_DURATION REUSE WEIR_QUEUE; do
+for v in NO_BUILD WEIR_BIN SERVERS KEEPALIVE SLOWLORIS WORKERS DURATION SETTLE IDLE OVERLOAD OVER_PATH OVER_CLIENTS OVER_DURATION REUSE SPIN WEIR_QUEUE; do
   [[ -n "${!v+x}" ]] || continue
   case "$v=${!v}" in KEEPALIVE=10000 | SLOWLORIS=1000 | WORKERS=4 | DURATION=5 | SETTLE=2 | IDLE=1 | OVERLOAD=1 \
-    | OVER_PATH=/items | OVER_CLIENTS=2000 | OVER_DURATION=10 | REUSE=oldest | "SERVERS=weir nginx-uwsgi") continue ;; esac
+    | OVER_PATH=/items | OVER_CLIENTS=2000 | OVER_DURATION=10 | REUSE=oldest | SPIN=250us | "SERVERS=weir nginx-uwsgi") continue ;; esac
   CMD="$v=\"${!v}\" $CMD"
 done
 
@@ -217,11 +220,11 @@ for RUN in $(seq 1 "$RUNS"); do
       "$OUT/$name.$RUN.capacity.json" 2>/dev/null || echo 0)
     if ((cap < 10)); then log "capacity not measured"; stop_all; failed=1; continue; fi
     m1=$(log_lines)
-    timeout $((DURATION + 60)) "$WEIR_BIN" load --rate $((cap / 4)) --duration "${DURATION}s" -q \
+    timeout $((DURATION + 60)) "$WEIR_BIN" load --rate $((cap / 4)) --duration "${DURATION}s" --spin "$SPIN" -q \
       --json "$OUT/$name.$RUN.unloaded.json" "$OVER_URL" >&2 || true
     m2=$(log_lines)
     timeout $((OVER_DURATION + 90)) "$WEIR_BIN" load --rate $((cap * 2)) --connections "$OVER_CLIENTS" \
-      --max-connections "$OVER_CLIENTS" --reuse "$REUSE" --duration "${OVER_DURATION}s" --timeout 10s -q \
+      --max-connections "$OVER_CLIENTS" --reuse "$REUSE" --spin "$SPIN" --duration "${OVER_DURATION}s" --timeout 10s -q \
       --json "$OUT/$name.$RUN.overload.json" "$OVER_URL" >&2 || true
     m3=$(log_lines)
     stop_all
@@ -240,6 +243,6 @@ for f in "$OUT"/*.wrk-*.txt; do
   printf '%s\t%s\n' "$(basename "$f")" "$(parse_wrk "$f" | tr ' ' '\t')"
 done > "$OUT/wrk.tsv"
 
-REUSE="$REUSE" "$PY" "$ROOT/bench/conns/summary.py" "$OUT" "$CMD" "$RUNS" "$SERVERS" "$WORKERS" "$KEEPALIVE" \
+REUSE="$REUSE" SPIN="$SPIN" "$PY" "$ROOT/bench/conns/summary.py" "$OUT" "$CMD" "$RUNS" "$SERVERS" "$WORKERS" "$KEEPALIVE" \
   "$SLOWLORIS" "$DURATION" "$SETTLE" "$OVER_PATH" "$OVER_CLIENTS" "$OVER_DURATION" "$ROOT"
 exit "$failed"

@@ -186,6 +186,8 @@ except OSError:
 # the run's start (its load average file), not the summary's
 now = datetime.datetime.fromtimestamp(os.path.getmtime(os.path.join(OUT, "loadavg-start")),
                                       datetime.timezone.utc)
+# --spin, when not weir load's default (250us).
+SPIN_FLAG = "" if os.environ.get("SPIN", "250us") == "250us" else " --spin " + os.environ["SPIN"]
 section = """## Connections: idle keep-alive and slowloris clients, and overload (issue 19) — %s
 
 Command: `%s`. %d CPUs; load average %s at the start, %s at the end; weir at %s%s (release
@@ -215,8 +217,8 @@ server's life. The memory barely depends on the machine's load; the /hello ratio
 
 **Overload**, on `%s`. A fresh server with its access log on (weir `access_log` to a file,
 one write per request; nginx `access_log` with `buffer=256k flush=1s`): capacity C by `weir
-load --connections 50 -d%ss` (closed loop); unloaded by `weir load --rate C/4 -d%ss`; then
-`weir load --rate 2C --connections %s --max-connections %s --reuse %s -d%ss --timeout 10s`
+load --connections 50 -d%ss` (closed loop); unloaded by `weir load --rate C/4 -d%ss%s`; then
+`weir load --rate 2C --connections %s --max-connections %s --reuse %s%s -d%ss --timeout 10s`
 (open loop, twice capacity, %s clients; a request due while all of them are busy waits in weir load, a
 missed slot, its latency counted from its scheduled time). The defaults' path is /items
 (17 KB of JSON from SQLite), not /hello: twice /hello's capacity on these 2 shared cores is
@@ -235,7 +237,8 @@ Raw results: `%s/` (not committed).
        head_rev, " + uncommitted changes" if dirty else "", built,
        first_line(["nginx", "-v"]).split("/")[-1], first_line(["uwsgi", "--version"]),
        WORKERS, WORKERS, KEEPALIVE, SLOWLORIS, SETTLE, DURATION, table1, "Medians: " + summary1,
-       OVER_PATH, DURATION, DURATION, OVER_CLIENTS, OVER_CLIENTS, os.environ.get("REUSE", "oldest"), OVER_DURATION, OVER_CLIENTS,
+       OVER_PATH, DURATION, DURATION, SPIN_FLAG, OVER_CLIENTS, OVER_CLIENTS, os.environ.get("REUSE", "oldest"),
+       SPIN_FLAG, OVER_DURATION, OVER_CLIENTS,
        table2, ("Medians: " + summary2) if summary2 else "No overload result",
        os.path.relpath(OUT, ROOT))
 with open(os.path.join(OUT, "section.md"), "w") as f:

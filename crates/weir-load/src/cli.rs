@@ -90,6 +90,14 @@ pub struct LoadCommand {
     #[arg(long)]
     pub fail_if: Option<String>,
 
+    /// How long before each slot the scheduler stops sleeping and yields in a loop instead
+    /// (open loop). A sleeping thread wakes tens of µs late (more in a VM); one that keeps
+    /// running does not, but it holds a core while slots are closer than this. `0s` sleeps
+    /// up to each slot: the load tool's CPU is then its requests' alone, which matters when
+    /// it shares a few cores with the server under test.
+    #[arg(long, default_value = "250us")]
+    pub spin: String,
+
     /// Runtime threads: 1 runs everything on one thread (the most precise schedule on a
     /// small machine); more use a multi-thread runtime.
     #[arg(long, default_value_t = 1)]

@@ -5,9 +5,10 @@
 //! One scheduler task walks the [`Schedule`]. For each slot it sleeps until the slot is
 //! due and spawns a request task. It sleeps on a microsecond timer (a timerfd in the
 //! runtime's epoll, see [`crate::timer`]; tokio's own timer ticks in whole milliseconds)
-//! until [`SPIN`] before the slot, then yields to the runtime in a loop, since a thread
-//! woken from sleep is some tens of µs late. So the generator spins only when slots are
-//! closer than that, and a slow schedule leaves the CPU to the server under test.
+//! until `--spin` ([`SPIN`] by default) before the slot, then yields to the runtime in a
+//! loop, since a thread woken from sleep is some tens of µs late. So the generator spins
+//! only when slots are closer than that, and a slow schedule leaves the CPU to the server
+//! under test; `--spin 0s` never spins, trading that precision for the core it holds.
 //!
 //! The request task notes how late it started (the generator's own lateness, the
 //! self-check), takes a connection permit (when all `--max-connections` are busy the
@@ -69,6 +70,8 @@ pub struct RunSpec {
     pub seed: u64,
     /// Which idle connection a due request takes.
     pub reuse: Reuse,
+    /// How long before a slot the scheduler stops sleeping and yields in a loop.
+    pub spin: Duration,
 }
 
 /// Which idle connection a due request takes (open loop, `--reuse`).
@@ -126,6 +129,7 @@ struct Shared {
     timeout: Duration,
     idle: Mutex<VecDeque<Conn>>,
     reuse: Reuse,
+    spin: Duration,
     permits: Arc<Semaphore>,
     opened: AtomicU64,
     missed: AtomicU64,
@@ -204,15 +208,15 @@ fn outcome(r: Result<Result<Response, HttpError>, tokio::time::error::Elapsed>) 
     }
 }
 
-/// How long before a slot the scheduler stops sleeping and yields in a loop instead: a
-/// thread that sleeps wakes some tens of µs late (more in a VM, whose idle vCPU halts),
-/// one that keeps running does not.
+/// How long before a slot the scheduler stops sleeping and yields in a loop instead, by
+/// default (`--spin`): a thread that sleeps wakes some tens of µs late (more in a VM, whose
+/// idle vCPU halts), one that keeps running does not.
 pub const SPIN: Duration = Duration::from_micros(250);
 
-/// Sleeps until `due`: on the precise timer until [`SPIN`] before it, then yielding to the
+/// Sleeps until `due`: on the precise timer until `spin` before it, then yielding to the
 /// runtime in a loop (I/O still runs between yields).
-async fn wait_until(timer: &Timer, due: Instant) {
-    if let Some(wake) = due.checked_sub(SPIN).filter(|w| Instant::now() < *w) {
+async fn wait_until(timer: &Timer, due: Instant, spin: Duration) {
+    if let Some(wake) = due.checked_sub(spin).filter(|w| Instant::now() < *w) {
         if let Err(e) = timer.sleep_until(wake).await {
             // A timerfd that failed once will fail again; tokio's timer ticks in whole
             // milliseconds, so wake that much earlier. The lateness in the report shows it.
@@ -246,6 +250,7 @@ pub async fn run(spec: RunSpec, first: Conn, done: Arc<AtomicU64>, timer: &Timer
         timeout: spec.timeout,
         idle: Mutex::new(VecDeque::new()),
         reuse: spec.reuse,
+        spin: spec.spin,
         permits: Arc::new(Semaphore::new(spec.max_connections)),
         opened: AtomicU64::new(1),
         missed: AtomicU64::new(0),
@@ -305,7 +310,7 @@ async fn open_loop(shared: &Arc<Shared>, schedule: Schedule, start: Instant, tim
         let due = start + slot.at;
         if Instant::now() < due {
             burst = 0;
-            wait_until(timer, due).await;
+            wait_until(timer, due, shared.spin).await;
         } else {
             burst += 1;
             if burst >= BURST {

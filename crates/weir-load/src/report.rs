@@ -80,6 +80,9 @@ pub struct Manifest {
     pub arrivals: Option<String>,
     /// `newest` or `oldest`: which idle connection a due request takes (open loop).
     pub reuse: Option<String>,
+    /// `--spin` in µs (open loop): how long before a slot the scheduler stops sleeping.
+    #[serde(default)]
+    pub spin_us: Option<f64>,
     /// Seed of the schedule and the mix picks.
     pub seed: u64,
     /// Measured duration in seconds, when the run was timed.

@@ -48,6 +48,8 @@ struct Plan {
     sweep: bool,
     arrivals: Arrivals,
     reuse: Reuse,
+    /// `--spin`: how long before a slot the scheduler stops sleeping.
+    spin: Duration,
     seed: u64,
     limit: Limit,
     warmup: Duration,
@@ -138,6 +140,14 @@ fn plan(cmd: LoadCommand) -> Result<Plan, LoadError> {
     if timeout < Duration::from_millis(1) {
         return Err(usage("--timeout must be at least 1ms"));
     }
+    let spin = flag("spin", parse::duration(&cmd.spin))?;
+    if spin > Duration::from_secs(1) {
+        return Err(usage(format!(
+            "--spin {} is more than 1s: the scheduler would hold a core for that long before \
+             each slot; use at most 1ms or so, or 0s to sleep up to each slot",
+            cmd.spin
+        )));
+    }
     let max_lateness = match cmd.max_lateness.trim() {
         "auto" => None,
         d => Some(flag("max-lateness", parse::duration(d))?),
@@ -211,6 +221,7 @@ fn plan(cmd: LoadCommand) -> Result<Plan, LoadError> {
         sweep: cmd.rate.is_none() && cmd.rates.is_some(),
         arrivals: cmd.arrivals,
         reuse: cmd.reuse,
+        spin,
         seed,
         limit,
         warmup,
@@ -391,6 +402,7 @@ async fn one_run(plan: &Plan, rate: Option<f64>, command: &str) -> Result<RunJso
         max_connections: plan.max_connections,
         seed: plan.seed,
         reuse: plan.reuse,
+        spin: plan.spin,
     };
     let done = Arc::new(AtomicU64::new(0));
     let bar = plan.progress.then(|| {
@@ -444,6 +456,7 @@ async fn one_run(plan: &Plan, rate: Option<f64>, command: &str) -> Result<RunJso
             Reuse::Newest => "newest".into(),
             Reuse::Oldest => "oldest".into(),
         }),
+        spin_us: rate.map(|_| plan.spin.as_secs_f64() * 1e6),
         seed: plan.seed,
         duration,
         requests_planned,

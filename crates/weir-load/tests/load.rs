@@ -278,6 +278,35 @@ fn reuse_oldest_sends_on_every_connection_in_turn() {
 }
 
 #[test]
+fn spin_0s_sleeps_up_to_each_slot() {
+    // 100 requests 5 ms apart. With the default 250 µs of spin before each slot the
+    // scheduler would hold the CPU about 5% of the run; with `--spin 0s` it sleeps up to
+    // each slot, and its CPU is its requests' alone. CPU time does not grow when a busy
+    // machine preempts the tool, so the bound holds on any machine.
+    let s = start(false);
+    let o = run(&[
+        "--rate",
+        "200",
+        "--requests",
+        "100",
+        "--spin",
+        "0s",
+        &s.target,
+    ]);
+    let r = &o.runs[0];
+    assert_eq!(r.status.get("200"), Some(&100));
+    assert_eq!(r.manifest.spin_us, Some(0.0));
+    assert!(
+        r.generator.cpu_s < 0.5 * r.elapsed_s,
+        "cpu {} s over {} s",
+        r.generator.cpu_s,
+        r.elapsed_s
+    );
+    let o = run(&["--rate", "200", "--requests", "10", &s.target]);
+    assert_eq!(o.runs[0].manifest.spin_us, Some(250.0));
+}
+
+#[test]
 fn response_bodies_chunked_and_large_are_read_whole() {
     let s = start(false);
     for path in ["/chunked", "/big"] {
@@ -683,6 +712,26 @@ fn bad_input_exits_2() {
                 s.target.clone(),
             ],
             "must end in .svg or .png",
+        ),
+        (
+            vec![
+                "--rate".into(),
+                "10".into(),
+                "--spin".into(),
+                "2s".into(),
+                s.target.clone(),
+            ],
+            "more than 1s",
+        ),
+        (
+            vec![
+                "--rate".into(),
+                "10".into(),
+                "--spin".into(),
+                "soon".into(),
+                s.target.clone(),
+            ],
+            "--spin",
         ),
         (
             vec![
