@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e_lib import APPS, Addr, get, pid_alive, run_load, sock_path, wait_for
+from e2e_lib import APPS, Addr, get, pgid_members, pid_alive, run_load, sock_path, wait_for
 
 
 @pytest.fixture
@@ -119,6 +119,32 @@ def test_sigkill_of_busy_worker_is_502(weir, app_dir, tmp_path):
     # a fresh worker took the slot
     pids = concurrent_pids(srv.addr, 2, 0.5)
     assert pid not in pids and len(pids) == 2, pids
+
+
+@pytest.mark.e2e_timeout(90)
+@pytest.mark.parametrize("preload", ["on", "off"], ids=["forked", "execd"])
+def test_master_signals_to_every_process_leave_the_workers_alone(weir, app_dir, tmp_path, preload):
+    """`pkill -HUP weir`, `killall -USR1 weir` or `systemctl kill -s USR2 weir` (every
+    process of the unit, by default) deliver the master's signals to the workers and the
+    zygote too. Python's default for these is to die; a worker must neither die nor lose
+    the request in its hands (its answer is 200, late by nothing). The master itself is
+    not signalled here: its own handling is tested elsewhere."""
+    srv = start_sup(weir, app_dir, workers=2, args=["--preload", preload])
+    before = concurrent_pids(srv.addr, 2, 0.2)
+    marker = tmp_path / "busy"
+    t, box = sleep_in_background(srv.addr, "/sleep?s=2&marker=%s" % marker)
+    busy = marker_pid(marker)
+    others = [p for p in pgid_members(srv.proc.pid) if p != srv.proc.pid]  # workers, zygote
+    assert busy in others, (busy, others)
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
+        for p in others:
+            os.kill(p, sig)
+    t.join(30)
+    r = box.get("resp")
+    assert r is not None and r.status == 200, box
+    assert pid_of(r) == busy
+    assert all(pid_alive(p) for p in others), [p for p in others if not pid_alive(p)]
+    assert concurrent_pids(srv.addr, 2, 0.2) == before
 
 
 # ---------------------------------------------------------------------------------------

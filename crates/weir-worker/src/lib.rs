@@ -196,10 +196,12 @@ pub fn main(opts: WorkerOptions) -> ExitCode {
             "weir worker {id}: PR_SET_PDEATHSIG failed: {e}"
         ));
     }
-    if let Err(e) = sys::ignore_sigint() {
-        log_line(format_args!(
-            "weir worker {id}: ignoring SIGINT failed: {e}"
-        ));
+    for (sig, name) in sys::MASTER_SIGNALS {
+        if let Err(e) = sys::ignore_signal(sig) {
+            log_line(format_args!(
+                "weir worker {id}: ignoring {name} failed: {e}"
+            ));
+        }
     }
     // Not pyo3's auto-initialize: that refuses a statically linked libpython (which is
     // what makes CPython fastest, see crates/weir/build.rs).

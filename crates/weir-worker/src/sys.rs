@@ -1,10 +1,9 @@
 //! Every `unsafe` call of the worker, each wrapped in a small safe function: process setup
-//! (parent-death signal, SIGINT, fd 0, trimming the C heap after the import), the
-//! interpreter's program name (before it starts), the
-//! non-blocking socket calls of the hot path (`recv`/`sendmsg` with `MSG_DONTWAIT`, so the
-//! GIL is released only when I/O would block), and the zygote's process calls (forking
-//! the interpreter, pidfds, a SIGCHLD signalfd, `poll`,
-//! `waitpid`).
+//! (parent-death signal, the master's signals ignored, fd 0, trimming the C heap after the
+//! import), the interpreter's program name (before it starts), the non-blocking socket
+//! calls of the hot path (`recv`/`sendmsg` with `MSG_DONTWAIT`, so the GIL is released only
+//! when I/O would block), and the zygote's process calls (forking the interpreter, pidfds,
+//! a SIGCHLD signalfd, `poll`, `waitpid`).
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -32,11 +31,25 @@ pub fn set_parent_death_signal() -> io::Result<()> {
     Ok(())
 }
 
-/// Ignores SIGINT (the master handles Ctrl-C for the whole process group and drains).
-pub fn ignore_sigint() -> io::Result<()> {
+/// The master's signals: SIGINT (drain; Ctrl-C reaches the whole process group), SIGHUP
+/// (reload), SIGUSR1 (reopen the access log) and SIGUSR2 (binary upgrade).
+pub const MASTER_SIGNALS: [(libc::c_int, &str); 4] = [
+    (libc::SIGINT, "SIGINT"),
+    (libc::SIGHUP, "SIGHUP"),
+    (libc::SIGUSR1, "SIGUSR1"),
+    (libc::SIGUSR2, "SIGUSR2"),
+];
+
+/// Ignores `sig`, one of [`MASTER_SIGNALS`]. They are commands to the master, and
+/// `pkill -HUP weir`, `killall -USR1 weir` or `systemctl kill` (every process of the unit,
+/// by default) deliver them to every worker too, where Python's default for SIGHUP, SIGUSR1
+/// and SIGUSR2 is to die with the request in hand. NGINX's and Gunicorn's workers survive
+/// them as well. An app's own handler (`faulthandler.register(signal.SIGUSR1)`) replaces
+/// the ignore; a program the app starts inherits it, as under `nohup`.
+pub fn ignore_signal(sig: libc::c_int) -> io::Result<()> {
     // SAFETY: installing SIG_IGN registers no handler code, so no async-signal-safety rule
     // can be broken; the previous disposition is a plain value we only compare.
-    let prev = unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let prev = unsafe { libc::signal(sig, libc::SIG_IGN) };
     if prev == libc::SIG_ERR {
         return Err(io::Error::last_os_error());
     }
