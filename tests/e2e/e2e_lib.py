@@ -5,6 +5,7 @@ No fixed sleeps: everything that waits polls a condition under a deadline.
 
 from __future__ import annotations
 
+import collections
 import http.client
 import os
 import re
@@ -29,10 +30,22 @@ def pattern(n: int) -> bytes:
     return (block * reps)[:n]
 
 
+# Ports free_port handed out lately (in this process). The kernel may give the same free
+# port to two bind(0) calls in a row, and a test that asks for two (a listener and an
+# admin listener) then starts weir on one port twice, which weir refuses.
+_RECENT_PORTS: "collections.deque[int]" = collections.deque(maxlen=4096)
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port nobody listens on now, not handed out lately by this function."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _RECENT_PORTS:
+            _RECENT_PORTS.append(port)
+            return port
+    raise RuntimeError("no fresh loopback port in 100 tries")
 
 
 def sock_path(dir: Path, name: str) -> str:
