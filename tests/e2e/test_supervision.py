@@ -136,7 +136,7 @@ def test_master_signals_to_every_process_leave_the_workers_alone(weir, app_dir, 
     busy = marker_pid(marker)
     others = [p for p in pgid_members(srv.proc.pid) if p != srv.proc.pid]  # workers, zygote
     assert busy in others, (busy, others)
-    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT, signal.SIGQUIT):
         for p in others:
             os.kill(p, sig)
     t.join(30)
@@ -345,7 +345,7 @@ def test_sighup_twice_quickly(weir, app_dir):
 
 
 @pytest.mark.e2e_timeout(90)
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT], ids=["SIGTERM", "SIGINT", "SIGQUIT"])
 def test_graceful_shutdown_finishes_in_flight(weir, app_dir, tmp_path, sig):
     srv = start_sup(weir, app_dir, workers=2)
     worker_pids = concurrent_pids(srv.addr, 2, 0.2)
@@ -399,6 +399,32 @@ def test_graceful_timeout_caps_shutdown(weir, app_dir, tmp_path):
     assert code is not None, "weir still running 20 s after SIGTERM with graceful_timeout=1s"
     assert elapsed < 6, "shutdown took %.1fs with graceful_timeout=1s" % elapsed
     t.join(10)
+    wait_for(lambda: not pid_alive(pid), 10, what="the busy worker to be gone")
+
+
+@pytest.mark.e2e_timeout(90)
+@pytest.mark.parametrize("again", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_stop_signal_during_the_drain_stops_now(weir, app_dir, tmp_path, again):
+    """A second Ctrl-C (or SIGTERM, SIGQUIT) while weir drains ends the drain at once, as
+    NGINX's fast shutdown: the busy worker is killed as when graceful_timeout runs out, its
+    client still gets an answer, and weir exits 0 with no process left."""
+    srv = start_sup(weir, app_dir, workers=1, config={"app": {"graceful_timeout": "60s"}})
+    marker = tmp_path / "inflight"
+    t, box = sleep_in_background(srv.addr, "/sleep?s=60&marker=%s" % marker)
+    pid = marker_pid(marker)
+    srv.proc.signal(signal.SIGTERM)
+    wait_for(lambda: "SIGTERM: draining" in srv.output(), 10, what="weir to log that it drains")
+    assert srv.alive and "resp" not in box  # the drain waits for the 60 s request
+    t0 = time.monotonic()
+    srv.proc.signal(again)
+    code = srv.proc.wait(20)
+    assert code == 0, "weir exited with %r after a second signal" % code
+    assert time.monotonic() - t0 < 10
+    assert "during the drain: stopping now" in srv.output()
+    t.join(10)
+    r = box.get("resp")
+    assert r is not None and r.status == 502, box
+    assert r.header("x-weir-error") == "worker-died", r.headers
     wait_for(lambda: not pid_alive(pid), 10, what="the busy worker to be gone")
 
 

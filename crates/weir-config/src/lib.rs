@@ -690,7 +690,7 @@ pub struct AppConfig {
     pub max_requests_jitter: u64,
     /// Recycle a worker, between requests, once its resident memory is over this.
     pub reload_on_rss: Option<Size>,
-    /// How long in-flight requests may take to finish on SIGTERM/SIGINT and SIGHUP.
+    /// How long in-flight requests may take to finish on SIGTERM/SIGINT/SIGQUIT and SIGHUP.
     pub graceful_timeout: Seconds,
     /// How long a new worker may take to import the app and say it is ready.
     pub startup_timeout: Seconds,

@@ -4,7 +4,8 @@
 //! One module per stage of the request path (docs/architecture.md has the whole path):
 //! - [`cli`]: `weir serve` flags, merged over `weir.toml`, then validated.
 //! - [`server`]: binds the listeners, starts the pool, handles signals (SIGHUP reload,
-//!   SIGTERM/SIGINT drain, SIGUSR2 upgrade) and shuts down in order.
+//!   SIGTERM/SIGINT/SIGQUIT drain, a second one stops now; SIGUSR2 upgrade) and shuts down
+//!   in order.
 //! - [`upgrade`]: the binary upgrade (SIGUSR2): a new master started on the listening
 //!   sockets, the handover once its workers are ready.
 //! - [`listener`]: TCP and Unix listeners with an explicit backlog; accept loops that

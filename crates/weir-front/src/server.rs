@@ -9,15 +9,16 @@
 //!    ([`crate::upgrade`]: the executable at this one's path starts on the same sockets;
 //!    once its workers are ready this master sends systemd `MAINPID=` of the new one and
 //!    drains as below, without `STOPPING=1` and leaving the Unix socket files; if it fails,
-//!    it is stopped and this master serves on); SIGTERM/SIGINT drains (`STOPPING=1`):
+//!    it is stopped and this master serves on); SIGTERM/SIGINT/SIGQUIT drain (`STOPPING=1`):
 //! 4. stop accepting, let each connection finish its current request, stop the pool
-//!    (busy workers finish, up to `graceful_timeout`; every worker and zygote is reaped;
+//!    (busy workers finish, up to `graceful_timeout`, or are killed at once on a second
+//!    SIGTERM/SIGINT/SIGQUIT; every worker and zygote is reaped;
 //!    after a handover, only once the connections are done, so a request read as the
 //!    drain began is still served), remove the Unix socket files this master owns, exit 0.
 //!
 //! During an upgrade a second SIGUSR2 and SIGHUP are ignored (logged): the new master
-//! reads the configuration and imports the app itself. SIGTERM/SIGINT stop the new master
-//! and drain this one.
+//! reads the configuration and imports the app itself. SIGTERM/SIGINT/SIGQUIT stop the new
+//! master and drain this one.
 //!
 //! One drain signal (a `watch`) reaches every accept loop and connection; a clone of an
 //! `mpsc::Sender` held by each connection tells when the last one is gone (the
@@ -202,7 +203,11 @@ pub fn spooler(srv: &weir_config::ServerConfig) -> Result<weir_response::Spooler
 /// Longest wait at start-up for the limits store (Redis) before serving anyway.
 const LIMITS_STORE_WARMUP: Duration = Duration::from_secs(1);
 
-/// Runs the server until SIGTERM/SIGINT (Ok) or a fatal error.
+/// After a second stop signal, how long the connections have to send what they hold (the
+/// answers of the killed workers' requests) before weir exits.
+const STOP_NOW_SEND: Duration = Duration::from_secs(1);
+
+/// Runs the server until SIGTERM/SIGINT/SIGQUIT and its drain (Ok) or a fatal error.
 pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
     let backlog = config.server.backlog;
     let Systemd {
@@ -251,6 +256,7 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
     let handover = listeners.handover();
     let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
+    let mut quit = signal(SignalKind::quit()).map_err(ServeError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
     let mut usr1 = signal(SignalKind::user_defined1()).map_err(ServeError::Signals)?;
     let mut usr2 = signal(SignalKind::user_defined2()).map_err(ServeError::Signals)?;
@@ -404,6 +410,7 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
             }
             _ = term.recv() => { info!("SIGTERM: draining"); break Ok(()) }
             _ = int.recv() => { info!("SIGINT: draining"); break Ok(()) }
+            _ = quit.recv() => { info!("SIGQUIT: draining"); break Ok(()) }
             _ = hup.recv() => match (&upgrade, supervisor.clone()) {
                 (Some(u), _) => warn!(
                     "SIGHUP ignored: an upgrade is in progress (the new master, pid {}, reads the configuration and imports the app itself); send SIGHUP again if it fails",
@@ -505,25 +512,58 @@ pub async fn run(config: Config, systemd: Systemd) -> Result<(), ServeError> {
     };
     drop(conns_tx);
     drop(accepting);
+    // A second stop signal during the drain ends it now (NGINX's fast shutdown, a second
+    // Ctrl-C): the workers still busy are killed, their clients get the answer a killed
+    // worker's request gets, and the connections have STOP_NOW_SEND to take it.
+    let (hurried_tx, mut hurried) = tokio::sync::watch::channel(false);
+    let stop_again = async {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = quit.recv() => "SIGQUIT",
+        };
+        warn!("{name} during the drain: stopping now (the workers still busy are killed)");
+        if let Some(s) = &supervisor {
+            s.hurry();
+        }
+        let _ = hurried_tx.send(true);
+        std::future::pending::<()>().await
+    };
     let conns_done = async {
+        let limit = async {
+            tokio::select! {
+                () = tokio::time::sleep(grace + Duration::from_secs(2)) => {}
+                _ = async {
+                    let _ = hurried.wait_for(|h| *h).await;
+                    tokio::time::sleep(STOP_NOW_SEND).await;
+                } => {}
+            }
+        };
         // recv() returns None once every connection's sender is dropped.
-        let closed = tokio::time::timeout(grace + Duration::from_secs(2), conns_rx.recv());
-        if closed.await.is_err() {
-            warn!("connections still open after {grace:?}; closing them");
+        tokio::select! {
+            _ = conns_rx.recv() => {}
+            () = limit => warn!("connections still open after the drain; closing them"),
         }
     };
-    // The pool's stop is bounded by itself (graceful_timeout, then it kills) and is never
-    // cut short: it returns once every worker and zygote has been reaped, so weir does not
-    // exit before its children.
+    // The pool's stop is bounded by itself (graceful_timeout, or a second stop signal, then
+    // it kills) and returns only once every worker and zygote has been reaped, so weir does
+    // not exit before its children.
     let upgrades_done = async { while stopping.join_next().await.is_some() {} };
-    if handed_over {
-        // A connection may have been reading a request when the drain came: the pool
-        // serves it (no `shutting-down` answer during an upgrade), and stops only once
-        // the connections are done. No service manager times this master's stop any more.
-        conns_done.await;
-        tokio::join!(pool_done, upgrades_done);
-    } else {
-        tokio::join!(pool_done, conns_done, upgrades_done);
+    let stopped = async {
+        if handed_over {
+            // A connection may have been reading a request when the drain came: the pool
+            // serves it (no `shutting-down` answer during an upgrade), and stops only once
+            // the connections are done. No service manager times this master's stop any
+            // more.
+            conns_done.await;
+            tokio::join!(pool_done, upgrades_done);
+        } else {
+            tokio::join!(pool_done, conns_done, upgrades_done);
+        }
+    };
+    tokio::select! {
+        () = stopped => {}
+        () = stop_again => unreachable!("stop_again never ends"),
     }
     front.log.flush();
     info!("weir stopped");

@@ -135,6 +135,8 @@ pub struct Supervisor {
     slots: Mutex<JoinSet<()>>,
     fatal: Mutex<mpsc::UnboundedReceiver<SupervisorError>>,
     reloading: Mutex<()>,
+    /// Raised by [`Supervisor::hurry`]: a stop under way kills its busy workers now.
+    hurry: tokio::sync::watch::Sender<bool>,
 }
 
 impl Supervisor {
@@ -160,6 +162,7 @@ impl Supervisor {
             slots: Mutex::new(slots),
             fatal: Mutex::new(fatal_rx),
             reloading: Mutex::new(()),
+            hurry: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -241,16 +244,32 @@ impl Supervisor {
         }
     }
 
+    /// Cuts the grace of a stop short, before or during [`shutdown`](Self::shutdown): the
+    /// workers still busy are killed at once, as when `graceful_timeout` runs out (a
+    /// second stop signal during the drain, NGINX's fast shutdown).
+    pub fn hurry(&self) {
+        self.hurry.send_replace(true);
+    }
+
     /// Stops: no new work, idle workers leave now, busy ones when done (each slot kills
-    /// its worker after `graceful_timeout`). Returns when every worker and every zygote
-    /// has exited and been reaped (its zygote reaps a forked worker), so the master never
-    /// exits before its children.
+    /// its worker after `graceful_timeout`, or at once after [`hurry`](Self::hurry)).
+    /// Returns when every worker and every zygote has exited and been reaped (its zygote
+    /// reaps a forked worker), so the master never exits before its children.
     pub async fn shutdown(&self) {
         self.ctx.pool.begin_shutdown();
         let mut slots = self.slots.lock().await;
         let grace = self.ctx.config.graceful_timeout + Duration::from_secs(1);
-        if !join_all(&mut slots, grace).await {
-            warn!("workers still running after {grace:?}; killing them");
+        let mut hurry = self.hurry.subscribe();
+        let in_time = tokio::select! {
+            done = join_all(&mut slots, grace) => done,
+            () = crate::zygote::raised(&mut hurry) => false,
+        };
+        if !in_time {
+            if *hurry.borrow() {
+                warn!("stopping now: killing the workers still busy");
+            } else {
+                warn!("workers still running after {grace:?}; killing them");
+            }
             // Each slot kills its worker and waits for it (reaps it, or hears from its
             // zygote); a slot that still has not ended is aborted (its worker is killed
             // as the slot is dropped).

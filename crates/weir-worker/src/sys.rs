@@ -31,10 +31,12 @@ pub fn set_parent_death_signal() -> io::Result<()> {
     Ok(())
 }
 
-/// The master's signals: SIGINT (drain; Ctrl-C reaches the whole process group), SIGHUP
-/// (reload), SIGUSR1 (reopen the access log) and SIGUSR2 (binary upgrade).
-pub const MASTER_SIGNALS: [(libc::c_int, &str); 4] = [
+/// The master's signals: SIGINT and SIGQUIT (drain; Ctrl-C and `Ctrl-\` reach the whole
+/// process group), SIGHUP (reload), SIGUSR1 (reopen the access log) and SIGUSR2 (binary
+/// upgrade).
+pub const MASTER_SIGNALS: [(libc::c_int, &str); 5] = [
     (libc::SIGINT, "SIGINT"),
+    (libc::SIGQUIT, "SIGQUIT"),
     (libc::SIGHUP, "SIGHUP"),
     (libc::SIGUSR1, "SIGUSR1"),
     (libc::SIGUSR2, "SIGUSR2"),
@@ -42,10 +44,11 @@ pub const MASTER_SIGNALS: [(libc::c_int, &str); 4] = [
 
 /// Ignores `sig`, one of [`MASTER_SIGNALS`]. They are commands to the master, and
 /// `pkill -HUP weir`, `killall -USR1 weir` or `systemctl kill` (every process of the unit,
-/// by default) deliver them to every worker too, where Python's default for SIGHUP, SIGUSR1
-/// and SIGUSR2 is to die with the request in hand. NGINX's and Gunicorn's workers survive
-/// them as well. An app's own handler (`faulthandler.register(signal.SIGUSR1)`) replaces
-/// the ignore; a program the app starts inherits it, as under `nohup`.
+/// by default) deliver them to every worker too, where Python's default for each but
+/// SIGINT is to die with the request in hand (SIGQUIT with a core dump). NGINX's workers
+/// likewise ignore SIGHUP and SIGUSR2. An app's own handler
+/// (`faulthandler.register(signal.SIGUSR1)`) replaces the ignore; a program the app starts
+/// inherits it, as under `nohup`.
 pub fn ignore_signal(sig: libc::c_int) -> io::Result<()> {
     // SAFETY: installing SIG_IGN registers no handler code, so no async-signal-safety rule
     // can be broken; the previous disposition is a plain value we only compare.
