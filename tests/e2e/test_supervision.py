@@ -11,9 +11,11 @@ import http.client
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -383,6 +385,44 @@ def test_stops_accepting_at_sigterm(weir, app_dir, tmp_path):
     assert late is None or late.status != 200, "a request that arrived after SIGTERM was served: %r" % late
     t.join(30)
     assert box.get("resp") is not None and box["resp"].status == 200, box
+    assert srv.proc.wait(30) == 0
+
+
+def accept_queue(port: int) -> Optional[int]:
+    """Connections waiting in the kernel's accept queue of the listener on 127.0.0.1:port
+    (/proc/net/tcp's rx_queue of the LISTEN socket), or None if there is no such listener."""
+    want = "0100007F:%04X" % port
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == want and fields[3] == "0A":  # 0A: LISTEN
+                return int(fields[4].split(":")[1], 16)
+    return None
+
+
+@pytest.mark.e2e_timeout(90)
+def test_a_request_on_its_way_when_the_drain_begins_is_answered(weir, app_dir, tmp_path):
+    """A connection accepted just before SIGTERM, whose request comes just after it (a
+    client that connected as the drain began), is read and answered, then closed: here
+    `503 shutting-down` with Retry-After, as any request the stopping pool cannot take
+    (at an upgrade's handover the old master's workers serve it: test_upgrade's fresh
+    connections). The drain closes at once only connections idle at a request boundary;
+    before, this one was closed with its request unanswered."""
+    srv = start_sup(weir, app_dir, workers=1)
+    with socket.create_connection((srv.addr.host, srv.addr.port), timeout=20) as s:
+        wait_for(lambda: accept_queue(srv.addr.port) == 0, 10, what="weir to accept the connection")
+        srv.proc.signal(signal.SIGTERM)
+        wait_for(lambda: "SIGTERM: draining" in srv.output(), 10, what="weir to log that it drains")
+        s.sendall(b"GET /pid HTTP/1.1\r\nHost: weir\r\n\r\n")
+        data = b""
+        while True:  # to the end: weir closes the connection after the answer
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head = data.split(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 503 "), data[:300]
+    assert b"\r\nx-weir-error: shutting-down" in head and b"\r\nretry-after: " in head, data[:300]
     assert srv.proc.wait(30) == 0
 
 

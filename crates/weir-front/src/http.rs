@@ -43,6 +43,10 @@ use crate::request_body::read_body;
 /// hyper connection; one that pauses (a browser, an idle pool) costs about 2 KiB.
 const PARK_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// How long a request head already on its way when the drain begins still has to come
+/// whole (within `client_header_timeout` too) before the connection closes.
+const DRAIN_HEAD_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The service future, boxed: hyper can then hand the connection back between requests
 /// (`poll_without_shutdown` wants an `Unpin` future).
 type Handling = std::pin::Pin<
@@ -130,11 +134,19 @@ where
                     Waited::Gone => return,
                 }
             }
+            // A whole request head, read without hyper, within client_header_timeout. A
+            // request already on its way when the drain begins (a new connection's first,
+            // accepted just before; a kept-alive one's whose first byte came) is still
+            // read and served: the head gets DRAIN_HEAD_GRACE more, then the connection
+            // closes. Only a kept-alive connection idle at a request boundary closes at
+            // once (above), as NGINX's do.
             first = false;
-            // A whole request head, read without hyper, within client_header_timeout.
             let head = tokio::select! {
                 r = tokio::time::timeout(header_timeout, io.next_head()) => r,
-                _ = drain.wait_for(|d| *d) => break,
+                () = async {
+                    let _ = drain.wait_for(|d| *d).await;
+                    tokio::time::sleep(DRAIN_HEAD_GRACE).await;
+                } => break,
             };
             match waited(head, "no whole request head within client_header_timeout") {
                 Waited::Go => {}
@@ -144,7 +156,11 @@ where
             io.unpark();
             let mut connection =
                 Box::new(http1_builder(&front).serve_connection(TokioIo::new(io), svc.clone()));
+            // The connection first: hyper must have read the head the gate holds before a
+            // drain's graceful shutdown, or it takes the connection for idle and closes it
+            // with the request unanswered.
             let done = tokio::select! {
+                biased;
                 r = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => Some(r),
                 _ = drain.wait_for(|d| *d) => None,
             };
