@@ -137,7 +137,8 @@ where
             // A whole request head, read without hyper, within client_header_timeout. A
             // request already on its way when the drain begins (a new connection's first,
             // accepted just before; a kept-alive one's whose first byte came) is still
-            // read and served: the head gets DRAIN_HEAD_GRACE more, then the connection
+            // read and answered (by the workers, or `503 shutting-down` once they take no
+            // new work): the head gets DRAIN_HEAD_GRACE more, then the connection
             // closes. Only a kept-alive connection idle at a request boundary closes at
             // once (above), as NGINX's do.
             first = false;
