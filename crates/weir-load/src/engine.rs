@@ -5,7 +5,7 @@
 //! One scheduler task walks the [`Schedule`]. For each slot it sleeps until the slot is
 //! due and spawns a request task. It sleeps on a microsecond timer (a timerfd in the
 //! runtime's epoll, see [`crate::timer`]; tokio's own timer ticks in whole milliseconds)
-//! until `--spin` ([`SPIN`] by default) before the slot, then yields to the runtime in a
+//! until `--spin` (250 µs by default) before the slot, then yields to the runtime in a
 //! loop, since a thread woken from sleep is some tens of µs late. So the generator spins
 //! only when slots are closer than that, and a slow schedule leaves the CPU to the server
 //! under test; `--spin 0s` never spins, trading that precision for the core it holds.
@@ -70,7 +70,9 @@ pub struct RunSpec {
     pub seed: u64,
     /// Which idle connection a due request takes.
     pub reuse: Reuse,
-    /// How long before a slot the scheduler stops sleeping and yields in a loop.
+    /// How long before a slot the scheduler stops sleeping and yields in a loop (`--spin`):
+    /// a thread that sleeps wakes some tens of µs late (more in a VM, whose idle vCPU
+    /// halts), one that keeps running does not.
     pub spin: Duration,
 }
 
@@ -207,11 +209,6 @@ fn outcome(r: Result<Result<Response, HttpError>, tokio::time::error::Elapsed>) 
         Err(_) => Outcome::Timeout,
     }
 }
-
-/// How long before a slot the scheduler stops sleeping and yields in a loop instead, by
-/// default (`--spin`): a thread that sleeps wakes some tens of µs late (more in a VM, whose
-/// idle vCPU halts), one that keeps running does not.
-pub const SPIN: Duration = Duration::from_micros(250);
 
 /// Sleeps until `due`: on the precise timer until `spin` before it, then yielding to the
 /// runtime in a loop (I/O still runs between yields).
