@@ -19,7 +19,8 @@ from typing import Optional
 
 import pytest
 
-from e2e_lib import APPS, Addr, get, pgid_members, pid_alive, run_load, sock_path, wait_for
+from e2e_lib import (APPS, Addr, get, parse_response, pgid_members, pid_alive, recv_all, run_load, sock_path,
+                     wait_for)
 
 
 @pytest.fixture
@@ -414,15 +415,11 @@ def test_a_request_on_its_way_when_the_drain_begins_is_answered(weir, app_dir, t
         srv.proc.signal(signal.SIGTERM)
         wait_for(lambda: "SIGTERM: draining" in srv.output(), 10, what="weir to log that it drains")
         s.sendall(b"GET /pid HTTP/1.1\r\nHost: weir\r\n\r\n")
-        data = b""
-        while True:  # to the end: weir closes the connection after the answer
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    head = data.split(b"\r\n\r\n")[0].lower()
-    assert head.startswith(b"http/1.1 503 "), data[:300]
-    assert b"\r\nx-weir-error: shutting-down" in head and b"\r\nretry-after: " in head, data[:300]
+        data = recv_all(s, time.monotonic() + 20)  # to the end: weir closes after the answer
+    assert data, "the connection was closed with the request unanswered"
+    r = parse_response(data)
+    assert r.status == 503 and r.complete, data[:300]
+    assert r.header("x-weir-error") == "shutting-down" and r.header("retry-after"), data[:300]
     assert srv.proc.wait(30) == 0
 
 
